@@ -1,0 +1,286 @@
+"""Typed configuration: the YAML schema, its defaults, and validation errors that name the key path.
+
+Every model is frozen. A reload builds a new `Config` and swaps one reference; a request keeps
+the snapshot it started with. This module reads the file and nothing else.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .cost import Weights
+
+RESOURCES = ("search", "read", "write", "admin")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class ConfigError(Exception):
+    """The file is not a valid config. `errors` holds (key path, message) pairs, one per problem."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        self.errors = errors
+        super().__init__("; ".join(f"{path}: {msg}" if path else msg for path, msg in errors))
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Address(_Frozen):
+    host: str
+    port: int = Field(ge=0, le=65535)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _parse_address(value: Any) -> Any:
+    """Accept "host:port", "[v6]:port" or ":port" (all interfaces)."""
+    if not isinstance(value, str):
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected host:port, got {value!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return {"host": host, "port": int(port)}
+
+
+class UpstreamAuth(_Frozen):
+    """The proxy's own credentials to the cluster. The client's Authorization is never forwarded."""
+
+    api_key: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    def header(self) -> str | None:
+        """The Authorization header value to send upstream, or None for an open cluster."""
+        if self.api_key:
+            return f"ApiKey {self.api_key}"
+        if self.username is not None:
+            import base64
+
+            raw = f"{self.username}:{self.password or ''}".encode()
+            return "Basic " + base64.b64encode(raw).decode()
+        return None
+
+
+class UpstreamConfig(_Frozen):
+    nodes: list[str] = Field(min_length=1)
+    auth: UpstreamAuth = UpstreamAuth()
+    connect_timeout_s: float = Field(2.0, gt=0)
+    request_timeout_s: float = Field(120.0, gt=0)
+    pool_per_node: int = Field(256, ge=1)
+    health_interval_s: float = Field(2.0, gt=0)
+    node_cooldown_s: float = Field(5.0, gt=0)
+    retry_reads: bool = True
+
+    @field_validator("nodes")
+    @classmethod
+    def _urls(cls, nodes: list[str]) -> list[str]:
+        out = []
+        for node in nodes:
+            if not re.match(r"^https?://[^/\s]+/?$", node):
+                raise ValueError(f"node {node!r} must look like http://host:port")
+            out.append(node.rstrip("/"))
+        return out
+
+
+class RedisConfig(_Frozen):
+    url: str
+    timeout_ms: float = Field(50.0, gt=0)
+    key_prefix: str = "sg"
+    heartbeat_s: float = Field(1.0, gt=0)
+    instance_ttl_s: float = Field(5.0, gt=0)
+    reconnect_max_s: float = Field(5.0, gt=0)
+    lease_fraction: float = Field(0.1, gt=0, le=1.0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: str) -> str:
+        if not re.match(r"^(redis|rediss|redis\+cluster|rediss\+cluster|unix)://", url):
+            raise ValueError("expected redis://, rediss://, redis+cluster:// or unix:// URL")
+        return url
+
+
+class HardLimits(_Frozen):
+    """Hard limits on what a client may send; each has its own ES-shaped 4xx."""
+
+    max_body_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    max_inflated_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    max_url_bytes: int = Field(4096, ge=64)
+    max_header_bytes: int = Field(16384, ge=256)
+    max_headers: int = Field(100, ge=4)
+    max_ndjson_lines: int = Field(200_000, ge=1)
+    max_json_depth: int = Field(100, ge=2)
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
+    keepalive_timeout_s: float = Field(75.0, gt=0)
+    max_connections_per_client: int = Field(1024, ge=1)
+
+
+class CostConfig(_Frozen):
+    weights: Weights = Weights()
+    learn: bool = True
+    learn_lru_size: int = Field(100_000, ge=16)
+    learn_alpha: float = Field(0.3, gt=0, le=1.0)
+    max_debt_ratio: float = Field(1.0, ge=0)
+
+
+class AdmissionConfig(_Frozen):
+    """The global upstream gate in front of the cluster."""
+
+    enabled: bool = True
+    min_limit: int = Field(4, ge=1)
+    max_limit: int = Field(512, ge=1)
+    algorithm: Literal["gradient", "aimd"] = "gradient"
+    target_latency_ms: float | None = Field(None, gt=0)
+    health_poll_s: float = Field(2.0, gt=0)
+    capacity_headroom: float = Field(0.8, gt=0, le=1.0)
+
+
+class AccessLogConfig(_Frozen):
+    path: str | None = "-"  # "-" is stdout, None/"off" disables
+    sample: float = Field(1.0, ge=0, le=1.0)
+    always_log_refusals: bool = True
+
+
+class Bucket(_Frozen):
+    rate: float = Field(gt=0, description="cost units per second")
+    burst: float = Field(gt=0, description="bucket size in cost units")
+
+
+class Plan(_Frozen):
+    search: Bucket = Bucket(rate=500, burst=5000)
+    read: Bucket = Bucket(rate=1000, burst=10000)
+    write: Bucket = Bucket(rate=2000, burst=20000)
+    admin: Bucket = Bucket(rate=10, burst=100)
+    max_concurrent: int = Field(8, ge=1)
+    max_queue: int = Field(64, ge=0)
+    max_wait_ms: float = Field(2000, ge=0)
+    weight: float = Field(1.0, gt=0, description="share of the global gate under contention")
+    resources: list[Literal["search", "read", "write", "admin"]] = list(RESOURCES)
+    cluster_apis: list[str] = []
+
+    def bucket(self, resource: str) -> Bucket:
+        return getattr(self, resource)
+
+
+class Tenant(_Frozen):
+    plan: str
+    api_keys: list[str] = []
+    users: dict[str, str] = {}
+    indices: list[str] = Field(min_length=1)
+    enforce: bool | None = None  # None: follow the global `enforce`
+
+    @field_validator("api_keys")
+    @classmethod
+    def _key_digests(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if not _DIGEST.match(key):
+                raise ValueError("api keys are stored as 'sha256:<64 hex>'; make one with `sluicegate hash-key`")
+        return keys
+
+    @field_validator("users")
+    @classmethod
+    def _user_digests(cls, users: dict[str, str]) -> dict[str, str]:
+        for name, digest in users.items():
+            if not _DIGEST.match(digest):
+                raise ValueError(f"password of {name!r} must be 'sha256:<64 hex>'")
+        return users
+
+    @field_validator("indices")
+    @classmethod
+    def _patterns(cls, patterns: list[str]) -> list[str]:
+        for p in patterns:
+            if not p or p in ("*", "_all") or p.startswith("-") or "," in p:
+                raise ValueError(f"index pattern {p!r} must name the tenant's own indices (no bare '*', '_all', ',' or '-')")
+        return patterns
+
+
+class Config(_Frozen):
+    listen: Address = Address(host="127.0.0.1", port=8080)
+    admin_listen: Address = Address(host="127.0.0.1", port=9901)
+    upstream: UpstreamConfig
+    redis: RedisConfig | None = None
+    limits: HardLimits = HardLimits()
+    cost: CostConfig = CostConfig()
+    admission: AdmissionConfig = AdmissionConfig()
+    access_log: AccessLogConfig = AccessLogConfig()
+    enforce: bool = True
+    drain_timeout_s: float = Field(30.0, ge=0)
+    plans: dict[str, Plan] = Field(min_length=1)
+    tenants: dict[str, Tenant] = {}
+
+    @field_validator("listen", "admin_listen", mode="before")
+    @classmethod
+    def _address(cls, value: Any) -> Any:
+        return _parse_address(value)
+
+    def tenant_enforced(self, name: str) -> bool:
+        flag = self.tenants[name].enforce
+        return self.enforce if flag is None else flag
+
+
+def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
+    """Rules that span several keys, with the path of the key at fault."""
+    errors: list[tuple[str, str]] = []
+    seen_keys: dict[str, str] = {}
+    seen_users: dict[str, str] = {}
+    for name, tenant in cfg.tenants.items():
+        base = f"tenants.{name}"
+        if tenant.plan not in cfg.plans:
+            errors.append((f"{base}.plan", f"unknown plan {tenant.plan!r} (plans: {', '.join(sorted(cfg.plans))})"))
+        if not tenant.api_keys and not tenant.users:
+            errors.append((base, "tenant has no api_keys and no users, so no request can ever identify it"))
+        for i, key in enumerate(tenant.api_keys):
+            if key in seen_keys:
+                errors.append((f"{base}.api_keys.{i}", f"same key as tenant {seen_keys[key]!r}"))
+            seen_keys[key] = name
+        for user in tenant.users:
+            if user in seen_users:
+                errors.append((f"{base}.users.{user}", f"user also belongs to tenant {seen_users[user]!r}"))
+            seen_users[user] = name
+    if cfg.admission.min_limit > cfg.admission.max_limit:
+        errors.append(("admission.min_limit", "must not exceed admission.max_limit"))
+    return errors
+
+
+def parse_config(data: Any) -> Config:
+    """Validate a decoded YAML document. Raises ConfigError listing every problem with its key path."""
+    if not isinstance(data, dict):
+        raise ConfigError([("", "the config must be a YAML mapping")])
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            [(".".join(str(p) for p in err["loc"]), err["msg"]) for err in exc.errors(include_url=False)]
+        ) from None
+    errors = _cross_checks(cfg)
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def load_config(path: str | Path) -> tuple[Config, str]:
+    """Read and validate the file. Returns the config and a short hash of the file's bytes."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read {path}: {exc.strerror or exc}")]) from None
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([("", f"invalid YAML{where}: {getattr(exc, 'problem', exc)}")]) from None
+    return parse_config(data), hashlib.sha256(raw).hexdigest()[:12]
+
+
+def hash_secret(secret: str) -> str:
+    """The `sha256:<hex>` form of an API key or password, as the config stores it."""
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()

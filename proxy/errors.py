@@ -1,0 +1,137 @@
+"""Elasticsearch-shaped refusals.
+
+Each refusal is an exception that knows its own response, so the request path raises and one
+boundary (`flow.handle`) turns it into a status, a body existing ES clients understand, and a
+counter. Body shape: {"error": {"root_cause": [{"type", "reason"}], "type", "reason"}, "status"}.
+"""
+from __future__ import annotations
+
+import math
+
+import orjson
+from aiohttp import web
+
+_JSON = "application/json; charset=UTF-8"
+_PRODUCT = {"X-Elastic-Product": "Elasticsearch"}
+
+
+def error_body(status: int, etype: str, reason: str) -> bytes:
+    """The JSON bytes of an ES error response."""
+    cause = {"type": etype, "reason": reason}
+    return orjson.dumps({"error": {"root_cause": [cause], "type": etype, "reason": reason}, "status": status})
+
+
+class Refusal(Exception):
+    """A request the proxy answers itself. Subclasses fix the status and ES error type."""
+
+    status = 400
+    etype = "illegal_argument_exception"
+    #: the `reason` label in metrics and the access log
+    label = "refused"
+
+    def __init__(self, reason: str, headers: dict[str, str] | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.headers = headers
+
+    def response(self) -> web.Response:
+        headers = {**_PRODUCT, **self.headers} if self.headers else dict(_PRODUCT)
+        headers["Content-Type"] = _JSON
+        return web.Response(status=self.status, body=error_body(self.status, self.etype, self.reason), headers=headers)
+
+
+class Unauthorized(Refusal):
+    status = 401
+    etype = "security_exception"
+    label = "auth"
+
+    def __init__(self, reason: str):
+        super().__init__(reason, {"WWW-Authenticate": 'ApiKey, Basic realm="sluicegate", charset="UTF-8"'})
+
+
+class Forbidden(Refusal):
+    status = 403
+    etype = "security_exception"
+    label = "forbidden"
+
+
+class BadRequest(Refusal):
+    """A body or URL that must be parsed and cannot be."""
+
+    status = 400
+    etype = "parse_exception"
+    label = "parse"
+
+
+class IllegalArgument(Refusal):
+    status = 400
+    etype = "illegal_argument_exception"
+    label = "illegal_argument"
+
+
+class BodyTooLarge(Refusal):
+    status = 413
+    etype = "content_too_long_exception"
+    label = "body_too_large"
+
+
+class UriTooLong(Refusal):
+    status = 414
+    etype = "too_long_http_line_exception"
+    label = "uri_too_long"
+
+
+class HeadersTooLarge(Refusal):
+    status = 431
+    etype = "too_long_http_header_exception"
+    label = "headers_too_large"
+
+
+class RequestTimeout(Refusal):
+    status = 408
+    etype = "request_timeout_exception"
+    label = "client_timeout"
+
+
+class Throttled(Refusal):
+    """429: budget exhausted, queue full, or waited too long.
+
+    Carries Retry-After (whole seconds, rounded up, as RFC 9110 wants), the IETF httpapi
+    RateLimit-Policy / RateLimit headers, and X-Sluicegate-Reason.
+    """
+
+    status = 429
+    etype = "es_rejected_execution_exception"
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        why: str,
+        retry_after: float,
+        policy: str | None = None,
+        limit: float = 0.0,
+        remaining: float = 0.0,
+        window: float = 0.0,
+    ):
+        headers = {
+            "Retry-After": str(max(1, math.ceil(retry_after))),
+            "X-Sluicegate-Reason": why,
+        }
+        if policy is not None:
+            headers["RateLimit-Policy"] = f'"{policy}";q={int(limit)};w={max(1, math.ceil(window))}'
+            headers["RateLimit"] = f'"{policy}";r={max(0, int(remaining))};t={max(1, math.ceil(retry_after))}'
+        super().__init__(reason, headers)
+        self.label = why
+        self.retry_after = retry_after
+
+
+class UpstreamFailure(Refusal):
+    """No healthy node (503), a node failed mid-request (502), or it took too long (504)."""
+
+    etype = "proxy_upstream_exception"
+    label = "upstream"
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
