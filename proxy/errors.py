@@ -34,6 +34,13 @@ class Refusal(Exception):
         self.reason = reason
         self.headers = headers
 
+    @classmethod
+    def internal(cls) -> Refusal:
+        """A bug, not the client's fault: still ES-shaped, never a bare 500 page."""
+        refusal = cls("internal proxy error; the request was not forwarded or its response was cut short")
+        refusal.status, refusal.etype, refusal.label = 500, "proxy_internal_exception", "internal"
+        return refusal
+
     def response(self) -> web.Response:
         headers = {**_PRODUCT, **self.headers} if self.headers else dict(_PRODUCT)
         headers["Content-Type"] = _JSON
