@@ -1,0 +1,164 @@
+"""Process wiring: uvloop, the proxy and admin listeners, reload on SIGHUP, drain on SIGTERM.
+
+Nothing here decides admission; it builds the parts, hands them to `flow.Proxy`, and swaps the
+config snapshot when the file changes.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import uvloop
+from aiohttp import web
+
+from .accesslog import AccessLog
+from .admission import Admission
+from .config import Config, ConfigError, load_config
+from .cost import LearnedCosts
+from .flow import Proxy, Snapshot
+from .limiter import Limiter, LocalLimiter
+from .metrics import Metrics
+from .upstream import Upstream
+
+log = logging.getLogger("sluicegate")
+
+
+class Worker:
+    """One serving process: the proxy listener, the admin listener and the parts they share."""
+
+    def __init__(self, config_path: str | Path, config: Config, digest: str, *, worker_index: int = 0, workers: int = 1):
+        self.config_path = Path(config_path)
+        self.worker_index = worker_index
+        self.workers = workers
+        self.metrics = Metrics()
+        self.limiter: Limiter = LocalLimiter(share=1.0 / workers)
+        self.limiter.configure(config)
+        self.admission = Admission()
+        self.admission.configure(config, share=1.0 / workers)
+        self.upstream = Upstream(config.upstream)
+        self.access_log = AccessLog(config.access_log)
+        self.proxy = Proxy(
+            Snapshot(config, 1, digest),
+            limiter=self.limiter,
+            learned=LearnedCosts(config.cost.learn_lru_size, config.cost.learn_alpha),
+            admission=self.admission,
+            upstream=self.upstream,
+            metrics=self.metrics,
+            access_log=self.access_log,
+        )
+        self.metrics.set_config(1, digest)
+        self._runners: list[web.BaseRunner] = []
+        self._proxy_sites: list[web.TCPSite] = []
+        self.stopped = asyncio.Event()
+        self._draining = False
+
+    # ---- life cycle ----
+    async def start(self) -> None:
+        config = self.proxy.snapshot.config
+        await self.limiter.start()
+        await self.upstream.start()
+        server = web.Server(
+            self.proxy.handle,
+            handler_cancellation=True,  # a client that goes away cancels its request at once
+            access_log=None,
+            keepalive_timeout=config.limits.keepalive_timeout_s,
+        )
+        runner = web.ServerRunner(server, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(
+            runner, config.listen.host, config.listen.port, reuse_port=self.workers > 1 or None, backlog=2048
+        )
+        await site.start()
+        self._runners.append(runner)
+        self._proxy_sites.append(site)
+        if self.worker_index == 0:
+            from .admin import admin_app
+
+            admin_runner = web.AppRunner(admin_app(self), handle_signals=False, access_log=None)
+            await admin_runner.setup()
+            await web.TCPSite(admin_runner, config.admin_listen.host, config.admin_listen.port).start()
+            self._runners.append(admin_runner)
+        log.info(
+            "sluicegate worker %d listening on %s (admin %s), upstream %s",
+            self.worker_index, config.listen, config.admin_listen, ", ".join(config.upstream.nodes),
+        )
+
+    @property
+    def proxy_port(self) -> int:
+        """The bound proxy port (useful when the config asked for port 0)."""
+        return self._proxy_sites[0]._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def reload(self) -> tuple[bool, str]:
+        """Re-read the config file. A valid file is swapped in between requests; an invalid one changes nothing."""
+        try:
+            config, digest = load_config(self.config_path)
+        except ConfigError as exc:
+            self.metrics.config_reload_failures.inc()
+            for path, message in exc.errors:
+                log.error("config reload refused, keeping the running config: %s: %s", path or "<file>", message)
+            return False, str(exc)
+        old = self.proxy.snapshot
+        snapshot = Snapshot(config, old.generation + 1, digest)
+        # No await between these lines: no request can observe a half-applied config.
+        self.limiter.configure(config)
+        self.admission.configure(config, share=1.0 / self.workers)
+        self.upstream.reconfigure(config.upstream)
+        self.proxy.snapshot = snapshot
+        self.metrics.forget_tenants(set(config.tenants))
+        self.metrics.set_config(snapshot.generation, digest)
+        self.metrics.config_reloads.inc()
+        log.info("config generation %d in force (%s)", snapshot.generation, digest)
+        return True, f"generation {snapshot.generation} ({digest})"
+
+    async def drain(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to drain_timeout_s), then close."""
+        if self._draining:
+            return
+        self._draining = True
+        timeout = self.proxy.snapshot.config.drain_timeout_s
+        for site in self._proxy_sites:
+            await site.stop()
+        self.proxy.draining = True
+        try:
+            async with asyncio.timeout(timeout):
+                await self.proxy.idle.wait()
+        except TimeoutError:
+            log.warning("drain timeout: %d requests still in flight after %.0fs", self.proxy.inflight, timeout)
+        for runner in self._runners:
+            await runner.cleanup()
+        await self.upstream.close()
+        await self.limiter.close()
+        self.access_log.close()
+        self.stopped.set()
+
+
+async def serve(config_path: str, worker_index: int = 0, workers: int = 1) -> int:
+    """Run one worker until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
+    try:
+        config, digest = load_config(config_path)
+    except ConfigError as exc:
+        for path, message in exc.errors:
+            print(f"{path or '<file>'}: {message}", file=sys.stderr)
+        return 1
+    worker = Worker(config_path, config, digest, worker_index=worker_index, workers=workers)
+    await worker.start()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, worker.reload)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.drain()))
+    await worker.stopped.wait()
+    return 0
+
+
+def run(config_path: str, workers: int = 1) -> int:
+    """The `sluicegate run` entry point."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if workers <= 1:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(serve(config_path))
+    from .workers import supervise
+
+    return supervise(config_path, workers)
