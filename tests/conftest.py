@@ -10,3 +10,24 @@ from hypothesis import HealthCheck, settings
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True)
 settings.register_profile("dev", deadline=None, max_examples=50)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+import pytest  # noqa: E402
+
+from tests.processes import Processes, SimClusterProcess  # noqa: E402
+
+
+@pytest.fixture
+def procs(tmp_path):
+    """Factory for real processes (redis-server, simulated cluster, proxy); all stopped at teardown."""
+    owner = Processes(tmp_path)
+    yield owner
+    owner.close()
+
+
+@pytest.fixture(scope="session")
+def shared_cluster():
+    """One simulated cluster for tests that only read and write their own indices."""
+    cluster = SimClusterProcess(nodes=3)
+    yield cluster
+    cluster.stop()

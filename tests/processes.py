@@ -1,0 +1,298 @@
+"""Real processes for tests: redis-server, the simulated cluster, the proxy.
+
+Each is started on free ports, waited for until it answers, and stopped by the `Processes`
+owner that started it (one finalizer closes everything, like aiohttp's server factories).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from proxy.config import hash_secret
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 15.0, what: str = "condition", interval: float = 0.02):
+    """Poll `predicate` until it returns a truthy value; for readiness of another process only."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except (urllib.error.URLError, ConnectionError, OSError, TimeoutError):
+        return 0, b""
+
+
+def http_post(url: str, data: bytes = b"", timeout: float = 5.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=data, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class RedisServer:
+    """A real redis-server on a free port; can be killed (-9) and restarted on the same port."""
+
+    def __init__(self, workdir: Path, port: int | None = None, extra: list[str] | None = None):
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not installed (make test installs it)")
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.extra = extra or []
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir), "--protected-mode", "no", *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_until(self.ping, what=f"redis-server on {self.port}")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        self.kill()
+
+
+class SimClusterProcess:
+    """bench/simcluster.py as a subprocess; its ready line carries the node URLs."""
+
+    def __init__(self, nodes: int = 3, **options):
+        args = [PY, str(REPO / "bench" / "simcluster.py"), "--nodes", str(nodes), "--port", "0"]
+        for key, value in options.items():
+            flag = "--" + key.replace("_", "-")
+            if value is True:
+                args.append(flag)
+            elif value not in (False, None):
+                args += [flag, str(value)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line:
+            raise RuntimeError(f"simcluster did not start: {' '.join(args)}")
+        self.nodes: list[str] = json.loads(line)["nodes"]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0]
+
+    def stats(self) -> dict:
+        return json.loads(http_get(self.url + "/_sim/stats")[1])
+
+    def stop_node(self, i: int) -> None:
+        status, body = http_post(f"{self.nodes[(i + 1) % len(self.nodes)]}/_sim/nodes/{i}/_stop")
+        assert status == 200, body
+
+    def start_node(self, i: int) -> None:
+        status, body = http_post(f"{self.nodes[(i + 1) % len(self.nodes)]}/_sim/nodes/{i}/_start")
+        assert status == 200, body
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def tenant(name: str, key: str | None = None, plan: str = "standard", **extra) -> dict:
+    """A tenant entry for a config dict; `key` is the plaintext API key (hashed here)."""
+    entry = {"plan": plan, "api_keys": [hash_secret(key or f"{name}-key")], "indices": [f"{name}-*"]}
+    entry.update(extra)
+    return entry
+
+
+def make_config(nodes: list[str], tenants: dict | None = None, plans: dict | None = None, **overrides) -> dict:
+    """A complete config dict on free ports, with generous plans unless told otherwise."""
+    config = {
+        "listen": f"127.0.0.1:{free_port()}",
+        "admin_listen": f"127.0.0.1:{free_port()}",
+        "upstream": {"nodes": nodes, "health_interval_s": 0.5, "node_cooldown_s": 1.0},
+        "access_log": {"path": None},
+        "plans": plans or {
+            "standard": {
+                "search": {"rate": 100000, "burst": 1000000},
+                "write": {"rate": 100000, "burst": 1000000},
+                "read": {"rate": 100000, "burst": 1000000},
+                "admin": {"rate": 1000, "burst": 10000},
+                "max_concurrent": 64,
+                "max_queue": 256,
+                "max_wait_ms": 2000,
+            }
+        },
+        "tenants": tenants if tenants is not None else {"acme": tenant("acme"), "globex": tenant("globex")},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+class ProxyProcess:
+    """`python -m proxy run --config FILE` as a subprocess, with its logs in files."""
+
+    def __init__(self, config: dict, workdir: Path, workers: int = 1, env: dict | None = None):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.config = config
+        self.config_path = workdir / "sluicegate.yaml"
+        self.write_config(config)
+        self.stdout_path = workdir / "proxy.stdout"
+        self.stderr_path = workdir / "proxy.stderr"
+        self.url = "http://" + config["listen"]
+        self.admin = "http://" + config["admin_listen"]
+        self._stdout = open(self.stdout_path, "wb")
+        self._stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(
+            [PY, "-m", "proxy", "run", "--config", str(self.config_path), "--workers", str(workers)],
+            stdout=self._stdout, stderr=self._stderr, cwd=REPO, env={**os.environ, **(env or {})},
+        )
+        try:
+            wait_until(lambda: self.proc.poll() is not None or http_get(self.admin + "/health")[0] == 200,
+                       what="proxy /health")
+            if workers > 1:
+                wait_until(lambda: self.stderr().count("listening on") >= workers, what="all workers listening")
+        except TimeoutError:
+            self.stop()
+            raise
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"proxy exited with {self.proc.returncode}:\n{self.stderr()}")
+
+    def write_config(self, config: dict) -> None:
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(config))
+        os.replace(tmp, self.config_path)  # atomic: a reload never reads a half-written file
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def access_log(self) -> list[dict]:
+        self._stdout.flush()
+        return [json.loads(line) for line in self.stdout_path.read_text().splitlines() if line.startswith("{")]
+
+    def metrics(self) -> str:
+        return http_get(self.admin + "/metrics")[1].decode()
+
+    def metric(self, name: str, **labels) -> float:
+        """Sum of the samples of `name` whose labels include `labels`."""
+        return metric_value(self.metrics(), name, **labels)
+
+    def tenants(self) -> dict:
+        return json.loads(http_get(self.admin + "/tenants")[1])
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._stdout.close()
+        self._stderr.close()
+        return self.proc.returncode
+
+
+def metric_value(text: str, name: str, **labels) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, label_text = head.partition("{")
+        if metric != name:
+            continue
+        found = dict(
+            part.split("=", 1) for part in label_text.rstrip("}").split(",") if "=" in part
+        )
+        found = {k: v.strip('"') for k, v in found.items()}
+        if all(found.get(k) == str(v) for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+class Processes:
+    """Owns every process a test starts and stops them all at the end."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self._owned: list = []
+
+    def redis(self, **kw) -> RedisServer:
+        server = RedisServer(self.tmp_path / f"redis-{len(self._owned)}", **kw)
+        self._owned.append(server)
+        return server
+
+    def simcluster(self, nodes: int = 3, **options) -> SimClusterProcess:
+        cluster = SimClusterProcess(nodes, **options)
+        self._owned.append(cluster)
+        return cluster
+
+    def proxy(self, config: dict, workers: int = 1, env: dict | None = None) -> ProxyProcess:
+        proxy = ProxyProcess(config, self.tmp_path / f"proxy-{len(self._owned)}", workers=workers, env=env)
+        self._owned.append(proxy)
+        return proxy
+
+    def close(self) -> None:
+        for owned in reversed(self._owned):
+            try:
+                owned.stop()
+            except Exception:  # noqa: BLE001 - teardown must reach every process
+                pass
+        self._owned.clear()

@@ -1,0 +1,82 @@
+"""Small real HTTP upstreams for tests that need to see exactly what the proxy sends.
+
+`RecordingUpstream` runs an aiohttp server on a free port in its own thread and event loop,
+records every request it receives, answers ES-shaped JSON, and can stream a large body.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import web
+
+from tests.processes import free_port
+
+
+@dataclass
+class Seen:
+    method: str
+    path_qs: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class RecordingUpstream:
+    port: int = field(default_factory=free_port)
+    seen: list[Seen] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.seen.append(Seen(request.method, request.path_qs, dict(request.headers), body))
+        headers = {"X-Elastic-Product": "Elasticsearch"}
+        if request.path.startswith("/_stream/"):
+            return await self._stream(request, int(request.path.rsplit("/", 1)[1]), headers)
+        if request.path == "/":
+            payload = {"name": "rec", "cluster_name": "rec", "version": {"number": "9.1.0"}, "tagline": "You Know, for Search"}
+        else:
+            payload = {"took": 3, "timed_out": False, "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
+                       "hits": {"total": {"value": 0, "relation": "eq"}, "max_score": None, "hits": []}}
+        return web.Response(body=orjson.dumps(payload), content_type="application/json", headers=headers)
+
+    async def _stream(self, request: web.Request, megabytes: int, headers: dict) -> web.StreamResponse:
+        """A search response whose hits add up to `megabytes` MiB, written in 64 KiB chunks."""
+        response = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"took":5,"timed_out":false,"_shards":{"total":1,"successful":1,"skipped":0,"failed":0},"hits":{"hits":[')
+        chunk = b'{"_id":"x","_source":{"pad":"' + b"x" * (65536 - 40) + b'"}},'
+        for _ in range(megabytes * 16):
+            await response.write(chunk)
+        await response.write(b'{"_id":"end"}]}}')
+        await response.write_eof()
+        return response
+
+    def start(self) -> RecordingUpstream:
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            app = web.Application(client_max_size=1 << 30)
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            self._runner = web.AppRunner(app, access_log=None)
+            self._loop.run_until_complete(self._runner.setup())
+            self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+            ready.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(self._runner.cleanup())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True, name=f"upstream-{self.port}")
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
