@@ -15,7 +15,7 @@ import logging
 import time
 import zlib
 
-from aiohttp import ClientResponse, hdrs, web
+from aiohttp import hdrs, web
 from aiohttp.web_request import BaseRequest
 
 from . import esapi
@@ -28,6 +28,7 @@ from .limiter import Decision, Limiter
 from .metrics import Metrics
 from .tenants import Directory, TenantView, authorize
 from .upstream import Upstream, response_headers
+from .upstream_http import UpstreamResponse
 
 #: responses up to this size are read whole and sent in one write; larger ones are streamed
 SMALL_RESPONSE = 256 * 1024
@@ -220,10 +221,10 @@ class Proxy:
             upstream.release()
 
     async def _relay(
-        self, request: BaseRequest, upstream: ClientResponse, headers: list, trace: Trace
+        self, request: BaseRequest, upstream: UpstreamResponse, headers: list, trace: Trace
     ) -> web.StreamResponse:
         """Send the node's response to the client; small ones in one piece, large ones streamed."""
-        encoding = upstream.headers.get(hdrs.CONTENT_ENCODING)
+        encoding = upstream.header(hdrs.CONTENT_ENCODING)
         length = upstream.content_length
         if request.method == "HEAD" or (length is not None and length <= SMALL_RESPONSE):
             data = await upstream.read()
@@ -238,7 +239,7 @@ class Proxy:
             response.content_length = length
         await response.prepare(request)
         head = b""
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.iter_chunks():
             if len(head) < HEAD_BYTES:
                 head += chunk[: HEAD_BYTES - len(head)]
             trace.bytes_out += len(chunk)

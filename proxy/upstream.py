@@ -1,9 +1,10 @@
 """The cluster side: a pool of upstream nodes, their health, and forwarding one request.
 
-Nodes are used round-robin over pooled keep-alive connections. A node that refuses a connection
-or fails its health check is skipped until it answers again. A request that never reached a node
-is retried on the next one whatever its method (nothing was sent); one that failed after it was
-sent is retried only when it is a read (search or get), which is safe to repeat.
+Nodes are used round-robin over pooled keep-alive connections (proxy/upstream_http.py). A node
+that refuses a connection or fails its health check is skipped until it answers again. A request
+that never reached a node is retried on the next one whatever its method (nothing was sent), as
+is one whose reused keep-alive connection turned out to be closed before any response byte; one
+that failed after it was sent is retried only when it is a read, which is safe to repeat.
 """
 from __future__ import annotations
 
@@ -11,12 +12,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-
-import aiohttp
-from aiohttp import ClientResponse, hdrs
+from urllib.parse import urlsplit
 
 from .config import UpstreamConfig
 from .errors import UpstreamFailure
+from .upstream_http import ConnectionLostEarly, ConnectionPool, UpstreamProtocolError, UpstreamResponse, request_head
 
 log = logging.getLogger("sluicegate.upstream")
 
@@ -32,17 +32,25 @@ _REQUEST_DROP = HOP_BY_HOP | {"authorization", "host", "content-length", "expect
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "date", "server"}
 
 
+class NodeTimeout(Exception):
+    """The node accepted the request but sent no response head within request_timeout_s."""
+
+
 class Node:
-    """One upstream node and what the pool knows of its health."""
+    """One upstream node, its connection pool, and what the proxy knows of its health."""
 
-    __slots__ = ("url", "down_until", "failures", "healthy", "inflight")
+    __slots__ = ("url", "host_header", "pool", "down_until", "failures", "healthy")
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, max_idle: int):
+        parts = urlsplit(url)
+        if parts.scheme != "http":
+            raise ValueError(f"only http:// upstream nodes are supported, got {url}")
         self.url = url
+        self.host_header = parts.netloc
+        self.pool = ConnectionPool(parts.hostname or "127.0.0.1", parts.port or 80, max_idle)
         self.down_until = 0.0
         self.failures = 0
         self.healthy = True
-        self.inflight = 0
 
     def usable(self, now: float) -> bool:
         return self.healthy and now >= self.down_until
@@ -53,28 +61,13 @@ class Upstream:
 
     def __init__(self, config: UpstreamConfig):
         self.config = config
-        self.nodes = [Node(url) for url in config.nodes]
+        self.nodes: list[Node] = []
         self._auth = config.auth.header()
         self._next = 0
-        self._session: aiohttp.ClientSession | None = None
         self._health_task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=0,
-            limit_per_host=self.config.pool_per_node,
-            keepalive_timeout=60,
-            ttl_dns_cache=300,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,  # bytes pass through exactly as the node sent them
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout_s),
-            read_bufsize=2**16,
-            max_line_size=65536,
-            max_field_size=65536,
-        )
+        self.nodes = [Node(url, self.config.pool_per_node) for url in self.config.nodes]
         await self.check_health()
         self._health_task = asyncio.create_task(self._health_loop(), name="upstream-health")
 
@@ -82,13 +75,16 @@ class Upstream:
         if self._health_task:
             self._health_task.cancel()
             await asyncio.gather(self._health_task, return_exceptions=True)
-        if self._session:
-            await self._session.close()
+        for node in self.nodes:
+            node.pool.close()
 
     def reconfigure(self, config: UpstreamConfig) -> None:
-        """Adopt a reloaded upstream section; nodes that stay keep their health state."""
+        """Adopt a reloaded upstream section; nodes that stay keep their pools and health state."""
         known = {n.url: n for n in self.nodes}
-        self.nodes = [known.get(url) or Node(url) for url in config.nodes]
+        for url, node in known.items():
+            if url not in config.nodes:
+                node.pool.close()
+        self.nodes = [known.get(url) or Node(url, config.pool_per_node) for url in config.nodes]
         self.config = config
         self._auth = config.auth.header()
 
@@ -98,63 +94,74 @@ class Upstream:
         now = time.monotonic()
         return any(n.usable(now) for n in self.nodes)
 
-    def forward_headers(self, incoming: Mapping[str, str], client_ip: str | None, scheme: str) -> dict[str, str]:
+    def forward_headers(self, incoming: Mapping[str, str], client_ip: str | None, scheme: str) -> list[tuple[str, str]]:
         """Request headers for the node: hop-by-hop and client credentials dropped, proxy auth and X-Forwarded-* set."""
-        out = {k: v for k, v in incoming.items() if k.lower() not in _REQUEST_DROP}
-        prior = incoming.get(hdrs.X_FORWARDED_FOR)
+        out = [(k, v) for k, v in incoming.items() if k.lower() not in _REQUEST_DROP]
+        prior = incoming.get("X-Forwarded-For")
         if client_ip:
-            out[hdrs.X_FORWARDED_FOR] = f"{prior}, {client_ip}" if prior else client_ip
-        out[hdrs.X_FORWARDED_PROTO] = scheme
+            out.append(("X-Forwarded-For", f"{prior}, {client_ip}" if prior else client_ip))
+        out.append(("X-Forwarded-Proto", scheme))
         if self._auth:
-            out[hdrs.AUTHORIZATION] = self._auth
+            out.append(("Authorization", self._auth))
         return out
 
     async def send(
-        self, method: str, path_qs: str, headers: dict[str, str], body: bytes | None, retry_after_send: bool
-    ) -> tuple[Node, ClientResponse]:
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes | None, retry_after_send: bool
+    ) -> tuple[Node, UpstreamResponse]:
         """Send one request; returns the node and its response with the body not yet read.
 
         Raises UpstreamFailure: 503 when no node is usable, 502 when nodes failed, 504 on timeout.
-        The caller must release the response.
+        The caller must `release()` the response.
         """
-        assert self._session is not None
-        attempts = len(self.nodes)
-        last_error = "no upstream node is available"
-        status = 503
-        for _ in range(attempts):
+        last_error, status = "no upstream node is available", 503
+        body_length = len(body) if body else 0
+        for _ in range(max(1, len(self.nodes))):
             node = self._pick()
             if node is None:
                 break
-            node.inflight += 1
+            head = request_head(method, target, node.host_header, headers, body_length)
             try:
-                response = await self._session.request(
-                    method,
-                    node.url + path_qs,
-                    headers=headers,
-                    data=body,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(
-                        total=None, sock_connect=self.config.connect_timeout_s, sock_read=self.config.request_timeout_s
-                    ),
-                )
-            except aiohttp.ClientConnectorError as exc:
-                # Nothing reached the node: safe to try the next one for any method.
-                self._mark_down(node, exc)
-                last_error, status = f"node {node.url} refused the connection", 502
-                continue
-            except (aiohttp.ServerTimeoutError, asyncio.TimeoutError):
+                response = await self._exchange(node, head, body, method == "HEAD")
+            except NodeTimeout:
                 raise UpstreamFailure(504, f"node {node.url} did not answer within {self.config.request_timeout_s}s") from None
-            except (aiohttp.ClientError, OSError) as exc:
+            except (OSError, ConnectionLostEarly) as exc:
+                # Nothing reached the node (refused, or the connect timed out): any method may go elsewhere.
                 self._mark_down(node, exc)
-                last_error, status = f"node {node.url} failed: {type(exc).__name__}", 502
-                if retry_after_send:
+                last_error, status = f"node {node.url} is unreachable ({_describe(exc)})", 502
+                continue
+            except UpstreamProtocolError as exc:
+                last_error, status = f"node {node.url} failed: {exc}", 502
+                if retry_after_send and self.config.retry_reads:
+                    self._mark_down(node, exc)
                     continue
                 raise UpstreamFailure(502, last_error) from None
-            finally:
-                node.inflight -= 1
             node.failures = 0
             return node, response
         raise UpstreamFailure(status, last_error)
+
+    async def _exchange(self, node: Node, head: bytes, body: bytes | None, is_head: bool) -> UpstreamResponse:
+        pool = node.pool
+        conn = pool.take_idle()
+        if conn is not None:
+            try:
+                return await self._await_head(conn, head, body, is_head)
+            except ConnectionLostEarly:
+                pass  # the node had closed this idle connection; nothing was processed: use a fresh one
+        conn = await pool.connect(self.config.connect_timeout_s)
+        return await self._await_head(conn, head, body, is_head)
+
+    async def _await_head(self, conn, head: bytes, body: bytes | None, is_head: bool) -> UpstreamResponse:
+        try:
+            async with asyncio.timeout(self.config.request_timeout_s):
+                response = await conn.send(head, body, is_head)
+        except TimeoutError:
+            conn.close()
+            raise NodeTimeout() from None
+        except BaseException:
+            conn.close()  # whatever happened, this connection's state is unknown now
+            raise
+        response.read_timeout = self.config.request_timeout_s
+        return response
 
     def _pick(self) -> Node | None:
         now = time.monotonic()
@@ -171,26 +178,29 @@ class Upstream:
         node.failures += 1
         node.down_until = time.monotonic() + self.config.node_cooldown_s
         if node.failures == 1:
-            log.warning("upstream node %s is down: %s", node.url, exc)
+            log.warning("upstream node %s is down: %s", node.url, _describe(exc))
 
     async def check_health(self) -> None:
         """Probe every node once (GET /); a node that answers is usable again."""
         await asyncio.gather(*(self._probe(node) for node in self.nodes))
 
     async def _probe(self, node: Node) -> None:
-        assert self._session is not None
-        headers = {hdrs.AUTHORIZATION: self._auth} if self._auth else {}
+        headers = [("Authorization", self._auth)] if self._auth else []
+        head = request_head("GET", "/", node.host_header, headers, 0)
+        ok = False
         try:
-            async with self._session.get(
-                node.url + "/", headers=headers, timeout=aiohttp.ClientTimeout(total=self.config.connect_timeout_s)
-            ) as resp:
-                await resp.read()
-                ok = resp.status < 500
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            async with asyncio.timeout(self.config.connect_timeout_s):
+                response = await self._exchange(node, head, None, False)
+                try:
+                    await response.read()
+                    ok = response.status < 500
+                finally:
+                    response.release()
+        except (OSError, NodeTimeout, UpstreamProtocolError):
             ok = False
-        if ok and not node.healthy:
-            log.warning("upstream node %s is back", node.url)
         if ok:
+            if not node.healthy or node.down_until:
+                log.warning("upstream node %s is back", node.url)
             node.down_until = 0.0
             node.failures = 0
         elif node.healthy:
@@ -203,6 +213,10 @@ class Upstream:
             await self.check_health()
 
 
-def response_headers(upstream: ClientResponse) -> list[tuple[str, str]]:
+def response_headers(upstream: UpstreamResponse) -> list[tuple[str, str]]:
     """The node's response headers a client should see (multi-valued headers kept)."""
-    return [(k, v) for k, v in upstream.headers.items() if k.lower() not in _RESPONSE_DROP]
+    return [(k, v) for k, v in upstream.headers if k.lower() not in _RESPONSE_DROP]
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

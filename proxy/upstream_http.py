@@ -1,0 +1,411 @@
+"""A lean HTTP/1.1 client for the upstream side: keep-alive connections on asyncio Protocols.
+
+Why not aiohttp's ClientSession: measured side by side on this project's bench, its per-request
+machinery (request objects, URL parsing, tracing, timers) costs about three times the proxy's
+own server side; a pass-through proxy on it reaches 0.16x nginx, on this client 0.39x. This
+client does only what forwarding to Elasticsearch needs: write one request, parse the response
+head, hand the body over as it arrives (Content-Length, chunked, or until close), and pause
+reading when the client downstream is slower than the node (bounded memory).
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+#: stop reading from the node while this much body is buffered for a slow client
+HIGH_WATER = 1 << 20
+LOW_WATER = 1 << 18
+#: the longest response head accepted from a node
+MAX_HEAD = 1 << 16
+
+
+class UpstreamProtocolError(Exception):
+    """The node sent something that is not HTTP/1.1 or closed the connection mid-response."""
+
+
+class ConnectionLostEarly(UpstreamProtocolError):
+    """The connection closed before any byte of the response: a stale keep-alive connection."""
+
+
+class UpstreamResponse:
+    """A node's response: the parsed head, and the body as it arrives."""
+
+    __slots__ = (
+        "status", "headers", "content_length", "keep_alive", "_conn", "_chunks", "_buffered",
+        "_waiter", "complete", "_error", "_released", "read_timeout",
+    )
+
+    def __init__(self, conn: NodeConnection, status: int, headers: list[tuple[str, str]], content_length: int | None, keep_alive: bool):
+        self.status = status
+        self.headers = headers
+        self.content_length = content_length
+        self.keep_alive = keep_alive
+        self._conn = conn
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self.complete = False
+        self._error: BaseException | None = None
+        self._released = False
+        self.read_timeout: float | None = None
+
+    def header(self, name: str) -> str | None:
+        lname = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return None
+
+    # ---- fed by the protocol ----
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > HIGH_WATER:
+            self._conn.pause()
+        self._wake()
+
+    def _finish(self) -> None:
+        self.complete = True
+        self._wake()
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.complete:
+            self._error = exc
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        self._waiter = self._conn.loop.create_future()
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                await self._waiter
+        except TimeoutError:
+            raise UpstreamProtocolError(f"{self._conn.pool.label} sent nothing for {self.read_timeout}s mid-response") from None
+
+    # ---- used by the proxy ----
+    async def read(self) -> bytes:
+        """The whole body (callers use this only for small, length-known responses)."""
+        while not self.complete:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        return data
+
+    async def iter_chunks(self):
+        """Body pieces as they arrive, with back-pressure on the node."""
+        chunks = self._chunks
+        while True:
+            if chunks:
+                chunk = chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._buffered < LOW_WATER:
+                    self._conn.resume()
+                yield chunk
+            elif self.complete:
+                return
+            elif self._error is not None:
+                raise self._error
+            else:
+                await self._wait()
+
+    def release(self) -> None:
+        """Return the connection to its node's pool if the response was read to the end, else close it."""
+        if self._released:
+            return
+        self._released = True
+        conn = self._conn
+        if self.complete and self.keep_alive and self._error is None and not conn.closed:
+            conn.idle()
+        else:
+            conn.close()
+
+
+class NodeConnection(asyncio.Protocol):
+    """One keep-alive connection to a node, carrying one request at a time."""
+
+    def __init__(self, pool: ConnectionPool):
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.uses = 0
+        self._buf = bytearray()
+        self._head_waiter: asyncio.Future[UpstreamResponse] | None = None
+        self._response: UpstreamResponse | None = None
+        self._head_request = False
+        self._received_any = False
+        # body framing of the current response
+        self._remaining: int | None = None  # Content-Length bytes still to come
+        self._chunked = False
+        self._chunk_left = 0  # bytes left in the current chunk, then its CRLF
+        self._chunk_state = 0  # 0: size line, 1: data, 2: CRLF after data, 3: trailers
+        self._paused = False
+
+    # ---- asyncio.Protocol ----
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            cls = UpstreamProtocolError if self._received_any else ConnectionLostEarly
+            waiter.set_exception(cls(f"connection to {self.pool.label} closed before the response head"))
+        response = self._response
+        if response is not None and not response.complete:
+            if self._remaining is None and not self._chunked:
+                response._finish()  # close-delimited body: the close is its end
+            else:
+                response._fail(UpstreamProtocolError(f"{self.pool.label} closed the connection mid-response"))
+
+    def data_received(self, data: bytes) -> None:
+        self._received_any = True
+        if self._response is None:
+            self._buf += data
+            end = self._buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buf) > MAX_HEAD:
+                    self._protocol_error("response head too large")
+                return
+            head = bytes(self._buf[:end])
+            rest = bytes(self._buf[end + 4:])
+            self._buf.clear()
+            try:
+                response = self._parse_head(head)
+            except (ValueError, IndexError):
+                self._protocol_error("malformed response head")
+                return
+            if response is None:  # an interim 1xx response: the real head follows
+                if rest:
+                    self.data_received(rest)
+                return
+            self._response = response
+            waiter = self._head_waiter
+            self._head_waiter = None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(response)
+            if response.complete:
+                return
+            if rest:
+                self._body(rest)
+        else:
+            self._body(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost finishes a close-delimited body
+
+    # ---- framing ----
+    def _parse_head(self, head: bytes) -> UpstreamResponse | None:
+        lines = head.split(b"\r\n")
+        status_line = lines[0]
+        if not status_line.startswith(b"HTTP/1."):
+            raise ValueError(status_line)
+        status = int(status_line[9:12])
+        if 100 <= status < 200:
+            return None
+        headers: list[tuple[str, str]] = []
+        length: int | None = None
+        chunked = False
+        keep_alive = status_line[5:8] == b"1.1"
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            value = value.strip()
+            lname = name.lower()
+            if lname == b"content-length":
+                length = int(value)
+            elif lname == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif lname == b"connection":
+                token = value.lower()
+                if b"close" in token:
+                    keep_alive = False
+                elif b"keep-alive" in token:
+                    keep_alive = True
+            headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        response = UpstreamResponse(self, status, headers, length, keep_alive)
+        if self._head_request or status in (204, 304):
+            response.content_length = length if self._head_request else 0
+            response._finish()
+        elif chunked:
+            self._chunked = True
+            response.content_length = None
+        elif length is not None:
+            self._remaining = length
+            if length == 0:
+                response._finish()
+        else:
+            response.keep_alive = False  # body runs until the node closes
+        return response
+
+    def _body(self, data: bytes) -> None:
+        response = self._response
+        assert response is not None
+        if self._chunked:
+            self._dechunk(data)
+        elif self._remaining is not None:
+            if len(data) >= self._remaining:
+                taken = self._remaining
+                self._remaining = 0
+                if taken:
+                    response._feed(data[:taken] if taken < len(data) else data)
+                response._finish()
+            else:
+                self._remaining -= len(data)
+                response._feed(data)
+        else:
+            response._feed(data)
+
+    def _dechunk(self, data: bytes) -> None:
+        response = self._response
+        assert response is not None
+        buf = self._buf
+        buf += data
+        pos = 0
+        while pos < len(buf):
+            state = self._chunk_state
+            if state == 1:  # chunk data
+                take = min(self._chunk_left, len(buf) - pos)
+                response._feed(bytes(buf[pos:pos + take]))
+                pos += take
+                self._chunk_left -= take
+                if self._chunk_left == 0:
+                    self._chunk_state = 2
+                continue
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                break
+            line = bytes(buf[pos:end])
+            pos = end + 2
+            if state == 0:  # size line (extensions after ';' ignored)
+                try:
+                    size = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    del buf[:pos]
+                    self._protocol_error("malformed chunk size")
+                    return
+                if size == 0:
+                    self._chunk_state = 3
+                else:
+                    self._chunk_left = size
+                    self._chunk_state = 1
+            elif state == 2:  # CRLF closing a chunk
+                self._chunk_state = 0
+            else:  # trailers until an empty line
+                if not line:
+                    del buf[:pos]
+                    self._chunked = False
+                    self._chunk_state = 0
+                    response._finish()
+                    return
+        del buf[:pos]
+
+    def _protocol_error(self, what: str) -> None:
+        exc = UpstreamProtocolError(f"{self.pool.label}: {what}")
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        if self._response is not None:
+            self._response._fail(exc)
+        self.close()
+
+    # ---- flow control and pool ----
+    def pause(self) -> None:
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def idle(self) -> None:
+        self._response = None
+        self._remaining = None
+        self._received_any = False
+        self.resume()
+        self.pool.put_back(self)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+        self.pool.forget(self)
+
+    def send(self, head: bytes, body: bytes | None, is_head: bool) -> asyncio.Future[UpstreamResponse]:
+        """Write one request; the future resolves to the response once its head has arrived."""
+        assert self.transport is not None
+        self.uses += 1
+        self._head_request = is_head
+        self._received_any = False
+        waiter = self._head_waiter = self.loop.create_future()
+        if body:
+            self.transport.writelines((head, body))
+        else:
+            self.transport.write(head)
+        return waiter
+
+
+class ConnectionPool:
+    """Keep-alive connections to one node. Idle ones are reused most-recent first (warm)."""
+
+    def __init__(self, host: str, port: int, max_idle: int, loop: asyncio.AbstractEventLoop | None = None):
+        self.host = host
+        self.port = port
+        self.label = f"{host}:{port}"
+        self.max_idle = max_idle
+        self.loop = loop or asyncio.get_event_loop()
+        self._idle: deque[NodeConnection] = deque()
+        self.open = 0
+
+    async def connect(self, timeout: float) -> NodeConnection:
+        async with asyncio.timeout(timeout):
+            _, conn = await self.loop.create_connection(lambda: NodeConnection(self), self.host, self.port)
+        self.open += 1
+        return conn  # type: ignore[return-value]
+
+    def take_idle(self) -> NodeConnection | None:
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    def put_back(self, conn: NodeConnection) -> None:
+        if len(self._idle) >= self.max_idle:
+            conn.close()
+        else:
+            self._idle.append(conn)
+
+    def forget(self, conn: NodeConnection) -> None:
+        if conn in self._idle:
+            self._idle.remove(conn)
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+
+def request_head(method: str, target: str, host: str, headers: dict[str, str] | list[tuple[str, str]], body_length: int) -> bytes:
+    """Serialise a request line and headers. Content-Length is always explicit (no chunked upload)."""
+    parts = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
+    items = headers.items() if isinstance(headers, dict) else headers
+    for name, value in items:
+        parts.append(f"{name}: {value}\r\n")
+    if body_length or method in ("POST", "PUT", "PATCH"):
+        parts.append(f"Content-Length: {body_length}\r\n")
+    parts.append("\r\n")
+    # Header text came off the wire as UTF-8 with surrogateescape: this gives back the same bytes.
+    return "".join(parts).encode("utf-8", "surrogateescape")
