@@ -142,3 +142,19 @@ class UpstreamFailure(Refusal):
     def __init__(self, status: int, reason: str):
         super().__init__(reason)
         self.status = status
+
+
+class InvalidParameter(BadRequest):
+    """A query parameter ES itself would refuse (size=abc, from=-1, scroll=soon): its 400 and error type."""
+
+    etype = "illegal_argument_exception"
+    label = "illegal_argument"
+
+
+class NotAcceptable(Refusal):
+    """A body whose Content-Type ES refuses (406, "Content-Type header [...] is not supported"), or one the
+    proxy must read to cost it and cannot (SMILE, CBOR, YAML on a search-class call)."""
+
+    status = 406
+    etype = "media_type_header_exception"
+    label = "content_type"
