@@ -409,9 +409,6 @@ def _top_route(method: str, head: str, rest: list[str]) -> Route:
         return "resolve_index", ADMIN, names, None, False, "indices.resolve_index"
     elif head == "_analyze":
         return "analyze", ADMIN, (), None, True, "indices.analyze"
-    elif head in _INDEX_APIS:  # /_refresh, /_stats, /_flush ...: the same API over every index
-        entry = _INDEX_APIS[head]
-        return entry[0], entry[1], (), None, False, entry[2]
     family = _CLUSTER_FAMILIES.get(head)
     if family is not None:
         kind, api, has_sub = family
@@ -422,6 +419,9 @@ def _top_route(method: str, head: str, rest: list[str]) -> Route:
         if has_sub and sub:
             api = f"{api}.{sub.lstrip('_')}"
         return kind, ADMIN, (), None, True, api
+    entry = _INDEX_APIS.get(head)
+    if entry is not None:  # /_refresh, /_stats, /_flush ...: the same API over every index
+        return entry[0], entry[1], (), None, False, entry[2]
     return "other", ADMIN, (), None, True, "other." + head.lstrip("_")
 
 
