@@ -103,10 +103,10 @@ class Weights(BaseModel):
     terminate_after_factor: float = _w(0.5, "multiplier on the query: terminate_after stops each shard early")
     # -- query clauses ---------------------------------------------------------------------
     match_all: float = _w(0.05, "cost units: match_all / match_none")
-    term: float = _w(0.2, "cost units: term, ids, exists, a terms clause before its values")
+    term: float = _w(0.2, "cost units: term, ids, a terms clause before its values")
     terms_value: float = _w(0.002, "cost units per value of a terms clause")
     terms_lookup: float = _w(2.0, "cost units: a terms lookup (fetches a document first)")
-    range: float = _w(0.5, "cost units: range")
+    range: float = _w(0.5, "cost units: range, exists")
     match: float = _w(1.0, "cost units: match (and each field of multi_match)")
     match_phrase: float = _w(2.0, "cost units: match_phrase, combined_fields, match_bool_prefix")
     query_string: float = _w(3.0, "cost units: query_string / simple_query_string before its wildcards")
@@ -134,7 +134,7 @@ class Weights(BaseModel):
     semantic: float = _w(20.0, "cost units: semantic, sparse_vector, text_expansion and other model-backed queries")
     compound: float = _w(0.1, "cost units: bool, dis_max, constant_score, boosting before their clauses")
     clause_unknown: float = _w(2.0, "cost units: a query clause the proxy does not know")
-    deep_nesting: float = _w(10.0, "cost units: a subtree nested too deep to walk")
+    deep_nesting: float = _w(1000.0, "cost units: a query or aggregation subtree nested too deep to walk (over 40 levels)")
     # -- aggregations ----------------------------------------------------------------------
     agg_bucket: float = _w(0.01, "cost units per bucket (product of bucket counts down the nesting)")
     agg_shard_bucket: float = _w(0.002, "cost units per shard_size bucket of a terms-like aggregation")
@@ -741,6 +741,12 @@ def _terms(w: Weights, body: Any, parts: list[str], depth: int) -> float:
     return cost
 
 
+def _exists(w: Weights, body: Any, parts: list[str], depth: int) -> float:
+    field = body.get("field") if type(body) is dict else None
+    parts.append(field if type(field) is str else "?")  # here the value *is* the field name
+    return w.range  # visits every document's doc values or norms, like an open range
+
+
 def _range(w: Weights, body: Any, parts: list[str], depth: int) -> float:
     _, options = _field(body, parts)
     if options is not None:
@@ -946,7 +952,7 @@ _CLAUSES = {
     "match_none": _flat("match_all"),
     "term": _term,
     "ids": _flat("term"),
-    "exists": _term,
+    "exists": _exists,
     "terms": _terms,
     "range": _range,
     "match": _match,
