@@ -36,8 +36,8 @@ class RecordingUpstream:
         body = await request.read()
         self.seen.append(Seen(request.method, request.path_qs, dict(request.headers), body))
         headers = {"X-Elastic-Product": "Elasticsearch"}
-        if request.path.startswith("/_stream/"):
-            return await self._stream(request, int(request.path.rsplit("/", 1)[1]), headers)
+        if "stream_mb" in request.query:  # e.g. /acme-big/_search?stream_mb=50
+            return await self._stream(request, int(request.query["stream_mb"]), headers)
         if request.path == "/":
             payload = {"name": "rec", "cluster_name": "rec", "version": {"number": "9.1.0"}, "tagline": "You Know, for Search"}
         else:
@@ -50,7 +50,8 @@ class RecordingUpstream:
         response = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
         await response.prepare(request)
         await response.write(b'{"took":5,"timed_out":false,"_shards":{"total":1,"successful":1,"skipped":0,"failed":0},"hits":{"hits":[')
-        chunk = b'{"_id":"x","_source":{"pad":"' + b"x" * (65536 - 40) + b'"}},'
+        prefix, suffix = b'{"_id":"x","_source":{"pad":"', b'"}},'
+        chunk = prefix + b"x" * (65536 - len(prefix) - len(suffix)) + suffix  # exactly 64 KiB
         for _ in range(megabytes * 16):
             await response.write(chunk)
         await response.write(b'{"_id":"end"}]}}')

@@ -108,9 +108,9 @@ def test_50mb_response_streams_without_buffering(procs):
         http = urllib3.PoolManager()
         headers = {"Authorization": "ApiKey acme-key"}
         # Warm up the code paths, then take the high-water mark of resident memory.
-        http.request("GET", proxy.url + "/_stream/1", headers=headers, preload_content=True)
+        http.request("GET", proxy.url + "/acme-big/_search?stream_mb=1", headers=headers, preload_content=True)
         peak_before = _rss_kib(proxy.proc.pid)
-        response = http.request("GET", proxy.url + "/_stream/50", headers=headers, preload_content=False)
+        response = http.request("GET", proxy.url + "/acme-big/_search?stream_mb=50", headers=headers, preload_content=False)
         assert response.status == 200
         received = sum(len(chunk) for chunk in response.stream(1 << 16))
         assert received > 50 * 1024 * 1024
