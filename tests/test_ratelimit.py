@@ -176,6 +176,48 @@ def test_growth_keeps_every_bucket(impl):
     assert sorted(table.keys()) == sorted(f"tenant-{i}:search" for i in range(1000))
 
 
+def test_churn_keeps_every_key_findable(impl):
+    # removals leave holes that later keys reuse; every survivor must still be found
+    table = impl.TokenBucketTable()
+    live: dict[str, float] = {}
+    for round_ in range(20):
+        for i in range(200):
+            key = f"tenant-{round_ * 200 + i}:search"
+            table.configure(key, rate=1.0, burst=1000.0, now=0.0)
+            table.force_charge(key, float(i), 0.0)
+            live[key] = 1000.0 - i
+        for key in list(live)[::2]:
+            table.remove(key)
+            del live[key]
+    assert len(table) == len(live)
+    assert sorted(table.keys()) == sorted(live)
+    assert all(table.level(key, 0.0) == level for key, level in live.items())
+    assert "tenant-0:search" not in table and 42 not in table
+    # every key ever removed stays gone, and looking for it is a clean KeyError
+    for n in range(4000):
+        key = f"tenant-{n}:search"
+        if key not in live:
+            assert key not in table
+            with pytest.raises(KeyError):
+                table.level(key, 0.0)
+
+
+def test_eviction_at_scale_frees_each_slot_once(impl):
+    table = impl.TokenBucketTable(max_keys=500)
+    for i in range(500):
+        table.configure(f"tenant-{i}:search", rate=1.0, burst=10.0, now=0.0)
+    table.force_charge("tenant-7:search", 4.0, 0.0)
+    table.configure("newcomer:search", rate=1.0, burst=10.0, now=1.0)
+    assert sorted(table.keys()) == ["newcomer:search", "tenant-7:search"]
+    # refill the table: each new key must get a slot of its own
+    for i in range(498):
+        table.configure(f"late-{i}:search", rate=1.0, burst=10.0, now=1.0)
+        table.force_charge(f"late-{i}:search", i / 100, 1.0)
+    assert len(table) == 500
+    assert all(table.level(f"late-{i}:search", 1.0) == pytest.approx(10.0 - i / 100) for i in range(498))
+    assert table.level("tenant-7:search", 1.0) == 7.0
+
+
 def test_full_table_evicts_idle_buckets(impl):
     table = impl.TokenBucketTable(max_keys=3)
     for name in ("a", "b", "c"):
@@ -299,7 +341,9 @@ def test_reconfigure_only_forgives_debt_beyond_the_new_floor(
 
 # ---------------------------------------------------------------- compiled vs twin
 
-KEYS = ["acme:search", "acme:write", "globex:search", "initech:read", "hooli:search", "umbrella:admin"]
+# more names than the index's first 8 cells hold, so growth, tombstones and rebuilds are exercised
+KEYS = [f"{tenant}:{resource}" for tenant in ("acme", "globex", "initech", "hooli", "umbrella")
+        for resource in ("search", "write", "read")]
 times = st.one_of(
     st.floats(min_value=0.0, max_value=20.0),  # mostly forward
     st.floats(min_value=0.0, max_value=0.5),
@@ -342,10 +386,10 @@ def outcome(table, op):
     return result, sorted(table.keys()), table.last_level
 
 
-@given(max_keys=st.integers(min_value=1, max_value=5),
+@given(max_keys=st.integers(min_value=1, max_value=16),
        prelude=st.tuples(*[st.tuples(st.just("configure"), st.just(key), st.just(0.0), st.tuples(rates, bursts, max_debts))
-                           for key in KEYS[:4]]),
-       ops=st.lists(operations, max_size=60))
+                           for key in KEYS[:10]]),
+       ops=st.lists(operations, max_size=100))
 def test_compiled_table_matches_the_python_twin(max_keys, prelude, ops):
     compiled = _ratelimit.TokenBucketTable(max_keys)
     twin = _ratelimit_py.TokenBucketTable(max_keys)
