@@ -20,7 +20,7 @@ class TokenBucketTable:
     last_level: float
 
     def __init__(self, max_keys: int = 1_000_000) -> None:
-        """An empty table that holds at most `max_keys` keys (ValueError below 1)."""
+        """An empty table that holds at most `max_keys` keys (ValueError outside 1 .. 2**30)."""
 
     def configure(self, key: str, rate: float, burst: float, now: float, max_debt: float = -1.0) -> None:
         """Set a bucket's rate (cost units/s), burst and max debt (cost units; < 0 means "= burst").

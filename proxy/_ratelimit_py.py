@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+_MAX_KEYS = 2**30  # the compiled table's index holds int32 slot numbers
+
 
 class TableFull(Exception):
     """`configure` needed a new slot, the table already holds `max_keys` keys and none is idle."""
@@ -19,8 +21,8 @@ class TokenBucketTable:
     __slots__ = ("max_keys", "last_level", "_index", "_free", "_rate", "_burst", "_tokens", "_last", "_floor")
 
     def __init__(self, max_keys: int = 1_000_000):
-        if max_keys < 1:
-            raise ValueError(f"max_keys must be at least 1, got {max_keys}")
+        if max_keys < 1 or max_keys > _MAX_KEYS:
+            raise ValueError(f"max_keys must be between 1 and {_MAX_KEYS}, got {max_keys}")
         self.max_keys = max_keys
         self.last_level = 0.0
         self._index: dict[str, int] = {}

@@ -132,7 +132,7 @@ class LocalLimiter:
         enforcement would refuse. KeyError for a tenant or resource that is not configured.
         """
         budget = self._budgets[(tenant, resource)]
-        charge = cost if cost < budget.burst else budget.burst
+        charge = budget.burst if cost > budget.burst else cost  # a NaN cost stays NaN: the table refuses it
         table = self._table
         now = self._clock()
         try:

@@ -113,6 +113,14 @@ async def test_unknown_tenant_or_resource_is_a_key_error(table_factory):
         limiter.level("nobody", "search")
 
 
+@pytest.mark.parametrize("cost", [-1.0, float("nan")])
+async def test_a_cost_that_is_not_a_cost_is_a_value_error(table_factory, cost):
+    limiter = limiter_for(table_factory, config())
+    with pytest.raises(ValueError):
+        await limiter.acquire("acme", "search", cost)
+    assert limiter.level("acme", "search") == 100.0
+
+
 def test_decision_is_a_slotted_dataclass():
     assert [f.name for f in dataclasses.fields(Decision)] == [
         "admitted", "wait", "remaining", "limit", "window", "reason", "charged"]

@@ -76,6 +76,8 @@ def test_invalid_arguments(impl):
             call(KEY, -1.0, 0.0)
     with pytest.raises(ValueError):
         impl.TokenBucketTable(max_keys=0)
+    with pytest.raises(ValueError):
+        impl.TokenBucketTable(max_keys=2**30 + 1)
 
 
 def test_unknown_key_is_a_key_error(impl):
