@@ -2,7 +2,8 @@
 
 Never a runtime fallback: the installed package always builds and uses the Cython table. Same class
 name, same API, same arithmetic in the same order, so the two agree to within float rounding. Slots
-live in parallel lists indexed like the Cython struct array, with the same free-slot stack.
+live in parallel lists indexed like the Cython struct array, with the same free-slot stack; a dict
+stands in for the compiled table's open-addressing index.
 """
 from __future__ import annotations
 
