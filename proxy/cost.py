@@ -15,6 +15,7 @@ import math
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from hashlib import blake2b
 from typing import TYPE_CHECKING, Any
 
@@ -166,11 +167,13 @@ class Weights(BaseModel):
 class _Table:
     """The weights copied into slots: a pydantic attribute read costs several times a slot read on the hot path."""
 
-    __slots__ = tuple(Weights.model_fields)
+    __slots__ = (*Weights.model_fields, "agg_depth_factors")
 
     def __init__(self, weights: Weights) -> None:
-        for name in self.__slots__:
+        for name in Weights.model_fields:
             setattr(self, name, getattr(weights, name))
+        # agg_depth_factor ** (depth - 1), looked up rather than computed per aggregation
+        self.agg_depth_factors = tuple(weights.agg_depth_factor**i for i in range(_MAX_DEPTH + 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +221,8 @@ def size_bucket(n: float) -> int:
 
 def _count(value: Any, default: float, cap: float) -> float:
     """A count from hostile JSON: ints, finite floats and numeric strings; anything else is the default."""
+    if value is None:
+        return default
     t = type(value)
     if t is int:
         n = float(value) if -1e300 < value < 1e300 else cap
@@ -235,6 +240,7 @@ def _count(value: Any, default: float, cap: float) -> float:
     return 0.0 if n < 0 else cap if n > cap else n
 
 
+@lru_cache(maxsize=4096)
 def _index_shape(name: str) -> str:
     return _DIGITS.sub("#", name)
 
@@ -365,50 +371,57 @@ class CostModel:
         """One search request: (base + query + hits + extras + aggregations) × index factor."""
         w = self.w
         cap = w.max_count
+        if type(doc) is not dict:
+            doc = {}
+        get = doc.get
+        if "pit" in doc:
+            factor = 1.0  # a point in time fixes its indices; the path names none
+            parts.append("pit")
+        else:
+            factor = self._index_factor(indices, params, parts)
+        size = _count(get("size"), 10.0, cap)
+        start = _count(get("from"), 0.0, cap)
+        flat = 0.0  # what the URL parameters add
+        multiplier = w.dfs_factor if get("search_type") == "dfs_query_then_fetch" else 1.0
+        if get("profile") is True:
+            multiplier *= w.profile_factor
         if params:
             for name in _SHAPE_PARAMS:
                 value = params.get(name)
                 if value is not None:
                     parts.append(f"{name}={_index_shape(value) if name == 'routing' else value}"[:64])
-        if type(doc) is dict and "pit" in doc:
-            factor = 1.0  # a point in time fixes its indices; the path names none
-            parts.append("pit")
-        else:
-            factor = self._index_factor(indices, params, parts)
-        if type(doc) is not dict:
-            doc = {}
-        size = _count(params.get("size") if params and "size" in params else doc.get("size"), 10.0, cap)
-        start = _count(params.get("from") if params and "from" in params else doc.get("from"), 0.0, cap)
+            if "size" in params:  # the URL wins over the body, as in ES
+                size = _count(params["size"], 10.0, cap)
+            if "from" in params:
+                start = _count(params["from"], 0.0, cap)
+            if params.get("q"):
+                flat += _query_text(w, params["q"], params.get("df") is None, True, parts)
+            if params.get("scroll"):
+                flat += w.scroll_context
+                parts.append("scroll")
+            if params.get("track_total_hits") == "true":
+                flat += w.track_total_hits
+            if params.get("search_type") == "dfs_query_then_fetch" and multiplier == 1.0:
+                multiplier = w.dfs_factor
+            if params.get("profile") == "true":
+                multiplier *= w.profile_factor
         parts.append(f"s{size_bucket(size)}f{size_bucket(start)}")
-        cost = w.search + w.hit * size + w.hit_depth * (start + size)
+        cost = w.search + w.hit * size + w.hit_depth * (start + size) + flat
 
-        query = doc.get("query")
+        query = get("query")
         q = _query(w, query, parts, 1) if query is not None else w.match_all
-        if params and params.get("q"):
-            q += _query_text(w, params["q"], params.get("df") is None, True, parts)
-        cost += q * _terminate_factor(w, params, doc)
-        if params and params.get("scroll"):
-            cost += w.scroll_context
-            parts.append("scroll")
-        if params and params.get("track_total_hits") == "true":
-            cost += w.track_total_hits
-
+        cost += q * _terminate_factor(w, params, doc) if "terminate_after" in doc or params else q
         for key, value in doc.items():
             handler = _SEARCH_EXTRAS.get(key)
             if handler is not None:
                 parts.append(key)
                 cost += handler(w, value, size, parts)
-        aggs = doc.get("aggs")
+        aggs = get("aggs")
         if aggs is None:
-            aggs = doc.get("aggregations")
+            aggs = get("aggregations")
         if aggs is not None:
-            cost += _aggs(w, aggs, parts, 1, 1.0, _time_span(query) or w.date_histogram_span_s)
-
-        if params and params.get("search_type") == "dfs_query_then_fetch" or doc.get("search_type") == "dfs_query_then_fetch":
-            cost *= w.dfs_factor
-        if doc.get("profile") is True or (params and params.get("profile") == "true"):
-            cost *= w.profile_factor
-        return cost * factor
+            cost += _aggs(w, aggs, parts, 1, 1.0, query)
+        return cost * multiplier * factor
 
     def _msearch(self, call: EsCall, body: Body | None, parts: list[str]) -> float:
         """The sum of the searches: each header's index expression and parameters, each body's query."""
@@ -627,11 +640,19 @@ def _bool(w: Weights, body: Any, parts: list[str], depth: int) -> float:
     cost = w.compound
     if type(body) is not dict:
         return cost
+    inner = depth + 1
     for occur in ("must", "filter", "should", "must_not"):
         value = body.get(occur)
-        if value is not None:
-            parts.append(occur)
-            cost += _clauses(w, value, parts, depth)
+        if value is None:
+            continue
+        parts.append(occur)
+        if type(value) is list:  # _clauses inlined: bool is the hottest compound clause
+            parts.append("[")
+            for q in value:
+                cost += _query(w, q, parts, inner)
+            parts.append("]")
+        else:
+            cost += _query(w, value, parts, inner)
     return cost
 
 
@@ -1103,10 +1124,10 @@ _SIGNIFICANT = frozenset({"significant_terms", "significant_text"})
 _GRID_AGGS = frozenset({"geohash_grid", "geotile_grid", "geohex_grid"})
 
 
-def _aggs(w: Weights, aggs: Any, parts: list[str], depth: int, parent_buckets: float, span: float) -> float:
+def _aggs(w: Weights, aggs: Any, parts: list[str], depth: int, parent_buckets: float, query: Any) -> float:
     """Cost of an aggs object at nesting `depth` under `parent_buckets` buckets; appends its shape.
 
-    `span` is the seconds of data the query covers, for date_histogram bucket counts.
+    `query` is the search's query: its time range tells how many buckets a date_histogram makes.
     """
     if type(aggs) is not dict:
         return 0.0
@@ -1127,17 +1148,17 @@ def _aggs(w: Weights, aggs: Any, parts: list[str], depth: int, parent_buckets: f
         if atype is None:
             continue
         parts.append(str(atype))
-        own, buckets = _agg(w, atype, abody, parts, depth, parent_buckets, span)
+        own, buckets = _agg(w, atype, abody, parts, depth, parent_buckets, query)
         cost += own
         if sub is not None:
             total = parent_buckets * buckets
-            cost += _aggs(w, sub, parts, depth + 1, total if total < w.max_buckets else w.max_buckets, span)
+            cost += _aggs(w, sub, parts, depth + 1, total if total < w.max_buckets else w.max_buckets, query)
     parts.append("}")
     return cost
 
 
 def _agg(
-    w: Weights, atype: str, body: Any, parts: list[str], depth: int, parent: float, span: float
+    w: Weights, atype: str, body: Any, parts: list[str], depth: int, parent: float, query: Any
 ) -> tuple[float, float]:
     """(own cost, buckets it creates per parent bucket) of one aggregation."""
     if type(body) is not dict:
@@ -1167,7 +1188,7 @@ def _agg(
             extra += w.terms_agg
     elif atype == "date_histogram" or atype == "histogram" or atype == "auto_date_histogram":
         base = w.histogram_agg
-        buckets = _histogram_buckets(w, atype, body, parts, span)
+        buckets = _histogram_buckets(w, atype, body, parts, query)
     elif atype in _METRIC_AGGS:
         base = w.metric_agg
     elif atype == "cardinality":
@@ -1247,12 +1268,12 @@ def _agg(
         parts.append("script")
         extra += w.agg_script
     total = parent * buckets
-    own = base * w.agg_depth_factor ** min(depth - 1, _MAX_DEPTH) + extra
+    own = base * w.agg_depth_factors[depth - 1 if depth <= _MAX_DEPTH else _MAX_DEPTH] + extra
     own += w.agg_bucket * (total if total < cap else cap)
     return own, buckets
 
 
-def _histogram_buckets(w: Weights, atype: str, body: dict, parts: list[str], span: float) -> float:
+def _histogram_buckets(w: Weights, atype: str, body: dict, parts: list[str], query: Any) -> float:
     """Buckets a (date_)histogram will make: its span over its interval, clamped to max_buckets."""
     cap = w.max_buckets
     if atype == "auto_date_histogram":
@@ -1282,6 +1303,8 @@ def _histogram_buckets(w: Weights, atype: str, body: dict, parts: list[str], spa
     bounds = body.get("extended_bounds") or body.get("hard_bounds")
     if type(bounds) is dict and type(bounds.get("min")) is int and type(bounds.get("max")) is int:
         span = max((bounds["max"] - bounds["min"]) / 1000.0, seconds)  # epoch milliseconds
+    else:
+        span = _time_span(query) or w.date_histogram_span_s
     n = span / seconds
     return min(max(n, 1.0), cap)
 
@@ -1290,28 +1313,31 @@ def _time_span(query: Any) -> float | None:
     """Seconds a query's top-level time range covers ("gte": "now-15m"), or None when it doesn't say."""
     if type(query) is not dict:
         return None
-    clauses: Any = (query,)
     inner = query.get("bool")
-    if type(inner) is dict:
-        clauses = []
-        for occur in ("filter", "must"):
-            value = inner.get(occur)
-            clauses.extend(value if type(value) is list else (value,))
-    for clause in clauses:
-        spec = clause.get("range") if type(clause) is dict else None
-        if type(spec) is not dict:
-            continue
-        for options in spec.values():
-            if type(options) is not dict:
-                continue
-            low = options.get("gte", options.get("gt", options.get("from")))
-            if type(low) is str and low.startswith("now-"):
-                seconds = _interval_seconds(low[4:].partition("/")[0])
-                if seconds > 0:
-                    return seconds
+    if type(inner) is not dict:
+        return _range_span(query)
+    for occur in ("filter", "must"):
+        value = inner.get(occur)
+        if value is not None:
+            for clause in value if type(value) is list else (value,):
+                span = _range_span(clause)
+                if span:
+                    return span
     return None
 
 
+def _range_span(clause: Any) -> float | None:
+    spec = clause.get("range") if type(clause) is dict else None
+    if type(spec) is dict:
+        for options in spec.values():
+            if type(options) is dict:
+                low = options.get("gte") or options.get("gt") or options.get("from")
+                if type(low) is str and low.startswith("now-"):
+                    return _interval_seconds(low[4:].partition("/")[0]) or None
+    return None
+
+
+@lru_cache(maxsize=1024)
 def _interval_seconds(value: str) -> float:
     named = _CALENDAR_S.get(value)
     if named is not None:
