@@ -129,7 +129,8 @@ def _check_params(params: dict[str, str]) -> None:
     """Refuse (400) the numeric and time parameters that Elasticsearch itself would refuse."""
     for name, value in params.items():
         if name in _INT_PARAMS:
-            if not _INT.match(value) or abs(int(value)) > _INT_MAX:
+            # ES's Integer.parseInt: ASCII digits within int32 (and Python's int() refuses 5000 digits)
+            if not _INT.match(value) or len(value.lstrip("+-").lstrip("0")) > 10 or abs(int(value)) > _INT_MAX:
                 raise InvalidParameter(f"Failed to parse int parameter [{name}] with value [{_clip(value)}]")
             if name in _NON_NEGATIVE and int(value) < 0:
                 raise InvalidParameter(f"[{name}] parameter cannot be negative, found [{value}]")

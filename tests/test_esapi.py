@@ -214,7 +214,7 @@ def test_query_parameters_decode_and_last_value_wins():
 @pytest.mark.parametrize("query", [
     "size=10&from=9990", "size=0", "from=%2B5", "terminate_after=100", "timeout=2s", "scroll=1m", "scroll=30S",
     "scroll=-1", "max_concurrent_searches=3", "track_total_hits=true", "search_type=dfs_query_then_fetch",
-    "size=2147483647", "keep_alive=1m",
+    "size=2147483647", "keep_alive=1m", "from=00000000000001",
 ])
 def test_cost_relevant_params_that_es_accepts(query):
     call = parse_call("GET", f"/i/_search?{query}")
@@ -225,7 +225,7 @@ def test_cost_relevant_params_that_es_accepts(query):
     ("size=abc", "size"), ("size=-1", "size"), ("from=-10", "from"), ("size=1.5", "size"), ("size=", "size"),
     ("size=%201", "size"), ("size=1_000", "size"), ("size=%D9%A1", "size"), ("size=2147483648", "size"),
     ("terminate_after=x", "terminate_after"), ("scroll=soon", "scroll"), ("timeout=5 minutes", "timeout"),
-    ("max_docs=-1", "max_docs"),
+    ("max_docs=-1", "max_docs"), ("size=" + "9" * 5000, "size"),
 ])
 def test_bad_numeric_params_are_400_like_es(query, param):
     with pytest.raises(InvalidParameter) as info:
