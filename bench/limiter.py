@@ -220,10 +220,10 @@ def report(ns, args, rss, c_ns, vs_twin, vs_limits, c_mb) -> None:
         return
 
     table = Table(title=f"Limiter decisions on one existing key (best of {args.repeats} x {args.n:,})")
-    table.add_column("contender", min_width=20)
+    table.add_column("contender", no_wrap=True)
     for workload in WORKLOADS:
         table.add_column(f"{workload}\nns", justify="right")
-        table.add_column(f"{workload}\ndecisions/s", justify="right")
+        table.add_column("\ndecisions/s", justify="right")
     for name, _ in CONTENDERS:
         row = [name]
         for workload in WORKLOADS:
