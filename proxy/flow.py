@@ -162,7 +162,7 @@ class Proxy:
         # 4. Budget: the tenant's token bucket for this resource class (may wait up to max_wait_ms).
         decision = await self.limiter.acquire(tenant.name, call.resource, cost, shadow=not tenant.enforce)
         trace.charged = decision.charged
-        trace.queued_s = decision.wait if decision.admitted else 0.0
+        trace.queued_s = decision.wait if decision.admitted and tenant.enforce else 0.0  # shadow never sleeps
         if not decision.admitted:
             if tenant.enforce:
                 raise budget_exhausted(tenant, call.resource, cost, decision)
