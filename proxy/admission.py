@@ -109,8 +109,12 @@ class Admission:
         slots.admitted += 1
         return Ticket(tenant.name, cost, loop.time() - started)
 
-    def leave(self, ticket: Ticket) -> None:
-        """Give the slot back: the longest waiter of the same tenant gets it directly."""
+    def leave(self, ticket: Ticket, status: int = 0, upstream_s: float = 0.0, observed: float | None = None) -> None:
+        """Give the slot back: the longest waiter of the same tenant gets it directly.
+
+        `status` is the upstream's HTTP status (0 when it was never reached), `upstream_s` the time
+        to its response head in seconds, `observed` the cost units it reported (None if unknown).
+        """
         if not ticket.held:
             return
         ticket.held = False

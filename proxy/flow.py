@@ -184,11 +184,11 @@ class Proxy:
         try:
             response = await self._forward(request, raw, call, tenant, decision, estimate.cost, trace)
         except BaseException:
-            self.admission.leave(ticket)
+            self.admission.leave(ticket, trace.status, trace.upstream_s, None)
             if trace.node == "":  # never reached a node: the cluster spent nothing
                 self.limiter.settle(tenant.name, call.resource, decision.charged, 0.0)
             raise
-        self.admission.leave(ticket)
+        self.admission.leave(ticket, trace.status, trace.upstream_s, trace.observed)
 
         # 7. Settle: true the bill up to what the cluster reported spending.
         self._settle(tenant, call, decision, estimate.fingerprint, trace)
