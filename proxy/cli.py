@@ -19,7 +19,7 @@ DEMO_KEYS = {"acme": "acme-demo-key", "globex": "globex-demo-key"}
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sluicegate", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,check-config,hash-key,demo}")
     run = sub.add_parser("run", help="serve the proxy")
     run.add_argument("--config", required=True, help="path to the YAML config")
     run.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (SO_REUSEPORT)")
@@ -29,8 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     hashkey.add_argument("secret")
     demo = sub.add_parser("demo", help="start the simulated cluster and the proxy in front of it")
     demo.add_argument("--config", default=str(DEMO_CONFIG))
+    worker = sub.add_parser("_worker")  # started by the --workers supervisor; hidden from help
+    worker.add_argument("--config", required=True)
+    worker.add_argument("--index", type=int, required=True)
+    worker.add_argument("--workers", type=int, required=True)
+    worker.add_argument("--admin-socket", required=True)
     args = parser.parse_args(argv)
 
+    if args.command == "_worker":
+        from .server import run_worker
+
+        return run_worker(args.config, args.index, args.workers, args.admin_socket)
     if args.command == "run":
         from .server import run as serve
 

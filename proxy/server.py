@@ -29,10 +29,20 @@ log = logging.getLogger("sluicegate")
 class Worker:
     """One serving process: the proxy listener, the admin listener and the parts they share."""
 
-    def __init__(self, config_path: str | Path, config: Config, digest: str, *, worker_index: int = 0, workers: int = 1):
+    def __init__(
+        self,
+        config_path: str | Path,
+        config: Config,
+        digest: str,
+        *,
+        worker_index: int = 0,
+        workers: int = 1,
+        admin_socket: str | None = None,
+    ):
         self.config_path = Path(config_path)
         self.worker_index = worker_index
         self.workers = workers
+        self.admin_socket = admin_socket  # set under a supervisor: the admin API on a private unix socket
         self.metrics = Metrics()
         self.limiter: Limiter = LocalLimiter(share=1.0 / workers)
         self.limiter.configure(config)
@@ -74,16 +84,18 @@ class Worker:
         await site.start()
         self._runners.append(runner)
         self._proxy_sites.append(site)
-        if self.worker_index == 0:
-            from .admin import admin_app
+        from .admin import admin_app
 
-            admin_runner = web.AppRunner(admin_app(self), handle_signals=False, access_log=None)
-            await admin_runner.setup()
+        admin_runner = web.AppRunner(admin_app(self), handle_signals=False, access_log=None)
+        await admin_runner.setup()
+        if self.admin_socket:
+            await web.UnixSite(admin_runner, self.admin_socket).start()
+        else:
             await web.TCPSite(admin_runner, config.admin_listen.host, config.admin_listen.port).start()
-            self._runners.append(admin_runner)
+        self._runners.append(admin_runner)
         log.info(
             "sluicegate worker %d listening on %s (admin %s), upstream %s",
-            self.worker_index, config.listen, config.admin_listen, ", ".join(config.upstream.nodes),
+            self.worker_index, config.listen, self.admin_socket or config.admin_listen, ", ".join(config.upstream.nodes),
         )
 
     @property
@@ -135,7 +147,7 @@ class Worker:
         self.stopped.set()
 
 
-async def serve(config_path: str, worker_index: int = 0, workers: int = 1) -> int:
+async def serve(config_path: str, worker_index: int = 0, workers: int = 1, admin_socket: str | None = None) -> int:
     """Run one worker until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
     try:
         config, digest = load_config(config_path)
@@ -143,7 +155,7 @@ async def serve(config_path: str, worker_index: int = 0, workers: int = 1) -> in
         for path, message in exc.errors:
             print(f"{path or '<file>'}: {message}", file=sys.stderr)
         return 1
-    worker = Worker(config_path, config, digest, worker_index=worker_index, workers=workers)
+    worker = Worker(config_path, config, digest, worker_index=worker_index, workers=workers, admin_socket=admin_socket)
     await worker.start()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, worker.reload)
@@ -155,10 +167,24 @@ async def serve(config_path: str, worker_index: int = 0, workers: int = 1) -> in
 
 def run(config_path: str, workers: int = 1) -> int:
     """The `sluicegate run` entry point."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _log_setup()
     if workers <= 1:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(serve(config_path))
     from .workers import supervise
 
     return supervise(config_path, workers)
+
+
+def run_worker(config_path: str, index: int, workers: int, admin_socket: str) -> int:
+    """One worker under the supervisor (`sluicegate _worker`, not for direct use)."""
+    _log_setup(f"worker {index}")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(serve(config_path, index, workers, admin_socket))
+
+
+def _log_setup(who: str = "") -> None:
+    prefix = f"[{who}] " if who else ""
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s: {prefix}%(message)s", stream=sys.stderr
+    )
