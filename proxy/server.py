@@ -48,7 +48,7 @@ class Worker:
         self.limiter.configure(config)
         self.admission = Admission()
         self.admission.configure(config, share=1.0 / workers)
-        self.upstream = Upstream(config.upstream)
+        self.upstream = Upstream(config.upstream, on_error=self._count_upstream_error)
         self.access_log = AccessLog(config.access_log)
         self.proxy = Proxy(
             Snapshot(config, 1, digest),
@@ -60,10 +60,31 @@ class Worker:
             access_log=self.access_log,
         )
         self.metrics.set_config(1, digest)
+        self._register_live_gauges()
         self._runners: list[web.BaseRunner] = []
         self._proxy_sites: list[web.TCPSite] = []
         self.stopped = asyncio.Event()
         self._draining = False
+
+    def _count_upstream_error(self, node: str, kind: str) -> None:
+        self.metrics.upstream_errors.labels(node, kind).inc()
+
+    def _register_live_gauges(self) -> None:
+        """Levels read from the live objects at scrape time: nothing to update per request."""
+
+        def bucket_levels():
+            for name, view in self.proxy.snapshot.directory.tenants.items():
+                for resource in view.plan.resources:
+                    yield (name, resource), self.limiter.level(name, resource)
+
+        def tenant_slots(field: str):
+            return lambda: (((name,), float(getattr(slots, field))) for name, slots in self.admission.tenants.items())
+
+        add = self.metrics.add_live_gauge
+        add("sluicegate_bucket_level", "Tokens left in each tenant's bucket (cost units; negative is debt)",
+            ("tenant", "resource"), bucket_levels)
+        add("sluicegate_tenant_inflight", "Requests of each tenant in flight upstream", ("tenant",), tenant_slots("inflight"))
+        add("sluicegate_tenant_queued", "Requests of each tenant waiting for a slot", ("tenant",), tenant_slots("queued"))
 
     # ---- life cycle ----
     async def start(self) -> None:

@@ -59,8 +59,10 @@ class Node:
 class Upstream:
     """Forwards requests to the cluster's nodes and watches their health."""
 
-    def __init__(self, config: UpstreamConfig):
+    def __init__(self, config: UpstreamConfig, on_error=None):
         self.config = config
+        #: called as on_error(node_url, kind) for every failure: "unreachable", "timeout", "protocol"
+        self.on_error = on_error or (lambda node, kind: None)
         self.nodes: list[Node] = []
         self._auth = config.auth.header()
         self._next = 0
@@ -123,13 +125,16 @@ class Upstream:
             try:
                 response = await self._exchange(node, head, body, method == "HEAD")
             except NodeTimeout:
+                self.on_error(node.url, "timeout")
                 raise UpstreamFailure(504, f"node {node.url} did not answer within {self.config.request_timeout_s}s") from None
             except (OSError, ConnectionLostEarly) as exc:
                 # Nothing reached the node (refused, or the connect timed out): any method may go elsewhere.
                 self._mark_down(node, exc)
+                self.on_error(node.url, "unreachable")
                 last_error, status = f"node {node.url} is unreachable ({_describe(exc)})", 502
                 continue
             except UpstreamProtocolError as exc:
+                self.on_error(node.url, "protocol")
                 last_error, status = f"node {node.url} failed: {exc}", 502
                 if retry_after_send and self.config.retry_reads:
                     self._mark_down(node, exc)
