@@ -220,7 +220,7 @@ class ProxyProcess:
         return self.stderr_path.read_text(errors="replace")
 
     def access_log(self) -> list[dict]:
-        self._stdout.flush()
+        """The JSON lines the proxy wrote to stdout (buffered there: stop the proxy first to see all)."""
         return [json.loads(line) for line in self.stdout_path.read_text().splitlines() if line.startswith("{")]
 
     def metrics(self) -> str:

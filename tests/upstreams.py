@@ -35,6 +35,8 @@ class RecordingUpstream:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.seen.append(Seen(request.method, request.path_qs, dict(request.headers), body))
+        if "delay_ms" in request.query:  # a slow search: the request is in flight upstream meanwhile
+            await asyncio.sleep(int(request.query["delay_ms"]) / 1000)
         headers = {"X-Elastic-Product": "Elasticsearch"}
         if "stream_mb" in request.query:  # e.g. /acme-big/_search?stream_mb=50
             return await self._stream(request, int(request.query["stream_mb"]), headers)

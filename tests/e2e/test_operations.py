@@ -1,0 +1,206 @@
+"""Operating the proxy: reload under load, a broken reload, shadow mode, graceful drain, workers,
+the access log. Real proxy processes in front of a real recording upstream."""
+from __future__ import annotations
+
+import asyncio
+import copy
+import signal
+import time
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.processes import http_post, make_config, tenant, wait_until
+from tests.upstreams import RecordingUpstream
+
+ACME = {"Authorization": "ApiKey acme-key"}
+SEARCH = "/acme-logs/_search"
+
+
+@pytest.fixture
+def upstream():
+    server = RecordingUpstream().start()
+    yield server
+    server.stop()
+
+
+def plan(rate: float, burst: float, **extra) -> dict:
+    bucket = {"rate": rate, "burst": burst}
+    return {"search": bucket, "read": bucket, "write": bucket, "admin": bucket,
+            "max_concurrent": 64, "max_queue": 256, "max_wait_ms": 0, **extra}
+
+
+async def hammer(url: str, stop: asyncio.Event, statuses: list, concurrency: int = 8, headers=ACME, path=SEARCH):
+    """Keep `concurrency` clients busy until `stop`; record every status (0 for a connection failure)."""
+    async def client(session: aiohttp.ClientSession) -> None:
+        while not stop.is_set():
+            try:
+                async with session.post(url + path, data=b'{"query":{"match_all":{}}}', headers=headers) as r:
+                    await r.read()
+                    statuses.append(r.status)
+            except aiohttp.ClientError:
+                statuses.append(0)
+
+    async with aiohttp.ClientSession(headers={"Content-Type": "application/json"}) as session:
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+
+
+def generation(proxy) -> int:
+    return proxy.tenants()["config"]["generation"]
+
+
+async def test_100_sighups_under_load_fail_nothing_and_the_last_limits_hold(procs, upstream):
+    config = make_config([upstream.url], plans={"standard": plan(1e6, 1e7)})
+    proxy = procs.proxy(config)
+    stop, statuses = asyncio.Event(), []
+    load = asyncio.create_task(hammer(proxy.url, stop, statuses))
+    for i in range(100):
+        changed = copy.deepcopy(config)
+        changed["plans"]["standard"] = plan(1e6 + i, 1e7 + i)  # a new limit each time
+        proxy.write_config(changed)
+        before = generation(proxy)
+        proxy.signal(signal.SIGHUP)
+        await asyncio.to_thread(wait_until, lambda: generation(proxy) > before, 10, "reload")
+    stop.set()
+    await load
+    assert len(statuses) > 100 and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert generation(proxy) == 101
+    assert proxy.tenants()["tenants"]["acme"]["buckets"]["search"]["rate"] == 1e6 + 99
+    # Now a tight limit: it is in force at once.
+    tight = copy.deepcopy(config)
+    tight["plans"]["standard"] = plan(0.001, 3)
+    proxy.write_config(tight)
+    proxy.signal(signal.SIGHUP)
+    await asyncio.to_thread(wait_until, lambda: generation(proxy) == 102, 10, "reload")
+    codes = await _sequential(proxy.url, 40)
+    assert 429 in codes and codes.count(200) < 40
+
+
+async def _sequential(url: str, n: int, headers=ACME) -> list[int]:
+    async with aiohttp.ClientSession() as session:
+        codes = []
+        for _ in range(n):
+            async with session.get(url + SEARCH, headers=headers) as r:
+                await r.read()
+                codes.append(r.status)
+        return codes
+
+
+async def test_invalid_reload_changes_nothing_and_is_counted(procs, upstream):
+    config = make_config([upstream.url], plans={"standard": plan(0.001, 3)})
+    proxy = procs.proxy(config)
+    before = await _sequential(proxy.url, 10)
+    broken = copy.deepcopy(config)
+    broken["plans"]["standard"]["search"]["rate"] = -1
+    proxy.write_config(broken)
+    proxy.signal(signal.SIGHUP)
+    await asyncio.to_thread(
+        wait_until, lambda: proxy.metric("sluicegate_config_reload_failures_total") == 1, 10, "failure counted"
+    )
+    status, body = http_post(proxy.admin + "/reload")
+    assert status == 400 and b"plans.standard.search.rate" in body
+    assert proxy.metric("sluicegate_config_reload_failures_total") == 2
+    assert generation(proxy) == 1
+    assert "plans.standard.search.rate" in proxy.stderr()
+    after = await _sequential(proxy.url, 10)
+    assert before.count(200) <= 3 and after.count(200) == 0 and set(after) == {429}  # the old, tight limit still holds
+
+
+async def test_shadow_tenant_is_never_refused_but_counted(procs, upstream):
+    config = make_config(
+        [upstream.url],
+        tenants={"acme": tenant("acme", enforce=False)},
+        plans={"standard": plan(0.001, 3, max_concurrent=1, max_queue=0)},
+        access_log={"path": "-", "sample": 0.0},  # admitted lines sampled away; would-throttles always logged
+    )
+    proxy = procs.proxy(config)
+    stop, statuses = asyncio.Event(), []
+    load = asyncio.create_task(hammer(proxy.url, stop, statuses, concurrency=4))
+    await asyncio.to_thread(
+        wait_until, lambda: proxy.metric("sluicegate_requests_total", tenant="acme", decision="would_throttle") >= 50, 20
+    )
+    stop.set()
+    await load
+    assert set(statuses) == {200}
+    would = proxy.metric("sluicegate_requests_total", tenant="acme", decision="would_throttle")
+    assert would >= 50
+    assert proxy.metric("sluicegate_requests_total", tenant="acme", decision="throttled") == 0
+    proxy.stop()
+    flagged = [line for line in proxy.access_log() if line["decision"] == "would_throttle"]
+    assert len(flagged) >= 50 and {line["reason"] for line in flagged} <= {"budget", "concurrency"}
+    assert all(line["status"] == 200 for line in flagged)
+
+
+async def test_sigterm_drains_in_flight_requests_then_exits_0(procs, upstream):
+    proxy = procs.proxy(make_config([upstream.url], drain_timeout_s=20))
+
+    async def slow(session):
+        async with session.get(proxy.url + SEARCH + "?delay_ms=1500", headers=ACME) as r:
+            return r.status, await r.read()
+
+    async with aiohttp.ClientSession() as session:
+        requests = [asyncio.create_task(slow(session)) for _ in range(20)]
+        await asyncio.to_thread(wait_until, lambda: len([s for s in upstream.seen if "delay_ms" in s.path_qs]) == 20, 10)
+        proxy.signal(signal.SIGTERM)
+        # The listener closes at once: new connections are refused while the 20 finish.
+        await asyncio.to_thread(wait_until, lambda: _refused(proxy.url), 5, "listener closed")
+        results = await asyncio.gather(*requests)
+    assert [status for status, _ in results] == [200] * 20
+    assert all(b'"took"' in body for _, body in results)
+    assert await asyncio.to_thread(proxy.proc.wait, 10) == 0
+
+
+def _refused(url: str) -> bool:
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=0.5).close()
+        return False
+    except OSError:
+        return True
+
+
+async def test_two_workers_share_the_port_and_split_the_limits(procs, upstream):
+    config = make_config([upstream.url], plans={"standard": plan(1e6, 1e7, max_concurrent=8)})
+    proxy = procs.proxy(config, workers=2)
+    # Many short connections so SO_REUSEPORT spreads them over both workers.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        for _ in range(60):
+            async with session.get(proxy.url + SEARCH, headers=ACME) as r:
+                assert r.status == 200
+    metrics = proxy.metrics()
+    served = {w: proxy.metric("sluicegate_requests_total", tenant="acme", worker=w) for w in ("0", "1")}
+    assert sum(served.values()) == 60 and all(served.values()), served
+    assert "sluicegate_bucket_level" in metrics
+    report = proxy.tenants()
+    assert report["workers"] == 2
+    assert report["tenants"]["acme"]["max_concurrent"] == 8  # 4 + 4: each worker holds half
+    status, body = http_post(proxy.admin + "/reload")
+    assert status == 200 and set(orjson.loads(body)["workers"]) == {"0", "1"}
+    assert proxy.stop() == 0
+
+
+async def test_access_log_has_one_json_line_per_request_with_every_field(procs, upstream):
+    proxy = procs.proxy(make_config([upstream.url], access_log={"path": "-", "sample": 1.0}))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(proxy.url + SEARCH, data=b'{"query":{"wildcard":{"m":"*x"}}}', headers={
+            **ACME, "Content-Type": "application/json"}) as r:
+            assert r.status == 200
+            assert r.headers["X-Sluicegate-Cost"].startswith("estimated=")
+        async with session.get(proxy.url + SEARCH, headers={"Authorization": "ApiKey nope"}) as r:
+            assert r.status == 401
+    proxy.stop()
+    lines = proxy.access_log()
+    assert len(lines) == 2
+    admitted, refused = lines
+    fields = {"time", "tenant", "method", "kind", "index", "resource", "fingerprint", "cost_estimated", "cost_charged",
+              "cost_observed", "decision", "reason", "status", "node", "queue_ms", "upstream_ms", "bytes_in", "bytes_out"}
+    assert fields <= set(admitted)
+    assert admitted["tenant"] == "acme" and admitted["kind"] == "search" and admitted["index"] == "acme-logs"
+    assert admitted["cost_observed"] == 3.0 and admitted["status"] == 200 and admitted["node"] == upstream.url
+    assert admitted["bytes_in"] > 0 and admitted["bytes_out"] > 0
+    assert refused["tenant"] == "-" and refused["status"] == 401 and refused["decision"] == "refused"
+    assert abs(admitted["time"] - time.time()) < 60
