@@ -1,16 +1,19 @@
 """Prometheus metrics.
 
-Counters and histograms touched per request are bound to their label values once and cached, so
-the hot path does a dict lookup and an increment. Levels that change constantly (bucket levels,
-in-flight, queued, the global limit) are not updated per request at all: a collector reads them
-from the live objects when /metrics is scraped.
+The counters and histograms touched by every request are plain dicts of floats here, read by a
+collector when /metrics is scraped: an increment is a dict update, with no lock and no label
+lookup (prometheus_client's own counters cost about a microsecond each, and a request touches
+seven). Levels that change constantly (bucket levels, in-flight, queued, the global limit) are not
+updated per request at all: a collector reads them from the live objects at scrape time.
+Everything else (reloads, Redis state, upstream errors) uses prometheus_client's types directly.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -31,36 +34,76 @@ class _LiveCollector(Collector):
             yield family
 
 
+class _Histogram:
+    """Bucket counts of one label set: a list index per observation, cumulated at scrape time."""
+
+    __slots__ = ("counts", "total", "count")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(_LATENCY_BUCKETS, value)] += 1
+        self.total += value
+        self.count += 1
+
+
+class _HotCollector(Collector):
+    """The per-request counters and histograms, stored as plain dicts keyed by label values."""
+
+    COUNTERS = {
+        "requests": ("sluicegate_requests", "Requests by tenant, resource class, decision and reason",
+                     ("tenant", "resource", "decision", "reason")),
+        "responses": ("sluicegate_responses", "Responses sent, by tenant and HTTP status code", ("tenant", "code")),
+        "estimated": ("sluicegate_cost_estimated_units", "Cost units estimated before forwarding", ("tenant", "resource")),
+        "charged": ("sluicegate_cost_charged_units", "Cost units charged up front", ("tenant", "resource")),
+        "observed": ("sluicegate_cost_observed_units", "Cost units observed from responses (took x shards)",
+                     ("tenant", "resource")),
+    }
+    HISTOGRAMS = {
+        "queue_wait": ("sluicegate_queue_wait_seconds", "Time a request waited for budget and slots before forwarding",
+                       ("tenant",)),
+        "upstream": ("sluicegate_upstream_latency_seconds", "Time from forwarding to the upstream's response head",
+                     ("resource",)),
+    }
+
+    def __init__(self) -> None:
+        self.counters: dict[str, dict[tuple, float]] = {key: {} for key in self.COUNTERS}
+        self.histograms: dict[str, dict[tuple, _Histogram]] = {key: {} for key in self.HISTOGRAMS}
+
+    def collect(self) -> Iterable[Metric]:
+        for key, (name, doc, labels) in self.COUNTERS.items():
+            family = CounterMetricFamily(name, doc, labels=list(labels))
+            for values, value in list(self.counters[key].items()):
+                family.add_metric([str(v) for v in values], value)
+            yield family
+        for key, (name, doc, labels) in self.HISTOGRAMS.items():
+            family = HistogramMetricFamily(name, doc, labels=list(labels))
+            for values, hist in list(self.histograms[key].items()):
+                running, buckets = 0, []
+                for bound, count in zip((*_LATENCY_BUCKETS, float("inf")), hist.counts):
+                    running += count
+                    buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+                family.add_metric(list(values), buckets, hist.total)
+            yield family
+
+
 class Metrics:
     """Every metric the proxy exports, in one registry per process."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "sluicegate_requests", "Requests by tenant, resource class, decision and reason",
-            ["tenant", "resource", "decision", "reason"], registry=r,
-        )
-        self.responses = Counter(
-            "sluicegate_responses", "Responses sent, by tenant and HTTP status code", ["tenant", "code"], registry=r
-        )
-        self.cost_estimated = Counter(
-            "sluicegate_cost_estimated_units", "Cost units estimated before forwarding", ["tenant", "resource"], registry=r
-        )
-        self.cost_charged = Counter(
-            "sluicegate_cost_charged_units", "Cost units charged up front", ["tenant", "resource"], registry=r
-        )
-        self.cost_observed = Counter(
-            "sluicegate_cost_observed_units", "Cost units observed from responses (took x shards)",
-            ["tenant", "resource"], registry=r,
-        )
-        self.queue_wait = Histogram(
-            "sluicegate_queue_wait_seconds", "Time a request waited for budget and slots before forwarding",
-            ["tenant"], buckets=_LATENCY_BUCKETS, registry=r,
-        )
-        self.upstream_latency = Histogram(
-            "sluicegate_upstream_latency_seconds", "Time from forwarding to the upstream's response headers",
-            ["resource"], buckets=_LATENCY_BUCKETS, registry=r,
-        )
+        self.hot = _HotCollector()
+        r.register(self.hot)
+        self._requests = self.hot.counters["requests"]
+        self._responses = self.hot.counters["responses"]
+        self._estimated = self.hot.counters["estimated"]
+        self._charged = self.hot.counters["charged"]
+        self._observed = self.hot.counters["observed"]
+        self._queue_wait = self.hot.histograms["queue_wait"]
+        self._upstream = self.hot.histograms["upstream"]
         self.upstream_errors = Counter(
             "sluicegate_upstream_errors", "Upstream failures by node and kind", ["node", "kind"], registry=r
         )
@@ -76,11 +119,6 @@ class Metrics:
         )
         self.live = _LiveCollector()
         r.register(self.live)
-        self._request_children: dict[tuple[str, str, str, str], object] = {}
-        self._response_children: dict[tuple[str, int], object] = {}
-        self._cost_children: dict[tuple[str, str], tuple[object, object, object]] = {}
-        self._wait_children: dict[str, object] = {}
-        self._latency_children: dict[str, object] = {}
 
     def add_live_gauge(self, name: str, doc: str, labels: tuple[str, ...], read) -> None:
         """Register a gauge whose samples `read()` yields at scrape time as (label values, value)."""
@@ -91,52 +129,41 @@ class Metrics:
         self.config_info.clear()
         self.config_info.labels(digest).set(1)
 
-    # ---- per request: cached children ----
+    # ---- per request: plain dict updates ----
     def count_request(self, tenant: str, resource: str, decision: str, reason: str) -> None:
         key = (tenant, resource, decision, reason)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.requests.labels(*key)
-        child.inc()
+        counts = self._requests
+        counts[key] = counts.get(key, 0.0) + 1.0
 
     def count_response(self, tenant: str, status: int) -> None:
         key = (tenant, status)
-        child = self._response_children.get(key)
-        if child is None:
-            child = self._response_children[key] = self.responses.labels(tenant, str(status))
-        child.inc()
+        counts = self._responses
+        counts[key] = counts.get(key, 0.0) + 1.0
 
     def count_cost(self, tenant: str, resource: str, estimated: float, charged: float, observed: float | None) -> None:
         key = (tenant, resource)
-        children = self._cost_children.get(key)
-        if children is None:
-            children = self._cost_children[key] = (
-                self.cost_estimated.labels(*key), self.cost_charged.labels(*key), self.cost_observed.labels(*key)
-            )
-        children[0].inc(estimated)
-        children[1].inc(charged)
+        self._estimated[key] = self._estimated.get(key, 0.0) + estimated
+        self._charged[key] = self._charged.get(key, 0.0) + charged
         if observed is not None:
-            children[2].inc(observed)
+            self._observed[key] = self._observed.get(key, 0.0) + observed
 
     def observe_queue_wait(self, tenant: str, seconds: float) -> None:
-        child = self._wait_children.get(tenant)
-        if child is None:
-            child = self._wait_children[tenant] = self.queue_wait.labels(tenant)
-        child.observe(seconds)
+        hist = self._queue_wait.get((tenant,))
+        if hist is None:
+            hist = self._queue_wait[(tenant,)] = _Histogram()
+        hist.observe(seconds)
 
     def observe_upstream(self, resource: str, seconds: float) -> None:
-        child = self._latency_children.get(resource)
-        if child is None:
-            child = self._latency_children[resource] = self.upstream_latency.labels(resource)
-        child.observe(seconds)
+        hist = self._upstream.get((resource,))
+        if hist is None:
+            hist = self._upstream[(resource,)] = _Histogram()
+        hist.observe(seconds)
 
     def forget_tenants(self, keep: set[str]) -> None:
-        """Drop cached label children of tenants removed by a reload, so memory stays bounded."""
-        for cache in (self._request_children, self._response_children, self._cost_children):
-            for key in [k for k in cache if k[0] not in keep and k[0] != "-"]:
-                del cache[key]
-        for key in [k for k in self._wait_children if k not in keep]:
-            del self._wait_children[key]
+        """Drop the series of tenants removed by a reload, so memory stays bounded."""
+        for series in (*self.hot.counters.values(), self._queue_wait):
+            for key in [k for k in series if k[0] not in keep and k[0] != "-"]:
+                del series[key]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

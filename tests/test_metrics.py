@@ -1,0 +1,56 @@
+"""Metrics: the per-request counters render as proper Prometheus series."""
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.metrics import Metrics
+
+
+def samples(metrics: Metrics) -> dict[tuple, float]:
+    out = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_counters_and_histograms_render_with_their_labels():
+    m = Metrics()
+    for _ in range(3):
+        m.count_request("acme", "search", "admitted", "")
+    m.count_request("acme", "search", "throttled", "budget")
+    m.count_response("acme", 429)
+    m.count_cost("acme", "search", 2.0, 3.0, None)
+    m.count_cost("acme", "search", 2.0, 3.0, 10.0)
+    for seconds in (0.0005, 0.003, 0.003, 7.0, 99.0):
+        m.observe_upstream("search", seconds)
+    got = samples(m)
+    assert got[("sluicegate_requests_total", (("decision", "admitted"), ("reason", ""), ("resource", "search"),
+                                              ("tenant", "acme")))] == 3
+    assert got[("sluicegate_responses_total", (("code", "429"), ("tenant", "acme")))] == 1
+    assert got[("sluicegate_cost_charged_units_total", (("resource", "search"), ("tenant", "acme")))] == 6
+    assert got[("sluicegate_cost_observed_units_total", (("resource", "search"), ("tenant", "acme")))] == 10
+    bucket = lambda le: got[("sluicegate_upstream_latency_seconds_bucket", (("le", le), ("resource", "search")))]
+    assert (bucket("0.001"), bucket("0.005"), bucket("10.0"), bucket("+Inf")) == (1, 3, 4, 5)  # cumulative
+    assert got[("sluicegate_upstream_latency_seconds_count", (("resource", "search"),))] == 5
+    assert abs(got[("sluicegate_upstream_latency_seconds_sum", (("resource", "search"),))] - 106.0065) < 1e-9
+
+
+def test_removed_tenants_are_forgotten_but_unauthenticated_series_stay():
+    m = Metrics()
+    for name in ("acme", "gone", "-"):
+        m.count_request(name, "search", "admitted", "")
+        m.observe_queue_wait(name, 0.01)
+    m.forget_tenants({"acme"})
+    tenants = {dict(labels).get("tenant") for (name, labels) in samples(m) if name == "sluicegate_requests_total"}
+    assert tenants == {"acme", "-"}
+    assert not any(dict(labels).get("tenant") == "gone" for (name, labels) in samples(m))
+
+
+def test_live_gauges_are_read_at_scrape_time():
+    m = Metrics()
+    level = {"v": 5.0}
+    m.add_live_gauge("sluicegate_bucket_level", "level", ("tenant",), lambda: [(("acme",), level["v"])])
+    assert samples(m)[("sluicegate_bucket_level", (("tenant", "acme"),))] == 5.0
+    level["v"] = -2.5
+    assert samples(m)[("sluicegate_bucket_level", (("tenant", "acme"),))] == -2.5
