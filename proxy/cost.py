@@ -1363,10 +1363,20 @@ def observed_cost(head: bytes) -> float | None:
     in `head`; without it (bulk, msearch) the cost is took alone. None when the head has no
     complete top-level "took" (count, errors, truncated heads). A took of 0 means under 1 ms: 0.5.
     """
+    fast = _SEARCH_HEAD.match(head)
+    if fast is not None:  # how Elasticsearch begins every search response: one match, no scan
+        took, total, skipped = fast.groups()
+        return _took_ms(int(took)) * max(1, int(total) - int(skipped))
     try:
         return _observed(head)
     except Exception:  # a cost reading must never break a response
         return None
+
+
+_SEARCH_HEAD = re.compile(
+    rb'\{"took":(\d{1,12}),"timed_out":(?:true|false),(?:"terminated_early":(?:true|false),)?'
+    rb'(?:"num_reduce_phases":\d+,)?"_shards":\{"total":(\d{1,9}),"successful":\d+,"skipped":(\d{1,9}),'
+)
 
 
 def _observed(head: bytes) -> float | None:

@@ -315,12 +315,18 @@ async def read_body(request: BaseRequest, max_bytes: int, timeout_s: float) -> b
     length = request.content_length
     if length is not None and length > max_bytes:
         raise BodyTooLarge(f"request body is {length} bytes, over the limit of {max_bytes} bytes")
+    content = request.content
+    if content.is_eof():  # the whole body came with the head (most requests): no waiting, no timer
+        data = content.read_nowait(-1)
+        if len(data) > max_bytes:
+            raise BodyTooLarge(f"request body is over the limit of {max_bytes} bytes")
+        return data
     if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     buf = bytearray()
     try:
         async with asyncio.timeout(timeout_s):
-            async for chunk in request.content.iter_any():
+            async for chunk in content.iter_any():
                 buf += chunk
                 if len(buf) > max_bytes:
                     raise BodyTooLarge(f"request body is over the limit of {max_bytes} bytes")

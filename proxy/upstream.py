@@ -16,7 +16,14 @@ from urllib.parse import urlsplit
 
 from .config import UpstreamConfig
 from .errors import UpstreamFailure
-from .upstream_http import ConnectionLostEarly, ConnectionPool, UpstreamProtocolError, UpstreamResponse, request_head
+from .upstream_http import (
+    ConnectionLostEarly,
+    ConnectionPool,
+    HeadTimeout,
+    UpstreamProtocolError,
+    UpstreamResponse,
+    request_head,
+)
 
 log = logging.getLogger("sluicegate.upstream")
 
@@ -30,10 +37,6 @@ HOP_BY_HOP = frozenset(
 )
 _REQUEST_DROP = HOP_BY_HOP | {"authorization", "host", "content-length", "expect", "x-forwarded-for", "x-forwarded-proto"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "date", "server"}
-
-
-class NodeTimeout(Exception):
-    """The node accepted the request but sent no response head within request_timeout_s."""
 
 
 class Node:
@@ -124,7 +127,7 @@ class Upstream:
             head = request_head(method, target, node.host_header, headers, body_length)
             try:
                 response = await self._exchange(node, head, body, method == "HEAD")
-            except NodeTimeout:
+            except HeadTimeout:
                 self.on_error(node.url, "timeout")
                 raise UpstreamFailure(504, f"node {node.url} did not answer within {self.config.request_timeout_s}s") from None
             except (OSError, ConnectionLostEarly) as exc:
@@ -157,13 +160,9 @@ class Upstream:
 
     async def _await_head(self, conn, head: bytes, body: bytes | None, is_head: bool) -> UpstreamResponse:
         try:
-            async with asyncio.timeout(self.config.request_timeout_s):
-                response = await conn.send(head, body, is_head)
-        except TimeoutError:
-            conn.close()
-            raise NodeTimeout() from None
+            response = await conn.send(head, body, is_head, self.config.request_timeout_s)
         except BaseException:
-            conn.close()  # whatever happened, this connection's state is unknown now
+            conn.close()  # timed out, failed, or the client went away: this connection's state is unknown
             raise
         response.read_timeout = self.config.request_timeout_s
         return response
@@ -201,7 +200,7 @@ class Upstream:
                     ok = response.status < 500
                 finally:
                     response.release()
-        except (OSError, NodeTimeout, UpstreamProtocolError):
+        except (OSError, HeadTimeout, UpstreamProtocolError):
             ok = False
         if ok:
             if not node.healthy or node.down_until:

@@ -27,6 +27,10 @@ class ConnectionLostEarly(UpstreamProtocolError):
     """The connection closed before any byte of the response: a stale keep-alive connection."""
 
 
+class HeadTimeout(Exception):
+    """The node accepted the request but sent no response head in time."""
+
+
 class UpstreamResponse:
     """A node's response: the parsed head, and the body as it arrives."""
 
@@ -140,6 +144,7 @@ class NodeConnection(asyncio.Protocol):
         self.uses = 0
         self._buf = bytearray()
         self._head_waiter: asyncio.Future[UpstreamResponse] | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
         self._response: UpstreamResponse | None = None
         self._head_request = False
         self._received_any = False
@@ -156,6 +161,7 @@ class NodeConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._stop_head_timer()
         self.pool.forget(self)
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
@@ -192,6 +198,7 @@ class NodeConnection(asyncio.Protocol):
             self._response = response
             waiter = self._head_waiter
             self._head_waiter = None
+            self._stop_head_timer()
             if waiter is not None and not waiter.done():
                 waiter.set_result(response)
             if response.complete:
@@ -336,20 +343,35 @@ class NodeConnection(asyncio.Protocol):
         self.resume()
         self.pool.put_back(self)
 
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(HeadTimeout())
+        self.close()
+
     def close(self) -> None:
+        self._stop_head_timer()
         if not self.closed:
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
         self.pool.forget(self)
 
-    def send(self, head: bytes, body: bytes | None, is_head: bool) -> asyncio.Future[UpstreamResponse]:
-        """Write one request; the future resolves to the response once its head has arrived."""
+    def send(self, head: bytes, body: bytes | None, is_head: bool, timeout: float) -> asyncio.Future[UpstreamResponse]:
+        """Write one request; the future resolves to the response once its head has arrived,
+        or fails with HeadTimeout after `timeout` seconds (one timer, no timeout context)."""
         assert self.transport is not None
         self.uses += 1
         self._head_request = is_head
         self._received_any = False
         waiter = self._head_waiter = self.loop.create_future()
+        self._head_timer = self.loop.call_later(timeout, self._head_timed_out)
         if body:
             self.transport.writelines((head, body))
         else:

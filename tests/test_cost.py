@@ -703,3 +703,29 @@ def test_lru_never_exceeds_its_bound_and_ewma_stays_in_range(observations, bound
         value = learned.get(tenant, fingerprint)
         if value is not None:
             assert min(costs) - 1e-6 <= value <= max(costs) + 1e-6
+
+
+# ---- the fast path for search heads agrees with the general scanner ----
+from hypothesis import given, strategies as st  # noqa: E402
+
+from proxy.cost import _observed  # noqa: E402
+
+
+@given(
+    took=st.integers(0, 10**6), timed_out=st.booleans(), early=st.none() | st.booleans(),
+    phases=st.none() | st.integers(0, 50), total=st.integers(0, 5000), skipped=st.integers(0, 5000),
+    tail=st.binary(max_size=60), cut=st.integers(0, 400),
+)
+def test_search_head_fast_path_matches_the_general_scanner(took, timed_out, early, phases, total, skipped, tail, cut):
+    head = b'{"took":%d,"timed_out":%s,' % (took, b"true" if timed_out else b"false")
+    if early is not None:
+        head += b'"terminated_early":%s,' % (b"true" if early else b"false")
+    if phases is not None:
+        head += b'"num_reduce_phases":%d,' % phases
+    head += b'"_shards":{"total":%d,"successful":%d,"skipped":%d,"failed":0},"hits":' % (total, total, skipped) + tail
+    head = head[: max(cut, 1)]
+    if b'"failed":0}' in head:
+        assert observed_cost(head) == _observed(head)
+    else:  # cut inside _shards: the fast path may already have read total and skipped whole
+        full = max(0.5, float(took)) * max(1, total - skipped)
+        assert observed_cost(head) in (_observed(head), full)
