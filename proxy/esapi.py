@@ -109,12 +109,29 @@ def _split_indices(expr: str) -> tuple[str, ...]:
     return tuple(name for name in expr.split(",") if name)
 
 
+#: parsed calls by (method, target); applications repeat a few targets, so most requests skip parsing
+_CALLS: dict[tuple[str, str], EsCall] = {}
+_CALLS_MAX = 4096
+
+
 def parse_call(method: str, raw_path: str) -> EsCall:
     """Parse the request target (percent-encoded path, optional ?query) of an ES/OpenSearch call.
 
     Raises BadRequest (or its subclass InvalidParameter) for anything unparseable: bad
     percent-encoding, invalid UTF-8, NUL bytes, or a size/from/scroll value ES would refuse.
+    The result is shared between requests with the same target: treat it as read-only.
     """
+    key = (method, raw_path)
+    call = _CALLS.get(key)
+    if call is None:
+        call = _parse_call(method, raw_path)
+        if len(_CALLS) >= _CALLS_MAX:
+            _CALLS.clear()  # bounded whatever clients send; refilling is cheap
+        _CALLS[key] = call
+    return call
+
+
+def _parse_call(method: str, raw_path: str) -> EsCall:
     method = method.upper()
     path, _, query = raw_path.partition("?")
     segments = [_decode(seg, False) for seg in path.split("/") if seg]

@@ -647,3 +647,20 @@ def test_decode_body_any_json_lines_is_a_body_or_a_4xx(call, docs, encoding):
     elif encoding == "deflate":
         raw = zlib.compress(raw)
     _check_body(call, raw, JSON, encoding, _SMALL)
+
+
+def test_parse_call_memo_is_transparent_and_bounded():
+    from proxy import esapi
+    from proxy.errors import BadRequest
+
+    esapi._CALLS.clear()
+    first = esapi.parse_call("POST", "/acme/_search?size=5")
+    assert esapi.parse_call("POST", "/acme/_search?size=5") is first
+    assert first == esapi._parse_call("POST", "/acme/_search?size=5")
+    assert esapi.parse_call("GET", "/acme/_search?size=5").method == "GET"  # the method is part of the key
+    for i in range(esapi._CALLS_MAX * 2):
+        esapi.parse_call("GET", f"/a/_doc/{i}")
+    assert len(esapi._CALLS) <= esapi._CALLS_MAX
+    for _ in range(2):  # refusals are never memoised: each raises afresh
+        with pytest.raises(BadRequest):
+            esapi.parse_call("GET", "/acme/_search?size=x")
