@@ -1852,12 +1852,11 @@ class SimCluster:
         """Per index: requests, thread_ms (search + write thread time, ms, scaled), rejected shard tasks;
         per node: pool stats; cluster: live nodes, total thread ms, rejections."""
         return {
-            "indices": {name: {**entry, "thread_ms": round(entry["thread_ms"], 6)}
-                        for name, entry in sorted(self.index_stats.items())},
+            "indices": {name: dict(entry) for name, entry in sorted(self.index_stats.items())},
             "nodes": [{"name": node.name, "id": node.id, "url": node.url, "live": node.live,
                        **{kind: {**pool.stats(), "queue_capacity": pool.queue_capacity}
                           for kind, pool in node.pools.items()}} for node in self.nodes],
-            "cluster": {"live_nodes": len(self._live), "total_thread_ms": round(self.total_thread_ms, 6),
+            "cluster": {"live_nodes": len(self._live), "total_thread_ms": self.total_thread_ms,
                         "rejected": self.rejected, "requests": self.requests, "indices": len(self.catalog.indices),
                         "open_scroll_contexts": len(self.scrolls.contexts), "time_scale": self.time_scale,
                         "instant": self.instant},

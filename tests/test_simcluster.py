@@ -161,3 +161,111 @@ def test_cli_prints_ready_line_serves_and_exits_cleanly_on_sigterm():
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
     assert process.stdout.read() == ""  # exactly one line on stdout
+
+
+# --------------------------------------------------------------------------------------------
+# Service time derives from the request's features and the documents it touches
+# --------------------------------------------------------------------------------------------
+
+MILLION = 1_000_000
+
+
+def model_ms(body: dict, docs: float = MILLION, params: dict | None = None) -> float:
+    """The model's service time (ms at time_scale 1) of a single-shard search over `docs` virtual docs."""
+    request = SearchRequest(body, params or {})
+    matching = request.matches(0, docs, docs)
+    return request.shard_ms(docs, matching, min(request.size, matching))
+
+
+@pytest.mark.parametrize(("body", "low", "high"), [
+    ({"query": {"term": {"user": "kimchy"}}}, 1, 5),
+    ({"query": {"match": {"message": "quick brown"}}}, 1, 5),
+    ({"query": {"wildcard": {"message": "*fox"}}}, 100, 1000),
+    ({"query": {"regexp": {"message": "f.*x"}}}, 100, 1000),
+    ({"query": {"query_string": {"query": "message:*ox"}}}, 100, 1000),
+    ({"size": 0, "aggs": {"users": {"terms": {"field": "user", "size": 10000}}}}, 100, 1000),
+    ({"query": {"script_score": {"query": {"match_all": {}}, "script": {"source": "_score * 2"}}}}, 500, 2000),
+], ids=["term", "match", "leading-wildcard", "regexp", "query_string-leading-wildcard", "terms-10000", "script_score"])
+def test_model_magnitudes_at_one_million_docs(body, low, high):
+    assert low <= model_ms(body) <= high
+
+
+ORDERINGS = [  # (cheaper, dearer): each feature that makes Lucene slow costs more
+    ({"query": {"term": {"m": "fox"}}}, {"query": {"wildcard": {"m": "*fox"}}}),
+    ({"query": {"wildcard": {"m": "fox*"}}}, {"query": {"wildcard": {"m": "*fox"}}}),
+    ({"query": {"prefix": {"m": "fox"}}}, {"query": {"regexp": {"m": "fo.*"}}}),
+    ({"query": {"match": {"m": "fox"}}}, {"query": {"fuzzy": {"m": "foxes"}}}),
+    ({"query": {"query_string": {"query": "m:fox"}}}, {"query": {"query_string": {"query": "m:*ox"}}}),
+    ({"query": {"match": {"m": "fox"}}}, {"query": {"match_phrase": {"m": "quick fox"}}}),
+    ({"query": {"match": {"m": "fox"}}}, {"query": {"nested": {"path": "c", "query": {"match": {"c.m": "fox"}}}}}),
+    ({"query": {"match": {"m": "fox"}}}, {"query": {"has_child": {"type": "c", "query": {"match": {"m": "fox"}}}}}),
+    ({"query": {"match_all": {}}}, {"query": {"script": {"script": "doc['n'].value > 1"}}}),
+    ({"size": 0, "aggs": {"t": {"terms": {"field": "u", "size": 10}}}},
+     {"size": 0, "aggs": {"t": {"terms": {"field": "u", "size": 10000}}}}),
+    ({"size": 0, "aggs": {"a": {"terms": {"field": "u"}}}},
+     {"size": 0, "aggs": {"a": {"terms": {"field": "u"}}, "b": {"avg": {"field": "n"}}}}),
+    ({"size": 0, "aggs": {"a": {"terms": {"field": "u"}}}},
+     {"size": 0, "aggs": {"a": {"terms": {"field": "u"}, "aggs": {"b": {"terms": {"field": "v"}}}}}}),
+    ({"size": 0, "aggs": {"a": {"value_count": {"field": "u"}}}}, {"size": 0, "aggs": {"a": {"cardinality": {"field": "u"}}}}),
+    ({"size": 0, "aggs": {"a": {"avg": {"field": "n"}}}}, {"size": 0, "aggs": {"a": {"percentiles": {"field": "n"}}}}),
+    ({"from": 0, "size": 10}, {"from": 9000, "size": 1000}),
+    ({"size": 10}, {"size": 1000}),
+    ({"query": {"match": {"m": "fox"}}, "size": 50},
+     {"query": {"match": {"m": "fox"}}, "size": 50, "highlight": {"fields": {"m": {}}}}),
+    ({"sort": [{"n": "asc"}]}, {"sort": [{"_script": {"type": "number", "script": "doc['n'].value"}}]}),
+    ({"query": {"match_all": {}}}, {"query": {"match_all": {}}, "sort": ["n"]}),
+]
+
+
+@pytest.mark.parametrize(("cheap", "dear"), ORDERINGS, ids=[str(i) for i in range(len(ORDERINGS))])
+def test_model_orders_features_by_cost(cheap, dear):
+    assert model_ms(cheap) < model_ms(dear)
+
+
+def test_model_scales_with_documents_not_a_constant():
+    for body in ({"query": {"term": {"m": "fox"}}}, {"query": {"wildcard": {"m": "*fox"}}}, {"aggs": {"t": {"terms": {"field": "u"}}}}):
+        costs = [model_ms(body, docs) for docs in (1_000, 100_000, 10_000_000)]
+        assert costs == sorted(costs) and costs[0] < costs[-1] / 5, (body, costs)
+
+
+async def test_thread_ms_follows_features_on_a_live_cluster(start_cluster, http):
+    cluster = await start_cluster(nodes=1, virtual_docs=200_000, time_scale=0.01, jitter=0)
+    url = cluster.node_urls[0]
+    await call(http, "PUT", url + "/acme-logs/_doc/1?refresh=true", {"message": "the quick fox", "user": "kimchy", "n": 3})
+
+    async def thread_ms(body: dict) -> float:
+        before = cluster.stats()["indices"]["acme-logs"]["thread_ms"]
+        status, result, _ = await call(http, "POST", url + "/acme-logs/_search", body)
+        assert status == 200, result
+        return cluster.stats()["indices"]["acme-logs"]["thread_ms"] - before
+
+    term = await thread_ms({"query": {"term": {"message": "fox"}}})
+    assert term > 0
+    assert await thread_ms({"query": {"wildcard": {"message": "*ox"}}}) > 10 * term
+    assert await thread_ms({"size": 0, "aggs": {"u": {"terms": {"field": "user", "size": 10000}}}}) > \
+        await thread_ms({"size": 0, "aggs": {"u": {"terms": {"field": "user", "size": 10}}}})
+    assert await thread_ms({"from": 9000, "size": 1000}) > await thread_ms({"from": 0, "size": 10})
+
+    # Exact: with no jitter, thread_ms is the model's service time × time_scale, summed over shard tasks.
+    body = {"query": {"match": {"message": "quick"}}}
+    request = SearchRequest(body, {})
+    n = 1 + 200_000
+    matching = request.matches(1, 200_000, n)
+    assert await thread_ms(body) == pytest.approx(request.shard_ms(n, matching, min(10, matching)) * 0.01, rel=1e-6)
+    totals = cluster.stats()
+    assert sum(i["thread_ms"] for i in totals["indices"].values()) == pytest.approx(totals["cluster"]["total_thread_ms"])
+
+
+async def test_more_documents_cost_more_thread_time(start_cluster, http):
+    cluster = await start_cluster(nodes=1, time_scale=0.01, jitter=0)
+    url = cluster.node_urls[0]
+    await call(http, "PUT", url + "/small", {"settings": {"index": {"sim": {"virtual_docs": 10_000}}}})
+    await call(http, "PUT", url + "/large", {"settings": {"index.sim.virtual_docs": 1_000_000}})
+    lines = "".join(f'{{"index":{{"_index":"real"}}}}\n{{"message":"doc {i}"}}\n' for i in range(3000))
+    await call(http, "POST", url + "/_bulk", lines, {"Content-Type": "application/x-ndjson"})
+    await call(http, "PUT", url + "/tiny/_doc/1", {"message": "doc 1"})
+    for name in ("small", "large", "real", "tiny"):
+        await call(http, "POST", f"{url}/{name}/_search", {"query": {"wildcard": {"message": "*oc"}}})
+    spent = {name: entry["thread_ms"] for name, entry in cluster.stats()["indices"].items()}
+    assert spent["small"] < spent["large"]
+    assert spent["tiny"] < spent["real"]  # real documents touched count too
