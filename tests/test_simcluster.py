@@ -269,3 +269,147 @@ async def test_more_documents_cost_more_thread_time(start_cluster, http):
     spent = {name: entry["thread_ms"] for name, entry in cluster.stats()["indices"].items()}
     assert spent["small"] < spent["large"]
     assert spent["tiny"] < spent["real"]  # real documents touched count too
+
+
+# --------------------------------------------------------------------------------------------
+# Thread pools, queues, rejections, shards, nodes
+# --------------------------------------------------------------------------------------------
+
+SLOW_QUERY = {"query": {"script_score": {"query": {"match_all": {}}, "script": {"source": "_score"}}}}
+
+
+async def test_full_queue_rejects_with_es_rejected_execution_exception(start_cluster, http):
+    # One thread, one queue place; each slow query holds the thread ~200 ms (1M docs × 1 µs × 0.2).
+    cluster = await start_cluster(nodes=1, threads=1, queue=1, virtual_docs=1_000_000, time_scale=0.2, jitter=0)
+    url = cluster.node_urls[0] + "/slow/_search"
+    await call(http, "PUT", cluster.node_urls[0] + "/slow")
+    search_pool = cluster.nodes[0].pools["search"]
+
+    running = asyncio.create_task(call(http, "POST", url, SLOW_QUERY))
+    await wait_for(lambda: search_pool.active == 1, "the first query to take the thread")
+    queued = asyncio.create_task(call(http, "POST", url, SLOW_QUERY))
+    await wait_for(lambda: len(search_pool.waiting) == 1, "the second query to queue")
+
+    status, body, headers = await call(http, "POST", url, SLOW_QUERY)
+    assert status == 429
+    assert headers["X-Elastic-Product"] == "Elasticsearch"
+    assert set(body) == {"error", "status"} and body["status"] == 429
+    error = body["error"]
+    assert error["type"] == "es_rejected_execution_exception"
+    assert error["root_cause"] == [{"type": "es_rejected_execution_exception", "reason": error["reason"]}]
+    assert error["reason"].startswith("rejected execution of ")
+    assert "EsThreadPoolExecutor[name = node-0/search, queue capacity = 1," in error["reason"]
+
+    first, second = await running, await queued
+    assert first[0] == 200 and second[0] == 200
+    assert second[1]["took"] >= first[1]["took"]  # the queued one waited for the thread
+    stats = cluster.stats()
+    assert stats["indices"]["slow"]["rejected"] == 1 and stats["cluster"]["rejected"] == 1
+    status, nodes_stats, _ = await call(http, "GET", cluster.node_urls[0] + "/_nodes/stats/thread_pool")
+    (node_stats,) = nodes_stats["nodes"].values()
+    assert node_stats["thread_pool"]["search"] == {"threads": 1, "queue": 0, "active": 0, "rejected": 1,
+                                                   "largest": 1, "completed": 2}
+
+
+async def test_search_fans_out_one_task_per_shard_to_the_freest_nodes(start_cluster, http):
+    cluster = await start_cluster(nodes=3, time_scale=0.01)
+    url = cluster.node_urls[0]
+    status, created, _ = await call(http, "PUT", url + "/sharded", {"settings": {"number_of_shards": 3}})
+    assert created == {"acknowledged": True, "shards_acknowledged": True, "index": "sharded"}
+    lines = "".join(f'{{"index":{{"_id":"{i}"}}}}\n{{"n":{i}}}\n' for i in range(30))
+    status, bulk, _ = await call(http, "POST", url + "/sharded/_bulk", lines, {"Content-Type": "application/x-ndjson"})
+    assert status == 200 and not bulk["errors"] and len(bulk["items"]) == 30
+    assert {item["index"]["status"] for item in bulk["items"]} == {201}
+    status, result, _ = await call(http, "POST", url + "/sharded/_search", {"size": 100})
+    assert result["_shards"] == {"total": 3, "successful": 3, "skipped": 0, "failed": 0}
+    assert result["hits"]["total"]["value"] == 30 and len(result["hits"]["hits"]) == 30
+    # The three shard tasks were admitted together, so each went to a different (then freest) node.
+    assert [node.pools["search"].completed for node in cluster.nodes] == [1, 1, 1]
+    status, health, _ = await call(http, "GET", url + "/_cluster/health")
+    assert health["active_primary_shards"] == 3 and health["active_shards"] == 9
+
+
+async def test_stop_node_refuses_connections_and_leaves_the_cluster(start_cluster, http):
+    cluster = await start_cluster(nodes=3, time_scale=0.01)
+    first, second = cluster.node_urls[0], cluster.node_urls[1]
+    host, port = second.removeprefix("http://").split(":")
+
+    # A keep-alive connection to node 1 that has already served a request.
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+
+    await cluster.stop_node(1)
+    await asyncio.wait_for(reader.read(), 5)  # reads to EOF: the server closed the idle keep-alive connection
+    assert reader.at_eof()
+    writer.close()
+    with pytest.raises(aiohttp.ClientConnectorError):
+        await call(http, "GET", second + "/")
+    _, health, _ = await call(http, "GET", first + "/_cluster/health")
+    assert health["number_of_nodes"] == 2 and health["number_of_data_nodes"] == 2 and health["status"] == "green"
+    _, nodes_stats, _ = await call(http, "GET", first + "/_nodes/stats/thread_pool")
+    assert nodes_stats["_nodes"]["total"] == 2 and len(nodes_stats["nodes"]) == 2
+    assert cluster.stats()["cluster"]["live_nodes"] == 2
+
+    # A third of the search capacity is gone: shard tasks land only on the live nodes.
+    await call(http, "PUT", first + "/cap", {"settings": {"number_of_shards": 4}})
+    await call(http, "POST", first + "/cap/_search", {})
+    assert cluster.nodes[1].pools["search"].completed == 0
+    assert cluster.nodes[0].pools["search"].completed + cluster.nodes[2].pools["search"].completed == 4
+
+    await cluster.start_node(1)
+    assert cluster.node_urls[1] == second  # same port
+    status, info, _ = await call(http, "GET", second + "/")
+    assert status == 200 and info["name"] == "node-1"
+    _, health, _ = await call(http, "GET", first + "/_cluster/health")
+    assert health["number_of_data_nodes"] == 3
+
+
+async def test_http_control_stops_and_starts_nodes(start_cluster, http):
+    cluster = await start_cluster(nodes=2)
+    first, second = cluster.node_urls
+    status, answer, _ = await call(http, "POST", first + "/_sim/nodes/1/_stop")
+    assert status == 200 and answer["live_nodes"] == 1
+    with pytest.raises(aiohttp.ClientConnectorError):
+        await call(http, "GET", second + "/")
+    status, answer, _ = await call(http, "POST", first + "/_sim/nodes/1/_start")
+    assert answer["live_nodes"] == 2
+    status, stats, _ = await call(http, "GET", second + "/_sim/stats")
+    assert stats["cluster"]["live_nodes"] == 2 and [n["live"] for n in stats["nodes"]] == [True, True]
+    assert (await call(http, "POST", first + "/_sim/_reset_stats"))[1] == {"acknowledged": True}
+    assert cluster.stats()["cluster"]["requests"] == 0
+
+
+async def test_writes_run_on_the_write_pool_costing_actions_and_bytes(start_cluster, http):
+    cluster = await start_cluster(nodes=1, time_scale=1.0, jitter=0)
+    url = cluster.node_urls[0]
+    small = "".join(f'{{"index":{{"_index":"small"}}}}\n{{"n":{i}}}\n' for i in range(200))
+    large = "".join(f'{{"index":{{"_index":"large"}}}}\n{{"n":{i},"pad":"{"x" * 5000}"}}\n' for i in range(200))
+    for body in (small, large):
+        status, result, _ = await call(http, "POST", url + "/_bulk", body, {"Content-Type": "application/x-ndjson"})
+        assert status == 200 and not result["errors"] and isinstance(result["took"], int)
+    spent = cluster.stats()["indices"]
+    assert 0 < spent["small"]["thread_ms"] < spent["large"]["thread_ms"]
+    assert spent["small"]["thread_ms"] == pytest.approx(0.2 + 200 * 0.05 + len(small) / 2 / 10_000, rel=0.05)
+    assert cluster.nodes[0].pools["write"].completed == 2 and cluster.nodes[0].pools["search"].completed == 0
+
+
+async def test_instant_mode_answers_without_service_time_or_pool_accounting(start_cluster, http):
+    cluster = await start_cluster(nodes=2, instant=True, virtual_docs=10_000_000)
+    url = cluster.node_urls[0]
+    await call(http, "PUT", url + "/fast/_doc/1", {"message": "hello"})
+    status, result, _ = await call(http, "POST", url + "/fast/_search", SLOW_QUERY)
+    assert status == 200 and result["hits"]["total"]["value"] == 1
+    stats = cluster.stats()
+    assert stats["cluster"]["total_thread_ms"] == 0 and stats["indices"]["fast"]["requests"] == 2
+    assert all(n["search"]["completed"] == 0 and n["write"]["completed"] == 0 for n in stats["nodes"])
+
+
+async def test_took_is_wall_time_including_service(start_cluster, http):
+    cluster = await start_cluster(nodes=1, virtual_docs=1_000_000, time_scale=0.05, jitter=0)
+    url = cluster.node_urls[0]
+    await call(http, "PUT", url + "/timed")
+    status, result, _ = await call(http, "POST", url + "/timed/_search", SLOW_QUERY)
+    spent = cluster.stats()["indices"]["timed"]["thread_ms"]
+    assert spent > 40 and result["took"] >= int(spent) - 1  # the thread time is inside took
