@@ -413,3 +413,106 @@ async def test_took_is_wall_time_including_service(start_cluster, http):
     status, result, _ = await call(http, "POST", url + "/timed/_search", SLOW_QUERY)
     spent = cluster.stats()["indices"]["timed"]["thread_ms"]
     assert spent > 40 and result["took"] >= int(spent) - 1  # the thread time is inside took
+
+
+# --------------------------------------------------------------------------------------------
+# ES API shapes: stats, _cat, errors, headers, index expressions, documents, scroll
+# --------------------------------------------------------------------------------------------
+
+
+async def test_nodes_stats_thread_pool_has_es_shape(start_cluster, http):
+    cluster = await start_cluster(nodes=3, threads=5, queue=50)
+    status, stats, _ = await call(http, "GET", cluster.node_urls[2] + "/_nodes/stats/thread_pool")
+    assert status == 200 and stats["_nodes"] == {"total": 3, "successful": 3, "failed": 0}
+    assert stats["cluster_name"] and len(stats["nodes"]) == 3
+    for node_id, node in stats["nodes"].items():
+        assert len(node_id) == 22 and node["name"].startswith("node-") and "data" in node["roles"]
+        assert set(node["thread_pool"]["search"]) == {"threads", "queue", "active", "rejected", "largest", "completed"}
+        assert node["thread_pool"]["search"]["threads"] == 5 and "write" in node["thread_pool"]
+    assert (await call(http, "GET", cluster.node_urls[0] + "/_nodes/stats"))[1]["nodes"].keys() == stats["nodes"].keys()
+    _, info, _ = await call(http, "GET", cluster.node_urls[0] + "/_nodes/_all/http")
+    assert {n["http"]["publish_address"] for n in info["nodes"].values()} == {u[7:] for u in cluster.node_urls}
+
+
+async def test_cat_indices_text_and_json(start_cluster, http):
+    cluster = await start_cluster(nodes=3)
+    url = cluster.node_urls[0]
+    await call(http, "PUT", url + "/beta", {"settings": {"index.number_of_shards": 2}})
+    for i in range(3):
+        await call(http, "PUT", f"{url}/alpha/_doc/{i}", {"message": "x" * 100})
+    status, text, headers = await call(http, "GET", url + "/_cat/indices?v&s=index")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    header, alpha, beta = text.splitlines()
+    assert header.split() == ["health", "status", "index", "uuid", "pri", "rep", "docs.count", "docs.deleted",
+                              "store.size", "pri.store.size", "dataset.size"]
+    assert alpha.split()[:8] == ["green", "open", "alpha", alpha.split()[3], "1", "2", "3", "0"]
+    assert beta.split()[4:7] == ["2", "2", "0"]
+    _, rows, _ = await call(http, "GET", url + "/_cat/indices?format=json&s=index")
+    assert [(r["index"], r["docs.count"], r["pri"]) for r in rows] == [("alpha", "3", "1"), ("beta", "0", "2")]
+    _, no_header, _ = await call(http, "GET", url + "/_cat/indices/alp*")
+    assert len(no_header.splitlines()) == 1 and " alpha " in no_header
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "error_type"), [
+    ("GET", "/missing/_search", None, 404, "index_not_found_exception"),
+    ("POST", "/exists/_search", b'{"query": {"match": ', 400, "x_content_parse_exception"),
+    ("PUT", "/exists", None, 400, "resource_already_exists_exception"),
+    ("DELETE", "/missing", None, 404, "index_not_found_exception"),
+    ("POST", "/exists/_search", {"query": {"no_such_query": {}}}, 400, "parsing_exception"),
+    ("POST", "/exists/_search", {"from": 9999, "size": 10}, 400, "search_phase_execution_exception"),
+    ("PUT", "/exists/_create/1", {"a": 1}, 409, "version_conflict_engine_exception"),
+    ("POST", "/exists/_update/none", {"doc": {"a": 1}}, 404, "document_missing_exception"),
+    ("PUT", "/Bad-Name", None, 400, "invalid_index_name_exception"),
+    ("POST", "/_search/scroll", {"scroll_id": "nope"}, 404, "search_context_missing_exception"),
+], ids=["missing-index", "malformed-json", "already-exists", "delete-missing", "unknown-query", "result-window",
+        "create-conflict", "update-missing", "bad-index-name", "missing-scroll"])
+async def test_errors_have_es_shape(start_cluster, http, method, path, body, status, error_type):
+    cluster = await start_cluster(nodes=1)
+    url = cluster.node_urls[0]
+    await call(http, "PUT", url + "/exists/_doc/1", {"a": 0})
+    got_status, got, headers = await call(http, method, url + path, body)
+    assert got_status == status and got["status"] == status
+    assert got["error"]["type"] == error_type and got["error"]["reason"]
+    assert got["error"]["root_cause"] and got["error"]["root_cause"][0]["reason"]
+    assert headers["X-Elastic-Product"] == "Elasticsearch"
+
+
+async def test_routing_errors_headers_and_content_types(start_cluster, http):
+    cluster = await start_cluster(nodes=1)
+    url = cluster.node_urls[0]
+    status, body, _ = await call(http, "GET", url + "/_no/such/route")
+    assert status == 400 and body == {"error": "no handler found for uri [/_no/such/route] and method [GET]", "status": 400}
+    status, body, _ = await call(http, "GET", url + "/_bulk")
+    assert status == 405 and body["error"].startswith("Incorrect HTTP method for uri [/_bulk] and method [GET]")
+    status, body, _ = await call(http, "POST", url + "/_search", b"{}", {"Content-Type": "text/plain"})
+    assert status == 406
+    vendor = "application/vnd.elasticsearch+json; compatible-with=9"
+    status, body, headers = await call(http, "POST", url + "/_search", b"{}", {"Content-Type": vendor, "Accept": vendor})
+    assert status == 200 and headers["Content-Type"] == "application/vnd.elasticsearch+json;compatible-with=9"
+    async with http.head(url + "/") as response:
+        assert response.status == 200 and await response.read() == b""
+        assert response.headers["X-Elastic-Product"] == "Elasticsearch"
+    async with http.head(url + "/nope") as response:
+        assert response.status == 404
+
+
+async def test_index_expressions(start_cluster, http):
+    cluster = await start_cluster(nodes=1)
+    url = cluster.node_urls[0]
+    for name in ("acme-a", "acme-b", "globex-a"):
+        await call(http, "PUT", f"{url}/{name}/_doc/1", {"owner": name})
+
+    async def owners(expression: str) -> list[str]:
+        status, result, _ = await call(http, "GET", f"{url}/{expression}/_search")
+        assert status == 200, result
+        return sorted(hit["_index"] for hit in result["hits"]["hits"])
+
+    assert await owners("acme-*") == ["acme-a", "acme-b"]
+    assert await owners("acme-*,-acme-b") == ["acme-a"]
+    assert await owners("acme-a,globex-a") == ["acme-a", "globex-a"]
+    assert await owners("_all") == await owners("*") == ["acme-a", "acme-b", "globex-a"]
+    assert await owners("nothing-*") == []
+    status, result, _ = await call(http, "GET", f"{url}/acme-a,missing/_search")
+    assert status == 404 and result["error"]["index"] == "missing"
+    status, result, _ = await call(http, "GET", f"{url}/acme-a,missing/_search?ignore_unavailable=true")
+    assert status == 200 and [h["_index"] for h in result["hits"]["hits"]] == ["acme-a"]
