@@ -516,3 +516,143 @@ async def test_index_expressions(start_cluster, http):
     assert status == 404 and result["error"]["index"] == "missing"
     status, result, _ = await call(http, "GET", f"{url}/acme-a,missing/_search?ignore_unavailable=true")
     assert status == 200 and [h["_index"] for h in result["hits"]["hits"]] == ["acme-a"]
+
+
+async def test_document_apis(start_cluster, http):
+    cluster = await start_cluster(nodes=2)
+    url = cluster.node_urls[1]
+    status, created, _ = await call(http, "POST", url + "/docs/_doc?refresh=true", {"user": {"name": "ann"}, "n": 1})
+    assert status == 201 and created["result"] == "created" and len(created["_id"]) == 20
+    assert created["_shards"] == {"total": 2, "successful": 2, "failed": 0} and created["forced_refresh"] is True
+    doc_url = f"{url}/docs/_doc/{created['_id']}"
+    status, got, _ = await call(http, "GET", doc_url)
+    assert status == 200 and got["found"] and got["_source"] == {"user": {"name": "ann"}, "n": 1} and got["_version"] == 1
+    status, got, _ = await call(http, "GET", doc_url + "?_source_includes=n")
+    assert got["_source"] == {"n": 1}
+    status, updated, _ = await call(http, "POST", f"{url}/docs/_update/{created['_id']}", {"doc": {"user": {"age": 30}}})
+    assert status == 200 and updated["result"] == "updated" and updated["_version"] == 2
+    status, source, _ = await call(http, "GET", f"{url}/docs/_source/{created['_id']}")
+    assert source == {"user": {"name": "ann", "age": 30}, "n": 1}
+    status, noop, _ = await call(http, "POST", f"{url}/docs/_update/{created['_id']}", {"doc": {"n": 1}})
+    assert noop["result"] == "noop" and noop["_version"] == 2
+    status, conflict, _ = await call(http, "PUT", doc_url + "?if_seq_no=0&if_primary_term=1", {"n": 2})
+    assert status == 409 and conflict["error"]["type"] == "version_conflict_engine_exception"
+    status, upsert, _ = await call(http, "POST", url + "/docs/_update/new", {"doc": {"n": 9}, "doc_as_upsert": True})
+    assert status == 201 and upsert["result"] == "created"
+    async with http.head(doc_url) as response:
+        assert response.status == 200
+    status, deleted, _ = await call(http, "DELETE", doc_url)
+    assert status == 200 and deleted["result"] == "deleted" and deleted["_version"] == 3
+    status, missing, _ = await call(http, "GET", doc_url)
+    assert status == 404 and missing == {"_index": "docs", "_id": created["_id"], "found": False}
+    status, again, _ = await call(http, "DELETE", doc_url)
+    assert status == 404 and again["result"] == "not_found"
+    status, body, _ = await call(http, "POST", url + "/_bulk",
+                                 '{"create":{"_index":"docs","_id":"new"}}\n{"n":1}\n{"delete":{"_index":"docs","_id":"new"}}\n',
+                                 {"Content-Type": "application/x-ndjson"})
+    assert body["errors"] is True
+    assert [next(iter(i.values()))["status"] for i in body["items"]] == [409, 200]
+
+
+async def test_search_semantics(start_cluster, http):
+    cluster = await start_cluster(nodes=1)
+    url = cluster.node_urls[0]
+    people = [{"name": "Ann Lee", "age": 31, "city": "Oslo", "bio": "likes quick brown foxes"},
+              {"name": "Bob Stone", "age": 45, "city": "Bergen", "bio": "brown dogs are quick"},
+              {"name": "Cy Lee", "age": 22, "city": "Oslo"},
+              {"name": "Di Moss", "age": 38, "city": "Tromso", "bio": "a slow brown fox"}]
+    lines = "".join(f'{{"index":{{"_id":"{i}"}}}}\n{orjson.dumps(p).decode()}\n' for i, p in enumerate(people))
+    await call(http, "POST", url + "/people/_bulk?refresh=wait_for", lines, {"Content-Type": "application/x-ndjson"})
+
+    async def ids(body: dict | None = None, query: str = "") -> list[str]:
+        status, result, _ = await call(http, "POST", f"{url}/people/_search{query}", body or {})
+        assert status == 200, result
+        return [hit["_id"] for hit in result["hits"]["hits"]]
+
+    assert sorted(await ids({"query": {"match": {"name": "lee"}}})) == ["0", "2"]
+    assert await ids({"query": {"match": {"bio": {"query": "quick brown", "operator": "and"}}}, "sort": ["age"]}) == ["0", "1"]
+    assert await ids({"query": {"match_phrase": {"bio": "brown fox"}}}) == ["3"]
+    assert await ids({"query": {"term": {"city": "oslo"}}, "sort": [{"age": "desc"}]}) == ["0", "2"]
+    assert sorted(await ids({"query": {"terms": {"city": ["Bergen", "Tromso"]}}})) == ["1", "3"]
+    assert await ids({"query": {"range": {"age": {"gte": 30, "lt": 40}}}, "sort": "age"}) == ["0", "3"]
+    assert sorted(await ids({"query": {"prefix": {"city": "ber"}}})) == ["1"]
+    assert sorted(await ids({"query": {"wildcard": {"name": "*oss"}}})) == ["3"]
+    assert sorted(await ids({"query": {"ids": {"values": ["2", "3", "9"]}}})) == ["2", "3"]
+    assert sorted(await ids({"query": {"bool": {"must_not": {"exists": {"field": "bio"}}}}})) == ["2"]
+    assert await ids({"query": {"bool": {"must": [{"match": {"bio": "brown"}}], "filter": [{"term": {"city": "oslo"}}],
+                                         "must_not": [{"range": {"age": {"gt": 40}}}]}}}) == ["0"]
+    assert sorted(await ids({"query": {"bool": {"should": [{"term": {"city": "bergen"}}, {"term": {"age": 22}}]}}})) == ["1", "2"]
+    assert sorted(await ids(query="?q=city:oslo")) == ["0", "2"]
+    assert await ids({"sort": [{"age": {"order": "asc"}}], "from": 1, "size": 2}) == ["0", "3"]
+    status, result, _ = await call(http, "POST", url + "/people/_search",
+                                   {"sort": ["age"], "size": 1, "_source": ["name"], "track_total_hits": 2})
+    assert result["hits"]["total"] == {"value": 2, "relation": "gte"}
+    assert result["hits"]["hits"][0]["_source"] == {"name": "Cy Lee"} and result["hits"]["hits"][0]["sort"] == [22]
+    status, counted, _ = await call(http, "GET", url + "/people/_count?q=bio:brown")
+    assert counted["count"] == 3
+
+    status, result, _ = await call(http, "POST", url + "/people/_search", {"size": 0, "aggs": {
+        "cities": {"terms": {"field": "city.keyword", "size": 1}, "aggs": {"oldest": {"max": {"field": "age"}}}},
+        "avg_age": {"avg": {"field": "age"}}, "total": {"sum": {"field": "age"}}, "youngest": {"min": {"field": "age"}},
+        "distinct": {"cardinality": {"field": "city"}}, "with_bio": {"value_count": {"field": "bio"}},
+        "over_time": {"date_histogram": {"field": "ts", "calendar_interval": "day"}}}})
+    aggs = result["aggregations"]
+    assert aggs["cities"] == {"doc_count_error_upper_bound": 0, "sum_other_doc_count": 2,
+                              "buckets": [{"key": "Oslo", "doc_count": 2, "oldest": {"value": 31.0}}]}
+    assert aggs["avg_age"]["value"] == 34.0 and aggs["total"]["value"] == 136.0 and aggs["youngest"]["value"] == 22.0
+    assert aggs["distinct"]["value"] == 3 and aggs["with_bio"]["value"] == 3 and aggs["over_time"] == {"buckets": []}
+
+
+async def test_scroll_pages_clears_expires_and_is_bounded(start_cluster, http):
+    cluster = await start_cluster(nodes=2, time_scale=0.01)
+    url = cluster.node_urls[0]
+    lines = "".join(f'{{"index":{{"_id":"{i}"}}}}\n{{"n":{i}}}\n' for i in range(25))
+    await call(http, "POST", url + "/paged/_bulk", lines, {"Content-Type": "application/x-ndjson"})
+    status, page, _ = await call(http, "POST", url + "/paged/_search?scroll=1m", {"size": 10, "sort": ["n"]})
+    seen = [hit["_source"]["n"] for hit in page["hits"]["hits"]]
+    while True:
+        # Any node serves the scroll: contexts live in the cluster, like a shared coordinating view.
+        status, page, _ = await call(http, "POST", cluster.node_urls[1] + "/_search/scroll",
+                                     {"scroll": "1m", "scroll_id": page["_scroll_id"]})
+        assert status == 200 and page["hits"]["total"]["value"] == 25
+        if not page["hits"]["hits"]:
+            break
+        seen += [hit["_source"]["n"] for hit in page["hits"]["hits"]]
+    assert seen == list(range(25))
+    status, cleared, _ = await call(http, "DELETE", url + "/_search/scroll", {"scroll_id": [page["_scroll_id"]]})
+    assert status == 200 and cleared == {"succeeded": True, "num_freed": 1}
+
+    status, short, _ = await call(http, "POST", url + "/paged/_search?scroll=1ms", {"size": 1})
+    await asyncio.sleep(0.01)  # time must pass for a 1 ms keep-alive to lapse
+    status, gone, _ = await call(http, "POST", url + "/_search/scroll", {"scroll_id": short["_scroll_id"]})
+    assert status == 404 and gone["error"]["type"] == "search_context_missing_exception"
+
+    cluster.scrolls.limit = 2
+    for _ in range(2):
+        assert (await call(http, "POST", url + "/paged/_search?scroll=1m", {"size": 1}))[0] == 200
+    status, refused, _ = await call(http, "POST", url + "/paged/_search?scroll=1m", {"size": 1})
+    assert status == 500 and "too many scroll contexts" in refused["error"]["reason"]
+
+
+async def test_delete_by_query_costs_search_then_deletes(start_cluster, http):
+    cluster = await start_cluster(nodes=1, time_scale=0.01)
+    url = cluster.node_urls[0]
+    lines = "".join(f'{{"index":{{"_id":"{i}"}}}}\n{{"n":{i}}}\n' for i in range(50))
+    await call(http, "POST", url + "/dbq/_bulk", lines, {"Content-Type": "application/x-ndjson"})
+    writes_before = cluster.nodes[0].pools["write"].completed
+    status, result, _ = await call(http, "POST", url + "/dbq/_delete_by_query", {"query": {"range": {"n": {"lt": 20}}}})
+    assert status == 200 and result["deleted"] == 20 and result["total"] == 20 and result["failures"] == []
+    assert isinstance(result["took"], int)
+    assert (await call(http, "GET", url + "/dbq/_count"))[1]["count"] == 30
+    assert cluster.nodes[0].pools["search"].completed >= 1 and cluster.nodes[0].pools["write"].completed > writes_before
+
+
+async def test_partial_shard_rejection_returns_partial_results_like_es(start_cluster, http):
+    cluster = await start_cluster(nodes=1, threads=1, queue=0, time_scale=0.01)
+    url = cluster.node_urls[0]
+    await call(http, "PUT", url + "/wide", {"settings": {"number_of_shards": 3}})
+    status, result, _ = await call(http, "POST", url + "/wide/_search", {})
+    assert status == 200
+    assert {k: result["_shards"][k] for k in ("total", "successful", "skipped", "failed")} == \
+        {"total": 3, "successful": 1, "skipped": 0, "failed": 2}
+    assert {f["reason"]["type"] for f in result["_shards"]["failures"]} == {"es_rejected_execution_exception"}
