@@ -170,7 +170,7 @@ def flatten_settings(settings: dict, prefix: str = "") -> dict[str, Any]:
 
 def index_setting(flat: dict[str, Any], name: str) -> Any:
     """A setting given as `index.<name>` or `<name>`."""
-    return flat.get(f"index.{name}", flat.get(f"settings.index.{name}", flat.get(name, flat.get(f"settings.{name}"))))
+    return flat.get(f"index.{name}", flat.get(name))
 
 
 def parse_duration_s(text: Any, default_s: float) -> float:
@@ -398,11 +398,7 @@ class Catalog:
     def for_write(self, name: str) -> Index:
         """The index a document write goes to, auto-created like ES (action.auto_create_index)."""
         index = self.indices.get(name)
-        if index is not None:
-            return index
-        if "*" in name or "," in name:
-            validate_index_name(name)
-        return self.create(name)
+        return index if index is not None else self.create(name)
 
     def concrete(self, name: str) -> Index:
         index = self.indices.get(name)
@@ -620,10 +616,10 @@ def _pattern_query(kind: str) -> Callable[[Any], Matcher]:
         if kind == "prefix":
             test: Callable[[str], bool] = lambda s: s.startswith(text)  # noqa: E731
         elif kind == "wildcard":
-            test = re.compile(fnmatch.translate(text), re.DOTALL).match
+            test = _wildcard_regex(text).match
         elif kind == "regexp":
             try:
-                test = re.compile(text).fullmatch
+                test = _regexp(text).fullmatch
             except re.error as exc:
                 raise illegal_argument(f"invalid regular expression [{value}]: {exc}") from None
         else:
@@ -636,6 +632,17 @@ def _pattern_query(kind: str) -> Callable[[Any], Matcher]:
             return None
         return pattern
     return build
+
+
+@functools.lru_cache(maxsize=1024)
+def _wildcard_regex(pattern: str) -> re.Pattern:
+    """Compiled once per distinct wildcard pattern, not per request."""
+    return re.compile(fnmatch.translate(pattern), re.DOTALL)
+
+
+@functools.lru_cache(maxsize=1024)
+def _regexp(pattern: str) -> re.Pattern:
+    return re.compile(pattern)
 
 
 def _fuzziness(setting: Any, text: str) -> int:
@@ -1192,6 +1199,9 @@ SEL_UNMODELLED = 0.1     # anything else
 STAR_FIELDS = 5          # a query over `*` (all fields) searches this many fields
 
 
+_SCORE_FUNCTIONS = ("script_score", "field_value_factor", "gauss", "linear", "exp", "random_score", "weight")
+
+
 def _text_terms(spec: Any, kind: str) -> tuple[int, dict]:
     """Number of analysed terms in a full-text clause, and its options."""
     if not isinstance(spec, dict) or not spec:
@@ -1226,7 +1236,7 @@ def query_work(query: Any, n: float) -> tuple[float, float]:
     if kind in ("term", "ids", "terms", "terms_set"):
         values = spec.get("values", []) if kind == "ids" else next(
             (v for k, v in spec.items() if k not in ("boost", "_name")), [])
-        count = len(values) if isinstance(values, (list, dict)) else 1
+        count = len(values) if isinstance(values, list) else 1
         selectivity = min(1.0, count / max(n, 1.0)) if kind == "ids" else min(1.0, SEL_TERM * count)
         return count * TERM_SEEK_MS + POSTING_PER_DOC_MS * n * selectivity, selectivity
     if kind in ("match", "match_phrase", "match_phrase_prefix", "match_bool_prefix"):
@@ -1267,7 +1277,7 @@ def query_work(query: Any, n: float) -> tuple[float, float]:
         return wp + wn, sp
     if kind in ("function_score", "script_score"):
         work, selectivity = query_work(spec.get("query"), n)
-        functions = spec.get("functions") or ([spec] if "script_score" in spec or kind == "script_score" else [])
+        functions = spec.get("functions") or ([spec] if kind == "script_score" or any(k in spec for k in _SCORE_FUNCTIONS) else [])
         for function in functions:
             scripted = kind == "script_score" or "script_score" in function
             work += n * selectivity * (SCRIPT_PER_DOC_MS if scripted else FUNCTION_PER_DOC_MS)
@@ -1952,7 +1962,9 @@ class SimCluster:
             scroll_id = context.id
         else:
             page = hits[request.from_:request.from_ + request.size]
-        body = self.search_body(request, page, len(hits), self.took_ms(started), self.shards_header(len(tasks), failures))
+        max_score = max((hit[0] for hit in hits), default=None)
+        body = self.search_body(request, page, len(hits), self.took_ms(started), self.shards_header(len(tasks), failures),
+                                max_score)
         if request.aggs:
             body["aggregations"] = aggregate(request.aggs, agg_docs,
                                              lambda: [d for index in indices for shard in index.shards for d in shard.values()])
@@ -1960,14 +1972,17 @@ class SimCluster:
             body = {"_scroll_id": scroll_id, **body}
         return body
 
-    def search_body(self, request: SearchRequest, page: list[Hit], total: int, took: int, shards: dict) -> dict:
+    def search_body(self, request: SearchRequest, page: list[Hit], total: int, took: int, shards: dict,
+                    max_score: float | None = None) -> dict:
         tth = request.track_total_hits
         scored = not request.field_sort or any(f == "_score" for f, _ in request.sort_keys)
         hits: dict[str, Any] = {}
         if tth is not False:
             limit = total if tth is True else int(tth)
             hits["total"] = {"value": min(total, limit), "relation": "gte" if total > limit else "eq"}
-        hits["max_score"] = max((h[0] for h in page), default=None) if scored else None
+        if max_score is None:
+            max_score = max((h[0] for h in page), default=None)
+        hits["max_score"] = max_score if scored else None
         wanted, includes, excludes = request.source
         rendered = []
         for hit in page:
@@ -2483,8 +2498,8 @@ class WriteOp:
         if "*" in index_name or "," in index_name:
             validate_index_name(index_name)
         source = {} if action == "delete" else body_object(raw)
-        if action in ("index", "create") and not raw.strip():
-            raise EsError(400, "action_request_validation_exception", "Validation Failed: 1: source is missing;")
+        if action in ("index", "create", "update") and not raw.strip():
+            raise EsError(400, "parse_exception", "request body is required")
         return cls(action, index_name, doc_id, source, len(raw), params)
 
     def item(self, version: int, seq_no: int, result: str, status: int, copies: int) -> dict:
@@ -2659,8 +2674,7 @@ def cat_table(rows: list[dict], columns: list[str], params: Any) -> tuple[int, A
     if not table:
         return 200, ""
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    numeric = [all(_numeric(row.get(c, "")) != row.get(c, "") or row.get(c, "") == "" for row in rows) and rows
-               for c in columns]
+    numeric = [bool(rows) and all(_numeric(row.get(c, "")) != row.get(c, "") for row in rows) for c in columns]
     text = []
     for line in table:
         cells = [cell.rjust(w) if numeric[i] else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths))]
@@ -2668,9 +2682,12 @@ def cat_table(rows: list[dict], columns: list[str], params: Any) -> tuple[int, A
     return 200, "\n".join(text) + "\n"
 
 
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)(b|kb|mb|gb|tb)?$")
+
+
 def _numeric(value: str) -> Any:
     """'1000' -> 1000, '4.5kb' -> 4608.0; anything else unchanged (for sorting and alignment)."""
-    match = re.match(r"^(\d+(?:\.\d+)?)(b|kb|mb|gb|tb)?$", value or "")
+    match = _SIZE_RE.match(value or "")
     if not match:
         return value
     scale = {"b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40, None: 1}[match.group(2)]
