@@ -41,7 +41,6 @@ import os
 import random
 import re
 import signal
-import socket
 import sys
 import time
 import zlib

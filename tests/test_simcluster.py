@@ -656,3 +656,17 @@ async def test_partial_shard_rejection_returns_partial_results_like_es(start_clu
     assert {k: result["_shards"][k] for k in ("total", "successful", "skipped", "failed")} == \
         {"total": 3, "successful": 1, "skipped": 0, "failed": 2}
     assert {f["reason"]["type"] for f in result["_shards"]["failures"]} == {"es_rejected_execution_exception"}
+
+
+async def test_equal_nodes_share_sequential_searches_round_robin(start_cluster, http):
+    cluster = await start_cluster(nodes=3, time_scale=0.01)
+    await call(http, "PUT", cluster.node_urls[0] + "/rr/_doc/1", {"a": 1})
+    for _ in range(6):
+        assert (await call(http, "POST", cluster.node_urls[0] + "/rr/_search", {}))[0] == 200
+    assert [node.pools["search"].completed for node in cluster.nodes] == [2, 2, 2]
+
+
+def test_simulation_is_independent_of_the_proxy():
+    # The cluster's costs must be learned by the proxy from outside, so it may not share the proxy's model.
+    code = "import sys, bench.simcluster; sys.exit(any(m == 'proxy' or m.startswith('proxy.') for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
