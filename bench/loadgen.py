@@ -96,7 +96,7 @@ class Client:
         return Request([request_head("POST", path, host, self.headers, len(raw)) for host in self.hosts], raw)
 
     async def send(self, request: Request) -> tuple[int, str | None]:
-        """(status, X-Sluicegate-Reason) of one request; raises OSError/TimeoutError on failure."""
+        """(status, who refused it, or None for a 2xx) of one request; raises OSError/TimeoutError on failure."""
         turn = self._turn
         self._turn = (turn + 1) % len(self.pools)
         pool = self.pools[turn]
@@ -126,7 +126,8 @@ class Client:
                     response.release()
             finally:
                 self.busy.discard(conn)
-            return response.status, (refused_by(response) if response.status == 429 else None)
+            status = response.status
+            return status, (None if 200 <= status < 300 else refused_by(response))
 
     def close(self) -> None:
         """Close every connection, idle or busy: the requests in flight are abandoned."""
@@ -137,12 +138,14 @@ class Client:
 
 
 def refused_by(response) -> str:
-    """Who answered a 429: Sluicegate names its reason; nginx's own page is HTML; the cluster's is ES JSON."""
+    """Who refused, for a 429: Sluicegate names its reason; nginx's own page is HTML; the cluster's is ES JSON."""
+    if response.status != 429:
+        return f"HTTP {response.status}"
     reason = response.header("X-Sluicegate-Reason")
     if reason:
         return f"sluicegate {reason}"
     content_type = response.header("Content-Type") or ""
-    return "nginx" if content_type.startswith("text/html") else "cluster"
+    return "nginx limit" if content_type.startswith("text/html") else "cluster rejected"
 
 
 class Progress:
@@ -172,15 +175,18 @@ class Recorder:
         self.latency: list[float] = []
         self.status: list[int] = []
         self.lag: list[float] = []
+        self.cause: list[tuple[int, str]] = []  # (record number, who refused) of every error
 
 
 async def one(client: Client, request: Request, tenant: int, scheduled: float, rec: Recorder, progress: Progress) -> None:
     sent = now()
     progress.counts["sent"] += 1
     try:
-        status, _ = await asyncio.wait_for(client.send(request), client.timeout_s)
-    except Exception:  # noqa: BLE001 - refused, reset, timed out: to the tenant, all the same error
-        status = 0
+        status, cause = await asyncio.wait_for(client.send(request), client.timeout_s)
+    except (TimeoutError, asyncio.TimeoutError):
+        status, cause = 0, "timeout"
+    except Exception:  # noqa: BLE001 - refused, reset: to the tenant, an error like any other
+        status, cause = 0, "connection failed"
     done = now()
     if 200 <= status < 300:
         progress.counts["ok"] += 1
@@ -191,6 +197,8 @@ async def one(client: Client, request: Request, tenant: int, scheduled: float, r
     rec.latency.append(done - scheduled)
     rec.status.append(status)
     rec.lag.append(sent - scheduled)
+    if cause is not None:
+        rec.cause.append((len(rec.status) - 1, cause))
 
 
 async def sleep_until(t: float) -> None:
@@ -254,7 +262,7 @@ async def run_good(plan: dict) -> dict:
     for client in clients:
         client.close()
     return {"tenants": names, "bursty": len(names) - 1, "tenant": rec.tenant, "scheduled": rec.scheduled,
-            "latency": rec.latency, "status": rec.status, "lag": rec.lag}
+            "latency": rec.latency, "status": rec.status, "lag": rec.lag, "cause": rec.cause}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,17 +284,16 @@ async def storm_worker(client: Client, requests: list[Request], offset: int, end
             counts["attempts"] += 1
             progress.counts["sent"] += 1
             try:
-                status, reason = await client.send(request)
+                status, cause = await client.send(request)
             except Exception:  # noqa: BLE001 - refused, reset, timed out
-                status, reason = 0, None
+                status, cause = 0, "connection failed or timeout"
                 counts["errors"] += 1
             if 200 <= status < 300:
                 counts["ok"] += 1
                 progress.counts["ok"] += 1
                 break
-            if status == 429:
-                counts["rejected"] += 1
-                counts["reasons"][reason] = counts["reasons"].get(reason, 0) + 1
+            counts["rejected"] += status == 429
+            counts["reasons"][cause] = counts["reasons"].get(cause, 0) + 1
             if status not in RETRY_ON and status != 0:  # connection errors are retried too
                 break
         else:

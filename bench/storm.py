@@ -37,7 +37,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 from bench import report  # noqa: E402
 from bench.nginx import Nginx, proxy_server  # noqa: E402
 from tests.processes import (  # noqa: E402
-    PY, ProxyProcess, RedisServer, SimClusterProcess, free_port, http_post, make_config, tenant,
+    PY, ProxyProcess, RedisServer, SimClusterProcess, free_port, http_get, http_post, make_config, tenant,
 )
 
 OUT = REPO / "bench" / "out"
@@ -99,14 +99,23 @@ def key_of(name: str) -> str:
 
 
 @dataclass
+class Target:
+    """Where the tenants send their requests, and what to watch while they do."""
+
+    urls: list[str]  # a tenant's requests alternate between these
+    pids: list[int] = field(default_factory=list)  # processes whose CPU time counts as the proxy's
+    admins: list[str] = field(default_factory=list)  # Sluicegate admin listeners (for /tenants)
+
+
+@dataclass
 class Mode:
     name: str
     label: str
-    start: Callable[[contextlib.ExitStack, SimClusterProcess, Path], tuple[list[str], list[int]]]
+    start: Callable[[contextlib.ExitStack, SimClusterProcess, Path], Target]
 
 
 def start_direct(stack, cluster, workdir):
-    return list(cluster.nodes), []
+    return Target(list(cluster.nodes))  # like a client configured with every node
 
 
 def start_nginx(conn: int | None):
@@ -116,7 +125,7 @@ def start_nginx(conn: int | None):
         server = Nginx(workdir / "nginx", proxy_server(port, upstreams, rate=NGINX_RATE, burst=NGINX_BURST, conn=conn),
                        [port], workers=1)
         stack.callback(server.stop)
-        return [f"http://127.0.0.1:{port}"], [server.pid]
+        return Target([f"http://127.0.0.1:{port}"], [server.pid])
     return start
 
 
@@ -128,7 +137,7 @@ def sluicegate_config(cluster: SimClusterProcess) -> dict:
 def start_sluicegate(stack, cluster, workdir):
     proxy = ProxyProcess(sluicegate_config(cluster), workdir / "sluicegate")
     stack.callback(proxy.stop)
-    return [proxy.url], [proxy.proc.pid]
+    return Target([proxy.url], [proxy.proc.pid], [proxy.admin])
 
 
 def start_sluicegate_redis(stack, cluster, workdir):
@@ -136,15 +145,16 @@ def start_sluicegate_redis(stack, cluster, workdir):
     stack.callback(redis.stop)
     base = sluicegate_config(cluster)
     base["redis"] = {"url": redis.url}
-    urls, pids = [], [redis.proc.pid]
+    target = Target([], [redis.proc.pid])
     for i in range(2):
         config = copy.deepcopy(base)
         config["listen"], config["admin_listen"] = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         proxy = ProxyProcess(config, workdir / f"sluicegate-{i}")
         stack.callback(proxy.stop)
-        urls.append(proxy.url)
-        pids.append(proxy.proc.pid)
-    return urls, pids
+        target.urls.append(proxy.url)
+        target.pids.append(proxy.proc.pid)
+        target.admins.append(proxy.admin)
+    return target
 
 
 MODES = [
@@ -215,9 +225,15 @@ async def follow(stream: asyncio.StreamReader, into: dict) -> None:
             into.update(orjson.loads(line))
 
 
+def tenants_report(admin: str) -> dict:
+    status, body = http_get(admin + "/tenants", timeout=5)
+    return orjson.loads(body) if status == 200 else {"error": status}
+
+
 async def sample_cluster(cluster: SimClusterProcess, t0: float, seconds: int, groups: dict[str, list[int]],
-                         samples: list[dict]) -> None:
-    """Every second from t0: cumulative thread_ms per index, rejections, CPU seconds per process group."""
+                         samples: list[dict], boundaries: set[int], admins: list[str]) -> None:
+    """Every second from t0: cumulative thread_ms per index, rejections, CPU seconds per process group;
+    at phase boundaries also each Sluicegate's /tenants (bucket levels, slots, learned costs)."""
     for k in range(seconds + 1):
         delay = t0 + k - time.monotonic()
         if delay > 0:
@@ -234,6 +250,8 @@ async def sample_cluster(cluster: SimClusterProcess, t0: float, seconds: int, gr
             "total_thread_ms": stats["cluster"]["total_thread_ms"],
             "cpu": cpu,
         })
+        if k in boundaries and admins:
+            samples[-1]["tenants"] = [await asyncio.to_thread(tenants_report, admin) for admin in admins]
 
 
 async def run_mode(mode: Mode, args: argparse.Namespace, progress, task) -> dict:
@@ -247,7 +265,8 @@ async def run_mode(mode: Mode, args: argparse.Namespace, progress, task) -> dict
         cluster = SimClusterProcess(NODES, threads=THREADS, queue=QUEUE, virtual_docs=VIRTUAL_DOCS, time_scale=1.0)
         stack.callback(cluster.stop)
         create_indices(cluster)
-        targets, target_pids = mode.start(stack, cluster, workdir)
+        target = mode.start(stack, cluster, workdir)
+        targets = target.urls
         warm_up(targets)
         assert http_post(cluster.url + "/_sim/_reset_stats")[0] == 200
 
@@ -276,10 +295,11 @@ async def run_mode(mode: Mode, args: argparse.Namespace, progress, task) -> dict
             )
         followers = [asyncio.ensure_future(follow(roles["good"].stdout, live.good)),
                      asyncio.ensure_future(follow(roles["storm"].stdout, live.storm))]
-        groups = {"cluster": [cluster.proc.pid], "proxy": target_pids, "good load": [roles["good"].pid],
+        groups = {"cluster": [cluster.proc.pid], "proxy": target.pids, "good load": [roles["good"].pid],
                   "storm load": [roles["storm"].pid]}
         samples: list[dict] = []
-        sampler = asyncio.ensure_future(sample_cluster(cluster, t0, total, groups, samples))
+        edges = {0, args.baseline, args.baseline + args.storm, total}
+        sampler = asyncio.ensure_future(sample_cluster(cluster, t0, total, groups, samples, edges, target.admins))
 
         waiting = asyncio.gather(roles["good"].wait(), roles["storm"].wait())
         while not waiting.done():
@@ -330,15 +350,20 @@ def summarize(result: dict) -> list[dict]:
     good, samples = result["good"], result["samples"]
     t0 = result["t0"]
     bursty = good["bursty"]
+    cause_of = dict(good["cause"])
     rows = []
     for name, start, end in result["phases"]:
         ok, steady_errors, bursty_errors, steady_total, bursty_total, lags = [], 0, 0, 0, 0, []
-        for tenant_i, scheduled, latency, status, lag in zip(good["tenant"], good["scheduled"], good["latency"],
-                                                              good["status"], good["lag"]):
+        causes: dict[str, int] = {}
+        for i, (tenant_i, scheduled, latency, status, lag) in enumerate(
+                zip(good["tenant"], good["scheduled"], good["latency"], good["status"], good["lag"])):
             if not start <= scheduled - t0 < end:
                 continue
             lags.append(lag)
             success = 200 <= status < 300
+            if not success:
+                cause = cause_of.get(i, f"HTTP {status}")
+                causes[cause] = causes.get(cause, 0) + 1
             if tenant_i == bursty:
                 bursty_total += 1
                 bursty_errors += not success
@@ -360,6 +385,7 @@ def summarize(result: dict) -> list[dict]:
             "bursty_errors": bursty_errors, "bursty_total": bursty_total,
             "storm_ms_per_s": storm_ms / seconds, "good_ms_per_s": good_ms / seconds,
             "rejected": last["rejected"] - first["rejected"], "lag_p99": percentile(lags, 99), "cpu": cpu,
+            "causes": causes,
         })
     return rows
 
@@ -372,7 +398,7 @@ def tables(results: list[dict], args: argparse.Namespace) -> list[report.Table]:
     main = report.Table(
         "Good tenants per mode and phase (latency of 2xx responses, from the scheduled arrival)",
         ["mode", "phase", "good p50 ms", "good p99 ms", "p99 / baseline", "steady errors", "bursty errors",
-         "storm cluster-ms/s", "cluster rejections"],
+         "storm cluster-ms/s", "cluster rejections", "who refused the good tenants"],
         right={2, 3, 4, 5, 6, 7, 8},
     )
     storm_t = report.Table(
@@ -390,7 +416,7 @@ def tables(results: list[dict], args: argparse.Namespace) -> list[report.Table]:
             ratio = "—" if not (row["p99"] and base_p99) else f"{row['p99'] / base_p99:.2f}×"
             main.add(result["label"] if i == 0 else "", row["phase"], ms(row["p50"]), ms(row["p99"]), ratio,
                      f"{row['steady_errors']} / {row['steady_total']}", f"{row['bursty_errors']} / {row['bursty_total']}",
-                     f"{row['storm_ms_per_s']:,.0f}", f"{row['rejected']:,}")
+                     f"{row['storm_ms_per_s']:,.0f}", f"{row['rejected']:,}", causes_text(row["causes"]))
         main.rule()
         storm_row = rows[1]
         seconds = args.storm
@@ -410,7 +436,46 @@ def tables(results: list[dict], args: argparse.Namespace) -> list[report.Table]:
                     f"{storm_row['storm_ms_per_s']:,.0f} ({storm_row['storm_ms_per_s'] / CAPACITY * 100:.0f}%)",
                     *(f"{cpu.get(g, 0):.0f}%" for g in ("cluster", "proxy", "good load", "storm load")),
                     ms(storm_row["lag_p99"]))
-    return [main, storm_t, goals(summaries, results)]
+    tables_ = [main, storm_t]
+    view = sluicegate_view(results)
+    if view.rows:
+        tables_.append(view)
+    return tables_ + [goals(summaries, results)]
+
+
+def causes_text(causes: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(causes.items(), key=lambda kv: -kv[1])) or "—"
+
+
+def sluicegate_view(results: list[dict]) -> report.Table:
+    """What Sluicegate believed at each phase end: learned costs and bucket levels, good vs storming."""
+    table = report.Table(
+        "Sluicegate's view at the end of each phase (/tenants; cost units ≈ cluster-ms)",
+        ["mode", "at the end of", "good: learned cost, max", "good: search bucket, min", "good: in flight + queued",
+         "storm: learned cost, median", "storm: search bucket, median"],
+    )
+    import numpy
+
+    for result in results:
+        marks = [s for s in result["samples"] if "tenants" in s]
+        for (phase, _, end), sample in zip(result["phases"], marks[1:]):
+            good_cost, good_level, good_busy, storm_cost, storm_level = [], [], 0, [], []
+            for instance in sample["tenants"]:
+                for name, info in instance.get("tenants", {}).items():
+                    costs = [c["cost"] for c in info.get("learned_costs", [])]
+                    level = info.get("buckets", {}).get("search", {}).get("level")
+                    if name in STORMING:
+                        storm_cost += costs
+                        storm_level += [] if level is None else [level]
+                    else:
+                        good_cost += costs
+                        good_level += [] if level is None else [level]
+                        good_busy += info.get("in_flight", 0) + info.get("queued", 0)
+            table.add(result["label"], phase, f"{max(good_cost, default=0):,.0f}", f"{min(good_level, default=0):,.0f}",
+                      good_busy, f"{numpy.median(storm_cost) if storm_cost else 0:,.0f}",
+                      f"{numpy.median(storm_level) if storm_level else 0:,.0f}")
+        table.rule()
+    return table
 
 
 def goals(summaries: dict[str, list[dict]], results: list[dict]) -> report.Table:
