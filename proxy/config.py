@@ -199,7 +199,17 @@ class Tenant(_Frozen):
         for p in patterns:
             if not p or p in ("*", "_all") or p.startswith("-") or "," in p:
                 raise ValueError(f"index pattern {p!r} must name the tenant's own indices (no bare '*', '_all', ',' or '-')")
+            if "?" in p:
+                # grants are checked by literal matching, which is exact only for '*' (the only ES index wildcard)
+                raise ValueError(f"index pattern {p!r} may use '*' as its only wildcard, not '?'")
         return patterns
+
+
+class SecurityConfig(_Frozen):
+    """How the proxy binds scroll, point-in-time and async-search ids to the tenant that opened them."""
+
+    #: HMAC key for bound ids; None derives one from the tenants' key digests (weaker: see docs/SECURITY.md)
+    binding_secret: str | None = Field(None, min_length=16)
 
 
 class Config(_Frozen):
@@ -211,6 +221,7 @@ class Config(_Frozen):
     cost: CostConfig = CostConfig()
     admission: AdmissionConfig = AdmissionConfig()
     access_log: AccessLogConfig = AccessLogConfig()
+    security: SecurityConfig = SecurityConfig()
     enforce: bool = True
     drain_timeout_s: float = Field(30.0, ge=0)
     plans: dict[str, Plan] = Field(min_length=1)
