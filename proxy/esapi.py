@@ -36,6 +36,8 @@ class EsCall:
     params: Mapping[str, str]
     cluster: bool
     api: str
+    #: names the path makes the call touch besides `indices`: alias names, a resize or rollover target
+    targets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,10 @@ class Body:
     json: Any
     lines: tuple[Any, ...] | None
     ndjson_lines: int
+
+
+#: the body phase of the grant check for a request that sent no body (decode_body returns None for it)
+NO_BODY = Body(b"", b"", None, None, 0)
 
 
 # ---- the URL ----------------------------------------------------------------------------------
@@ -133,13 +139,30 @@ def parse_call(method: str, raw_path: str) -> EsCall:
 
 def _parse_call(method: str, raw_path: str) -> EsCall:
     method = method.upper()
+    if not raw_path.startswith("/"):
+        # absolute-form (http://host/...), authority-form (CONNECT) or '*': not an Elasticsearch request
+        raise BadRequest(f"the request target [{_clip(raw_path)}] must be an absolute path")
     path, _, query = raw_path.partition("?")
     segments = [_decode(seg, False) for seg in path.split("/") if seg]
+    if "." in segments or ".." in segments:
+        # ES does not normalise dot segments, but something between the proxy and the node might
+        raise BadRequest(f"the path [{_clip(path)}] contains a [.] or [..] segment")
     params = _query_params(query) if query else {}
     kind, resource, indices, doc_id, cluster, api = _route(method, segments)
     if params and (resource == SEARCH or kind in _BY_QUERY):
         _check_params(params)
-    return EsCall(method, kind, resource, indices, doc_id, params, cluster, api)
+    targets = _path_targets(kind, segments)
+    return EsCall(method, kind, resource, indices, doc_id, params, cluster, api, targets)
+
+
+def _path_targets(kind: str, segs: list[str]) -> tuple[str, ...]:
+    """Names after the API segment that the call creates or points at: /{index}/_alias/{name}, /{index}/_clone/{target}."""
+    if kind == "aliases":
+        at = 1 if segs[0] in ("_alias", "_aliases") else 2
+        return _split_indices(segs[at]) if len(segs) > at else ()
+    if kind in ("resize", "rollover") and len(segs) >= 3:
+        return _split_indices(segs[2])
+    return ()
 
 
 def _check_params(params: dict[str, str]) -> None:
@@ -451,6 +474,8 @@ _JSON_KINDS = frozenset({
     "knn_search", "field_caps", "explain", "validate_query", "terms_enum", "rank_eval", "search_mvt",
     "rollup_search", "graph_explore", "open_pit", "render_search_template",
     "delete_by_query", "update_by_query", "reindex", "mget", "mtermvectors",
+    # the grants read these: alias names, lookup runtime fields, the ids of a point in time
+    "index_create", "aliases", "resize", "rollover", "mapping", "close_pit",
 })
 #: kinds whose body is newline-delimited JSON
 _NDJSON_KINDS = frozenset({"msearch", "msearch_template", "bulk"})
@@ -632,6 +657,8 @@ def _parse_msearch(call: EsCall, raw: bytes, data: bytes, limits: HardLimits) ->
         what = f"line {number + 1} of the [{call.api}] body"
         doc = _loads(line, what)
         _check_depth(doc, line, limits.max_json_depth, what)
+        if (number - first) % 2 == 0 and (line.count(b"index") > 1 or b"\\" in line):
+            check_unique_keys(line)  # a header's index is what the grant reads: no second, hidden one
         decoded.append(doc)
     return Body(raw, data, None, tuple(decoded), count)
 
@@ -658,6 +685,8 @@ def _parse_bulk(call: EsCall, raw: bytes, data: bytes, limits: HardLimits) -> Bo
             raise BadRequest(f"Malformed action/metadata line [{number}], expected field [create], [delete], "
                              f"[index] or [update] holding an object, but found [{_clip(op)}]")
         _check_depth(action, line, limits.max_json_depth, what)
+        if line.count(b"index") > 2 or b"\\" in line:
+            check_unique_keys(line)  # the action's _index is what the grant reads: no second, hidden one
         actions.append(action)
         if op != "delete" and number < total:
             source = lines[number]  # the document: forwarded as is, never decoded
@@ -665,3 +694,199 @@ def _parse_bulk(call: EsCall, raw: bytes, data: bytes, limits: HardLimits) -> Bo
             if source and not source.isspace():
                 count += 1
     return Body(raw, data, None, tuple(actions), count)
+
+
+# ---- names inside bodies ----------------------------------------------------------------------
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen = dict(pairs)
+    if len(seen) != len(pairs):
+        keys = [k for k, _ in pairs]
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise BadRequest(f"duplicate key [{_clip(dup)}] in a JSON object")
+    return seen
+
+
+def check_unique_keys(data: bytes, ndjson: bool = False) -> None:
+    """Refuse (400) JSON with a repeated object key.
+
+    Where a body names indices, the proxy and the cluster must read the same name; ES and
+    OpenSearch refuse duplicate keys themselves, and so does the proxy rather than guess which wins.
+    Slow (the stdlib parser): call it only on bodies that name indices.
+    """
+    import json
+
+    parts = data.split(b"\n") if ndjson else (data,)
+    try:
+        for part in parts:
+            if part.strip():
+                json.loads(part, object_pairs_hook=_unique_pairs)
+    except (ValueError, RecursionError):
+        raise BadRequest("a JSON body that names indices could not be read strictly") from None
+
+
+class Undetermined(Exception):
+    """The indices a query-language statement reads cannot be told from its text."""
+
+
+# SQL: '...' literals, "..." and `...` identifiers, words (unquoted table names allow - . * : @), one-char punctuation
+_SQL_TOKEN = re.compile(r"""\s*(?:('(?:[^']|'')*')|("(?:[^"]|"")*")|(`(?:[^`]|``)*`)|([A-Za-z0-9_@*.:\-]+)|(\S))""")
+_BLANK = re.compile(r"\s*\Z")
+_SQL_CLAUSES = frozenset({"WHERE", "GROUP", "ORDER", "LIMIT", "HAVING"})
+_SQL_REFUSED = frozenset({"JOIN", "UNION", "INTERSECT", "EXCEPT", "MINUS", "WITH"})
+
+
+def _sql_tokens(text: str) -> list[tuple[str, str]]:
+    """(kind, text) with kind in str / id / word / punct; Undetermined for comments or an unclosed quote."""
+    tokens: list[tuple[str, str]] = []
+    pos, end = 0, len(text)
+    while pos < end:
+        if _BLANK.match(text, pos):
+            break
+        m = _SQL_TOKEN.match(text, pos)
+        if m is None or m.end() == pos:
+            raise Undetermined("unreadable statement")
+        pos = m.end()
+        lit, dq, bq, word, punct = m.groups()
+        if lit is not None:
+            tokens.append(("str", lit))
+        elif dq is not None:
+            tokens.append(("id", dq[1:-1].replace('""', '"')))
+        elif bq is not None:
+            tokens.append(("id", bq[1:-1].replace("``", "`")))
+        elif word is not None:
+            if "--" in word:
+                raise Undetermined("comments are not read")
+            tokens.append(("word", word))
+        else:
+            if punct in ("'", '"', "`"):
+                raise Undetermined("an unclosed quote")
+            if punct == "/" and text.startswith("/*", pos - 1):
+                raise Undetermined("comments are not read")
+            tokens.append(("punct", punct))
+    return tokens
+
+
+def sql_indices(query: str) -> tuple[str, ...]:
+    """The indices a `SELECT ... FROM a[, b] [[AS] x] [WHERE|GROUP|ORDER|LIMIT|HAVING ...]` statement reads.
+
+    Raises Undetermined for anything else: subqueries, joins, unions, a second FROM (even in
+    EXTRACT(... FROM ...)), SHOW/DESCRIBE, comments. Deny by default: a statement this cannot read is
+    one the proxy cannot vouch for.
+    """
+    tokens = _sql_tokens(query)
+    words = [t.upper() for k, t in tokens if k == "word"]
+    if not tokens or tokens[0][0] != "word" or tokens[0][1].upper() != "SELECT":
+        raise Undetermined("only SELECT statements are read")
+    if words.count("SELECT") != 1 or words.count("FROM") != 1 or _SQL_REFUSED.intersection(words):
+        raise Undetermined("subqueries, joins, unions and a second FROM are not read")
+    at = next(i for i, (k, t) in enumerate(tokens) if k == "word" and t.upper() == "FROM") + 1
+    names: list[str] = []
+    while True:
+        if at >= len(tokens) or tokens[at][0] not in ("word", "id") or tokens[at][1].upper() in _SQL_CLAUSES:
+            raise Undetermined("FROM names no table")
+        names.extend(n.strip() for n in tokens[at][1].split(","))
+        at += 1
+        if at < len(tokens) and tokens[at] == ("punct", ","):
+            at += 1
+            continue
+        break
+    if at < len(tokens) and tokens[at][0] in ("word", "id") and tokens[at][1].upper() not in _SQL_CLAUSES:
+        if tokens[at][1].upper() == "AS":
+            at += 1
+        at += 1  # the table alias
+    if at < len(tokens) and not (tokens[at][0] == "word" and tokens[at][1].upper() in _SQL_CLAUSES) \
+            and tokens[at] != ("punct", ";"):
+        raise Undetermined("something other than a clause follows the FROM list")
+    if tokens[-1] == ("punct", ";") and tokens.count(("punct", ";")) == 1:
+        pass
+    elif ("punct", ";") in tokens:
+        raise Undetermined("more than one statement")
+    return tuple(names)
+
+
+_ESQL_STRING = re.compile(r'"""(?:.|\n)*?"""|"(?:[^"\\\n]|\\.)*"')
+_ESQL_REFUSED = frozenset({"ENRICH", "LOOKUP", "JOIN", "FROM", "TS", "METRICS", "FORK", "SUBQUERY"})
+
+
+def esql_indices(query: str) -> tuple[str, ...]:
+    """The indices of an ES|QL `FROM a[,b] [METADATA f, ...] | ...` query.
+
+    Raises Undetermined when another command could read more: ENRICH, LOOKUP JOIN, a FROM or
+    TS anywhere else, options after the source list, comments, or a first command other than FROM.
+    """
+    strings: list[str] = []
+
+    def hide(m: re.Match[str]) -> str:
+        strings.append(m.group(0))
+        return f" \x00{len(strings) - 1} "
+
+    text = _ESQL_STRING.sub(hide, query)
+    if '"' in text or "//" in text or "/*" in text:
+        raise Undetermined("comments or an unclosed string")
+    source, _, rest = text.partition("|")
+    words = source.replace(",", " , ").split()
+    if not words or words[0].upper() != "FROM":
+        raise Undetermined("only queries that start with FROM are read")
+    names: list[str] = []
+    expect_name = True
+    at = 1
+    while at < len(words):
+        word = words[at]
+        if expect_name:
+            if word.startswith("\x00"):
+                lit = strings[int(word[1:])]
+                names.extend(n.strip() for n in lit.strip('"').split(","))
+            elif word == "," or "(" in word or ")" in word or "[" in word:
+                raise Undetermined("a source list that is not plain names")
+            else:
+                names.append(word)
+            expect_name = False
+        elif word == ",":
+            expect_name = True
+        elif word.upper() == "METADATA":
+            if any(w.upper() in _ESQL_REFUSED or "(" in w for w in words[at + 1:]):
+                raise Undetermined("METADATA followed by something else")
+            break
+        else:
+            raise Undetermined(f"[{_clip(word)}] after the source list")
+        at += 1
+    if expect_name:
+        raise Undetermined("FROM names no index")
+    for word in re.findall(r"[A-Za-z_]+", rest):
+        if word.upper() in _ESQL_REFUSED:
+            raise Undetermined(f"[{word}] can read other indices")
+    return tuple(names)
+
+
+_PPL_HEAD = re.compile(r"\s*(?:search\s+)?source\s*=\s*", re.IGNORECASE)
+_PPL_NAME = re.compile(r"`([^`]*)`|([^\s,|`\[\]()=]+)")
+_PPL_REFUSED = frozenset({"SOURCE", "INDEX", "JOIN", "LOOKUP", "APPEND", "APPENDCOL", "APPENDPIPE", "SUBSEARCH"})
+
+
+def ppl_indices(query: str) -> tuple[str, ...]:
+    """The indices of an OpenSearch PPL `[search] source=a[, b] ...` query; Undetermined for subsearches and joins."""
+    m = _PPL_HEAD.match(query)
+    if m is None:
+        raise Undetermined("only queries that start with source= are read")
+    rest = query[m.end():]
+    names: list[str] = []
+    while True:
+        name = _PPL_NAME.match(rest)
+        if name is None:
+            raise Undetermined("source= names no index")
+        names.extend(n.strip() for n in (name.group(1) if name.group(1) is not None else name.group(2)).split(","))
+        rest = rest[name.end():]
+        comma = re.match(r"\s*,\s*", rest)
+        if comma is None:
+            break
+        rest = rest[comma.end():]
+    if rest and not rest[0].isspace() and rest[0] != "|":
+        raise Undetermined("something other than a command follows the source list")
+    if "[" in rest or "`" in rest:
+        raise Undetermined("subsearches and quoted names after the source are not read")
+    for word in re.findall(r"[A-Za-z_]+", rest):
+        if word.upper() in _PPL_REFUSED:
+            raise Undetermined(f"[{word}] can read other indices")
+    return tuple(names)

@@ -369,8 +369,19 @@ def test_document_bodies_are_not_decoded():
 
 
 def test_admin_bodies_are_not_decoded():
-    body = decode_body(parse_call("PUT", "/my-index"), b'{"settings": ', JSON, None, LIMITS)
+    body = decode_body(parse_call("PUT", "/my-index/_settings"), b'{"settings": ', JSON, None, LIMITS)
     assert body.json is None
+
+
+@pytest.mark.parametrize("method,target", [
+    ("PUT", "/my-index"), ("POST", "/_aliases"), ("PUT", "/i/_alias/a"), ("POST", "/i/_clone/j"),
+    ("POST", "/a/_rollover"), ("PUT", "/i/_mapping"), ("DELETE", "/_pit"),
+])
+def test_admin_bodies_that_name_aliases_or_lookups_are_decoded_for_the_grants(method, target):
+    call = parse_call(method, target)
+    assert decode_body(call, b'{"aliases": {"a": {}}}', JSON, None, LIMITS).json == {"aliases": {"a": {}}}
+    with pytest.raises(BadRequest):
+        decode_body(call, b'{"aliases": ', JSON, None, LIMITS)
 
 
 @pytest.mark.parametrize("call", [
