@@ -150,7 +150,7 @@ class Proxy:
         body = esapi.decode_body(
             call, raw, request.headers.get(hdrs.CONTENT_TYPE), request.headers.get(hdrs.CONTENT_ENCODING), limits
         )
-        authorize(tenant, call, body)
+        authorize(tenant, call, body or esapi.NO_BODY)
 
         # 3. What will it cost the cluster? The learned cost of this shape wins over the estimate.
         estimate = snap.cost_model.estimate(call, body)

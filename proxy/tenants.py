@@ -13,6 +13,9 @@ import hmac
 import re
 from dataclasses import dataclass
 
+import orjson
+
+from . import esapi
 from .config import Config, Plan
 from .errors import Forbidden, Unauthorized
 
@@ -28,11 +31,22 @@ class TenantView:
     indices: tuple[str, ...]
     #: matches one concrete index name or wildcard expression that lies inside the tenant's grant
     index_grant: re.Pattern[str]
+    #: matches the dotted API names of the cluster-level calls the plan grants (`plans.*.cluster_apis`)
+    cluster_grant: re.Pattern[str]
 
 
 def _grant_regex(patterns: tuple[str, ...]) -> re.Pattern[str]:
-    # '*' in a tenant pattern matches anything, including a '*' in the request: a request wildcard
-    # that the pattern matches literally can only expand to names the pattern also matches.
+    # '*' in a tenant pattern matches anything but ':', including a '*' in the request: a request
+    # wildcard that the pattern matches literally can only expand to names the pattern also matches.
+    # It never spans the ':' of a remote cluster ("other:acme-x"), unless the pattern names one itself.
+    parts = ("".join("[^:]*" if ch == "*" else re.escape(ch) for ch in p) for p in patterns)
+    return re.compile("(?:" + "|".join(parts) + r")\Z", re.DOTALL)
+
+
+def _api_regex(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """`cluster.health`, `cat.*`, `*`: an API name or a '*' suffix pattern; none matches nothing."""
+    if not patterns:
+        return re.compile(r"(?!)")
     parts = ("".join(".*" if ch == "*" else re.escape(ch) for ch in p) for p in patterns)
     return re.compile("(?:" + "|".join(parts) + r")\Z", re.DOTALL)
 
@@ -52,6 +66,7 @@ class Directory:
                 enforce=config.tenant_enforced(name),
                 indices=tuple(spec.indices),
                 index_grant=_grant_regex(tuple(spec.indices)),
+                cluster_grant=_api_regex(tuple(config.plans[spec.plan].cluster_apis)),
             )
             self.tenants[name] = view
             for digest in spec.api_keys:
@@ -99,79 +114,161 @@ def _clip(path: str, limit: int = 200) -> str:
 
 
 # ---- grants -------------------------------------------------------------------------------
+#
+# Deny by default: a call passes when every index, alias and target it names lies inside the
+# tenant's patterns, or when it is a cluster-level API the plan grants. Wildcards are checked,
+# never narrowed: docs/SECURITY.md says why.
 
-#: cluster-level reads every tenant may make: clients call these to discover the cluster
-_OPEN_CLUSTER_KINDS = frozenset({"info", "cluster_health"})
-#: calls whose indices are all named in the body (NDJSON headers, actions, docs) when the path names none
-_BODY_NAMES_INDICES = frozenset({"msearch", "msearch_template", "bulk", "mget"})
+#: cluster-level reads every tenant may make (GET/HEAD, no index filter): clients call them to discover the cluster
+_OPEN_KINDS = frozenset({"info", "cluster_health"})
+#: cluster-level reads narrowed to the indices named in the path: those go through the index grant
+_INDEX_FILTERED_CLUSTER = frozenset({"cat", "cluster_health"})
+#: calls that carry a scroll, point-in-time or async-search id instead of indices: idbinding checks the id
+_BOUND_ID_KINDS = frozenset({"scroll", "clear_scroll", "close_pit", "async_search_get", "async_search_delete"})
+#: calls that may name their indices only in the body
+_BODY_NAMED = frozenset({"msearch", "msearch_template", "bulk", "mget", "mtermvectors", "reindex", "aliases", "sql", "esql"})
+#: index-less searches that are allowed when their body searches a point in time (bound to its tenant)
+_PIT_SEARCH_APIS = frozenset({"search", "async_search.submit"})
+#: calls whose body carries a query-language statement naming its indices
+_STATEMENT_PARSERS = {"esql.query": esapi.esql_indices, "esql.async_query": esapi.esql_indices,
+                      "plugins.ppl": esapi.ppl_indices}
+#: characters no index or alias name may hold (ES refuses them too); '\u2063' marks a template hole
+_BAD_NAME = re.compile('[\\\\/"|?#,\\s\\x00-\\x1f\u2063]')
+_TEMPLATE_HOLE = "\u2063"
 
 
-def authorize(tenant: TenantView, call, body) -> None:
+def authorize(tenant: TenantView, call: esapi.EsCall, body: esapi.Body | None) -> None:
     """Refuse (403) a call outside the tenant's grants.
 
-    Called twice: with body=None on the path alone (before the body is read), and again with
-    the decoded body for calls that name indices inside it.
+    Called twice: with body=None on the path alone (before the body is read), and again once the
+    body is decoded, with `esapi.NO_BODY` when the request had none. The second call checks what
+    the body names: _msearch headers, _bulk actions, _mget docs, _reindex source and dest, alias
+    actions, SQL/ES|QL/PPL statements, and document references inside queries.
     """
     if body is None:
         _authorize_path(tenant, call)
-    elif call.kind in _BODY_NAMES_INDICES and body.lines is not None:
-        _authorize_body_lines(tenant, call, body.lines)
-    elif call.kind == "mget" and isinstance(body.json, dict):
-        for doc in body.json.get("docs") or ():
-            if isinstance(doc, dict) and "_index" in doc:
-                _check_index(tenant, call, str(doc["_index"]))
+    else:
+        _authorize_body(tenant, call, body)
 
 
-def _authorize_path(tenant: TenantView, call) -> None:
-    if call.kind in _OPEN_CLUSTER_KINDS and call.method in ("GET", "HEAD"):
-        return
+def _authorize_path(tenant: TenantView, call: esapi.EsCall) -> None:
+    if (call.kind in _OPEN_KINDS and call.method in ("GET", "HEAD") and not call.indices
+            and call.params.get("level", "cluster") == "cluster"):
+        return  # ?level=indices would list every tenant's index names
     if call.resource not in tenant.plan.resources:
         raise Forbidden(f"tenant '{tenant.name}' may not make {call.resource} requests (plan '{tenant.plan_name}')")
+    if "index" in call.params:  # OpenSearch's asynchronous search takes its indices as ?index=
+        _check_expression(tenant, call, _split(call.params["index"]))
     if call.cluster:
-        if call.api not in tenant.plan.cluster_apis:
-            raise Forbidden(f"tenant '{tenant.name}' may not call the cluster-level API [{call.api}]")
+        if call.indices and call.kind in _INDEX_FILTERED_CLUSTER and call.method in ("GET", "HEAD"):
+            _check_expression(tenant, call, call.indices)  # _cat/indices/acme-*, _cluster/health/acme-x
+            return
+        if not tenant.cluster_grant.match(call.api):
+            raise Forbidden(
+                f"tenant '{tenant.name}' may not call the cluster-level API [{call.api}] "
+                f"(plan '{tenant.plan_name}' does not grant it)"
+            )
         return
-    if call.kind in ("scroll", "clear_scroll", "close_pit"):
-        return
-    if not call.indices:
-        if call.kind in _BODY_NAMES_INDICES:
-            return  # checked against the body's own index names
-        raise Forbidden(
-            f"tenant '{tenant.name}' must name its indices: [{call.api}] without an index would reach every "
-            f"tenant's data (allowed: {', '.join(tenant.indices)})"
-        )
-    for index in call.indices:
-        _check_index(tenant, call, index)
+    if call.kind in _BOUND_ID_KINDS:
+        return  # no index in the path: the id it carries must be bound to this tenant (idbinding)
+    for name in call.targets:
+        _check_name(tenant, call, name)
+    if call.indices:
+        _check_expression(tenant, call, call.indices)
+    elif call.kind not in _BODY_NAMED and call.api not in _PIT_SEARCH_APIS:
+        raise _must_name(tenant, call)
 
 
-def _authorize_body_lines(tenant: TenantView, call, lines) -> None:
-    path_default = call.indices
-    if call.kind == "bulk":
-        for line in lines:
-            if isinstance(line, dict):
-                for meta in line.values():
-                    index = meta.get("_index") if isinstance(meta, dict) else None
-                    if index is None and not path_default:
-                        raise Forbidden(f"a _bulk action of tenant '{tenant.name}' names no index")
-                    if index is not None:
-                        _check_index(tenant, call, str(index))
-        return
-    # _msearch: every other line is a header naming the indices of the search after it.
-    for header in lines[0::2]:
-        names = header.get("index") if isinstance(header, dict) else None
-        if names is None:
-            if not path_default:
-                raise Forbidden(f"an _msearch header of tenant '{tenant.name}' names no index")
-            continue
-        for index in (names if isinstance(names, list) else str(names).split(",")):
-            _check_index(tenant, call, str(index))
+def _authorize_body(tenant: TenantView, call: esapi.EsCall, body: esapi.Body) -> None:
+    kind, doc = call.kind, body.json
+    if kind in ("msearch", "msearch_template"):
+        _msearch(tenant, call, body.lines or ())
+    elif kind == "bulk":
+        _bulk(tenant, call, body.lines or ())
+    elif kind in ("mget", "mtermvectors"):
+        _docs(tenant, call, body)
+    elif kind == "reindex":
+        _reindex(tenant, call, body)
+    elif kind == "aliases":
+        _aliases(tenant, call, body)
+    elif kind in ("index_create", "resize", "rollover") and isinstance(doc, dict) and "aliases" in doc:
+        aliases = doc["aliases"]
+        if not isinstance(aliases, dict):
+            raise _undetermined(tenant, call, "[aliases] is not an object")
+        for name in aliases:
+            _check_name(tenant, call, name)
+    elif kind in ("sql", "esql"):
+        _statement(tenant, call, body)
+    elif call.api in _PIT_SEARCH_APIS and not call.indices:
+        pit = doc.get("pit") if isinstance(doc, dict) else None
+        if not (isinstance(pit, dict) and isinstance(pit.get("id"), str)):
+            raise _must_name(tenant, call)
+    if kind == "search_template":
+        _template(tenant, call, doc)
+    if doc is not None and _doc_references(tenant, call, doc):
+        esapi.check_unique_keys(body.data)  # a document reference decides access: read it as the cluster will
+
+
+def _must_name(tenant: TenantView, call: esapi.EsCall) -> Forbidden:
+    return Forbidden(
+        f"tenant '{tenant.name}' must name its indices: [{call.api}] without an index would reach every "
+        f"tenant's data (allowed: {', '.join(tenant.indices)})"
+    )
+
+
+def _undetermined(tenant: TenantView, call: esapi.EsCall, why: str) -> Forbidden:
+    return Forbidden(
+        f"the indices of tenant '{tenant.name}''s [{call.api}] request cannot be determined ({why}); "
+        "refused by default"
+    )
+
+
+# ---- names --------------------------------------------------------------------------------
+
+
+def _split(expression: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in expression.split(",") if name.strip())
+
+
+def _names(tenant: TenantView, call: esapi.EsCall, value, what: str) -> tuple[str, ...]:
+    """An index expression given in a body as "a,b" or ["a", "b"]; refused when it is anything else."""
+    if isinstance(value, str):
+        return _split(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(name for v in value for name in _split(v))
+    raise _undetermined(tenant, call, f"{what} is not an index name or a list of them")
+
+
+def _check_expression(tenant: TenantView, call: esapi.EsCall, names: tuple[str, ...]) -> None:
+    """An index expression: every name inside the grant; '-' exclusions only after something they narrow."""
+    included = False
+    for name in names:
+        if name.startswith("-"):
+            if included:
+                continue  # an exclusion only narrows what the names before it select
+            raise Forbidden(
+                f"tenant '{tenant.name}' may not start an index expression with the exclusion [{_clip(name, 100)}]: "
+                "older clusters read it as every index but that one"
+            )
+        _check_index(tenant, call, name)
+        included = True
+    if not included:
+        raise _must_name(tenant, call)
+
+
+def _check_name(tenant: TenantView, call: esapi.EsCall, name: str) -> None:
+    """One name a call creates, writes or points at (an alias, a _bulk target, a clone): no exclusions."""
+    if name.startswith("-"):
+        raise Forbidden(f"tenant '{tenant.name}' may not use [{_clip(name, 100)}] as a name with [{call.api}]")
+    _check_index(tenant, call, name)
 
 
 def _check_index(tenant: TenantView, call, index: str) -> None:
     name = index.strip()
     if name.startswith("-"):
         return  # an exclusion only narrows what the rest of the expression selects
-    if name in ("", "_all", "*") or not tenant.index_grant.match(_date_math_pattern(name)):
+    static = _date_math_pattern(name)
+    if name in ("", "_all", "*") or _BAD_NAME.search(static) or not tenant.index_grant.match(static):
         raise Forbidden(
             f"tenant '{tenant.name}' may not access index [{_clip(name, 100)}] with [{call.api}] "
             f"(allowed: {', '.join(tenant.indices)})"
@@ -183,3 +280,220 @@ def _date_math_pattern(name: str) -> str:
     if name.startswith("<") and name.endswith(">"):
         return re.sub(r"\{.*?\}+", "*", name[1:-1])
     return name
+
+
+# ---- what bodies name ---------------------------------------------------------------------
+
+
+def _msearch(tenant: TenantView, call: esapi.EsCall, lines: tuple) -> None:
+    """Even lines are headers naming the indices of the search after them (esapi keeps blank lines' places)."""
+    if not lines and not call.indices:
+        raise _must_name(tenant, call)
+    for number, header in enumerate(lines[0::2]):
+        if not isinstance(header, dict):
+            raise _undetermined(tenant, call, f"header {number + 1} is not an object")
+        named = False
+        for key in ("index", "indices"):  # ES reads either
+            if key in header:
+                _check_expression(tenant, call, _names(tenant, call, header[key], f"the [{key}] of header {number + 1}"))
+                named = True
+        if not named and not call.indices:
+            raise Forbidden(f"an _msearch header of tenant '{tenant.name}' names no index")
+    for search in lines[1::2]:
+        if isinstance(search, dict):
+            if "pit" in search:
+                raise Forbidden(f"tenant '{tenant.name}' may not search a point in time through [{call.api}]")
+            if call.kind == "msearch_template":
+                _template(tenant, call, search)
+            if _doc_references(tenant, call, search):
+                esapi.check_unique_keys(orjson.dumps(search))
+
+
+def _bulk(tenant: TenantView, call: esapi.EsCall, actions: tuple) -> None:
+    """Each action's `_index` (the path's index is the default); esapi has checked each is {op: {...}}."""
+    if not actions and not call.indices:
+        raise _must_name(tenant, call)
+    for action in actions:
+        for meta in action.values():
+            index = meta.get("_index")
+            if index is None:
+                if not call.indices:
+                    raise Forbidden(f"a _bulk action of tenant '{tenant.name}' names no index")
+            elif isinstance(index, str):
+                _check_name(tenant, call, index)
+            else:
+                raise _undetermined(tenant, call, "a _bulk [_index] is not a string")
+
+
+def _docs(tenant: TenantView, call: esapi.EsCall, body: esapi.Body) -> None:
+    """_mget / _mtermvectors: each doc's `_index`, or the path's index."""
+    doc = body.json
+    docs = doc.get("docs") if isinstance(doc, dict) else None
+    if docs is None:
+        if not call.indices:  # {"ids": [...]} or nothing: only the path can say where
+            raise _must_name(tenant, call)
+        return
+    if not isinstance(docs, list):
+        raise _undetermined(tenant, call, "[docs] is not a list")
+    named = 0
+    for entry in docs:
+        index = entry.get("_index") if isinstance(entry, dict) else None
+        if index is None:
+            if not call.indices:
+                raise Forbidden(f"a [{call.api}] doc of tenant '{tenant.name}' names no index")
+        elif isinstance(index, str):
+            _check_name(tenant, call, index)
+            named += 1
+        else:
+            raise _undetermined(tenant, call, "a doc's [_index] is not a string")
+    if named and (body.data.count(b"_index") != named or b"\\" in body.data):
+        esapi.check_unique_keys(body.data)
+
+
+def _reindex(tenant: TenantView, call: esapi.EsCall, body: esapi.Body) -> None:
+    doc = body.json
+    source = doc.get("source") if isinstance(doc, dict) else None
+    dest = doc.get("dest") if isinstance(doc, dict) else None
+    if not isinstance(source, dict) or not isinstance(dest, dict):
+        raise _undetermined(tenant, call, "a _reindex body must hold [source] and [dest] objects")
+    if "remote" in source:
+        raise Forbidden(f"tenant '{tenant.name}' may not reindex from a remote cluster")
+    if "script" in doc:
+        raise Forbidden(f"tenant '{tenant.name}' may not use a _reindex script: it can change each document's _index")
+    _check_expression(tenant, call, _names(tenant, call, source.get("index"), "[source.index]"))
+    for name in _names(tenant, call, dest.get("index"), "[dest.index]") or ("",):
+        _check_name(tenant, call, name)
+    esapi.check_unique_keys(body.data)
+
+
+_ALIAS_OPS = frozenset({"add", "remove", "remove_index"})
+
+
+def _aliases(tenant: TenantView, call: esapi.EsCall, body: esapi.Body) -> None:
+    """POST /_aliases actions, or the body of PUT /{index}/_alias/{name}: every index and alias named."""
+    doc = body.json
+    if isinstance(doc, dict) and "actions" in doc:
+        actions = doc["actions"]
+        if not isinstance(actions, list) or not actions:
+            raise _undetermined(tenant, call, "[actions] is not a list of actions")
+        for action in actions:
+            if not isinstance(action, dict) or len(action) != 1:
+                raise _undetermined(tenant, call, "an action is not {add|remove|remove_index: {...}}")
+            (op, spec), = action.items()
+            if op not in _ALIAS_OPS or not isinstance(spec, dict):
+                raise _undetermined(tenant, call, f"unknown alias action [{_clip(str(op), 40)}]")
+            _check_expression(tenant, call, _spec_names(tenant, call, spec, "index", "indices"))
+            if op != "remove_index":
+                for name in _spec_names(tenant, call, spec, "alias", "aliases") or ("",):
+                    _check_name(tenant, call, name)
+        esapi.check_unique_keys(body.data)
+        return
+    named_index = bool(call.indices)
+    if isinstance(doc, dict):
+        if "index" in doc or "indices" in doc:
+            _check_expression(tenant, call, _spec_names(tenant, call, doc, "index", "indices"))
+            named_index = True
+        for name in _spec_names(tenant, call, doc, "alias", "aliases"):
+            _check_name(tenant, call, name)
+    if not named_index:
+        raise _must_name(tenant, call)
+
+
+def _spec_names(tenant: TenantView, call: esapi.EsCall, spec: dict, one: str, many: str) -> tuple[str, ...]:
+    names: tuple[str, ...] = ()
+    for key in (one, many):
+        if key in spec:
+            names += _names(tenant, call, spec[key], f"[{key}]")
+    return names
+
+
+def _statement(tenant: TenantView, call: esapi.EsCall, body: esapi.Body) -> None:
+    """SQL, ES|QL and PPL name their indices in the statement: read its FROM, or refuse."""
+    doc = body.json
+    query = doc.get("query") if isinstance(doc, dict) else None
+    if not isinstance(query, str):
+        raise _undetermined(tenant, call, "no [query] to read: cursors and stored or async results are not supported")
+    for key in ("cursor", "catalog"):
+        if key in doc:
+            raise _undetermined(tenant, call, f"[{key}] is not supported")
+    parse = _STATEMENT_PARSERS.get(call.api, esapi.sql_indices)
+    try:
+        names = parse(query)
+    except esapi.Undetermined as why:
+        raise _undetermined(tenant, call, str(why)) from None
+    _check_expression(tenant, call, tuple(n for name in names for n in _split(name)))
+    esapi.check_unique_keys(body.data)
+
+
+def _doc_references(tenant: TenantView, call: esapi.EsCall, doc) -> bool:
+    """Check queries that read another index's documents: terms lookup, indexed shapes, percolate,
+    more_like_this and pinned docs ({index|_index, id|_id}), and lookup runtime fields (target_index).
+    Returns whether the body held any."""
+    found = False
+    stack = [doc]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node = pop()
+        if type(node) is dict:
+            if ("index" in node or "_index" in node) and ("id" in node or "_id" in node):
+                for key in ("index", "_index"):
+                    value = node.get(key)
+                    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                        _check_name(tenant, call, str(value))
+                        found = True
+            target = node.get("target_index")
+            if isinstance(target, (str, int, float)) and not isinstance(target, bool):
+                _check_name(tenant, call, str(target))
+                found = True
+            for value in node.values():
+                if type(value) is dict or type(value) is list:
+                    push(value)
+        else:
+            for value in node:
+                if type(value) is dict or type(value) is list:
+                    push(value)
+    return found
+
+
+_MUSTACHE_TAG = re.compile(r"\{\{.*?\}\}", re.DOTALL)
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+#: output that is not JSON-escaped, or a delimiter change that would hide the tags from this check
+_MUSTACHE_RAW = re.compile(r"\{\{\s*(?:\{|&|=|#\s*toJson|#\s*join)")
+
+
+def _template(tenant: TenantView, call: esapi.EsCall, doc) -> None:
+    """An inline search template: its document references are checked with every {{tag}} as a hole.
+
+    A stored template (`id`) is the operator's: tenants cannot call _scripts unless granted. An
+    inline one is refused when a tag sits in a key, when raw output could carry a document
+    reference from the params, or when the skeleton with holes for tags is not JSON.
+    """
+    source = doc.get("source") if isinstance(doc, dict) else None
+    if source is None:
+        return
+    text = source if isinstance(source, str) else orjson.dumps(source).decode()
+    if "{{" not in text:
+        tree = source if not isinstance(source, str) else _template_skeleton(tenant, call, text)
+        _doc_references(tenant, call, tree)
+        return
+    if _MUSTACHE_RAW.search(text) and "index" in orjson.dumps(doc.get("params")).decode().lower():
+        raise _undetermined(tenant, call, "an inline template writes raw params that mention an index")
+    if "{{=" in text.replace(" ", ""):
+        raise _undetermined(tenant, call, "an inline template changes its delimiters")
+    _doc_references(tenant, call, _template_skeleton(tenant, call, text))
+
+
+def _template_skeleton(tenant: TenantView, call: esapi.EsCall, text: str):
+    """The template as JSON, tags inside strings replaced by a hole no name may hold and others by 0."""
+    def strings(m: re.Match[str]) -> str:
+        literal = m.group(0)
+        return _MUSTACHE_TAG.sub(_TEMPLATE_HOLE, literal) if "{{" in literal else literal
+
+    filled = _MUSTACHE_TAG.sub("0", _JSON_STRING.sub(strings, text))
+    for key in _JSON_STRING.finditer(filled):
+        if _TEMPLATE_HOLE in key.group(0) and filled[key.end():].lstrip().startswith(":"):
+            raise _undetermined(tenant, call, "an inline template has a {{tag}} in a key")
+    try:
+        return orjson.loads(filled)
+    except orjson.JSONDecodeError:
+        raise _undetermined(tenant, call, "an inline template that is not JSON once its tags are filled") from None
