@@ -24,6 +24,7 @@ from .admission import Admission
 from .config import Config
 from .cost import CostModel, LearnedCosts, observed_cost
 from .errors import BodyTooLarge, Refusal, RequestTimeout, Throttled
+from .idbinding import IdBinder, Rebound, binding_key
 from .limiter import Decision, Limiter
 from .metrics import Metrics
 from .tenants import Directory, TenantView, authorize
@@ -42,7 +43,7 @@ log = logging.getLogger("sluicegate.flow")
 class Snapshot:
     """Everything derived from one config file, built once per load and never mutated."""
 
-    __slots__ = ("config", "generation", "digest", "directory", "cost_model")
+    __slots__ = ("config", "generation", "digest", "directory", "cost_model", "ids")
 
     def __init__(self, config: Config, generation: int, digest: str):
         self.config = config
@@ -50,6 +51,7 @@ class Snapshot:
         self.digest = digest
         self.directory = Directory(config)
         self.cost_model = CostModel(config.cost.weights)
+        self.ids = IdBinder(binding_key(config))
 
 
 class Trace:
@@ -151,6 +153,8 @@ class Proxy:
             call, raw, request.headers.get(hdrs.CONTENT_TYPE), request.headers.get(hdrs.CONTENT_ENCODING), limits
         )
         authorize(tenant, call, body or esapi.NO_BODY)
+        # Scroll, point-in-time and async-search ids are bound to the tenant that opened them.
+        rebound = snap.ids.rebind(tenant.name, call, body, request.raw_path)
 
         # 3. What will it cost the cluster? The learned cost of this shape wins over the estimate.
         estimate = snap.cost_model.estimate(call, body)
@@ -182,7 +186,7 @@ class Proxy:
 
         # 6. Forward to a node and stream its answer back.
         try:
-            response = await self._forward(request, raw, call, tenant, decision, estimate.cost, trace)
+            response = await self._forward(request, raw, call, tenant, decision, estimate.cost, trace, rebound)
         except BaseException:
             self.admission.leave(ticket, trace.status, trace.upstream_s, None)
             if trace.node == "":  # never reached a node: the cluster spent nothing
@@ -203,11 +207,15 @@ class Proxy:
         decision: Decision,
         estimated: float,
         trace: Trace,
+        rebound: Rebound | None,
     ) -> web.StreamResponse:
         headers = self.upstream.forward_headers(request.headers, request.remote, request.scheme)
+        target, body = request.raw_path, raw or None
+        if rebound is not None:  # the node gets its own ids back
+            target, body, headers = rebound.request(raw, headers)
         sent_at = time.monotonic()
         node, upstream = await self.upstream.send(
-            request.method, request.raw_path, headers, raw or None, retry_after_send=call.resource in ("search", "read")
+            request.method, target, headers, body, retry_after_send=call.resource in ("search", "read")
         )
         trace.node = node.url
         trace.upstream_s = time.monotonic() - sent_at
@@ -216,30 +224,42 @@ class Proxy:
         try:
             out_headers = response_headers(upstream)
             out_headers.append((_COST_HEADER, f"estimated={estimated:.1f}; charged={decision.charged:.1f}"))
-            return await self._relay(request, upstream, out_headers, trace)
+            return await self._relay(request, upstream, out_headers, trace, rebound)
         finally:
             upstream.release()
 
     async def _relay(
-        self, request: BaseRequest, upstream: UpstreamResponse, headers: list, trace: Trace
+        self, request: BaseRequest, upstream: UpstreamResponse, headers: list, trace: Trace, rebound: Rebound | None
     ) -> web.StreamResponse:
-        """Send the node's response to the client; small ones in one piece, large ones streamed."""
+        """Send the node's response to the client; small ones in one piece, large ones streamed.
+
+        A response that carries a scroll, point-in-time or async-search id gets it wrapped for the tenant.
+        """
         encoding = upstream.header(hdrs.CONTENT_ENCODING)
         length = upstream.content_length
+        wraps = rebound is not None and rebound.wraps(upstream.status, encoding)
         if request.method == "HEAD" or (length is not None and length <= SMALL_RESPONSE):
             data = await upstream.read()
-            trace.bytes_out = len(data)
             trace.observed = _observe(data[:HEAD_BYTES], encoding, upstream.status)
+            if wraps and request.method != "HEAD":
+                data = rebound.wrap_response(data)  # type: ignore[union-attr]
+            trace.bytes_out = len(data)
             response = web.Response(status=upstream.status, headers=headers, body=data or None)
             if request.method == "HEAD" and length is not None:
                 response.content_length = length
             return response
+        chunks = upstream.iter_chunks()
+        first, grew = await rebound.wrap_stream_head(chunks) if wraps else (b"", 0)  # type: ignore[union-attr]
         response = web.StreamResponse(status=upstream.status, headers=headers)
         if length is not None:
-            response.content_length = length
+            response.content_length = length + grew
         await response.prepare(request)
         head = b""
-        async for chunk in upstream.iter_chunks():
+        if first:
+            head = first[:HEAD_BYTES]
+            trace.bytes_out += len(first)
+            await response.write(first)
+        async for chunk in chunks:
             if len(head) < HEAD_BYTES:
                 head += chunk[: HEAD_BYTES - len(head)]
             trace.bytes_out += len(chunk)
