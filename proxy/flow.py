@@ -26,6 +26,7 @@ from .cost import CostModel, LearnedCosts, observed_cost
 from .errors import BodyTooLarge, Refusal, RequestTimeout, Throttled
 from .idbinding import IdBinder, Rebound, binding_key
 from .limiter import Decision, Limiter
+from .listener import check_head
 from .metrics import Metrics
 from .tenants import Directory, TenantView, authorize
 from .upstream import Upstream, response_headers
@@ -138,6 +139,7 @@ class Proxy:
 
     async def _serve(self, request: BaseRequest, snap: Snapshot, trace: Trace) -> web.StreamResponse:
         limits = snap.config.limits
+        check_head(request, limits)  # 414 / 431, exactly, whatever the parser's limits were
 
         # 1. Who is asking, and what are they asking for?
         tenant = snap.directory.identify(request.headers.get(hdrs.AUTHORIZATION), request.path)

@@ -20,6 +20,7 @@ from .config import Config, ConfigError, load_config
 from .cost import LearnedCosts
 from .flow import Proxy, Snapshot
 from .limiter import Limiter, LocalLimiter
+from .listener import Listener
 from .metrics import Metrics
 from .upstream import Upstream
 
@@ -91,11 +92,12 @@ class Worker:
         config = self.proxy.snapshot.config
         await self.limiter.start()
         await self.upstream.start()
-        server = web.Server(
+        server = Listener(
             self.proxy.handle,
+            limits=lambda: self.proxy.snapshot.config.limits,  # hard limits at the HTTP layer, read per connection
+            metrics=self.metrics,
             handler_cancellation=True,  # a client that goes away cancels its request at once
             access_log=None,
-            keepalive_timeout=config.limits.keepalive_timeout_s,
         )
         runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
