@@ -1,140 +1,776 @@
-"""Concurrency admission: per-tenant slots and queues in front of the upstream.
+"""Admission: tenant slots, the global gate in front of the cluster, and the fair queue between them.
 
-A tenant holds at most `max_concurrent` requests in flight and `max_queue` waiting. A waiter is
-handed its slot directly by the request that leaves (no thundering herd, FIFO within a tenant).
-A request that would wait longer than the plan's `max_wait_ms` is refused with 429.
+    request ─► tenant slot (max_concurrent)  ─┐
+               and the gate (limit, capacity) ├─► admitted: a Ticket, given back with `leave`
+           or a place in the tenant's queue  ─┘   (or 429: concurrency | overload | queue_timeout)
+
+A request is admitted when its tenant has a free slot *and* the gate has room. The gate has two
+limits, in the cluster's terms:
+
+* **limit** — requests in flight. It adapts to upstream latency, to upstream 429/503s and timeouts
+  (`GradientLimit`, or `AimdLimit`), is capped by what the cluster's search thread pools can run
+  at once (threads ÷ threads a request holds), and shrinks in proportion when data nodes drop out.
+* **capacity** — cost units in flight. A cost unit is one millisecond of one search thread, so
+  the cluster's threads can hold `threads × horizon` units in flight without queueing, where the
+  horizon is how long admitted cost stays in flight (cost-weighted upstream latency; Little's law).
+
+**Headroom.** A tenant over its fair share (its plan weight's part of the gate, judged in cost) may
+fill only `capacity_headroom` of both; the rest is kept for tenants under their share, so a quiet
+tenant's cheap request never waits behind a storm, at the gate or in the cluster's thread pools.
+
+**Fair order.** Waiting requests are released in start-time fair queueing order across tenants:
+each tenant's next request carries the tag max(virtual time, the tenant's last finish tag), a
+released request advances its tenant's finish tag by cost / plan weight, and the smallest tag goes
+first. A tenant's own queue stays FIFO. A storming tenant's tags run far ahead, so anyone else's
+next request is ahead of its backlog.
+
+The logic is pure: every method that needs the time takes `now` (seconds, monotonic). `enter` is
+the only coroutine; it waits on a future that the pure part resolves.
 """
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
-from .config import Config
+from .config import AdmissionConfig, Config
 from .errors import Throttled
 from .tenants import TenantView
 
+#: labels of `sluicegate_gate_reason`: why the gate's limit is what it is
+REASONS = (
+    "capacity",  # the search thread pools: as many requests as they can run at once
+    "data_nodes",  # data nodes (search threads) dropped out; limit shrunk in proportion
+    "search_queue",  # the nodes' search queues filled up; shrunk in proportion
+    "search_rejections",  # the nodes rejected search tasks; shrunk in proportion
+    "upstream_errors",  # upstream 429/503s or timeouts
+    "latency",  # upstream latency rose over its baseline (or target)
+    "min_limit",
+    "max_limit",
+    "no_cluster_stats",  # thread pools not known (yet): the adaptive limit alone
+    "disabled",  # admission.enabled is false: tenant slots only
+)
 
-@dataclass(slots=True)
+#: horizon (ms) assumed before any latency was measured: capacity per second, as a budget in flight
+DEFAULT_HORIZON_MS = 1000.0
+#: smallest cost a request is charged in the fair queue's tags, so zero-cost requests cannot flood it
+MIN_TAG_COST = 1.0
+#: per-completion weight of the latency EWMAs (horizon, threads per request)
+SAMPLE_ALPHA = 0.05
+#: a latency window closes after at least this many completions (or the most in flight in it: one round trip) ...
+WINDOW_MIN_SAMPLES = 10
+#: ... and at least this long (seconds)
+WINDOW_MIN_S = 0.1
+#: upstream 429/503/timeouts shrink the limit by this factor, at most once per window
+ERROR_BACKOFF = 0.9
+#: latency may rise to this multiple of its no-load baseline before the limit shrinks
+LATENCY_TOLERANCE = 1.5
+#: a pressure signal shrinks the limit at most this much at once
+MAX_BACKOFF = 0.5
+#: a reason from a pressure signal stays on display this long after it last fired (seconds)
+REASON_HOLD_S = 5.0
+
+
+# ============================================================================================
+# Adaptive limit algorithms: pure, one update per latency window
+# ============================================================================================
+
+
+class GradientLimit:
+    """The default: a latency gradient (after Netflix's Gradient2), smoothed, never oscillating.
+
+    Per window: gradient = clamp(reference / latency, 0.5, 1.0), where the reference is
+    `tolerance` × the baseline latency (or the configured target); then
+    limit ← limit + smoothing × (limit × gradient + √limit − limit).
+    Latency within the reference grows the limit by 0.2·√limit per window (only while the limit is
+    actually used: an idle proxy learns nothing about the cluster); latency over it shrinks the
+    limit by at most 10 % per window. The √limit term is the queue the limit allows for, so the
+    fixed point is smooth instead of a saw-tooth.
+    """
+
+    name = "gradient"
+    SMOOTHING = 0.2
+    MIN_GRADIENT = 0.5
+
+    def update(self, limit: float, latency: float, reference: float, app_limited: bool) -> float:
+        gradient = max(self.MIN_GRADIENT, min(1.0, reference / latency)) if latency > 0 else 1.0
+        if gradient >= 1.0 and app_limited:
+            return limit
+        target = limit * gradient + math.sqrt(limit)
+        return limit + self.SMOOTHING * (target - limit)
+
+
+class AimdLimit:
+    """Additive increase (+1 per window while latency is within the reference and the limit is used),
+    multiplicative decrease (× 0.9 when latency is over it). A saw-tooth of ±5 % at steady load."""
+
+    name = "aimd"
+    BACKOFF = 0.9
+
+    def update(self, limit: float, latency: float, reference: float, app_limited: bool) -> float:
+        if latency > reference:
+            return limit * self.BACKOFF
+        return limit if app_limited else limit + 1.0
+
+
+ALGORITHMS: dict[str, type[GradientLimit] | type[AimdLimit]] = {"gradient": GradientLimit, "aimd": AimdLimit}
+
+
+# ============================================================================================
+# What the cluster-health poller tells the gate
+# ============================================================================================
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterReading:
+    """One poll of _cluster/health and _nodes/stats/thread_pool (see proxy/clusterhealth.py).
+
+    `search_threads` is None when the thread pools could not be read (then only node counts are used).
+    `rejected` and `completed` count search tasks since the previous reading.
+    """
+
+    data_nodes: int
+    search_threads: int | None
+    search_queue: int = 0
+    search_active: int = 0
+    rejected: int = 0
+    completed: int = 0
+
+
+# ============================================================================================
+# The gate
+# ============================================================================================
+
+
+class Gate:
+    """The global gate: requests (limit) and cost units (capacity) in flight at the cluster.
+
+    Counts are this process's: `share` (1 / workers or instances) scales the cluster's threads and
+    the configured limits. Everything is in requests, cost units, milliseconds (latencies) and
+    seconds (`now`).
+    """
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self.headroom = 0.8
+        self.min_limit = 4.0
+        self.max_limit = 512.0
+        self.max_queue = 10_000
+        self.poll_s = 2.0
+        self.target_ms: float | None = None
+        self.share = 1.0
+        self.algorithm: GradientLimit | AimdLimit = GradientLimit()
+        # The algorithm's limit before the node-loss ratio (requests). Until the thread pools are known
+        # it starts open (max_limit) and closes on latency and errors; the first thread-pool reading
+        # sets it to what the pools can run.
+        self.adaptive = math.inf
+        self.inflight = 0
+        self.inflight_cost = 0.0  # cost units counted at the gate (each at most the whole budget)
+        self.queued = 0  # kept by Admission
+        # what the cluster told us (whole cluster, not yet × share)
+        self.data_nodes = 0
+        self.data_nodes_max = 0
+        self.threads = 0  # live search threads of data nodes; 0 = not known
+        self.threads_max = 0
+        # learned from completions
+        self._lat_cost = 0.0  # EWMA of cost × latency_ms
+        self._cost = 0.0  # EWMA of cost
+        self._observed = 0.0  # EWMA of observed cost
+        self._lat_obs = 0.0  # EWMA of latency_ms of requests with an observed cost
+        self.baseline: float | None = None  # latency reference of the gradient (ms per cost unit)
+        self._baseline_peak = 0  # the in-flight count the baseline was measured at
+        # the current latency window
+        self._w_n = 0
+        self._w_lat = 0.0
+        self._w_cost = 0.0
+        self._w_peak = 0
+        self._w_start: float | None = None
+        self._w_backed_off = False
+        # why the limit is what it is
+        self._pressure = ""
+        self._pressure_at = -math.inf
+        self.backoffs = 0
+
+    # ---- configuration ----
+    def configure(self, admission: AdmissionConfig, share: float) -> None:
+        self.enabled = admission.enabled
+        self.headroom = admission.capacity_headroom
+        self.share = share
+        self.min_limit = max(1.0, admission.min_limit * share)
+        self.max_limit = max(self.min_limit, admission.max_limit * share)
+        self.max_queue = max(0, round(admission.max_queue * share))
+        self.poll_s = admission.health_poll_s
+        self.target_ms = admission.target_latency_ms
+        if self.algorithm.name != admission.algorithm:
+            self.algorithm = ALGORITHMS[admission.algorithm]()
+        self.adaptive = self._clamp(self.adaptive)
+
+    # ---- what the limits are now ----
+    @property
+    def horizon_ms(self) -> float:
+        """How long admitted cost stays in flight: cost-weighted upstream latency (ms)."""
+        if self._cost > 0:
+            return self._lat_cost / self._cost
+        return self.target_ms or DEFAULT_HORIZON_MS
+
+    @property
+    def threads_per_request(self) -> float:
+        """Search threads a request holds while in flight: observed cost / latency (1 until measured)."""
+        if self._lat_obs > 0 and self._observed > 0:
+            return min(64.0, max(0.05, self._observed / self._lat_obs))
+        return 1.0
+
+    @property
+    def node_ratio(self) -> float:
+        """Live capacity as a fraction of the most seen: search threads, or data nodes without thread stats."""
+        if self.threads_max:
+            return self.threads / self.threads_max
+        if self.data_nodes_max:
+            return self.data_nodes / self.data_nodes_max
+        return 1.0
+
+    @property
+    def ceiling(self) -> float:
+        """Requests the healthy cluster's search pools can run at once (this process's share)."""
+        if not self.threads_max:
+            return self.max_limit
+        return self.threads_max * self.share / self.threads_per_request
+
+    @property
+    def limit(self) -> float:
+        """Requests in flight the gate allows now: the adaptive limit, × the live node ratio."""
+        return max(self.min_limit, self.adaptive * self.node_ratio)
+
+    @property
+    def capacity_cost(self) -> float | None:
+        """Cost units the live search threads hold in flight without queueing (None: threads unknown)."""
+        if not self.threads:
+            return None
+        return self.threads * self.share * self.horizon_ms
+
+    @property
+    def capacity_per_s(self) -> float | None:
+        """Cost units per second the live search threads can do (1 unit = 1 thread-ms)."""
+        return self.threads * self.share * 1000.0 if self.threads else None
+
+    def reason(self, now: float) -> str:
+        if not self.enabled:
+            return "disabled"
+        if self.node_ratio < 1.0:
+            return "data_nodes"
+        if self._pressure and now - self._pressure_at < REASON_HOLD_S:
+            return self._pressure
+        if not self.threads_max:
+            return "no_cluster_stats"
+        if self.adaptive >= self.ceiling - 1e-9:
+            return "max_limit" if self.ceiling >= self.max_limit else "capacity"
+        if self.adaptive <= self.min_limit + 1e-9:
+            return "min_limit"
+        return "latency"
+
+    def detail(self, now: float) -> str:
+        """The reason in words, for /tenants."""
+        why = self.reason(now)
+        if why == "data_nodes":
+            return (f"{self.data_nodes} of {self.data_nodes_max} data nodes, {self.threads} of {self.threads_max} "
+                    f"search threads: limit × {self.node_ratio:.2f}")
+        if why == "capacity":
+            return (f"{self.threads} search threads ÷ {self.threads_per_request:.2f} threads per request"
+                    + (f" × share {self.share:.2f}" if self.share != 1.0 else ""))
+        return why.replace("_", " ")
+
+    # ---- admission checks ----
+    def counted(self, cost: float) -> float:
+        """The cost a request is counted as in flight: a request above the whole over-share budget counts
+        as that budget, so it is admitted alone among the over-share ones and never deadlocks."""
+        capacity = self.capacity_cost
+        if capacity is None:
+            return cost
+        return min(cost, capacity * self.headroom)
+
+    def fits(self, cost: float, reserve: bool) -> bool:
+        """Room for one more request of `cost` units. `reserve`: the tenant is under its fair share and
+        may use the headroom; otherwise only `capacity_headroom` of the limit and capacity."""
+        if not self.enabled:
+            return True
+        share = 1.0 if reserve else self.headroom
+        if self.inflight + 1 > max(1.0, math.floor(self.limit * share + 1e-9)):
+            return False
+        capacity = self.capacity_cost
+        if capacity is None or self.inflight_cost <= 0.0:
+            return True
+        return self.inflight_cost + self.counted(cost) <= capacity * share + 1e-9
+
+    def take(self, counted: float) -> None:
+        self.inflight += 1
+        self.inflight_cost += counted
+        if self.inflight > self._w_peak:
+            self._w_peak = self.inflight
+
+    def give_back(self, counted: float) -> None:
+        self.inflight -= 1
+        self.inflight_cost = self.inflight_cost - counted if self.inflight else 0.0  # no float dust at idle
+
+    # ---- learning ----
+    def observe(self, now: float, cost: float, status: int, upstream_s: float, observed: float | None) -> None:
+        """One completed request: its upstream status, time to the response head (s), observed cost."""
+        if status in (429, 503):
+            self._error_backoff(now)
+            return
+        if status <= 0 or status >= 500 or upstream_s <= 0.0:
+            return  # never answered (cancelled, unreachable) or failed: no latency to learn from
+        latency_ms = upstream_s * 1000.0
+        cost = max(cost, 0.01)
+        a = SAMPLE_ALPHA
+        self._lat_cost += a * (cost * latency_ms - self._lat_cost)
+        self._cost += a * (cost - self._cost)
+        if observed is not None and observed > 0:
+            self._observed += a * (observed - self._observed)
+            self._lat_obs += a * (latency_ms - self._lat_obs)
+        if self._w_start is None:
+            self._w_start = now
+        self._w_n += 1
+        self._w_lat += latency_ms
+        self._w_cost += cost
+        if self._w_n >= max(WINDOW_MIN_SAMPLES, self._w_peak) and now - self._w_start >= WINDOW_MIN_S:
+            self._close_window(now)
+
+    def _close_window(self, now: float) -> None:
+        if self.target_ms is not None:
+            latency, reference = self._w_lat / self._w_n, self.target_ms
+        else:
+            # ms per cost unit: a shift from cheap to expensive queries is not mistaken for congestion
+            latency = self._w_lat / self._w_cost
+        app_limited = self._w_peak + 1 < self.limit * self.headroom  # the limit never bound: it says nothing
+        if self.target_ms is None:
+            # The baseline is the latency at low load. It falls at once; it rises only when latency went
+            # up at no more concurrency than it was measured at (the cluster itself got slower), never
+            # when it rose with the concurrency this gate let through (that is the queue to prevent).
+            peak = self._w_peak
+            if self.baseline is None or latency < self.baseline:
+                self.baseline, self._baseline_peak = latency, max(peak, self._baseline_peak)
+            elif peak <= self._baseline_peak:
+                self.baseline += 0.1 * (latency - self.baseline)
+            reference = LATENCY_TOLERANCE * self.baseline
+        before = self.adaptive
+        self.adaptive = self._clamp(self.algorithm.update(self.adaptive, latency, reference, app_limited))
+        if self.adaptive < before - 1e-9 and latency > reference:
+            self._note("latency", now)
+        self._w_n, self._w_lat, self._w_cost, self._w_peak = 0, 0.0, 0.0, self.inflight
+        self._w_start, self._w_backed_off = now, False
+
+    def upstream_error(self, kind: str, now: float) -> None:
+        """The upstream layer saw a failure (kind "timeout", "unreachable", "protocol")."""
+        if kind == "timeout":
+            self._error_backoff(now)
+
+    def _error_backoff(self, now: float) -> None:
+        if not self._w_backed_off:  # one overload shows as many errors at once: shrink once per window
+            self._w_backed_off = True
+            self._backoff(ERROR_BACKOFF, "upstream_errors", now)
+
+    def _backoff(self, factor: float, why: str, now: float) -> None:
+        self.adaptive = self._clamp(self.adaptive * max(MAX_BACKOFF, factor))
+        self.backoffs += 1
+        self._note(why, now)
+
+    def _note(self, why: str, now: float) -> None:
+        self._pressure, self._pressure_at = why, now
+
+    def observe_cluster(self, reading: ClusterReading, now: float) -> None:
+        """A cluster-health poll: capacity from the thread pools, pressure from queues and rejections."""
+        first = not self.threads_max and not self.data_nodes_max
+        self.data_nodes = reading.data_nodes
+        self.data_nodes_max = max(self.data_nodes_max, reading.data_nodes)
+        if reading.search_threads is not None:
+            self.threads = reading.search_threads
+            self.threads_max = max(self.threads_max, reading.search_threads)
+        if first and self.threads_max:
+            self.adaptive = self._clamp(self.ceiling)  # start at what the pools can run
+        pressure = False
+        threads = self.threads
+        if threads and reading.search_queue >= max(2, 0.1 * threads):
+            self._backoff(threads / (threads + reading.search_queue), "search_queue", now)
+            pressure = True
+        if reading.rejected > 0:
+            done = reading.completed + reading.rejected
+            self._backoff(reading.completed / done if done else MAX_BACKOFF, "search_rejections", now)
+            pressure = True
+        if not pressure and self.inflight == 0 and self.queued == 0 and self.threads_max:
+            self.adaptive = self._clamp(self.ceiling)  # idle and healthy: back to full capacity
+        else:
+            self.adaptive = self._clamp(self.adaptive)  # the ceiling may have moved
+
+    def _clamp(self, limit: float) -> float:
+        return max(self.min_limit, min(limit, self.max_limit, max(self.min_limit, self.ceiling)))
+
+
+# ============================================================================================
+# Tenants, tickets, waiters
+# ============================================================================================
+
+
 class TenantSlots:
-    max_concurrent: int
-    max_queue: int
-    max_wait_s: float
-    inflight: int = 0
-    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
-    admitted: int = 0
-    throttled: int = 0
+    """One tenant's slots and FIFO queue, and its place in the fair queue."""
+
+    __slots__ = ("name", "max_concurrent", "max_queue", "max_wait_s", "weight", "inflight", "inflight_cost",
+                 "waiters", "finish", "active", "admitted", "throttled", "would_throttle")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.max_concurrent = 1
+        self.max_queue = 0
+        self.max_wait_s = 0.0
+        self.weight = 1.0
+        self.inflight = 0
+        self.inflight_cost = 0.0  # charged cost units in flight, for the fair-share test
+        self.waiters: deque[Waiter] = deque()
+        self.finish = 0.0  # virtual finish tag of the tenant's last admitted request
+        self.active = False  # in flight or queued: counts in the fair shares
+        self.admitted = 0
+        self.throttled = 0
+        self.would_throttle = 0
 
     @property
     def queued(self) -> int:
         return len(self.waiters)
 
 
-@dataclass(slots=True)
 class Ticket:
-    """Proof of a held slot; give it back with `Admission.leave`."""
+    """Proof of a held slot and place at the gate; give it back with `Admission.leave`."""
 
-    tenant: str
-    cost: float
-    waited: float
-    held: bool = True
+    __slots__ = ("tenant", "cost", "waited", "held", "slots", "counted")
+
+    def __init__(self, slots: TenantSlots, cost: float, waited: float, counted: float):
+        self.tenant = slots.name
+        self.cost = cost
+        #: seconds waited in the queue; negative: a shadow tenant's request that enforcement would have queued
+        self.waited = waited
+        self.held = True
+        self.slots = slots
+        self.counted = counted
+
+
+class Waiter:
+    """A request waiting in its tenant's queue. `on_grant(ticket)` is called when it is admitted."""
+
+    __slots__ = ("slots", "cost", "since", "seq", "ticket", "on_grant")
+
+    def __init__(self, slots: TenantSlots, cost: float, since: float, seq: int):
+        self.slots = slots
+        self.cost = cost
+        self.since = since
+        self.seq = seq
+        self.ticket: Ticket | None = None
+        self.on_grant: Callable[[Ticket], None] | None = None
+
+
+# ============================================================================================
+# Admission
+# ============================================================================================
 
 
 class Admission:
-    def __init__(self) -> None:
-        self.tenants: dict[str, TenantSlots] = {}
-        self.would_throttle = 0
+    """Tenant slots + the gate + the fair queue. Pure apart from `enter`; `clock` gives seconds."""
 
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.tenants: dict[str, TenantSlots] = {}
+        self.gate = Gate()
+        self.vtime = 0.0  # the fair queue's virtual time: start tag of the latest admission
+        self._backlog: dict[TenantSlots, None] = {}  # tenants with waiters, in insertion order
+        self._active_weight = 0.0
+        self._active_count = 0
+        self._seq = 0
+
+    # ---- configuration ----
     def configure(self, config: Config, share: float = 1.0) -> None:
-        """Apply each tenant's plan. `share` is this instance's fraction of the limits (1 / live instances)."""
+        """Apply plans and the gate's settings. `share` is this instance's fraction (1 / live instances)."""
+        self.gate.configure(config.admission, share)
         fresh: dict[str, TenantSlots] = {}
         for name, spec in config.tenants.items():
             plan = config.plans[spec.plan]
-            slots = self.tenants.get(name) or TenantSlots(0, 0, 0.0)
+            slots = self.tenants.get(name) or TenantSlots(name)
             slots.max_concurrent = max(1, round(plan.max_concurrent * share))
             slots.max_queue = max(0, round(plan.max_queue * share))
             slots.max_wait_s = plan.max_wait_ms / 1000.0
+            if slots.active:
+                self._active_weight += plan.weight - slots.weight
+            slots.weight = plan.weight
             fresh[name] = slots
-            self._hand_over(slots)  # a raised limit may free waiting requests at once
+        # Tenants removed by this reload keep their queued requests in the backlog until they drain.
         self.tenants = fresh
+        self.pump(self.clock())  # a raised limit may free waiting requests at once
 
+    # ---- the request path ----
     async def enter(self, tenant: TenantView, cost: float, shadow: bool = False) -> Ticket:
-        """Take a slot for `tenant`, waiting up to its plan's max wait. Raises Throttled (429).
+        """Take a slot and a place at the gate for `cost` units, waiting up to the plan's max_wait_ms.
 
-        In shadow mode the slot is counted but never waited for or refused; the would-be
-        refusal is returned in `Ticket.waited` < 0 so the caller can count it.
+        Raises Throttled: "concurrency" (the tenant's queue is full), "overload" (the gate's queue is
+        full) or "queue_timeout" (waited max_wait_ms). Shadow requests never wait and are never
+        refused; `Ticket.waited` < 0 says enforcement would have queued or refused them.
         """
-        slots = self.tenants[tenant.name]
-        if slots.inflight < slots.max_concurrent and not slots.waiters:
-            slots.inflight += 1
-            slots.admitted += 1
-            return Ticket(tenant.name, cost, 0.0)
-        if shadow:
-            slots.inflight += 1
-            slots.admitted += 1
-            return Ticket(tenant.name, cost, -1.0)
-        if len(slots.waiters) >= slots.max_queue:
-            slots.throttled += 1
-            raise Throttled(
-                f"tenant '{tenant.name}' has {slots.inflight} requests in flight and {len(slots.waiters)} queued "
-                f"(max_concurrent {slots.max_concurrent}, max_queue {slots.max_queue}); retry shortly",
-                why="concurrency",
-                retry_after=max(slots.max_wait_s, 1.0),
-            )
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        slots.waiters.append(waiter)
-        started = loop.time()
+        got = self.request(tenant.name, cost, self.clock(), shadow)
+        if isinstance(got, Ticket):
+            return got
+        waiter = got
+        future: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
+
+        def granted(ticket: Ticket) -> None:
+            if not future.done():
+                future.set_result(ticket)
+
+        waiter.on_grant = granted
         try:
-            async with asyncio.timeout(slots.max_wait_s):
-                await waiter
-        except BaseException as exc:  # timed out, or the client went away while queued
-            if waiter.done() and not waiter.cancelled():
-                # `leave` handed us the slot in the same instant: pass it on, never leak it.
-                slots.inflight -= 1
-                self._hand_over(slots)
-            else:
-                waiter.cancel()
-                _discard(slots.waiters, waiter)
+            async with asyncio.timeout(waiter.slots.max_wait_s):
+                return await future
+        except BaseException as exc:
+            ticket = waiter.ticket
+            if ticket is not None:  # admitted in the same instant as the timeout or the cancellation
+                if isinstance(exc, TimeoutError):
+                    return ticket
+                self.leave(ticket)  # the client is gone: pass the slot on at once
+                raise
+            self.withdraw(waiter, self.clock())
             if isinstance(exc, TimeoutError):
+                slots = waiter.slots
                 slots.throttled += 1
+                retry = max(slots.max_wait_s, 1.0)
                 raise Throttled(
-                    f"tenant '{tenant.name}' waited {slots.max_wait_s:.1f}s for one of its {slots.max_concurrent} "
-                    f"concurrent slots; retry after {max(slots.max_wait_s, 1.0):.1f}s",
+                    f"tenant '{slots.name}' waited {slots.max_wait_s:.1f}s for a slot ({slots.inflight} of "
+                    f"{slots.max_concurrent} in flight, {self.gate.inflight} requests at the gate, limit "
+                    f"{self.gate.limit:.0f}); retry after {retry:.1f}s",
                     why="queue_timeout",
-                    retry_after=max(slots.max_wait_s, 1.0),
+                    retry_after=retry,
                 ) from None
             raise
-        # `leave` handed the slot over (inflight already counts it).
-        slots.admitted += 1
-        return Ticket(tenant.name, cost, loop.time() - started)
 
-    def leave(self, ticket: Ticket, status: int = 0, upstream_s: float = 0.0, observed: float | None = None) -> None:
-        """Give the slot back: the longest waiter of the same tenant gets it directly.
+    def request(self, tenant: str, cost: float, now: float, shadow: bool = False) -> Ticket | Waiter:
+        """Admit now (a Ticket) or queue (a Waiter, whose `on_grant` fires on admission). Raises Throttled."""
+        slots = self.tenants[tenant]
+        gate = self.gate
+        if shadow:
+            would = bool(slots.waiters) or slots.inflight >= slots.max_concurrent or not gate.fits(
+                cost, self._under_share(slots, cost))
+            if would:
+                slots.would_throttle += 1
+            return self._admit(slots, cost, now, -1.0 if would else 0.0)
+        if not self._backlog and slots.inflight < slots.max_concurrent and gate.fits(cost, self._under_share(slots, cost)):
+            return self._admit(slots, cost, now, 0.0)  # nobody waits anywhere: the common case
+        self._seq += 1
+        waiter = Waiter(slots, cost, now, self._seq)
+        slots.waiters.append(waiter)
+        self._backlog[slots] = None
+        gate.queued += 1
+        self._activate(slots)
+        self.pump(now)
+        if waiter.ticket is not None:
+            return waiter.ticket
+        if len(slots.waiters) > slots.max_queue or slots.max_wait_s <= 0.0:
+            self.withdraw(waiter, now)
+            slots.throttled += 1
+            retry = max(slots.max_wait_s, 1.0)
+            raise Throttled(
+                f"tenant '{tenant}' has {slots.inflight} requests in flight and {len(slots.waiters)} queued "
+                f"(max_concurrent {slots.max_concurrent}, max_queue {slots.max_queue}); retry after {retry:.1f}s",
+                why="concurrency",
+                retry_after=retry,
+            )
+        if gate.queued > gate.max_queue:
+            self.withdraw(waiter, now)
+            slots.throttled += 1
+            raise Throttled(
+                f"the cluster is overloaded: {gate.queued} requests are queued at the gate (max {gate.max_queue}), "
+                f"{gate.inflight} in flight (limit {gate.limit:.0f}); retry after 1s",
+                why="overload",
+                retry_after=1.0,
+            )
+        return waiter
 
-        `status` is the upstream's HTTP status (0 when it was never reached), `upstream_s` the time
-        to its response head in seconds, `observed` the cost units it reported (None if unknown).
+    def withdraw(self, waiter: Waiter, now: float) -> None:
+        """A waiter gives up (timed out, or its client went away). If it was admitted meanwhile, its
+        slot is given back; either way it leaves no trace."""
+        if waiter.ticket is not None:
+            self.leave(waiter.ticket, now=now)
+            return
+        slots = waiter.slots
+        try:
+            slots.waiters.remove(waiter)
+        except ValueError:
+            return
+        self.gate.queued -= 1
+        if not slots.waiters:
+            self._backlog.pop(slots, None)
+        self._deactivate(slots)
+        self.pump(now)
+
+    def leave(
+        self,
+        ticket: Ticket,
+        status: int = 0,
+        upstream_s: float = 0.0,
+        observed: float | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Give the slot and the gate's place back; waiting requests are admitted in fair order.
+
+        `status` is the upstream's HTTP status (0 when it never answered), `upstream_s` the time to its
+        response head in seconds, `observed` the cost units it reported (None if unknown).
         """
         if not ticket.held:
             return
         ticket.held = False
-        slots = self.tenants.get(ticket.tenant)
-        if slots is None:  # tenant removed by a reload while this request ran
-            return
+        now = self.clock() if now is None else now
+        slots = ticket.slots
         slots.inflight -= 1
-        self._hand_over(slots)
+        slots.inflight_cost = slots.inflight_cost - ticket.cost if slots.inflight else 0.0
+        gate = self.gate
+        gate.give_back(ticket.counted)
+        gate.observe(now, ticket.cost, status, upstream_s, observed)
+        self._deactivate(slots)
+        self.pump(now)
 
-    @staticmethod
-    def _hand_over(slots: TenantSlots) -> None:
-        while slots.waiters and slots.inflight < slots.max_concurrent:
-            waiter = slots.waiters.popleft()
-            if not waiter.done():
-                slots.inflight += 1
-                waiter.set_result(None)
+    def upstream_error(self, kind: str, now: float | None = None) -> None:
+        """The upstream layer's failures ("timeout", "unreachable", "protocol") inform the gate."""
+        self.gate.upstream_error(kind, self.clock() if now is None else now)
 
+    def observe_cluster(self, reading: ClusterReading, now: float | None = None) -> None:
+        """A cluster-health poll; a grown capacity may admit waiting requests at once."""
+        now = self.clock() if now is None else now
+        self.gate.observe_cluster(reading, now)
+        self.pump(now)
 
-def _discard(waiters: deque[asyncio.Future[None]], waiter: asyncio.Future[None]) -> None:
-    try:
-        waiters.remove(waiter)
-    except ValueError:
-        pass
+    # ---- the fair queue ----
+    def pump(self, now: float) -> None:
+        """Admit waiting requests while there is room, in start-time fair order."""
+        while self._backlog:
+            picked = self._pick()
+            if picked is None:
+                return
+            waiter = picked.waiters.popleft()
+            if not picked.waiters:
+                del self._backlog[picked]
+            self.gate.queued -= 1
+            ticket = self._admit(picked, waiter.cost, now, now - waiter.since)
+            waiter.ticket = ticket
+            if waiter.on_grant is not None:
+                waiter.on_grant(ticket)
+
+    def _pick(self) -> TenantSlots | None:
+        """The tenant whose head request goes next, or None if no one fits.
+
+        Over-share tenants go strictly by tag: if the smallest tag does not fit, none of them goes
+        (a cheaper request must not starve an expensive one forever). Under-share tenants may use the
+        headroom and go whenever theirs fits.
+        """
+        gate = self.gate
+        vtime = self.vtime
+        over: tuple[float, int, TenantSlots] | None = None
+        under: tuple[float, int, TenantSlots] | None = None
+        for slots in self._backlog:
+            if slots.inflight >= slots.max_concurrent:
+                continue
+            head = slots.waiters[0]
+            key = (max(vtime, slots.finish), head.seq, slots)
+            if self._under_share(slots, head.cost):
+                if (under is None or key[:2] < under[:2]) and gate.fits(head.cost, reserve=True):
+                    under = key
+            elif over is None or key[:2] < over[:2]:
+                over = key
+        if over is not None and not gate.fits(over[2].waiters[0].cost, reserve=False):
+            over = None
+        if over is None:
+            return under[2] if under is not None else None
+        if under is None:
+            return over[2]
+        return over[2] if over[:2] < under[:2] else under[2]
+
+    def _under_share(self, slots: TenantSlots, cost: float) -> bool:
+        """Would this request keep the tenant within its weighted share of the gate (judged in cost)?"""
+        gate = self.gate
+        if not gate.enabled:
+            return True
+        weights = self._active_weight + (0.0 if slots.active else slots.weight)
+        fraction = slots.weight / weights if weights > 0 else 1.0
+        capacity = gate.capacity_cost
+        if capacity is None:
+            return slots.inflight + 1 <= gate.limit * gate.headroom * fraction
+        return slots.inflight_cost + gate.counted(cost) <= capacity * gate.headroom * fraction
+
+    def _admit(self, slots: TenantSlots, cost: float, now: float, waited: float) -> Ticket:
+        start = max(self.vtime, slots.finish)
+        slots.finish = start + max(cost, MIN_TAG_COST) / slots.weight
+        self.vtime = start
+        gate = self.gate
+        counted = gate.counted(cost)
+        gate.take(counted)
+        slots.inflight += 1
+        slots.inflight_cost += cost
+        slots.admitted += 1
+        self._activate(slots)
+        return Ticket(slots, cost, waited, counted)
+
+    def _activate(self, slots: TenantSlots) -> None:
+        if not slots.active:
+            slots.active = True
+            self._active_weight += slots.weight
+            self._active_count += 1
+
+    def _deactivate(self, slots: TenantSlots) -> None:
+        if slots.active and not slots.inflight and not slots.waiters:
+            slots.active = False
+            self._active_count -= 1
+            self._active_weight = self._active_weight - slots.weight if self._active_count else 0.0
+
+    # ---- reporting ----
+    def report(self, now: float | None = None) -> dict:
+        """The gate for /tenants: limit and its reason, capacity, what is in flight and queued."""
+        now = self.clock() if now is None else now
+        gate = self.gate
+        capacity = gate.capacity_cost
+        return {
+            "enabled": gate.enabled,
+            "algorithm": gate.algorithm.name,
+            "limit": round(gate.limit, 2),
+            "reason": gate.reason(now),
+            "detail": gate.detail(now),
+            "capacity": None if capacity is None else round(capacity, 1),
+            "capacity_headroom": gate.headroom,
+            "capacity_per_s": gate.capacity_per_s,
+            "horizon_ms": round(gate.horizon_ms, 2),
+            "threads_per_request": round(gate.threads_per_request, 3),
+            "data_nodes": gate.data_nodes,
+            "data_nodes_max": gate.data_nodes_max,
+            "search_threads": gate.threads,
+            "search_threads_max": gate.threads_max,
+            "inflight": gate.inflight,
+            "inflight_cost": round(gate.inflight_cost, 2),
+            "queued": gate.queued,
+            "max_queue": gate.max_queue,
+        }
+
+    def register_gauges(self, add: Callable[[str, str, tuple[str, ...], Callable[[], Iterable]], None]) -> None:
+        """Register the gate's live gauges with `Metrics.add_live_gauge`."""
+        gate = self.gate
+        one = lambda value: lambda: [((), float(value()))]  # noqa: E731
+        add("sluicegate_gate_limit", "Requests the global gate lets in flight now", (), one(lambda: gate.limit))
+        add("sluicegate_gate_inflight", "Requests in flight through the global gate", (), one(lambda: gate.inflight))
+        add("sluicegate_gate_inflight_cost", "Cost units in flight through the global gate", (),
+            one(lambda: gate.inflight_cost))
+        add("sluicegate_gate_capacity_cost",
+            "Cost units the live search threads hold in flight without queueing (0: not known)", (),
+            one(lambda: gate.capacity_cost or 0.0))
+        add("sluicegate_gate_queued", "Requests waiting for a tenant slot or the gate", (), one(lambda: gate.queued))
+        add("sluicegate_gate_search_threads", "Live search threads of the cluster's data nodes (last poll)", (),
+            one(lambda: gate.threads))
+
+        def reason():
+            now = self.clock()
+            current = gate.reason(now)
+            return [((why,), 1.0 if why == current else 0.0) for why in REASONS]
+
+        add("sluicegate_gate_reason", "Why the gate's limit is what it is (1 for the current reason)", ("reason",),
+            reason)
