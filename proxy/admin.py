@@ -22,7 +22,7 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 
 def tenants_report(worker: Worker) -> dict:
-    """Per tenant: plan, enforcement, bucket levels, slots, counts and learned costs."""
+    """Per tenant: plan, enforcement, bucket levels, slots, counts and learned costs; and the global gate."""
     proxy = worker.proxy
     snap = proxy.snapshot
     tenants = {}
@@ -45,6 +45,7 @@ def tenants_report(worker: Worker) -> dict:
             "max_concurrent": slots.max_concurrent if slots else 0,
             "admitted": slots.admitted if slots else 0,
             "throttled": slots.throttled if slots else 0,
+            "would_throttle": slots.would_throttle if slots else 0,
             "learned_costs": [
                 {"fingerprint": f"{fp:016x}", "cost": round(cost, 2), "samples": samples}
                 for fp, cost, samples in proxy.learned.for_tenant(name)
@@ -53,6 +54,7 @@ def tenants_report(worker: Worker) -> dict:
     return {
         "config": {"generation": snap.generation, "hash": snap.digest},
         "worker": worker.worker_index,
+        "gate": worker.admission.report(),
         "tenants": tenants,
     }
 

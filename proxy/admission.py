@@ -265,7 +265,7 @@ class Gate:
             return self._pressure
         if not self.threads_max:
             return "no_cluster_stats"
-        if self.adaptive >= self.ceiling - 1e-9:
+        if self.adaptive >= 0.95 * self.ceiling:
             return "max_limit" if self.ceiling >= self.max_limit else "capacity"
         if self.adaptive <= self.min_limit + 1e-9:
             return "min_limit"

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from .accesslog import AccessLog
 from .admission import Admission
+from .clusterhealth import ClusterHealth
 from .config import Config, ConfigError, load_config
 from .cost import LearnedCosts
 from .flow import Proxy, Snapshot
@@ -50,6 +51,7 @@ class Worker:
         self.admission = Admission()
         self.admission.configure(config, share=1.0 / workers)
         self.upstream = Upstream(config.upstream, on_error=self._count_upstream_error)
+        self.cluster_health = ClusterHealth(self.upstream, self.admission)  # the gate's capacity and pressure
         self.access_log = AccessLog(config.access_log)
         self.proxy = Proxy(
             Snapshot(config, 1, digest),
@@ -69,6 +71,7 @@ class Worker:
 
     def _count_upstream_error(self, node: str, kind: str) -> None:
         self.metrics.upstream_errors.labels(node, kind).inc()
+        self.admission.upstream_error(kind)  # timeouts shrink the gate's limit
 
     def _register_live_gauges(self) -> None:
         """Levels read from the live objects at scrape time: nothing to update per request."""
@@ -86,12 +89,14 @@ class Worker:
             ("tenant", "resource"), bucket_levels)
         add("sluicegate_tenant_inflight", "Requests of each tenant in flight upstream", ("tenant",), tenant_slots("inflight"))
         add("sluicegate_tenant_queued", "Requests of each tenant waiting for a slot", ("tenant",), tenant_slots("queued"))
+        self.admission.register_gauges(add)
 
     # ---- life cycle ----
     async def start(self) -> None:
         config = self.proxy.snapshot.config
         await self.limiter.start()
         await self.upstream.start()
+        await self.cluster_health.start()
         server = Listener(
             self.proxy.handle,
             limits=lambda: self.proxy.snapshot.config.limits,  # hard limits at the HTTP layer, read per connection
@@ -164,6 +169,7 @@ class Worker:
             log.warning("drain timeout: %d requests still in flight after %.0fs", self.proxy.inflight, timeout)
         for runner in self._runners:
             await runner.cleanup()
+        await self.cluster_health.close()
         await self.upstream.close()
         await self.limiter.close()
         self.access_log.close()

@@ -14,6 +14,8 @@ import time
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+import orjson
+
 from .config import UpstreamConfig
 from .errors import UpstreamFailure
 from .upstream_http import (
@@ -183,6 +185,34 @@ class Upstream:
         node.down_until = time.monotonic() + self.config.node_cooldown_s
         if node.failures == 1:
             log.warning("upstream node %s is down: %s", node.url, _describe(exc))
+
+    async def get_json(self, path: str, timeout: float | None = None) -> dict | None:
+        """GET `path` from a usable node with the proxy's credentials; the decoded JSON object of a 2xx
+        answer, or None (no node answered within `timeout` seconds, an error status, not a JSON object).
+        Tries each node once; it marks no node down (that is for the request path and health checks)."""
+        headers = [("Authorization", self._auth)] if self._auth else []
+        for _ in range(max(1, len(self.nodes))):
+            node = self._pick()
+            if node is None:
+                return None
+            head = request_head("GET", path, node.host_header, headers, 0)
+            try:
+                async with asyncio.timeout(timeout or self.config.connect_timeout_s):
+                    response = await self._exchange(node, head, None, False)
+                    try:
+                        data = await response.read()
+                    finally:
+                        response.release()
+            except (OSError, TimeoutError, HeadTimeout, UpstreamProtocolError):
+                continue
+            if not 200 <= response.status < 300:
+                return None
+            try:
+                value = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                return None
+            return value if isinstance(value, dict) else None
+        return None
 
     async def check_health(self) -> None:
         """Probe every node once (GET /); a node that answers is usable again."""

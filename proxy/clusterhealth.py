@@ -1,0 +1,143 @@
+"""Cluster health for the gate: poll _cluster/health and _nodes/stats/thread_pool, tell admission.
+
+Every `admission.health_poll_s` seconds one node is asked (through the upstream pool, with the
+proxy's own credentials) how many data nodes the cluster has and, per data node, the size, queue
+and rejection count of its `search` thread pool. `read_cluster` turns the two answers into a
+`ClusterReading` (pure: the previous counters in, the new ones out); `ClusterHealth` runs the loop.
+A failed poll changes nothing: the gate keeps its last reading and its latency signals.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from .admission import Admission, ClusterReading
+
+log = logging.getLogger("sluicegate.clusterhealth")
+
+HEALTH_PATH = "/_cluster/health"
+THREAD_POOL_PATH = "/_nodes/stats/thread_pool"
+
+#: per node id: (search tasks rejected, completed) at the previous poll
+Counters = dict[str, tuple[int, int]]
+
+
+def is_data_node(roles: Any) -> bool:
+    """A node holds shards (and so runs searches) if it has any data role; no roles listed means it does."""
+    if not isinstance(roles, list):
+        return True
+    return any(isinstance(r, str) and (r == "data" or r.startswith("data_")) for r in roles)
+
+
+def read_cluster(health: Mapping | None, stats: Mapping | None, previous: Counters) -> tuple[ClusterReading | None, Counters]:
+    """The gate's view of one poll, and the counters to diff the next poll against.
+
+    `health` is the _cluster/health body, `stats` the _nodes/stats/thread_pool body; either may be
+    None (not answered, or forbidden). Rejections and completions are counted since the previous
+    poll, per node id; a node seen for the first time, or restarted (counters went down), contributes
+    what it has counted since it started only from the next poll on.
+    """
+    threads: int | None = None
+    queue = active = rejected = completed = 0
+    counters: Counters = {}
+    stats_data_nodes = 0
+    nodes = stats.get("nodes") if isinstance(stats, Mapping) else None
+    if isinstance(nodes, Mapping):
+        threads = 0
+        for node_id, node in nodes.items():
+            if not isinstance(node, Mapping) or not is_data_node(node.get("roles")):
+                continue
+            pool = (node.get("thread_pool") or {}).get("search")
+            if not isinstance(pool, Mapping):
+                continue
+            stats_data_nodes += 1
+            threads += _int(pool.get("threads"))
+            queue += _int(pool.get("queue"))
+            active += _int(pool.get("active"))
+            now = (_int(pool.get("rejected")), _int(pool.get("completed")))
+            counters[node_id] = now
+            before = previous.get(node_id)
+            if before is not None and now[0] >= before[0] and now[1] >= before[1]:
+                rejected += now[0] - before[0]
+                completed += now[1] - before[1]
+    data_nodes = health.get("number_of_data_nodes") if isinstance(health, Mapping) else None
+    if not isinstance(data_nodes, int) or isinstance(data_nodes, bool):
+        if threads is None:
+            return None, previous
+        data_nodes = stats_data_nodes
+    reading = ClusterReading(
+        data_nodes=data_nodes,
+        search_threads=threads,
+        search_queue=queue,
+        search_active=active,
+        rejected=rejected,
+        completed=completed,
+    )
+    return reading, counters if threads is not None else previous
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+class JsonSource(Protocol):
+    async def get_json(self, path: str, timeout: float | None = None) -> dict | None: ...
+
+
+class ClusterHealth:
+    """Polls the cluster every `admission.poll_s` seconds and hands each reading to admission."""
+
+    def __init__(self, upstream: JsonSource, admission: Admission):
+        self.upstream = upstream
+        self.admission = admission
+        self.counters: Counters = {}
+        self.last: ClusterReading | None = None
+        self.polls = 0
+        self.failures = 0
+        self._task: asyncio.Task | None = None
+
+    @property
+    def interval(self) -> float:
+        return self.admission.gate.poll_s
+
+    async def poll(self) -> ClusterReading | None:
+        """One poll; the reading it gave admission, or None if the cluster did not answer."""
+        timeout = max(1.0, self.interval)
+        health, stats = await asyncio.gather(
+            self.upstream.get_json(HEALTH_PATH, timeout), self.upstream.get_json(THREAD_POOL_PATH, timeout)
+        )
+        reading, self.counters = read_cluster(health, stats, self.counters)
+        self.polls += 1
+        if reading is None:
+            self.failures += 1
+            if self.failures == 1 or self.failures % 100 == 0:
+                log.warning("cluster health poll got no answer (%d so far); the gate keeps its last reading",
+                            self.failures)
+            return None
+        self.last = reading
+        self.admission.observe_cluster(reading)
+        return reading
+
+    async def start(self) -> None:
+        """Poll once (so the gate starts from the cluster's capacity), then every interval."""
+        try:
+            await self.poll()
+        except Exception:  # noqa: BLE001 - a health poll must never stop the proxy from starting
+            log.exception("first cluster health poll failed")
+        self._task = asyncio.create_task(self._loop(), name="cluster-health")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.poll()
+            except Exception:  # noqa: BLE001 - keep polling whatever one answer looked like
+                log.exception("cluster health poll failed")

@@ -1,0 +1,74 @@
+"""Cluster-health readings: ES's _cluster/health and _nodes/stats/thread_pool bodies → the gate's view."""
+from __future__ import annotations
+
+from proxy.admission import ClusterReading
+from proxy.clusterhealth import is_data_node, read_cluster
+
+
+def node(roles, threads=8, queue=0, active=0, rejected=0, completed=0) -> dict:
+    pools = {"search": {"threads": threads, "queue": queue, "active": active, "rejected": rejected,
+                        "largest": threads, "completed": completed},
+             "write": {"threads": 4, "queue": 99, "active": 4, "rejected": 7, "largest": 4, "completed": 1}}
+    return {"name": "n", "roles": roles, "thread_pool": pools}
+
+
+def stats(**nodes) -> dict:
+    return {"_nodes": {"total": len(nodes), "successful": len(nodes), "failed": 0}, "cluster_name": "c", "nodes": nodes}
+
+
+def health(data_nodes: int) -> dict:
+    return {"cluster_name": "c", "status": "green", "number_of_nodes": data_nodes + 1, "number_of_data_nodes": data_nodes}
+
+
+DATA = ["data", "ingest", "master"]
+
+
+def test_search_threads_of_data_nodes_make_the_capacity_and_other_pools_are_ignored():
+    reading, counters = read_cluster(
+        health(2),
+        stats(a=node(DATA, threads=13, queue=2, active=13), b=node(["data_hot"], threads=13, queue=1, active=5),
+              m=node(["master"], threads=7, queue=50)),  # a dedicated master runs no searches
+        {},
+    )
+    assert reading == ClusterReading(data_nodes=2, search_threads=26, search_queue=3, search_active=18)
+    assert set(counters) == {"a", "b"}
+
+
+def test_rejections_and_completions_count_since_the_previous_poll_per_node():
+    _, counters = read_cluster(health(2), stats(a=node(DATA, rejected=5, completed=100), b=node(DATA, completed=50)), {})
+    reading, counters = read_cluster(
+        health(2), stats(a=node(DATA, rejected=9, completed=180), b=node(DATA, rejected=1, completed=70)), counters)
+    assert (reading.rejected, reading.completed) == (5, 100)
+    # b restarted (its counters went down) and c is new: neither counts until the next poll
+    reading, counters = read_cluster(
+        health(3), stats(a=node(DATA, rejected=9, completed=200), b=node(DATA, completed=3), c=node(DATA, rejected=4)),
+        counters)
+    assert (reading.rejected, reading.completed, reading.search_threads) == (0, 20, 24)
+    reading, _ = read_cluster(
+        health(3), stats(a=node(DATA, rejected=9, completed=200), b=node(DATA, completed=13), c=node(DATA, rejected=6)),
+        counters)
+    assert (reading.rejected, reading.completed) == (2, 10)
+
+
+def test_without_thread_pool_stats_node_counts_still_inform_the_gate():
+    reading, counters = read_cluster(health(3), None, {"x": (1, 1)})
+    assert reading == ClusterReading(data_nodes=3, search_threads=None)
+    assert counters == {"x": (1, 1)}  # kept for when the stats come back
+    reading, _ = read_cluster({"error": "forbidden"}, {"error": {"type": "security_exception"}}, {})
+    assert reading is None
+
+
+def test_without_health_the_data_nodes_come_from_the_stats():
+    reading, _ = read_cluster(None, stats(a=node(DATA), b=node(DATA), m=node(["master"])), {})
+    assert (reading.data_nodes, reading.search_threads) == (2, 16)
+
+
+def test_odd_values_count_as_nothing_rather_than_breaking_the_poll():
+    odd = {"roles": DATA, "thread_pool": {"search": {"threads": "8", "queue": -1, "rejected": True, "completed": None}}}
+    reading, _ = read_cluster({"number_of_data_nodes": True}, {"nodes": {"a": odd, "b": "junk", "c": {"roles": DATA}}}, {})
+    assert reading == ClusterReading(data_nodes=1, search_threads=0)
+
+
+def test_roles():
+    assert is_data_node(["data_content", "ingest"]) and is_data_node(None) and is_data_node(["data"])
+    assert not is_data_node(["master", "ml"]) and not is_data_node([])
