@@ -114,7 +114,7 @@ def proxy_server(
     `limit_req` (rate in requests/s, burst, nodelay) and `limit_conn`; both refuse with 429."""
     zones, limits = [], []
     if rate is not None:
-        zones.append(f"limit_req_zone {key} zone=perkey_req_{port}:10m rate={rate:g}r/s;")
+        zones.append(f"limit_req_zone {key} zone=perkey_req_{port}:10m rate={int(rate)}r/s;")
         limits.append(f"limit_req zone=perkey_req_{port} burst={burst} nodelay; limit_req_status 429;")
     if conn is not None:
         zones.append(f"limit_conn_zone {key} zone=perkey_conn_{port}:10m;")
