@@ -85,19 +85,21 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def static_server(port: int, body: bytes) -> str:
-    """Answers every request, any method, with `body` as JSON: the instant backend."""
-    text = body.decode()
-    if "'" in text or "\\" in text:
-        raise ValueError("the static body is written inside a single-quoted nginx string")
+def static_server(port: int, body: bytes, routes: dict[str, bytes] | None = None) -> str:
+    """Answers every request, any method, with `body` as JSON (the instant backend); a path in
+    `routes` (exact match, any query string) gets its own body instead."""
+    def answer(data: bytes) -> str:
+        text = data.decode()
+        if "'" in text or "\\" in text:
+            raise ValueError("a static body is written inside a single-quoted nginx string")
+        return (f"default_type application/json; add_header X-Elastic-Product Elasticsearch always; "
+                f"return 200 '{text}';")
+
+    exact = "".join(f"\n    location = {path} {{ {answer(data)} }}" for path, data in (routes or {}).items())
     return f"""
   server {{
-    listen 127.0.0.1:{port} reuseport backlog=4096;
-    location / {{
-      default_type application/json;
-      add_header X-Elastic-Product Elasticsearch always;
-      return 200 '{text}';
-    }}
+    listen 127.0.0.1:{port} reuseport backlog=4096;{exact}
+    location / {{ {answer(body)} }}
   }}"""
 
 

@@ -57,6 +57,17 @@ SEARCH_RESPONSE = orjson.dumps({
          "_source": {"@timestamp": "2025-01-01T00:00:00Z", "service": "checkout",
                      "message": "connection reset by peer"}}]},
 })
+#: what the backend answers to Sluicegate's cluster-health polls: a healthy 3-node cluster of 16-core
+#: data nodes (25 search threads each, ES's default for 16 cores), so the gate sizes itself as it
+#: would in front of such a cluster and wrk's 32 connections never wait for it
+CLUSTER_HEALTH = orjson.dumps({"cluster_name": "static", "status": "green", "timed_out": False, "number_of_nodes": 3,
+                               "number_of_data_nodes": 3, "active_primary_shards": 1, "active_shards": 3})
+NODES_STATS = orjson.dumps({
+    "_nodes": {"total": 3, "successful": 3, "failed": 0}, "cluster_name": "static",
+    "nodes": {f"node{i}": {"name": f"node-{i}", "roles": ["data", "master"],
+                           "thread_pool": {"search": {"threads": 25, "queue": 0, "active": 0, "rejected": 0,
+                                                      "largest": 25, "completed": 0}}} for i in range(3)},
+})
 WRK_SCRIPT = f"""
 wrk.method = "POST"
 wrk.body = '{QUERY.decode()}'
@@ -220,7 +231,8 @@ class Mode:
 
 
 def backend_block(port: int) -> str:
-    return static_server(port, SEARCH_RESPONSE)
+    return static_server(port, SEARCH_RESPONSE, {"/_cluster/health": CLUSTER_HEALTH,
+                                                 "/_nodes/stats/thread_pool": NODES_STATS})
 
 
 def start_direct(stack, backend, workdir):

@@ -69,6 +69,7 @@ BURST, BURST_EVERY_S = 10, 2.0
 STORMING = [f"storm{i:02d}" for i in range(1, 11)]
 STORM_WORKERS = 4  # closed-loop workers per storming tenant
 CLIENT_TIMEOUT_S = 10.0  # elasticsearch-py's default request timeout
+SETTLE_S = 10.0  # also reported: the storm phase without its onset, to tell a transient from a steady state
 
 # --- what an operator would configure --------------------------------------------------------------
 # Sluicegate: one plan for everyone (nobody knows in advance who will storm), oversubscribed.
@@ -354,6 +355,7 @@ def summarize(result: dict) -> list[dict]:
     rows = []
     for name, start, end in result["phases"]:
         ok, steady_errors, bursty_errors, steady_total, bursty_total, lags = [], 0, 0, 0, 0, []
+        late: list[float] = []  # 2xx latencies after the phase's first SETTLE_S seconds
         causes: dict[str, int] = {}
         for i, (tenant_i, scheduled, latency, status, lag) in enumerate(
                 zip(good["tenant"], good["scheduled"], good["latency"], good["status"], good["lag"])):
@@ -372,6 +374,8 @@ def summarize(result: dict) -> list[dict]:
                 steady_errors += not success
             if success:
                 ok.append(latency)
+                if scheduled - t0 >= start + SETTLE_S:
+                    late.append(latency)
         first, last = at_time(samples, start), at_time(samples, end)
         seconds = max(last["t"] - first["t"], 1e-9)
         storm_ms = sum(last["thread_ms"].get(f"{n}-logs", 0.0) - first["thread_ms"].get(f"{n}-logs", 0.0)
@@ -385,7 +389,7 @@ def summarize(result: dict) -> list[dict]:
             "bursty_errors": bursty_errors, "bursty_total": bursty_total,
             "storm_ms_per_s": storm_ms / seconds, "good_ms_per_s": good_ms / seconds,
             "rejected": last["rejected"] - first["rejected"], "lag_p99": percentile(lags, 99), "cpu": cpu,
-            "causes": causes,
+            "causes": causes, "p99_late": percentile(late, 99),
         })
     return rows
 
@@ -436,11 +440,34 @@ def tables(results: list[dict], args: argparse.Namespace) -> list[report.Table]:
                     f"{storm_row['storm_ms_per_s']:,.0f} ({storm_row['storm_ms_per_s'] / CAPACITY * 100:.0f}%)",
                     *(f"{cpu.get(g, 0):.0f}%" for g in ("cluster", "proxy", "good load", "storm load")),
                     ms(storm_row["lag_p99"]))
-    tables_ = [main, storm_t]
+    tables_ = [main, verdicts(summaries, results), storm_t]
     view = sluicegate_view(results)
     if view.rows:
         tables_.append(view)
     return tables_ + [goals(summaries, results)]
+
+
+def verdicts(summaries: dict[str, list[dict]], results: list[dict]) -> report.Table:
+    """The question an operator asks of each setting: are the good tenants protected from the storm,
+    and is the dashboard's legitimate burst still served?"""
+    table = report.Table(
+        "Does a setting protect the good tenants from the storm without refusing the dashboard's bursts?",
+        ["mode", "good p99 storm / baseline", f"… after the storm's first {SETTLE_S:g} s", "steady errors (storm)",
+         "dashboard errors (all phases)", "storm held to (% of capacity)", "protects steady tenants",
+         "serves the dashboard"],
+        right={1, 2, 3, 4, 5},
+    )
+    for result in results:
+        base, storm, recovery = summaries[result["mode"]]
+        ratio = storm["p99"] / base["p99"] if storm["p99"] and base["p99"] else None
+        bursty = base["bursty_errors"] + storm["bursty_errors"] + recovery["bursty_errors"]
+        protects = ratio is not None and ratio <= 1.2 and storm["steady_errors"] == 0
+        late = storm["p99_late"] / base["p99"] if storm["p99_late"] and base["p99"] else None
+        table.add(result["label"], "—" if ratio is None else f"{ratio:.1f}×", "—" if late is None else f"{late:.1f}×",
+                  storm["steady_errors"], bursty,
+                  f"{storm['storm_ms_per_s'] / CAPACITY * 100:.0f}%", "yes" if protects else "no",
+                  "yes" if bursty == 0 else "no")
+    return table
 
 
 def causes_text(causes: dict[str, int]) -> str:
