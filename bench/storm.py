@@ -444,6 +444,9 @@ def tables(results: list[dict], args: argparse.Namespace) -> list[report.Table]:
     view = sluicegate_view(results)
     if view.rows:
         tables_.append(view)
+    costs = cost_view(results)
+    if costs is not None:
+        tables_.append(costs)
     return tables_ + [goals(summaries, results)]
 
 
@@ -467,6 +470,49 @@ def verdicts(summaries: dict[str, list[dict]], results: list[dict]) -> report.Ta
                   storm["steady_errors"], bursty,
                   f"{storm['storm_ms_per_s'] / CAPACITY * 100:.0f}%", "yes" if protects else "no",
                   "yes" if bursty == 0 else "no")
+    return table
+
+
+def cost_view(results: list[dict]) -> report.Table | None:
+    """Each query shape's cost three ways: Sluicegate's estimate before it has seen one, what it
+    learned from the responses (median over tenants, at the end of the run), and what the simulated
+    cluster's service-time model actually spends on it (cluster-ms, all shards, fetch aside)."""
+    try:
+        from bench.loadgen import CHEAP, EXPENSIVE
+        from bench.simcluster import SearchRequest
+        from proxy.config import HardLimits
+        from proxy.cost import CostModel, Weights
+        from proxy.esapi import decode_body, parse_call
+    except ImportError:
+        return None
+    import numpy
+
+    learned: dict[str, dict[str, float]] = {}  # fingerprint -> tenant -> cost, from the last /tenants of each mode
+    for result in results:
+        marks = [s for s in result["samples"] if "tenants" in s]
+        for instance in marks[-1]["tenants"] if marks else []:
+            for name, info in instance.get("tenants", {}).items():
+                for entry in info.get("learned_costs", []):
+                    learned.setdefault(entry["fingerprint"], {})[f"{result['mode']}/{name}"] = entry["cost"]
+    if not learned:
+        return None
+    model, limits = CostModel(Weights()), HardLimits()
+    per_shard = VIRTUAL_DOCS / SHARDS
+    table = report.Table("What each query costs: Sluicegate's first estimate, what it learned, and the cluster's "
+                         "own model (cost units ≈ cluster-ms)",
+                         ["query", "tenants", "estimate", "learned (median)", "simulated cluster-ms"])
+    for kind, bodies, names in (("storm", EXPENSIVE, STORMING), ("good", CHEAP, STEADY + [BURSTY])):
+        for body in bodies:
+            raw = orjson.dumps(body)
+            costs, estimate = [], None
+            for name in names:
+                call = parse_call("POST", f"/{name}-logs/_search")
+                estimate = model.estimate(call, decode_body(call, raw, "application/json", None, limits))
+                costs += learned.get(f"{estimate.fingerprint:016x}", {}).values()
+            search = SearchRequest(body, {})
+            simulated = SHARDS * search.shard_ms(per_shard, search.matches(0, per_shard, per_shard), 0)
+            table.add(raw.decode()[:70] + ("…" if len(raw) > 70 else ""), kind, f"{estimate.cost:,.1f}",
+                      f"{numpy.median(costs):,.1f}" if costs else "—", f"{simulated:,.1f}")
     return table
 
 
