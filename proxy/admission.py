@@ -56,13 +56,16 @@ REASONS = (
 
 #: horizon (ms) assumed before any latency was measured: capacity per second, as a budget in flight
 DEFAULT_HORIZON_MS = 1000.0
+#: the horizon never counts as shorter than this (ms): cost below this much per request is the count
+#: limit's business, and traffic of cheap requests alone does not make the first expensive one look huge
+HORIZON_FLOOR_MS = 100.0
 #: smallest cost a request is charged in the fair queue's tags, so zero-cost requests cannot flood it
 MIN_TAG_COST = 1.0
-#: per-completion weight of the latency EWMAs (horizon, threads per request)
-SAMPLE_ALPHA = 0.05
+#: the horizon and threads per request are averages over about this many recent seconds
+MEMORY_S = 2.0
 #: a latency window closes after at least this many completions (or the most in flight in it: one round trip) ...
 WINDOW_MIN_SAMPLES = 10
-#: ... and at least this long (seconds)
+#: ... and at least this long (seconds), and at least one horizon, so it holds a fair mix of the requests
 WINDOW_MIN_S = 0.1
 #: upstream 429/503/timeouts shrink the limit by this factor, at most once per window
 ERROR_BACKOFF = 0.9
@@ -169,6 +172,8 @@ class Gate:
         self.adaptive = math.inf
         self.inflight = 0
         self.inflight_cost = 0.0  # cost units counted at the gate (each at most the whole budget)
+        self.reserve_inflight = 0  # ... of which admitted into the room kept for tenants under their share
+        self.reserve_cost = 0.0
         self.queued = 0  # kept by Admission
         # what the cluster told us (whole cluster, not yet × share)
         self.data_nodes = 0
@@ -176,10 +181,13 @@ class Gate:
         self.threads = 0  # live search threads of data nodes; 0 = not known
         self.threads_max = 0
         # learned from completions
-        self._lat_cost = 0.0  # EWMA of cost × latency_ms
-        self._cost = 0.0  # EWMA of cost
-        self._observed = 0.0  # EWMA of observed cost
-        self._lat_obs = 0.0  # EWMA of latency_ms of requests with an observed cost
+        # learned from completions: sums that fade with time (MEMORY_S), not with the number of samples,
+        # so a burst of cheap requests does not wash out what the expensive ones say
+        self._lat_cost = 0.0  # Σ cost × latency_ms
+        self._cost = 0.0  # Σ cost
+        self._observed = 0.0  # Σ observed cost
+        self._lat_obs = 0.0  # Σ latency_ms of requests with an observed cost
+        self._faded_at = 0.0
         self.baseline: float | None = None  # latency reference of the gradient (ms per cost unit)
         self._baseline_peak = 0  # the in-flight count the baseline was measured at
         # the current latency window
@@ -211,14 +219,14 @@ class Gate:
     # ---- what the limits are now ----
     @property
     def horizon_ms(self) -> float:
-        """How long admitted cost stays in flight: cost-weighted upstream latency (ms)."""
+        """How long admitted cost stays in flight: upstream latency weighted by cost (ms)."""
         if self._cost > 0:
-            return self._lat_cost / self._cost
-        return self.target_ms or DEFAULT_HORIZON_MS
+            return max(HORIZON_FLOOR_MS, self._lat_cost / self._cost)
+        return max(HORIZON_FLOOR_MS, self.target_ms or DEFAULT_HORIZON_MS)
 
     @property
     def threads_per_request(self) -> float:
-        """Search threads a request holds while in flight: observed cost / latency (1 until measured)."""
+        """Search threads a request in flight holds on average: Σ observed cost / Σ latency (1 until measured)."""
         if self._lat_obs > 0 and self._observed > 0:
             return min(64.0, max(0.05, self._observed / self._lat_obs))
         return 1.0
@@ -238,6 +246,11 @@ class Gate:
         if not self.threads_max:
             return self.max_limit
         return self.threads_max * self.share / self.threads_per_request
+
+    @property
+    def live_ceiling(self) -> float:
+        """Requests the live search pools can run at once (this process's share)."""
+        return self.ceiling * self.node_ratio if self.threads_max else self.limit
 
     @property
     def limit(self) -> float:
@@ -296,23 +309,40 @@ class Gate:
         may use the headroom; otherwise only `capacity_headroom` of the limit and capacity."""
         if not self.enabled:
             return True
-        share = 1.0 if reserve else self.headroom
-        if self.inflight + 1 > max(1.0, math.floor(self.limit * share + 1e-9)):
-            return False
+        headroom = self.headroom
+        limit = self.limit
         capacity = self.capacity_cost
+        counted = self.counted(cost)
+        if not reserve:
+            if self.inflight + 1 > max(1.0, math.floor(limit * headroom + 1e-9)):
+                return False
+            return capacity is None or self.inflight_cost <= 0.0 or self.inflight_cost + counted <= capacity * headroom + 1e-9
+        # The room kept back is measured against what the pools can run, and is theirs even while
+        # over-share requests admitted before the limit shrank are still in flight.
+        kept = (1.0 - headroom) * max(limit, self.live_ceiling)
+        if (self.inflight + 1 > max(1.0, math.floor(limit * headroom + kept + 1e-9))
+                and self.reserve_inflight + 1 > math.floor(kept + 1e-9)):
+            return False
         if capacity is None or self.inflight_cost <= 0.0:
             return True
-        return self.inflight_cost + self.counted(cost) <= capacity * share + 1e-9
+        return (self.inflight_cost + counted <= capacity + 1e-9
+                or self.reserve_cost + counted <= capacity * (1.0 - headroom) + 1e-9)
 
-    def take(self, counted: float) -> None:
+    def take(self, counted: float, reserve: bool) -> None:
         self.inflight += 1
         self.inflight_cost += counted
+        if reserve:
+            self.reserve_inflight += 1
+            self.reserve_cost += counted
         if self.inflight > self._w_peak:
             self._w_peak = self.inflight
 
-    def give_back(self, counted: float) -> None:
+    def give_back(self, counted: float, reserve: bool) -> None:
         self.inflight -= 1
         self.inflight_cost = self.inflight_cost - counted if self.inflight else 0.0  # no float dust at idle
+        if reserve:
+            self.reserve_inflight -= 1
+            self.reserve_cost = self.reserve_cost - counted if self.reserve_inflight else 0.0
 
     # ---- learning ----
     def observe(self, now: float, cost: float, status: int, upstream_s: float, observed: float | None) -> None:
@@ -324,18 +354,25 @@ class Gate:
             return  # never answered (cancelled, unreachable) or failed: no latency to learn from
         latency_ms = upstream_s * 1000.0
         cost = max(cost, 0.01)
-        a = SAMPLE_ALPHA
-        self._lat_cost += a * (cost * latency_ms - self._lat_cost)
-        self._cost += a * (cost - self._cost)
+        if now > self._faded_at:
+            fade = math.exp((self._faded_at - now) / MEMORY_S)
+            self._lat_cost *= fade
+            self._cost *= fade
+            self._observed *= fade
+            self._lat_obs *= fade
+            self._faded_at = now
+        self._lat_cost += cost * latency_ms
+        self._cost += cost
         if observed is not None and observed > 0:
-            self._observed += a * (observed - self._observed)
-            self._lat_obs += a * (latency_ms - self._lat_obs)
+            self._observed += observed
+            self._lat_obs += latency_ms
         if self._w_start is None:
             self._w_start = now
         self._w_n += 1
         self._w_lat += latency_ms
         self._w_cost += cost
-        if self._w_n >= max(WINDOW_MIN_SAMPLES, self._w_peak) and now - self._w_start >= WINDOW_MIN_S:
+        if (self._w_n >= max(WINDOW_MIN_SAMPLES, self._w_peak)
+                and now - self._w_start >= max(WINDOW_MIN_S, self.horizon_ms / 1000.0)):
             self._close_window(now)
 
     def _close_window(self, now: float) -> None:
@@ -442,16 +479,17 @@ class TenantSlots:
 class Ticket:
     """Proof of a held slot and place at the gate; give it back with `Admission.leave`."""
 
-    __slots__ = ("tenant", "cost", "waited", "held", "slots", "counted")
+    __slots__ = ("tenant", "cost", "waited", "held", "slots", "counted", "reserve")
 
-    def __init__(self, slots: TenantSlots, cost: float, waited: float, counted: float):
+    def __init__(self, slots: TenantSlots, cost: float, waited: float, counted: float, reserve: bool):
         self.tenant = slots.name
         self.cost = cost
         #: seconds waited in the queue; negative: a shadow tenant's request that enforcement would have queued
         self.waited = waited
         self.held = True
         self.slots = slots
-        self.counted = counted
+        self.counted = counted  # cost units it counts at the gate
+        self.reserve = reserve  # admitted into the room kept for tenants under their share
 
 
 class Waiter:
@@ -552,14 +590,14 @@ class Admission:
         """Admit now (a Ticket) or queue (a Waiter, whose `on_grant` fires on admission). Raises Throttled."""
         slots = self.tenants[tenant]
         gate = self.gate
+        under = self._under_share(slots, cost)
         if shadow:
-            would = bool(slots.waiters) or slots.inflight >= slots.max_concurrent or not gate.fits(
-                cost, self._under_share(slots, cost))
+            would = bool(slots.waiters) or slots.inflight >= slots.max_concurrent or not gate.fits(cost, under)
             if would:
                 slots.would_throttle += 1
-            return self._admit(slots, cost, now, -1.0 if would else 0.0)
-        if not self._backlog and slots.inflight < slots.max_concurrent and gate.fits(cost, self._under_share(slots, cost)):
-            return self._admit(slots, cost, now, 0.0)  # nobody waits anywhere: the common case
+            return self._admit(slots, cost, now, -1.0 if would else 0.0, under)
+        if not self._backlog and slots.inflight < slots.max_concurrent and gate.fits(cost, under):
+            return self._admit(slots, cost, now, 0.0, under)  # nobody waits anywhere: the common case
         self._seq += 1
         waiter = Waiter(slots, cost, now, self._seq)
         slots.waiters.append(waiter)
@@ -628,7 +666,7 @@ class Admission:
         slots.inflight -= 1
         slots.inflight_cost = slots.inflight_cost - ticket.cost if slots.inflight else 0.0
         gate = self.gate
-        gate.give_back(ticket.counted)
+        gate.give_back(ticket.counted, ticket.reserve)
         gate.observe(now, ticket.cost, status, upstream_s, observed)
         self._deactivate(slots)
         self.pump(now)
@@ -647,20 +685,20 @@ class Admission:
     def pump(self, now: float) -> None:
         """Admit waiting requests while there is room, in start-time fair order."""
         while self._backlog:
-            picked = self._pick()
+            picked, reserve = self._pick()
             if picked is None:
                 return
             waiter = picked.waiters.popleft()
             if not picked.waiters:
                 del self._backlog[picked]
             self.gate.queued -= 1
-            ticket = self._admit(picked, waiter.cost, now, now - waiter.since)
+            ticket = self._admit(picked, waiter.cost, now, now - waiter.since, reserve)
             waiter.ticket = ticket
             if waiter.on_grant is not None:
                 waiter.on_grant(ticket)
 
-    def _pick(self) -> TenantSlots | None:
-        """The tenant whose head request goes next, or None if no one fits.
+    def _pick(self) -> tuple[TenantSlots | None, bool]:
+        """The tenant whose head request goes next (None if no one fits), and whether it is under its share.
 
         Over-share tenants go strictly by tag: if the smallest tag does not fit, none of them goes
         (a cheaper request must not starve an expensive one forever). Under-share tenants may use the
@@ -683,10 +721,10 @@ class Admission:
         if over is not None and not gate.fits(over[2].waiters[0].cost, reserve=False):
             over = None
         if over is None:
-            return under[2] if under is not None else None
-        if under is None:
-            return over[2]
-        return over[2] if over[:2] < under[:2] else under[2]
+            return (under[2], True) if under is not None else (None, False)
+        if under is None or over[:2] < under[:2]:
+            return over[2], False
+        return under[2], True
 
     def _under_share(self, slots: TenantSlots, cost: float) -> bool:
         """Would this request keep the tenant within its weighted share of the gate (judged in cost)?"""
@@ -700,18 +738,18 @@ class Admission:
             return slots.inflight + 1 <= gate.limit * gate.headroom * fraction
         return slots.inflight_cost + gate.counted(cost) <= capacity * gate.headroom * fraction
 
-    def _admit(self, slots: TenantSlots, cost: float, now: float, waited: float) -> Ticket:
+    def _admit(self, slots: TenantSlots, cost: float, now: float, waited: float, reserve: bool) -> Ticket:
         start = max(self.vtime, slots.finish)
         slots.finish = start + max(cost, MIN_TAG_COST) / slots.weight
         self.vtime = start
         gate = self.gate
         counted = gate.counted(cost)
-        gate.take(counted)
+        gate.take(counted, reserve)
         slots.inflight += 1
         slots.inflight_cost += cost
         slots.admitted += 1
         self._activate(slots)
-        return Ticket(slots, cost, waited, counted)
+        return Ticket(slots, cost, waited, counted, reserve)
 
     def _activate(self, slots: TenantSlots) -> None:
         if not slots.active:

@@ -71,6 +71,7 @@ def queued(adm: Admission, tenant: str, cost: float, now: float = 0.0, log: list
 def assert_idle(adm: Admission) -> None:
     gate = adm.gate
     assert (gate.inflight, gate.inflight_cost, gate.queued) == (0, 0.0, 0)
+    assert (gate.reserve_inflight, gate.reserve_cost) == (0, 0.0)
     for slots in adm.tenants.values():
         assert (slots.inflight, slots.inflight_cost, slots.queued, slots.active) == (0, 0.0, 0, False)
     assert adm._backlog == {} and adm._active_count == 0 and adm._active_weight == 0.0
@@ -132,9 +133,9 @@ def test_capacity_is_threads_times_how_long_cost_stays_in_flight():
     adm = admission(threads=12)
     assert adm.gate.capacity_per_s == 12_000  # 1 cost unit = 1 ms of one search thread
     assert adm.gate.capacity_cost == 12 * 1000.0  # no latency measured yet: one second's worth
-    learn_horizon(adm, 50.0)
-    assert adm.gate.horizon_ms == pytest.approx(50.0)
-    assert adm.gate.capacity_cost == pytest.approx(12 * 50.0)  # the threads hold 600 units in flight
+    learn_horizon(adm, 250.0)
+    assert adm.gate.horizon_ms == pytest.approx(250.0)
+    assert adm.gate.capacity_cost == pytest.approx(12 * 250.0)  # the threads hold 3000 units in flight
     assert adm.gate.limit == pytest.approx(12.0)  # as many requests as threads (one thread each)
     assert adm.report()["reason"] == "capacity"
 
@@ -164,28 +165,28 @@ def test_cheap_requests_fit_where_an_expensive_one_does_not():
 
 def test_a_request_costing_more_than_the_whole_capacity_is_admitted_alone():
     adm = admission({"acme": {}, "globex": {}}, threads=2, capacity_headroom=0.8)
-    learn_horizon(adm, 10.0)  # capacity: 2 x 10 = 20 units in flight
-    small = granted(adm, "acme", 5)
+    learn_horizon(adm, 200.0)  # capacity: 2 x 200 = 400 units in flight
+    small = granted(adm, "acme", 50)
     log: list[Ticket] = []
-    huge = queued(adm, "acme", 50_000, log=log)  # waits until nothing else is in flight ...
-    adm.leave(small, 200, 0.01, 5)
-    assert log == [huge.ticket] and huge.ticket.counted == pytest.approx(16)  # ... and counts as the whole budget
-    behind = queued(adm, "acme", 5)  # over-share work waits behind it: no deadlock, no overtaking
-    adm.leave(huge.ticket, 200, 0.01, 10)
+    huge = queued(adm, "acme", 500_000, log=log)  # waits until nothing else is in flight ...
+    adm.leave(small, 200, 0.2, 50)
+    assert log == [huge.ticket] and huge.ticket.counted == pytest.approx(320)  # ... and counts as the whole budget
+    behind = queued(adm, "acme", 50)  # over-share work waits behind it: no deadlock, no overtaking
+    adm.leave(huge.ticket, 200, 0.2, 200)
     assert behind.ticket is not None
     adm.leave(behind.ticket)
 
 
 def test_the_count_limit_binds_over_share_tenants_at_headroom_and_others_at_the_full_limit():
     adm = admission({"storm": {}, "quiet": {}}, threads=10, capacity_headroom=0.6)
-    learn_horizon(adm, 10.0)  # 10 requests, 100 cost units in flight; 6 and 60 over share
+    learn_horizon(adm, 100.0)  # 10 requests, 1000 cost units in flight; 6 and 600 over share
     assert adm.gate.limit == pytest.approx(10)
-    quiet = [granted(adm, "quiet", 1)]
+    quiet = [granted(adm, "quiet", 10)]
     storm = []
-    while isinstance(got := adm.request("storm", 10, 0.0), Ticket):
+    while isinstance(got := adm.request("storm", 100, 0.0), Ticket):
         storm.append(got)
     assert len(storm) == 5 and adm.gate.inflight == 6  # the storm stops at the headroom
-    while isinstance(got := adm.request("quiet", 1, 0.0), Ticket):
+    while isinstance(got := adm.request("quiet", 10, 0.0), Ticket):
         quiet.append(got)
     assert len(quiet) == 5 and adm.gate.inflight == 10  # the quiet tenant goes on to the full limit
     for ticket in storm + quiet:
@@ -444,12 +445,12 @@ def test_the_latency_limit_alone_converges_without_oscillating(algorithm, band, 
 def test_with_thread_stats_the_limit_holds_the_pools_below_saturation():
     adm = Admission()
     adm.configure(config({"acme": {}}, min_limit=2, max_limit=500, capacity_headroom=0.8))
-    model = ThreadPoolModel(adm, 12, 0.02, 20.0, poll_s=0.25)
+    model = ThreadPoolModel(adm, 12, 0.2, 200.0, poll_s=0.25)
     samples = model.run(60, duration=20, every=0.1)
     steady = [limit for t, limit, _, _ in samples if t >= 5]
     assert min(steady) == max(steady) == pytest.approx(12.0, rel=0.1)
     assert max(model.queue_seen[len(model.queue_seen) // 4:]) == 0  # never a task queued at the cluster
-    assert max(inflight for t, _, inflight, _ in samples if t >= 5) <= 0.8 * 12
+    assert max(inflight for t, _, inflight, _ in samples if t >= 5) <= 12  # one tenant alone may use them all
 
 
 # ============================================================================================
@@ -607,6 +608,8 @@ def test_any_history_keeps_the_books_and_returns_to_idle(ops):
         for name, slots in adm.tenants.items():
             assert slots.inflight == sum(1 for t in held if t.tenant == name)
         assert gate.inflight_cost == pytest.approx(sum(t.counted for t in held), abs=1e-6)
+        assert gate.reserve_inflight == sum(1 for t in held if t.reserve)
+        assert gate.reserve_cost == pytest.approx(sum(t.counted for t in held if t.reserve), abs=1e-6)
         assert gate.inflight_cost >= -1e-9
     for waiter in list(waiters):
         adm.withdraw(waiter, now)
