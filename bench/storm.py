@@ -402,7 +402,7 @@ def tables(results: list[dict], args: argparse.Namespace) -> list[report.Table]:
     main = report.Table(
         "Good tenants per mode and phase (latency of 2xx responses, from the scheduled arrival)",
         ["mode", "phase", "good p50 ms", "good p99 ms", "p99 / baseline", "steady errors", "bursty errors",
-         "storm cluster-ms/s", "cluster rejections", "who refused the good tenants"],
+         "storm cluster-ms/s", "cluster rejected shard tasks", "who refused the good tenants"],
         right={2, 3, 4, 5, 6, 7, 8},
     )
     storm_t = report.Table(
