@@ -46,6 +46,7 @@ def tenants_report(worker: Worker) -> dict:
             "admitted": slots.admitted if slots else 0,
             "throttled": slots.throttled if slots else 0,
             "would_throttle": slots.would_throttle if slots else 0,
+            "abandoned": slots.abandoned if slots else 0,
             "learned_costs": [
                 {"fingerprint": f"{fp:016x}", "cost": round(cost, 2), "samples": samples}
                 for fp, cost, samples in proxy.learned.for_tenant(name)

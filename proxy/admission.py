@@ -454,7 +454,7 @@ class TenantSlots:
     """One tenant's slots and FIFO queue, and its place in the fair queue."""
 
     __slots__ = ("name", "max_concurrent", "max_queue", "max_wait_s", "weight", "inflight", "inflight_cost",
-                 "waiters", "finish", "active", "admitted", "throttled", "would_throttle")
+                 "waiters", "finish", "active", "admitted", "throttled", "would_throttle", "abandoned")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -470,6 +470,7 @@ class TenantSlots:
         self.admitted = 0
         self.throttled = 0
         self.would_throttle = 0
+        self.abandoned = 0  # requests whose client went away while they were queued
 
     @property
     def queued(self) -> int:
@@ -573,6 +574,8 @@ class Admission:
                 self.leave(ticket)  # the client is gone: pass the slot on at once
                 raise
             self.withdraw(waiter, self.clock())
+            if not isinstance(exc, TimeoutError):
+                waiter.slots.abandoned += 1
             if isinstance(exc, TimeoutError):
                 slots = waiter.slots
                 slots.throttled += 1

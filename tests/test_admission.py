@@ -488,7 +488,7 @@ async def test_a_client_that_goes_away_while_queued_frees_its_place_at_once():
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert adm.gate.queued == 0 and adm.tenants["acme"].queued == 0
+    assert adm.gate.queued == 0 and adm.tenants["acme"].queued == 0 and adm.tenants["acme"].abandoned == 1
     adm.leave(held)
     assert_idle(adm)
 
