@@ -98,6 +98,7 @@ class RedisConfig(_Frozen):
     instance_ttl_s: float = Field(5.0, gt=0)
     reconnect_max_s: float = Field(5.0, gt=0)
     lease_fraction: float = Field(0.1, gt=0, le=1.0)
+    lease_horizon_s: float = Field(0.1, gt=0)  # a lease holds at most this many seconds of the rate
 
     @field_validator("url")
     @classmethod
