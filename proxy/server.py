@@ -23,6 +23,7 @@ from .flow import Proxy, Snapshot
 from .limiter import Limiter, LocalLimiter
 from .listener import Listener
 from .metrics import Metrics
+from .redis_limiter import RedisLimiter
 from .upstream import Upstream
 
 log = logging.getLogger("sluicegate")
@@ -46,10 +47,17 @@ class Worker:
         self.workers = workers
         self.admin_socket = admin_socket  # set under a supervisor: the admin API on a private unix socket
         self.metrics = Metrics()
-        self.limiter: Limiter = LocalLimiter(share=1.0 / workers)
+        # This process's fraction of the concurrency limits: 1 / workers, or 1 / live instances with Redis.
+        self.share = 1.0 / workers
+        if config.redis is not None:
+            self.limiter: Limiter = RedisLimiter(
+                config.redis, metrics=self.metrics, share=self.share, on_membership_change=self._membership_changed
+            )
+        else:
+            self.limiter = LocalLimiter(share=self.share)
         self.limiter.configure(config)
         self.admission = Admission()
-        self.admission.configure(config, share=1.0 / workers)
+        self.admission.configure(config, share=self.share)
         self.upstream = Upstream(config.upstream, on_error=self._count_upstream_error)
         self.cluster_health = ClusterHealth(self.upstream, self.admission)  # the gate's capacity and pressure
         self.access_log = AccessLog(config.access_log)
@@ -68,6 +76,11 @@ class Worker:
         self._proxy_sites: list[web.TCPSite] = []
         self.stopped = asyncio.Event()
         self._draining = False
+
+    def _membership_changed(self, live: int) -> None:
+        """Redis saw the number of live instances change: re-split the concurrency limits."""
+        self.share = 1.0 / live
+        self.admission.configure(self.proxy.snapshot.config, share=self.share)
 
     def _count_upstream_error(self, node: str, kind: str) -> None:
         self.metrics.upstream_errors.labels(node, kind).inc()
@@ -144,7 +157,7 @@ class Worker:
         snapshot = Snapshot(config, old.generation + 1, digest)
         # No await between these lines: no request can observe a half-applied config.
         self.limiter.configure(config)
-        self.admission.configure(config, share=1.0 / self.workers)
+        self.admission.configure(config, share=self.share)
         self.upstream.reconfigure(config.upstream)
         self.proxy.snapshot = snapshot
         self.metrics.forget_tenants(set(config.tenants))
