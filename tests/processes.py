@@ -104,6 +104,73 @@ class RedisServer:
         self.kill()
 
 
+def cluster_ports(count: int) -> list[int]:
+    """Free ports p whose cluster bus port p + 10000 is free too."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port + 10000 > 65535 or port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+class RedisCluster:
+    """A real Redis Cluster: `masters` redis-server processes in cluster mode on free ports, no
+    replicas, joined by `redis-cli --cluster create`, waited for until every node says cluster_state:ok."""
+
+    def __init__(self, workdir: Path, masters: int = 3):
+        if shutil.which("redis-cli") is None:
+            raise RuntimeError("redis-cli is not installed (make test installs it)")
+        self.servers: list[RedisServer] = []
+        try:
+            for port in cluster_ports(masters):
+                node_dir = workdir / f"node-{port}"
+                self.servers.append(RedisServer(node_dir, port=port, extra=[
+                    "--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / f"nodes-{port}.conf"),
+                    "--cluster-node-timeout", "5000",
+                ]))
+            created = subprocess.run(
+                ["redis-cli", "--cluster", "create", *self.addresses, "--cluster-replicas", "0", "--cluster-yes"],
+                capture_output=True, text=True, timeout=60,
+            )
+            if created.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}\n{created.stderr}")
+            for server in self.servers:
+                wait_until(lambda server=server: b"cluster_state:ok" in self.command(server.port, "CLUSTER INFO"),
+                           what=f"cluster_state:ok on {server.port}")
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{server.port}" for server in self.servers]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(self.addresses)
+
+    @staticmethod
+    def command(port: int, command: str) -> bytes:
+        """One inline command to one node; the raw reply (enough for status and info replies)."""
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.sendall(command.encode() + b"\r\n")
+                return s.recv(65536)
+        except OSError:
+            return b""
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
 class SimClusterProcess:
     """bench/simcluster.py as a subprocess; its ready line carries the node URLs."""
 
@@ -278,6 +345,11 @@ class Processes:
         server = RedisServer(self.tmp_path / f"redis-{len(self._owned)}", **kw)
         self._owned.append(server)
         return server
+
+    def redis_cluster(self, masters: int = 3) -> RedisCluster:
+        cluster = RedisCluster(self.tmp_path / f"redis-cluster-{len(self._owned)}", masters)
+        self._owned.append(cluster)
+        return cluster
 
     def simcluster(self, nodes: int = 3, **options) -> SimClusterProcess:
         cluster = SimClusterProcess(nodes, **options)
