@@ -318,15 +318,16 @@ class Gate:
                 return False
             return capacity is None or self.inflight_cost <= 0.0 or self.inflight_cost + counted <= capacity * headroom + 1e-9
         # The room kept back is measured against what the pools can run, and is theirs even while
-        # over-share requests admitted before the limit shrank are still in flight.
-        kept = (1.0 - headroom) * max(limit, self.live_ceiling)
-        if (self.inflight + 1 > max(1.0, math.floor(limit * headroom + kept + 1e-9))
-                and self.reserve_inflight + 1 > math.floor(kept + 1e-9)):
+        # over-share requests admitted before the limit shrank are still in flight — within what the
+        # pools can run, which nobody exceeds.
+        pools = max(limit, self.live_ceiling)
+        kept = (1.0 - headroom) * pools
+        if self.inflight + 1 > max(1.0, math.floor(limit * headroom + kept + 1e-9)) and (
+                self.reserve_inflight + 1 > math.floor(kept + 1e-9) or self.inflight + 1 > math.floor(pools + 1e-9)):
             return False
         if capacity is None or self.inflight_cost <= 0.0:
             return True
-        return (self.inflight_cost + counted <= capacity + 1e-9
-                or self.reserve_cost + counted <= capacity * (1.0 - headroom) + 1e-9)
+        return self.inflight_cost + counted <= capacity + 1e-9
 
     def take(self, counted: float, reserve: bool) -> None:
         self.inflight += 1
@@ -341,8 +342,13 @@ class Gate:
         self.inflight -= 1
         self.inflight_cost = self.inflight_cost - counted if self.inflight else 0.0  # no float dust at idle
         if reserve:
-            self.reserve_inflight -= 1
-            self.reserve_cost = self.reserve_cost - counted if self.reserve_inflight else 0.0
+            self.leave_reserve(1, counted)
+
+    def leave_reserve(self, requests: int, counted: float) -> None:
+        """Requests stop counting in the room kept for tenants under their share (they left, or their
+        tenant is over its share now and they count with everyone else's)."""
+        self.reserve_inflight -= requests
+        self.reserve_cost = self.reserve_cost - counted if self.reserve_inflight else 0.0
 
     # ---- learning ----
     def observe(self, now: float, cost: float, status: int, upstream_s: float, observed: float | None) -> None:
@@ -454,7 +460,7 @@ class TenantSlots:
     """One tenant's slots and FIFO queue, and its place in the fair queue."""
 
     __slots__ = ("name", "max_concurrent", "max_queue", "max_wait_s", "weight", "inflight", "inflight_cost",
-                 "waiters", "finish", "active", "admitted", "throttled", "would_throttle", "abandoned")
+                 "queued_cost", "reserve_inflight", "reserve_cost", "reserve_epoch", "waiters", "finish", "active", "admitted", "throttled", "would_throttle", "abandoned")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -464,6 +470,12 @@ class TenantSlots:
         self.weight = 1.0
         self.inflight = 0
         self.inflight_cost = 0.0  # charged cost units in flight, for the fair-share test
+        self.queued_cost = 0.0  # ... and waiting: a tenant's share is judged on all it asks for
+        # requests admitted while the tenant was under its share, still counted in the room kept for such
+        # tenants; a new epoch moves them all out at once when the tenant turns out to be over its share
+        self.reserve_inflight = 0
+        self.reserve_cost = 0.0
+        self.reserve_epoch = 0
         self.waiters: deque[Waiter] = deque()
         self.finish = 0.0  # virtual finish tag of the tenant's last admitted request
         self.active = False  # in flight or queued: counts in the fair shares
@@ -480,7 +492,7 @@ class TenantSlots:
 class Ticket:
     """Proof of a held slot and place at the gate; give it back with `Admission.leave`."""
 
-    __slots__ = ("tenant", "cost", "waited", "held", "slots", "counted", "reserve")
+    __slots__ = ("tenant", "cost", "waited", "held", "slots", "counted", "reserve", "epoch")
 
     def __init__(self, slots: TenantSlots, cost: float, waited: float, counted: float, reserve: bool):
         self.tenant = slots.name
@@ -490,7 +502,12 @@ class Ticket:
         self.held = True
         self.slots = slots
         self.counted = counted  # cost units it counts at the gate
-        self.reserve = reserve  # admitted into the room kept for tenants under their share
+        self.reserve = reserve  # admitted into the room kept for tenants under their share ...
+        self.epoch = slots.reserve_epoch  # ... and still counted there while its tenant's epoch is this
+
+    @property
+    def in_reserve(self) -> bool:
+        return self.reserve and self.epoch == self.slots.reserve_epoch
 
 
 class Waiter:
@@ -521,6 +538,7 @@ class Admission:
         self.gate = Gate()
         self.vtime = 0.0  # the fair queue's virtual time: start tag of the latest admission
         self._backlog: dict[TenantSlots, None] = {}  # tenants with waiters, in insertion order
+        self._reserve_holders: dict[TenantSlots, None] = {}  # tenants with requests in the kept room
         self._active_weight = 0.0
         self._active_count = 0
         self._seq = 0
@@ -595,15 +613,16 @@ class Admission:
         gate = self.gate
         under = self._under_share(slots, cost)
         if shadow:
-            would = bool(slots.waiters) or slots.inflight >= slots.max_concurrent or not gate.fits(cost, under)
+            would = bool(slots.waiters) or slots.inflight >= slots.max_concurrent or not self._fits(cost, under)
             if would:
                 slots.would_throttle += 1
             return self._admit(slots, cost, now, -1.0 if would else 0.0, under)
-        if not self._backlog and slots.inflight < slots.max_concurrent and gate.fits(cost, under):
+        if not self._backlog and slots.inflight < slots.max_concurrent and self._fits(cost, under):
             return self._admit(slots, cost, now, 0.0, under)  # nobody waits anywhere: the common case
         self._seq += 1
         waiter = Waiter(slots, cost, now, self._seq)
         slots.waiters.append(waiter)
+        slots.queued_cost += cost
         self._backlog[slots] = None
         gate.queued += 1
         self._activate(slots)
@@ -642,6 +661,7 @@ class Admission:
             slots.waiters.remove(waiter)
         except ValueError:
             return
+        slots.queued_cost = slots.queued_cost - waiter.cost if slots.waiters else 0.0
         self.gate.queued -= 1
         if not slots.waiters:
             self._backlog.pop(slots, None)
@@ -669,7 +689,13 @@ class Admission:
         slots.inflight -= 1
         slots.inflight_cost = slots.inflight_cost - ticket.cost if slots.inflight else 0.0
         gate = self.gate
-        gate.give_back(ticket.counted, ticket.reserve)
+        in_reserve = ticket.in_reserve
+        gate.give_back(ticket.counted, in_reserve)
+        if in_reserve:
+            slots.reserve_inflight -= 1
+            slots.reserve_cost = slots.reserve_cost - ticket.counted if slots.reserve_inflight else 0.0
+            if not slots.reserve_inflight:
+                self._reserve_holders.pop(slots, None)
         gate.observe(now, ticket.cost, status, upstream_s, observed)
         self._deactivate(slots)
         self.pump(now)
@@ -692,6 +718,7 @@ class Admission:
             if picked is None:
                 return
             waiter = picked.waiters.popleft()
+            picked.queued_cost = picked.queued_cost - waiter.cost if picked.waiters else 0.0
             if not picked.waiters:
                 del self._backlog[picked]
             self.gate.queued -= 1
@@ -716,8 +743,8 @@ class Admission:
                 continue
             head = slots.waiters[0]
             key = (max(vtime, slots.finish), head.seq, slots)
-            if self._under_share(slots, head.cost):
-                if (under is None or key[:2] < under[:2]) and gate.fits(head.cost, reserve=True):
+            if self._under_share(slots):
+                if (under is None or key[:2] < under[:2]) and self._fits_reserve(head.cost):
                     under = key
             elif over is None or key[:2] < over[:2]:
                 over = key
@@ -729,8 +756,29 @@ class Admission:
             return over[2], False
         return under[2], True
 
-    def _under_share(self, slots: TenantSlots, cost: float) -> bool:
-        """Would this request keep the tenant within its weighted share of the gate (judged in cost)?"""
+    def _fits(self, cost: float, under: bool) -> bool:
+        return self._fits_reserve(cost) if under else self.gate.fits(cost, reserve=False)
+
+    def _fits_reserve(self, cost: float) -> bool:
+        """Room for an under-share request; if the kept room looks full, first move out of it the requests
+        of tenants that have since gone over their share (a tenant alone at first gets it all)."""
+        gate = self.gate
+        if gate.fits(cost, reserve=True):
+            return True
+        reclaimed = False
+        for slots in list(self._reserve_holders):
+            if not self._under_share(slots):
+                gate.leave_reserve(slots.reserve_inflight, slots.reserve_cost)
+                slots.reserve_inflight, slots.reserve_cost = 0, 0.0
+                slots.reserve_epoch += 1
+                del self._reserve_holders[slots]
+                reclaimed = True
+        return reclaimed and gate.fits(cost, reserve=True)
+
+    def _under_share(self, slots: TenantSlots, extra: float | None = None) -> bool:
+        """Is all the tenant asks for — in flight, queued, and a request of `extra` cost units — within its
+        weighted share of the gate (in cost)? A tenant with a backlog beyond its share is over it for
+        every request, its first included: the room kept back is for tenants that ask for little."""
         gate = self.gate
         if not gate.enabled:
             return True
@@ -738,8 +786,10 @@ class Admission:
         fraction = slots.weight / weights if weights > 0 else 1.0
         capacity = gate.capacity_cost
         if capacity is None:
-            return slots.inflight + 1 <= gate.limit * gate.headroom * fraction
-        return slots.inflight_cost + gate.counted(cost) <= capacity * gate.headroom * fraction
+            asked_count = slots.inflight + len(slots.waiters) + (0 if extra is None else 1)
+            return asked_count <= gate.limit * gate.headroom * fraction
+        asked = slots.inflight_cost + slots.queued_cost + (extra or 0.0)
+        return asked <= capacity * gate.headroom * fraction
 
     def _admit(self, slots: TenantSlots, cost: float, now: float, waited: float, reserve: bool) -> Ticket:
         start = max(self.vtime, slots.finish)
@@ -748,6 +798,10 @@ class Admission:
         gate = self.gate
         counted = gate.counted(cost)
         gate.take(counted, reserve)
+        if reserve:
+            slots.reserve_inflight += 1
+            slots.reserve_cost += counted
+            self._reserve_holders[slots] = None
         slots.inflight += 1
         slots.inflight_cost += cost
         slots.admitted += 1

@@ -73,8 +73,9 @@ def assert_idle(adm: Admission) -> None:
     assert (gate.inflight, gate.inflight_cost, gate.queued) == (0, 0.0, 0)
     assert (gate.reserve_inflight, gate.reserve_cost) == (0, 0.0)
     for slots in adm.tenants.values():
-        assert (slots.inflight, slots.inflight_cost, slots.queued, slots.active) == (0, 0.0, 0, False)
-    assert adm._backlog == {} and adm._active_count == 0 and adm._active_weight == 0.0
+        assert (slots.inflight, slots.inflight_cost, slots.queued, slots.queued_cost, slots.active) == (0, 0.0, 0, 0.0, False)
+        assert (slots.reserve_inflight, slots.reserve_cost) == (0, 0.0)
+    assert adm._backlog == {} and adm._reserve_holders == {} and adm._active_count == 0 and adm._active_weight == 0.0
 
 
 # ============================================================================================
@@ -161,6 +162,32 @@ def test_cheap_requests_fit_where_an_expensive_one_does_not():
     queued(adm, "quiet", 5)
     for ticket in storm + quiet:
         adm.leave(ticket, 200, 0.1, 100)
+
+
+def test_tenants_that_came_first_do_not_keep_the_room_kept_for_quiet_tenants():
+    """A storming tenant alone asks for no more than its share (everything), so it may fill the kept
+    room; so may the next ones, each to its share at its arrival, up to what the pools can run. Once
+    all are active they are over their shares, and every slot they free goes to the quiet tenant."""
+    tenants = {f"storm{i}": {"max_concurrent": 16} for i in range(4)} | {"quiet": {}}
+    adm = admission(tenants, threads=20, capacity_headroom=0.5)
+    learn_horizon(adm, 800.0)
+    storm: list[Ticket] = []
+    for i in range(4):
+        for _ in range(16):
+            got = adm.request(f"storm{i}", 800, 0.0)
+            if isinstance(got, Ticket):
+                storm.append(got)
+            else:
+                got.on_grant = storm.append
+    assert adm.gate.inflight == 20  # the pools are full, never more
+    log: list[Ticket] = []
+    quiet = [queued(adm, "quiet", 20, log=log) for _ in range(4)]
+    for ticket in storm[:4]:
+        adm.leave(ticket, 200, 0.8, 800, now=0.8)
+    assert [t.tenant for t in log] == ["quiet"] * 4 and len(storm) == 20  # every freed slot went to it
+    assert adm.gate.reserve_inflight == 4 and not any(t.in_reserve for t in storm)
+    for ticket in storm[4:] + [w.ticket for w in quiet]:
+        adm.leave(ticket, now=1.0)
 
 
 def test_a_request_costing_more_than_the_whole_capacity_is_admitted_alone():
@@ -607,9 +634,10 @@ def test_any_history_keeps_the_books_and_returns_to_idle(ops):
         assert gate.queued == len(waiters) == sum(s.queued for s in adm.tenants.values())
         for name, slots in adm.tenants.items():
             assert slots.inflight == sum(1 for t in held if t.tenant == name)
+            assert slots.queued_cost == pytest.approx(sum(w.cost for w in slots.waiters), abs=1e-6)
         assert gate.inflight_cost == pytest.approx(sum(t.counted for t in held), abs=1e-6)
-        assert gate.reserve_inflight == sum(1 for t in held if t.reserve)
-        assert gate.reserve_cost == pytest.approx(sum(t.counted for t in held if t.reserve), abs=1e-6)
+        assert gate.reserve_inflight == sum(1 for t in held if t.in_reserve)
+        assert gate.reserve_cost == pytest.approx(sum(t.counted for t in held if t.in_reserve), abs=1e-6)
         assert gate.inflight_cost >= -1e-9
     for waiter in list(waiters):
         adm.withdraw(waiter, now)
