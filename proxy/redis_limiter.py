@@ -139,7 +139,7 @@ class _Lease:
     the bucket's next script call (at most one call per bucket is in flight)."""
 
     __slots__ = (
-        "key", "rate", "burst", "max_debt", "max_wait", "window", "chunk", "low",
+        "key", "rate", "burst", "max_debt", "max_wait", "window", "chunk", "low", "pace",
         "held", "pending", "shared", "seen", "used", "queue", "call",
     )
 
@@ -161,18 +161,21 @@ class _Lease:
         self.window = burst / rate  # seconds
         self.chunk = chunk  # cost units leased at a time
         self.low = chunk / 2  # top the lease up below this; book settlements beyond it
+        self.pace = rate  # how fast this instance expects the shared level to grow for it
 
     def estimate(self, now: float) -> float:
         """The shared level at `now` as far as this instance can tell: the last reported level
-        refilled at the full rate. Other instances only take from it (credits aside), so the true
-        level is at most this."""
-        level = self.shared + (now - self.seen) * self.rate
+        refilled at the full rate, or at this instance's share of it while other instances are
+        seen taking the refill (`pace`). Tokens this underestimates stay in the bucket for the
+        next call; they are never lost."""
+        level = self.shared + (now - self.seen) * self.pace
         return level if level < self.burst else self.burst
 
     def forget(self, now: float) -> None:
         """Back from an outage: nothing leased, nothing owed, the shared level unknown."""
         self.held = self.pending = 0.0
         self.shared, self.seen = self.burst, now
+        self.pace = self.rate
 
 
 class RedisLimiter:
@@ -473,6 +476,12 @@ class RedisLimiter:
                 lease.seen = self._clock()
                 if lease.held > 0.0 or lease.pending:
                     self._holding.add(lease)
+                # A refusal after the estimate said "there by now" means other instances took the
+                # refill: expect only this instance's share of it until the bucket has tokens to spare.
+                if batch and float(reply[2]) < 0.0:
+                    lease.pace = lease.rate / self._live
+                elif float(reply[0]) >= want:
+                    lease.pace = lease.rate
                 for (need, future), answer in zip(batch, reply[2:]):
                     wait = float(answer)
                     if future.cancelled():
