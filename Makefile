@@ -49,9 +49,11 @@ test: $(STAMP) redis-server
 lint: $(STAMP)
 	$(VENV)/bin/hadolint Dockerfile
 
+# Every bench, side by side; storm.py and overhead.py rewrite their sections of bench/RESULTS.md.
 bench: $(STAMP) redis-server nginx
 	$(PY) bench/limiter.py
 	$(PY) bench/cost.py
+	$(PY) bench/redis_mode.py
 	$(PY) bench/storm.py
 	$(PY) bench/overhead.py
 
