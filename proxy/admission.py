@@ -14,8 +14,9 @@ limits, in the cluster's terms:
   the cluster's threads can hold `threads × horizon` units in flight without queueing, where the
   horizon is how long admitted cost stays in flight (cost-weighted upstream latency; Little's law).
 
-**Headroom.** A tenant over its fair share (its plan weight's part of the gate, judged in cost) may
-fill only `capacity_headroom` of both; the rest is kept for tenants under their share, so a quiet
+**Headroom.** A tenant over its fair share (its plan weight's part of the gate, judged in cost on
+all it asks for: in flight and queued) is admitted only while the gate is within
+`capacity_headroom` of both limits; the rest is kept for tenants under their share, so a quiet
 tenant's cheap request never waits behind a storm, at the gate or in the cluster's thread pools.
 
 **Fair order.** Waiting requests are released in start-time fair queueing order across tenants:
@@ -83,7 +84,7 @@ REASON_HOLD_S = 5.0
 
 
 class GradientLimit:
-    """The default: a latency gradient (after Netflix's Gradient2), smoothed, never oscillating.
+    """The default: a latency gradient (after Netflix's Gradient2), smoothed to a steady fixed point.
 
     Per window: gradient = clamp(reference / latency, 0.5, 1.0), where the reference is
     `tolerance` × the baseline latency (or the configured target); then
@@ -108,7 +109,7 @@ class GradientLimit:
 
 class AimdLimit:
     """Additive increase (+1 per window while latency is within the reference and the limit is used),
-    multiplicative decrease (× 0.9 when latency is over it). A saw-tooth of ±5 % at steady load."""
+    multiplicative decrease (× 0.9 when latency is over it): a saw-tooth between 0.9× and the top."""
 
     name = "aimd"
     BACKOFF = 0.9
@@ -180,7 +181,6 @@ class Gate:
         self.data_nodes_max = 0
         self.threads = 0  # live search threads of data nodes; 0 = not known
         self.threads_max = 0
-        # learned from completions
         # learned from completions: sums that fade with time (MEMORY_S), not with the number of samples,
         # so a burst of cheap requests does not wash out what the expensive ones say
         self._lat_cost = 0.0  # Σ cost × latency_ms
@@ -316,7 +316,9 @@ class Gate:
         if not reserve:
             if self.inflight + 1 > max(1.0, math.floor(limit * headroom + 1e-9)):
                 return False
-            return capacity is None or self.inflight_cost <= 0.0 or self.inflight_cost + counted <= capacity * headroom + 1e-9
+            if capacity is None or self.inflight_cost <= 0.0:
+                return True
+            return self.inflight_cost + counted <= capacity * headroom + 1e-9
         # The room kept back is measured against what the pools can run, and is theirs even while
         # over-share requests admitted before the limit shrank are still in flight — within what the
         # pools can run, which nobody exceeds.
@@ -460,7 +462,8 @@ class TenantSlots:
     """One tenant's slots and FIFO queue, and its place in the fair queue."""
 
     __slots__ = ("name", "max_concurrent", "max_queue", "max_wait_s", "weight", "inflight", "inflight_cost",
-                 "queued_cost", "reserve_inflight", "reserve_cost", "reserve_epoch", "waiters", "finish", "active", "admitted", "throttled", "would_throttle", "abandoned")
+                 "queued_cost", "reserve_inflight", "reserve_cost", "reserve_epoch", "waiters", "finish", "active",
+                 "admitted", "throttled", "would_throttle", "abandoned")
 
     def __init__(self, name: str) -> None:
         self.name = name

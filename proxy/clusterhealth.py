@@ -31,7 +31,9 @@ def is_data_node(roles: Any) -> bool:
     return any(isinstance(r, str) and (r == "data" or r.startswith("data_")) for r in roles)
 
 
-def read_cluster(health: Mapping | None, stats: Mapping | None, previous: Counters) -> tuple[ClusterReading | None, Counters]:
+def read_cluster(
+    health: Mapping | None, stats: Mapping | None, previous: Counters
+) -> tuple[ClusterReading | None, Counters]:
     """The gate's view of one poll, and the counters to diff the next poll against.
 
     `health` is the _cluster/health body, `stats` the _nodes/stats/thread_pool body; either may be

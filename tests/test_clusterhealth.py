@@ -17,7 +17,8 @@ def stats(**nodes) -> dict:
 
 
 def health(data_nodes: int) -> dict:
-    return {"cluster_name": "c", "status": "green", "number_of_nodes": data_nodes + 1, "number_of_data_nodes": data_nodes}
+    return {"cluster_name": "c", "status": "green", "number_of_nodes": data_nodes + 1,
+            "number_of_data_nodes": data_nodes}
 
 
 DATA = ["data", "ingest", "master"]
@@ -35,7 +36,8 @@ def test_search_threads_of_data_nodes_make_the_capacity_and_other_pools_are_igno
 
 
 def test_rejections_and_completions_count_since_the_previous_poll_per_node():
-    _, counters = read_cluster(health(2), stats(a=node(DATA, rejected=5, completed=100), b=node(DATA, completed=50)), {})
+    _, counters = read_cluster(
+        health(2), stats(a=node(DATA, rejected=5, completed=100), b=node(DATA, completed=50)), {})
     reading, counters = read_cluster(
         health(2), stats(a=node(DATA, rejected=9, completed=180), b=node(DATA, rejected=1, completed=70)), counters)
     assert (reading.rejected, reading.completed) == (5, 100)
@@ -65,7 +67,8 @@ def test_without_health_the_data_nodes_come_from_the_stats():
 
 def test_odd_values_count_as_nothing_rather_than_breaking_the_poll():
     odd = {"roles": DATA, "thread_pool": {"search": {"threads": "8", "queue": -1, "rejected": True, "completed": None}}}
-    reading, _ = read_cluster({"number_of_data_nodes": True}, {"nodes": {"a": odd, "b": "junk", "c": {"roles": DATA}}}, {})
+    junk = {"nodes": {"a": odd, "b": "junk", "c": {"roles": DATA}}}
+    reading, _ = read_cluster({"number_of_data_nodes": True}, junk, {})
     assert reading == ClusterReading(data_nodes=1, search_threads=0)
 
 
