@@ -511,7 +511,7 @@ def cost_view(results: list[dict]) -> report.Table | None:
                 costs += learned.get(f"{estimate.fingerprint:016x}", {}).values()
             search = SearchRequest(body, {})
             simulated = SHARDS * search.shard_ms(per_shard, search.matches(0, per_shard, per_shard), 0)
-            table.add(raw.decode()[:70] + ("…" if len(raw) > 70 else ""), kind, f"{estimate.cost:,.1f}",
+            table.add(f"`{raw.decode()[:70]}{'…' if len(raw) > 70 else ''}`", kind, f"{estimate.cost:,.1f}",
                       f"{numpy.median(costs):,.1f}" if costs else "—", f"{simulated:,.1f}")
     return table
 
