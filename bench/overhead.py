@@ -480,7 +480,7 @@ def cost_by_file(flames: dict[str, dict], by: dict) -> report.Table:
             per_file.setdefault(source, [0.0] * len(names))[i] = n / samples * flame["cpu_us_per_request"]
     for source, values in sorted(per_file.items(), key=lambda kv: -max(kv[1]))[:18]:
         if max(values) >= 0.5:
-            table.add(source, *(f"{v:.1f}" for v in values))
+            table.add(f"`{source}`", *(f"{v:.1f}" for v in values))
     table.rule()
     table.add("all (CPU µs per request in the profiled run)", *(f"{flames[n]['cpu_us_per_request']:.0f}" for n in names))
     return table
@@ -497,7 +497,7 @@ def hot_lines(flame: dict, top: int = 15) -> report.Table:
             text = (REPO / path).read_text().splitlines()[int(number) - 1].strip()
         except (OSError, IndexError):
             text = "?"
-        table.add(where, f"{n / samples * flame['cpu_us_per_request']:.1f}", f"`{text[:90]}`")
+        table.add(f"`{where}`", f"{n / samples * flame['cpu_us_per_request']:.1f}", f"`{text[:90]}`")
     return table
 
 
@@ -562,7 +562,7 @@ def tables(modes, throughput, latency, flames, args) -> list[report.Table]:
         total = sorted(((k, v) for k, v in flame["total"].items() if v < samples * 0.999),
                        key=lambda kv: -kv[1])[:20]
         for (o_name, o_n), (t_name, t_n) in zip(own, total):
-            prof.add(o_name, f"{o_n / samples * 100:.1f}", t_name, f"{t_n / samples * 100:.1f}")
+            prof.add(f"`{o_name}`", f"{o_n / samples * 100:.1f}", f"`{t_name}`", f"{t_n / samples * 100:.1f}")
         out.append(prof)
     if flames:
         out.append(cost_by_file(flames, by))
