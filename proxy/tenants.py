@@ -243,6 +243,7 @@ def _check_expression(tenant: TenantView, call: esapi.EsCall, names: tuple[str, 
     """An index expression: every name inside the grant; '-' exclusions only after something they narrow."""
     included = False
     for name in names:
+        name = name.strip()
         if name.startswith("-"):
             if included:
                 continue  # an exclusion only narrows what the names before it select
@@ -258,7 +259,7 @@ def _check_expression(tenant: TenantView, call: esapi.EsCall, names: tuple[str, 
 
 def _check_name(tenant: TenantView, call: esapi.EsCall, name: str) -> None:
     """One name a call creates, writes or points at (an alias, a _bulk target, a clone): no exclusions."""
-    if name.startswith("-"):
+    if name.strip().startswith("-"):
         raise Forbidden(f"tenant '{tenant.name}' may not use [{_clip(name, 100)}] as a name with [{call.api}]")
     _check_index(tenant, call, name)
 
@@ -448,7 +449,7 @@ def _doc_references(tenant: TenantView, call: esapi.EsCall, doc) -> bool:
             for value in node.values():
                 if type(value) is dict or type(value) is list:
                     push(value)
-        else:
+        elif type(node) is list:  # a scalar body ("false") holds nothing
             for value in node:
                 if type(value) is dict or type(value) is list:
                     push(value)

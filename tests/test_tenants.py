@@ -329,3 +329,16 @@ def test_config_refuses_question_marks_in_tenant_patterns(pattern):
             "tenants": {"acme": {"plan": "p", "api_keys": [hash_secret("k")], "indices": [pattern]}},
         })
     assert any(path == "tenants.acme.indices" and "'?'" in msg for path, msg in info.value.errors)
+
+
+@pytest.mark.parametrize("target", ["/%20-/_search", "/%20-globex-a/_search"])
+def test_a_space_before_an_exclusion_does_not_make_it_an_inclusion(grants, target):
+    # found by tests/fuzz: " -x" was stripped to the exclusion "-x" and let through with nothing included
+    with pytest.raises(Forbidden):
+        check(grants, "POST", target, {})
+
+
+@pytest.mark.parametrize("body", [b"false", b"1", b'"text"', b"null"])
+def test_a_scalar_search_body_is_judged_not_crashed_on(grants, body):
+    # found by tests/fuzz: the document-reference walk iterated over a scalar body
+    check(grants, "POST", "/acme-a/_search", body)
