@@ -29,6 +29,7 @@ def tenants_report(worker: Worker) -> dict:
     for name, view in snap.directory.tenants.items():
         slots = worker.admission.tenants.get(name)
         buckets = {}
+        shared_level = getattr(worker.limiter, "shared_level", None)
         for resource in view.plan.resources:
             bucket = view.plan.bucket(resource)
             buckets[resource] = {
@@ -36,6 +37,9 @@ def tenants_report(worker: Worker) -> dict:
                 "rate": bucket.rate,
                 "burst": bucket.burst,
             }
+            shared = shared_level(name, resource) if shared_level is not None else None
+            if shared is not None:  # the Redis bucket all instances share, without this one's leases
+                buckets[resource]["shared_level"] = round(shared, 2)
         tenants[name] = {
             "plan": view.plan_name,
             "enforce": view.enforce,

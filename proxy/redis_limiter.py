@@ -342,6 +342,14 @@ class RedisLimiter:
             return self._local.level(tenant, resource)
         return lease.estimate(self._clock()) + lease.held - lease.pending
 
+    def shared_level(self, tenant: str, resource: str) -> float | None:
+        """The shared bucket's level as last reported by Redis and refilled since, without this
+        instance's leases; None while on local fallback. Every instance sees the same bucket, so a
+        view over several instances counts it once (see `workers.merge_tenant_reports`)."""
+        if not self._shared:
+            return None
+        return self._leases[(tenant, resource)].estimate(self._clock())
+
     async def start(self) -> None:
         """Connect, join the membership and start heartbeating. Never raises for Redis trouble:
         Redis down at start means starting in local fallback and reconnecting in the background."""

@@ -170,7 +170,10 @@ _SUMMED = ("in_flight", "queued", "max_concurrent", "admitted", "throttled")
 
 
 def merge_tenant_reports(reports: list[dict]) -> dict:
-    """One /tenants view of all workers: counts and bucket levels summed (each worker holds a share)."""
+    """One /tenants view of all workers: counts and bucket levels summed (each worker holds a share).
+
+    A bucket shared through Redis is one bucket: each worker's level is the shared level plus
+    its own leases, so the shared part is counted once (the workers' readings of it, averaged)."""
     if not reports:
         return {"workers": 0, "tenants": {}}
     merged = orjson.loads(orjson.dumps(reports[0]))
@@ -185,7 +188,18 @@ def merge_tenant_reports(reports: list[dict]) -> dict:
                 mine[key] = mine.get(key, 0) + theirs.get(key, 0)
             for resource, bucket in theirs.get("buckets", {}).items():
                 if resource in mine.get("buckets", {}):
-                    mine["buckets"][resource]["level"] = round(mine["buckets"][resource]["level"] + bucket["level"], 2)
+                    mine["buckets"][resource]["level"] += bucket["level"]
+    for name, tenant in merged["tenants"].items():
+        for resource, bucket in tenant.get("buckets", {}).items():
+            readings = [
+                r["tenants"][name]["buckets"][resource].get("shared_level")
+                for r in reports if resource in r.get("tenants", {}).get(name, {}).get("buckets", {})
+            ]
+            if readings and None not in readings:  # every worker shares it: count the shared part once
+                shared = sum(readings) / len(readings)
+                bucket["level"] -= shared * (len(readings) - 1)
+                bucket["shared_level"] = round(shared, 2)
+            bucket["level"] = round(bucket["level"], 2)
     return merged
 
 

@@ -163,3 +163,20 @@ async def test_a_proxy_on_a_three_master_redis_cluster(procs, upstream):
     assert sorted(counts) == [0, 0, 1]  # the tenant's bucket lives in its slot on one master
     for node in nodes:
         node.close()
+
+
+async def test_two_workers_on_redis_report_the_shared_bucket_once(procs, upstream):
+    """`--workers 2` with Redis: /tenants merges the workers' views, and the one shared bucket is
+    counted once, not once per worker (each worker's level is the shared level plus its leases)."""
+    server = procs.redis()
+    burst = 500.0
+    proxy = procs.proxy(shared_config(upstream.url, server.url, rate=50, burst=burst), workers=2)
+    await until(lambda: proxy.metric("sluicegate_redis_up") == 2, "both workers on Redis")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        for _ in range(40):  # short connections, so both workers serve some and lease tokens
+            async with session.get(proxy.url + DOC, headers=ACME) as r:
+                assert r.status == 200
+    bucket = proxy.tenants()["tenants"]["acme"]["buckets"]["read"]
+    assert "shared_level" in bucket
+    # 40 units were spent from one bucket of 500 that refills at 50/s: the merged level is one bucket's.
+    assert burst - 40 - 1 <= bucket["level"] <= burst + 1e-6, bucket
