@@ -29,6 +29,10 @@ from .upstream import Upstream
 log = logging.getLogger("sluicegate")
 
 
+#: config sections a reload cannot apply (sockets already bound, the Redis client already built)
+RESTART_ONLY = ("listen", "admin_listen", "redis")
+
+
 class Worker:
     """One serving process: the proxy listener, the admin listener and the parts they share."""
 
@@ -164,7 +168,12 @@ class Worker:
         self.metrics.set_config(snapshot.generation, digest)
         self.metrics.config_reloads.inc()
         log.info("config generation %d in force (%s)", snapshot.generation, digest)
-        return True, f"generation {snapshot.generation} ({digest})"
+        message = f"generation {snapshot.generation} ({digest})"
+        pending = [name for name in RESTART_ONLY if getattr(config, name) != getattr(old.config, name)]
+        if pending:
+            log.warning("config: %s changed; the running values stay until a restart", ", ".join(pending))
+            message += f"; {', '.join(pending)} take effect on restart"
+        return True, message
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight requests finish (up to drain_timeout_s), then close."""

@@ -107,6 +107,22 @@ async def test_invalid_reload_changes_nothing_and_is_counted(procs, upstream):
     assert before.count(200) <= 3 and after.count(200) == 0 and set(after) == {429}  # the old, tight limit still holds
 
 
+async def test_reload_says_which_changes_wait_for_a_restart(procs, upstream):
+    config = make_config([upstream.url])
+    proxy = procs.proxy(config)
+    changed = copy.deepcopy(config)
+    changed["listen"] = "127.0.0.1:1"  # a bound socket cannot move
+    changed["plans"]["standard"]["max_concurrent"] = 3  # this applies at once
+    proxy.write_config(changed)
+    status, body = http_post(proxy.admin + "/reload")
+    assert status == 200 and b"listen take effect on restart" in body
+    assert "listen changed; the running values stay until a restart" in proxy.stderr()
+    assert generation(proxy) == 2 and proxy.tenants()["tenants"]["acme"]["max_concurrent"] == 3
+    async with aiohttp.ClientSession() as session:  # still serving on the old port
+        async with session.get(proxy.url + SEARCH, headers=ACME) as r:
+            assert r.status == 200
+
+
 async def test_shadow_tenant_is_never_refused_but_counted(procs, upstream):
     config = make_config(
         [upstream.url],
