@@ -220,3 +220,25 @@ async def test_access_log_has_one_json_line_per_request_with_every_field(procs, 
     assert admitted["bytes_in"] > 0 and admitted["bytes_out"] > 0
     assert refused["tenant"] == "-" and refused["status"] == 401 and refused["decision"] == "refused"
     assert abs(admitted["time"] - time.time()) < 60
+
+
+async def test_every_metric_on_the_dashboard_is_exported(procs, upstream):
+    """config/grafana/sluicegate.json queries only names a running proxy (with Redis) exports."""
+    import re
+    from pathlib import Path
+
+    dashboard = (Path(__file__).parents[2] / "config" / "grafana" / "sluicegate.json").read_text()
+    wanted = set(re.findall(r"sluicegate_[a-z_]+", dashboard))
+    assert len(wanted) >= 15
+    server = procs.redis()
+    proxy = procs.proxy(make_config([upstream.url], redis={"url": server.url}))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(proxy.url + SEARCH, data=b'{"query":{"match_all":{}}}', headers={
+                **ACME, "Content-Type": "application/json"}) as r:
+            assert r.status == 200
+    text = proxy.metrics()
+    families = set(re.findall(r"^# TYPE (\S+)", text, re.M))
+    samples = set(re.findall(r"^([a-z_]+)[{ ]", text, re.M))
+    missing = {name for name in wanted if name not in samples and name not in families
+               and re.sub(r"_(bucket|sum|count|total)$", "", name) not in families}
+    assert not missing, f"the dashboard queries metrics /metrics does not export: {sorted(missing)}"
