@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import ConfigError, hash_secret, load_config
+from .config import ConfigError, config_warnings, hash_secret, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "config" / "demo.yaml"
@@ -62,6 +62,8 @@ def check_config(path: str) -> int:
             print(f"{key_path or '<file>'}: {message}", file=sys.stderr)
         print(f"{path}: {len(exc.errors)} error(s)", file=sys.stderr)
         return 1
+    for key_path, message in config_warnings(config):
+        print(f"warning: {key_path}: {message}", file=sys.stderr)
     print(f"{path}: ok ({len(config.tenants)} tenants, {len(config.plans)} plans, hash {digest})")
     return 0
 

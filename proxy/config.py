@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -261,6 +262,37 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
     if cfg.admission.min_limit > cfg.admission.max_limit:
         errors.append(("admission.min_limit", "must not exceed admission.max_limit"))
     return errors
+
+
+def patterns_overlap(a: str, b: str) -> bool:
+    """Whether some index name matches both patterns ('*' is the only wildcard grants allow)."""
+
+    @cache
+    def meet(i: int, j: int) -> bool:
+        if i == len(a) and j == len(b):
+            return True
+        if i < len(a) and a[i] == "*" and (meet(i + 1, j) or (j < len(b) and meet(i, j + 1))):
+            return True
+        if j < len(b) and b[j] == "*" and (meet(i, j + 1) or (i < len(a) and meet(i + 1, j))):
+            return True
+        return i < len(a) and j < len(b) and a[i] == b[j] and meet(i + 1, j + 1)
+
+    return meet(0, 0)
+
+
+def config_warnings(cfg: Config) -> list[tuple[str, str]]:
+    """Legal but probably unintended: each with the key path it concerns. `check-config` prints
+    them and the proxy logs them at start and on reload."""
+    warnings: list[tuple[str, str]] = []
+    tenants = list(cfg.tenants.items())
+    for n, (name, tenant) in enumerate(tenants):
+        for other, theirs in tenants[n + 1:]:
+            for i, mine in enumerate(tenant.indices):
+                shared = [p for p in theirs.indices if patterns_overlap(mine, p)]
+                if shared:
+                    warnings.append((f"tenants.{name}.indices.{i}", f"{mine!r} overlaps tenant {other!r}'s "
+                                     f"{', '.join(map(repr, shared))}: both tenants can read and write those indices"))
+    return warnings
 
 
 def parse_config(data: Any) -> Config:

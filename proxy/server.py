@@ -17,7 +17,7 @@ from aiohttp import web
 from .accesslog import AccessLog
 from .admission import Admission
 from .clusterhealth import ClusterHealth
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, config_warnings, load_config
 from .cost import LearnedCosts
 from .flow import Proxy, Snapshot
 from .limiter import Limiter, LocalLimiter
@@ -168,6 +168,7 @@ class Worker:
         self.metrics.set_config(snapshot.generation, digest)
         self.metrics.config_reloads.inc()
         log.info("config generation %d in force (%s)", snapshot.generation, digest)
+        _warn(config)
         message = f"generation {snapshot.generation} ({digest})"
         pending = [name for name in RESTART_ONLY if getattr(config, name) != getattr(old.config, name)]
         if pending:
@@ -198,6 +199,11 @@ class Worker:
         self.stopped.set()
 
 
+def _warn(config: Config) -> None:
+    for path, message in config_warnings(config):
+        log.warning("config: %s: %s", path, message)
+
+
 async def serve(config_path: str, worker_index: int = 0, workers: int = 1, admin_socket: str | None = None) -> int:
     """Run one worker until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
     try:
@@ -206,6 +212,8 @@ async def serve(config_path: str, worker_index: int = 0, workers: int = 1, admin
         for path, message in exc.errors:
             print(f"{path or '<file>'}: {message}", file=sys.stderr)
         return 1
+    if worker_index == 0:
+        _warn(config)
     worker = Worker(config_path, config, digest, worker_index=worker_index, workers=workers, admin_socket=admin_socket)
     await worker.start()
     loop = asyncio.get_running_loop()

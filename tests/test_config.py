@@ -1,9 +1,13 @@
 """The config schema: defaults, key paths in errors, cross-key rules."""
 from __future__ import annotations
 
-import pytest
+import subprocess
+import sys
 
-from proxy.config import ConfigError, hash_secret, load_config, parse_config
+import pytest
+import yaml
+
+from proxy.config import ConfigError, hash_secret, load_config, parse_config, patterns_overlap
 
 KEY = hash_secret("k")
 
@@ -74,3 +78,37 @@ def test_load_reports_unreadable_and_non_mapping(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(tmp_path / "list.yaml")
+
+
+@pytest.mark.parametrize(("a", "b", "overlap"), [
+    ("acme-*", "acme-logs", True),
+    ("acme-*", "globex-*", False),
+    ("acme-*", "*-logs", True),  # acme-logs
+    ("logs-acme", "logs-globex", False),
+    ("a*b", "*c*", True),  # acb
+    ("a*b", "a*c", False),
+    ("acme", "acme", True),
+    ("acme", "acme*", True),
+    ("acme-*-x", "acme-y-*", True),  # acme-y-x
+])
+def test_patterns_overlap(a, b, overlap):
+    assert patterns_overlap(a, b) is overlap
+    assert patterns_overlap(b, a) is overlap
+
+
+def test_overlapping_grants_are_warned_about_by_check_config(tmp_path):
+    path = tmp_path / "c.yaml"
+    config = {
+        "upstream": {"nodes": ["http://127.0.0.1:9200"]},
+        "plans": {"p": {"search": {"rate": 1, "burst": 1}, "read": {"rate": 1, "burst": 1},
+                        "write": {"rate": 1, "burst": 1}, "admin": {"rate": 1, "burst": 1}}},
+        "tenants": {
+            "acme": {"plan": "p", "api_keys": [hash_secret("a")], "indices": ["acme-*", "shared-*"]},
+            "globex": {"plan": "p", "api_keys": [hash_secret("g")], "indices": ["globex-*", "shared-docs"]},
+        },
+    }
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "proxy", "check-config", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "warning: tenants.acme.indices.1: 'shared-*' overlaps tenant 'globex''s 'shared-docs'" in result.stderr
+    assert "acme-*" not in result.stderr
