@@ -277,6 +277,25 @@ async def test_kill_9_and_restart_pauses_sharing_and_it_resumes(instances, own_r
         assert not instance.sharer._runner.done()  # the loop is alive: nothing raised out of it
 
 
+async def test_a_redis_restarted_empty_with_a_clock_behind_is_read_from_its_start(instances, own_redis, prefix):
+    b = await instances(url=own_redis.url, heartbeat_s=0.05, reconnect_max_s=0.2, learned_costs_interval_s=0.05)
+    writer = redis.Redis(port=own_redis.port)
+    try:
+        writer.xadd(costs_key(prefix), {"i": "elsewhere", "t": "acme", "f": f"{SHAPE:016x}", "n": 1, "c": 5.0})
+        await until(lambda: b.learned.get("acme", SHAPE) == 5.0, "b to read the first stream")
+        own_redis.kill()
+        async with asyncio.timeout(10):
+            await b.limiter.wait_shared(False)
+        own_redis.start()
+        # The new stream's ids are far behind the last id b read, as after a restart on a host whose
+        # clock is behind: read from where b stopped, it would look empty until that clock caught up.
+        writer.xadd(costs_key(prefix), {"i": "elsewhere", "t": "globex", "f": f"{OTHER:016x}", "n": 1, "c": 9.0},
+                    id="1-1")
+        await until(lambda: b.learned.get("globex", OTHER) == 9.0, "b to read the new stream from its start")
+    finally:
+        writer.close()
+
+
 async def test_redis_down_at_start_shares_once_it_comes_up(instances, tmp_path):
     from tests.processes import free_port
 
