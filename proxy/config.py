@@ -100,6 +100,9 @@ class RedisConfig(_Frozen):
     reconnect_max_s: float = Field(5.0, gt=0)
     lease_fraction: float = Field(0.1, gt=0, le=1.0)
     lease_horizon_s: float = Field(0.1, gt=0)  # a lease holds at most this many seconds of the rate
+    share_learned_costs: bool = True  # instances exchange learned costs through the stream {prefix}:costs
+    learned_costs_interval_s: float = Field(0.25, gt=0)  # how often each instance publishes and reads them
+    learned_costs_max_pending: int = Field(10_000, ge=1)  # (tenant, shape) pairs unpublished at most; oldest dropped
 
     @field_validator("url")
     @classmethod

@@ -1455,6 +1455,27 @@ class LearnedCosts:
         self._entries.move_to_end(key)
         return entry[0]
 
+    def merge(self, tenant: str, fingerprint: int, observed: float, count: int) -> float:
+        """Fold `count` observations made elsewhere (another instance), whose mean is `observed` cost
+        units, into the EWMA as if they had been observed here, one by one, each equal to the mean:
+        ewma += (1 - (1 - alpha) ** count) * (observed - ewma). The first ones set it. Returns it.
+
+        count = 1 is exactly `observe`. A count below 1 or a non-finite or negative mean is ignored.
+        """
+        key = (tenant, fingerprint)
+        entry = self._entries.get(key)
+        if count < 1 or not (observed >= 0.0 and math.isfinite(observed)):
+            return entry[0] if entry is not None else 0.0
+        if entry is None:
+            self._entries[key] = [float(observed), count]
+            if len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+            return float(observed)
+        entry[0] += (1.0 - (1.0 - self.alpha) ** count) * (observed - entry[0])
+        entry[1] += count
+        self._entries.move_to_end(key)
+        return entry[0]
+
     def __len__(self) -> int:
         return len(self._entries)
 

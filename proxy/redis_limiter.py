@@ -248,6 +248,12 @@ class RedisLimiter:
         """This process's fraction of every limit: 1 / live instances."""
         return 1.0 / self._live
 
+    @property
+    def client(self) -> Redis | RedisCluster | None:
+        """The Redis client (None before `start`), for other state shared through the same Redis
+        (learned costs): one connection pool, one view of Redis health (`shared`, `wait_shared`)."""
+        return self._client
+
     async def wait_shared(self, shared: bool = True) -> None:
         """Return once budgets are shared through Redis (or, with shared=False, once they are local)."""
         while self._shared != shared:

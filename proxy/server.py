@@ -18,12 +18,12 @@ from .accesslog import AccessLog
 from .admission import Admission
 from .clusterhealth import ClusterHealth
 from .config import Config, ConfigError, config_warnings, load_config
-from .cost import LearnedCosts
 from .flow import Proxy, Snapshot
 from .limiter import Limiter, LocalLimiter
 from .listener import Listener
 from .metrics import Metrics
 from .redis_limiter import RedisLimiter
+from .shared_costs import learned_costs
 from .upstream import Upstream
 
 log = logging.getLogger("sluicegate")
@@ -60,6 +60,8 @@ class Worker:
         else:
             self.limiter = LocalLimiter(share=self.share)
         self.limiter.configure(config)
+        # Learned costs: shared with the other instances through Redis when the limits are (else None).
+        learned, self.cost_sharer = learned_costs(config, self.limiter, self.metrics)
         self.admission = Admission()
         self.admission.configure(config, share=self.share)
         self.upstream = Upstream(config.upstream, on_error=self._count_upstream_error)
@@ -68,7 +70,7 @@ class Worker:
         self.proxy = Proxy(
             Snapshot(config, 1, digest),
             limiter=self.limiter,
-            learned=LearnedCosts(config.cost.learn_lru_size, config.cost.learn_alpha),
+            learned=learned,
             admission=self.admission,
             upstream=self.upstream,
             metrics=self.metrics,
@@ -112,6 +114,8 @@ class Worker:
     async def start(self) -> None:
         config = self.proxy.snapshot.config
         await self.limiter.start()
+        if self.cost_sharer is not None:
+            await self.cost_sharer.start()
         await self.upstream.start()
         await self.cluster_health.start()
         server = Listener(
@@ -194,6 +198,8 @@ class Worker:
             await runner.cleanup()
         await self.cluster_health.close()
         await self.upstream.close()
+        if self.cost_sharer is not None:
+            await self.cost_sharer.close()
         await self.limiter.close()
         self.access_log.close()
         self.stopped.set()

@@ -705,6 +705,70 @@ def test_lru_never_exceeds_its_bound_and_ewma_stays_in_range(observations, bound
             assert min(costs) - 1e-6 <= value <= max(costs) + 1e-6
 
 
+# ---- learned costs merged from other instances -------------------------------------------------
+
+
+def test_merge_of_one_observation_is_observe():
+    merged, observed = LearnedCosts(16, 0.3), LearnedCosts(16, 0.3)
+    for cost in (100.0, 20.0, 55.5, 0.5):
+        assert merged.merge("acme", 1, cost, 1) == pytest.approx(observed.observe("acme", 1, cost))
+    assert merged.for_tenant("acme") == [(1, pytest.approx(observed.get("acme", 1)), 4)]
+
+
+def test_merge_of_n_observations_is_n_observes_of_their_mean():
+    merged, observed = LearnedCosts(16, 0.25), LearnedCosts(16, 0.25)
+    merged.observe("acme", 1, 100.0)
+    observed.observe("acme", 1, 100.0)
+    for _ in range(3):
+        observed.observe("acme", 1, 20.0)
+    # 100 + (1 - 0.75^3) × (20 - 100) = 100 - 0.578125 × 80
+    assert merged.merge("acme", 1, 20.0, 3) == pytest.approx(53.75)
+    assert merged.get("acme", 1) == pytest.approx(observed.get("acme", 1))
+    assert merged.for_tenant("acme") == [(1, pytest.approx(53.75), 4)]
+
+
+def test_the_first_merge_sets_the_cost_and_counts_its_samples():
+    learned = LearnedCosts(16, 0.3)
+    assert learned.merge("acme", 7, 805.0, 12) == 805.0
+    assert learned.get("acme", 7) == 805.0
+    assert learned.for_tenant("acme") == [(7, 805.0, 12)]
+    assert learned.get("globex", 7) is None  # still per tenant
+
+
+def test_invalid_merges_are_ignored():
+    learned = LearnedCosts(16, 0.5)
+    for cost, count in ((float("nan"), 1), (float("inf"), 1), (-1.0, 1), (10.0, 0), (10.0, -3)):
+        assert learned.merge("t", 1, cost, count) == 0.0
+    assert learned.get("t", 1) is None
+    learned.observe("t", 1, 10.0)
+    for cost, count in ((float("nan"), 2), (-5.0, 2), (99.0, 0)):
+        assert learned.merge("t", 1, cost, count) == 10.0
+    assert learned.for_tenant("t") == [(1, 10.0, 1)]
+
+
+def test_merge_refreshes_and_evicts_like_observe():
+    learned = LearnedCosts(max_entries=3, alpha=0.5)
+    for fingerprint in (1, 2, 3):
+        learned.observe("t", fingerprint, 1.0)
+    learned.merge("t", 1, 1.0, 5)  # refreshes 1: now 2 is the oldest
+    learned.merge("t", 4, 4.0, 1)
+    assert len(learned) == 3 and learned.get("t", 2) is None
+    assert [fp for fp, _, _ in learned.for_tenant("t")] == [4, 1, 3]
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.floats(0, 1e6), st.integers(1, 10**6)), max_size=100),
+       st.floats(0.01, 1.0))
+def test_merged_ewma_stays_within_what_was_merged(batches, alpha):
+    learned = LearnedCosts(16, alpha)
+    seen: dict[int, list[float]] = {}
+    for fingerprint, cost, count in batches:
+        value = learned.merge("t", fingerprint, cost, count)
+        seen.setdefault(fingerprint, []).append(cost)
+        assert math.isfinite(value) and value == learned.get("t", fingerprint)
+    for fingerprint, costs in seen.items():
+        assert min(costs) * (1 - 1e-9) - 1e-9 <= learned.get("t", fingerprint) <= max(costs) * (1 + 1e-9) + 1e-9
+
+
 # ---- the fast path for search heads agrees with the general scanner ----
 from hypothesis import given, strategies as st  # noqa: E402
 
