@@ -22,6 +22,7 @@ from proxy.cost import (
     TRAILING,
     CostModel,
     Estimate,
+    IndexSizes,
     LearnedCosts,
     Weights,
     observed_cost,
@@ -34,7 +35,7 @@ MODEL = CostModel(Weights())
 LIMITS = HardLimits()
 
 
-def estimate(method: str, target: str, body=None, model: CostModel = MODEL) -> Estimate:
+def estimate(method: str, target: str, body=None, model: CostModel = MODEL, sizes: IndexSizes | None = None) -> Estimate:
     """Parse and cost a request as the proxy would: `body` is a JSON-able object, NDJSON bytes or None."""
     call = parse_call(method, target)
     if body is None:
@@ -43,7 +44,7 @@ def estimate(method: str, target: str, body=None, model: CostModel = MODEL) -> E
         raw, ctype = body, "application/x-ndjson"
     else:
         raw, ctype = json.dumps(body).encode(), "application/json"  # stdlib: writes ints past 64 bits too
-    return model.estimate(call, decode_body(call, raw, ctype, None, LIMITS))
+    return model.estimate(call, decode_body(call, raw, ctype, None, LIMITS), sizes)
 
 
 def ndjson(*docs) -> bytes:
@@ -548,7 +549,7 @@ def test_weights_are_frozen_strict_and_documented():
         Weights(agg_depth_factor=0.5)  # a factor below 1 would make depth cheaper
     for name, field in Weights.model_fields.items():
         assert field.description and ("cost units" in field.description or "multiplier" in field.description
-                                      or field.description.split(":")[0] in ("buckets", "seconds", "documents/hits")), name
+                                      or field.description.split(":")[0] in ("buckets", "seconds", "documents/hits", "documents", "exponent")), name
 
 
 def test_weights_from_config_change_the_estimate():
@@ -729,3 +730,81 @@ def test_search_head_fast_path_matches_the_general_scanner(took, timed_out, earl
     else:  # cut inside _shards: the fast path may already have read total and skipped whole
         full = max(0.5, float(took)) * max(1, total - skipped)
         assert observed_cost(head) in (_observed(head), full)
+
+
+# ---- index sizes ------------------------------------------------------------------------------
+
+SCRIPT_SCORE = {"query": {"script_score": {"query": {"match_all": {}}, "script": {"source": "doc['n'].value"}}}}
+LEADING_WILDCARD = {"query": {"query_string": {"query": "*rror", "default_field": "message"}}}
+TERM = {"query": {"term": {"service": "checkout"}}}
+
+
+def test_data_scaled_parts_grow_with_the_documents_of_the_index_and_fixed_parts_do_not():
+    w = Weights()
+    big = IndexSizes({"big": round(10 * w.reference_docs), "ref": round(w.reference_docs)})
+    for body in (SCRIPT_SCORE, LEADING_WILDCARD, TERM):
+        unknown = estimate("POST", "/big/_search", body)
+        assert estimate("POST", "/ref/_search", body, sizes=big).cost == pytest.approx(unknown.cost, rel=0.1)
+        sized = estimate("POST", "/big/_search", body, sizes=big)
+        assert sized.fingerprint == unknown.fingerprint  # the size prices a shape, it is not part of it
+        if body is TERM:
+            assert sized.cost == unknown.cost  # postings and fixed overhead: not scaled
+    script = estimate("POST", "/big/_search", SCRIPT_SCORE, sizes=big).cost
+    assert script == pytest.approx(10 * w.script, rel=0.12)  # a scan: linear in documents
+    wildcard = estimate("POST", "/big/_search", LEADING_WILDCARD, sizes=big).cost - w.query_string - w.search
+    assert wildcard == pytest.approx(w.wildcard_leading * 10**w.term_dictionary_exponent, rel=0.12)  # sublinear
+
+
+def test_small_indices_make_expensive_shapes_cheaper_and_unknown_names_keep_the_calibrated_weights():
+    sizes = IndexSizes({"tiny": 1_000})
+    assert estimate("POST", "/tiny/_search", SCRIPT_SCORE, sizes=sizes).cost < 0.05 * estimate(
+        "POST", "/tiny/_search", SCRIPT_SCORE).cost
+    for target in ("/alias-or-stream/_search", "/alias-or-stream,other/_search"):
+        assert estimate("POST", target, SCRIPT_SCORE, sizes=sizes).cost == estimate("POST", target, SCRIPT_SCORE).cost
+
+
+def test_index_expressions_resolve_against_the_polled_names_like_elasticsearch():
+    sizes = IndexSizes({"logs-1": 10, "logs-2": 20, "metrics": 40, ".hidden": 80})
+    assert sorted(sizes.reach(("logs-*",))) == [10, 20]
+    assert sorted(sizes.reach(("logs-*", "-logs-2"))) == [10]
+    assert sorted(sizes.reach(("_all",))) == sorted(sizes.reach(())) == sorted(sizes.reach(("*",))) == [10, 20, 40]
+    assert sorted(sizes.reach((".h*",))) == [80]
+    assert sorted(sizes.reach(("metrics", "logs-?"))) == [10, 20, 40]
+    assert sizes.reach(("nope-*",)) == [] and sizes.reach(("nope",)) == [None]
+
+
+def test_a_wildcard_sums_the_documents_it_reaches():
+    w = Weights()
+    ref = round(w.reference_docs)
+    one, three = IndexSizes({"logs-1": ref}), IndexSizes({"logs-1": ref, "logs-2": ref, "logs-3": ref})
+    cost = lambda sizes: estimate("POST", "/logs-*/_search", SCRIPT_SCORE, sizes=sizes).cost  # noqa: E731
+    assert cost(three) == pytest.approx(3 * cost(one), rel=0.2)
+    assert cost(IndexSizes({})) < cost(one)  # matches nothing: only the fixed overhead
+
+
+def test_msearch_prices_each_search_by_its_own_index():
+    ref = round(Weights().reference_docs)
+    sizes = IndexSizes({"small": ref // 100, "big": ref * 10})
+    small = ndjson({"index": "small"}, SCRIPT_SCORE)
+    big = ndjson({"index": "big"}, SCRIPT_SCORE)
+    assert estimate("POST", "/_msearch", big, sizes=sizes).cost > 100 * estimate("POST", "/_msearch", small, sizes=sizes).cost
+
+
+def test_scaled_weights_are_memoised_per_expression_and_forgotten_with_a_new_poll():
+    model = CostModel(Weights())
+    first = IndexSizes({"big": 5_000_000})
+    a = estimate("POST", "/big/_search", SCRIPT_SCORE, model, first).cost
+    assert model._table(("big",), first) is model._table(("big",), first)
+    second = IndexSizes({"big": 50_000})
+    b = estimate("POST", "/big/_search", SCRIPT_SCORE, model, second).cost
+    assert b < a / 50
+    assert estimate("POST", "/big/_search", SCRIPT_SCORE, model, first).cost == a
+
+
+def test_size_scales_are_clamped_and_quantised():
+    w = Weights()
+    huge = IndexSizes({"huge": 10**15})
+    cost = estimate("POST", "/huge/_search", SCRIPT_SCORE, sizes=huge).cost
+    assert math.isfinite(cost) and cost <= w.script * w.max_size_scale * 1.01 + 10
+    empty = IndexSizes({"empty": 0})
+    assert 0 < estimate("POST", "/empty/_search", SCRIPT_SCORE, sizes=empty).cost < 2
