@@ -1556,9 +1556,13 @@ class LearnedCosts:
 
     One LRU for all tenants, bounded at `max_entries`; a tenant's entries are never read or
     written by another tenant's lookups. Costs are in cost units.
+
+    Beside it, an EWMA per fingerprint over every tenant (`shape`), also bounded at `max_entries`:
+    the admission gate's guess for a shape a tenant has never run. It is never a tenant's bill,
+    nor shown to a tenant: that would tell one tenant what another's queries cost.
     """
 
-    __slots__ = ("max_entries", "alpha", "_entries")
+    __slots__ = ("max_entries", "alpha", "_entries", "_shapes")
 
     def __init__(self, max_entries: int, alpha: float) -> None:
         if max_entries < 1:
@@ -1569,6 +1573,8 @@ class LearnedCosts:
         self.alpha = alpha
         #: (tenant, fingerprint) -> [ewma cost units, samples]; most recently used last
         self._entries: OrderedDict[tuple[str, int], list] = OrderedDict()
+        #: fingerprint -> [ewma cost units over all tenants, samples]; most recently observed last
+        self._shapes: OrderedDict[int, list] = OrderedDict()
 
     def get(self, tenant: str, fingerprint: int) -> float | None:
         """The learned cost of this shape for this tenant (cost units), or None if never observed."""
@@ -1587,6 +1593,7 @@ class LearnedCosts:
         entry = self._entries.get(key)
         if not (observed >= 0.0 and math.isfinite(observed)):
             return entry[0] if entry is not None else 0.0
+        self._observe_shape(fingerprint, observed)
         if entry is None:
             self._entries[key] = [float(observed), 1]
             if len(self._entries) > self.max_entries:
@@ -1599,6 +1606,24 @@ class LearnedCosts:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def shape(self, fingerprint: int) -> float | None:
+        """The learned cost of this shape over every tenant (cost units), or None if nobody ran it.
+
+        For admission's counting only: never charge it to a tenant or show it to one."""
+        entry = self._shapes.get(fingerprint)
+        return None if entry is None else entry[0]
+
+    def _observe_shape(self, fingerprint: int, observed: float) -> None:
+        entry = self._shapes.get(fingerprint)
+        if entry is None:
+            self._shapes[fingerprint] = [float(observed), 1]
+            if len(self._shapes) > self.max_entries:
+                self._shapes.popitem(last=False)
+            return
+        entry[0] += self.alpha * (observed - entry[0])
+        entry[1] += 1
+        self._shapes.move_to_end(fingerprint)
 
     def for_tenant(self, tenant: str, limit: int = 20) -> list[tuple[int, float, int]]:
         """Up to `limit` (fingerprint, ewma cost units, samples) of one tenant, most recently used first."""

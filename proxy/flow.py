@@ -165,6 +165,8 @@ class Proxy:
         trace.fingerprint = estimate.fingerprint
         learned = self.learned.get(tenant.name, estimate.fingerprint) if snap.config.cost.learn else None
         cost = estimate.cost if learned is None else learned
+        # A shape new to this tenant is not assumed cheap at the gate if it cost others more (never billed so).
+        shape = self.learned.shape(estimate.fingerprint) if learned is None and snap.config.cost.learn else None
 
         # 4. Budget: the tenant's token bucket for this resource class (may wait up to max_wait_ms).
         decision = await self.limiter.acquire(tenant.name, call.resource, cost, shadow=not tenant.enforce)
@@ -178,7 +180,8 @@ class Proxy:
         # 5. Concurrency: a tenant slot, then the global gate. Whatever fails from here on
         #    before the request reaches a node gets its charge refunded.
         try:
-            ticket = await self.admission.enter(tenant, decision.charged, shadow=not tenant.enforce)
+            gate_cost = decision.charged if shape is None or shape <= decision.charged else shape
+            ticket = await self.admission.enter(tenant, gate_cost, shadow=not tenant.enforce)
         except BaseException:
             self.limiter.settle(tenant.name, call.resource, decision.charged, 0.0)
             raise

@@ -808,3 +808,18 @@ def test_size_scales_are_clamped_and_quantised():
     assert math.isfinite(cost) and cost <= w.script * w.max_size_scale * 1.01 + 10
     empty = IndexSizes({"empty": 0})
     assert 0 < estimate("POST", "/empty/_search", SCRIPT_SCORE, sizes=empty).cost < 2
+
+
+def test_a_shapes_cost_over_all_tenants_is_kept_apart_from_each_tenants_own():
+    learned = LearnedCosts(max_entries=2, alpha=0.5)
+    assert learned.shape(7) is None
+    learned.observe("acme", 7, 100.0)
+    learned.observe("globex", 7, 300.0)
+    assert learned.shape(7) == pytest.approx(200.0)  # one EWMA over both tenants
+    assert learned.get("initech", 7) is None  # a tenant's own cost never comes from another's
+    assert learned.get("acme", 7) == 100.0 and learned.get("globex", 7) == 300.0
+    learned.observe("acme", 7, float("nan"))
+    assert learned.shape(7) == pytest.approx(200.0)
+    learned.observe("acme", 8, 1.0)
+    learned.observe("acme", 9, 1.0)  # bounded like the per-tenant entries: 7 is the oldest shape
+    assert learned.shape(7) is None and learned.shape(9) == 1.0

@@ -10,7 +10,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.processes import make_config, wait_until
+from tests.processes import make_config, tenant, wait_until
 
 ACME = {"Authorization": "ApiKey acme-key", "Content-Type": "application/json"}
 # A terms aggregation over a big index: with index size polling off, the proxy cannot know the index
@@ -108,3 +108,34 @@ async def test_estimates_scale_with_the_polled_size_of_the_index(procs):
             wait_until, lambda: proxy.metric("sluicegate_index_sizes_known") >= 3, 10, "the new index's size")
         assert await estimate_of("acme-later") == big
         assert await estimate_of("acme-*") > 1.5 * big  # a wildcard reaches both big ones
+
+
+async def test_a_shape_new_to_a_tenant_counts_at_the_gate_as_it_cost_others_but_is_billed_as_estimated(procs):
+    """t2 has never run the scan t1 has: the gate counts t2's first one at what the scan cost t1, while t2's
+    bill and its X-Sluicegate-Cost header stay on the estimate (another tenant's costs never leak)."""
+    cluster = procs.simcluster(nodes=1, virtual_docs=1_000_000, time_scale=3.0, jitter=0)
+    tenants = {name: tenant(name) for name in ("t1", "t2")}
+    proxy = procs.proxy(make_config(cluster.nodes, tenants=tenants, cost={"index_sizes_poll_s": 0}))
+    async with aiohttp.ClientSession() as session:
+
+        def headers(name: str) -> dict:
+            return {"Authorization": f"ApiKey {name}-key", "Content-Type": "application/json"}
+
+        async def scan(name: str) -> aiohttp.ClientResponse:
+            async with session.post(f"{proxy.url}/{name}-logs/_search", data=SCRIPT_SCORE, headers=headers(name)) as r:
+                assert r.status == 200
+                await r.read()
+                return r
+
+        for name in tenants:
+            async with session.put(f"{proxy.url}/{name}-logs", headers=headers(name)) as r:
+                assert r.status == 200
+        first = await scan("t1")
+        observed = proxy.tenants()["tenants"]["t1"]["learned_costs"][0]["cost"]
+        assert observed > 10 * estimated(first)  # 1M docs, unknown to the estimate: ~3,000 units vs ~100
+        second = asyncio.ensure_future(scan("t2"))
+        gate = await asyncio.to_thread(
+            wait_until, lambda: (g := proxy.tenants()["gate"])["inflight"] and g, 10, "t2's scan in flight")
+        assert gate["inflight_cost"] == pytest.approx(observed, rel=0.01)
+        response = await second
+        assert charged(response) == pytest.approx(estimated(response), abs=0.1) and estimated(response) < observed / 10
