@@ -1547,6 +1547,12 @@ def _observed(head: bytes) -> float | None:
     return None if took is None else _took_ms(took)
 
 
+def _bounded(observed: float, ewma: float, max_rise: float) -> float:
+    """An observation as it may count against an EWMA: at most max_rise × the EWMA (or × 1 unit, from ~0)."""
+    top = (ewma if ewma > 1.0 else 1.0) * max_rise
+    return observed if observed < top else top
+
+
 def _took_ms(took: int) -> float:
     return 0.5 if took <= 0 else float(took)
 
@@ -1560,17 +1566,26 @@ class LearnedCosts:
     Beside it, an EWMA per fingerprint over every tenant (`shape`), also bounded at `max_entries`:
     the admission gate's guess for a shape a tenant has never run. It is never a tenant's bill,
     nor shown to a tenant: that would tell one tenant what another's queries cost.
+
+    After the first observation, one observation counts as at most `max_rise` × the current EWMA:
+    an observed cost includes the time the shard tasks queued in the cluster, so while the cluster
+    is saturated (a storm's onset, a client that bypasses the proxy) a cheap shape would otherwise
+    be learned as expensive and its tenant throttled long after the cluster recovered. A real rise
+    is still learned, in a few observations (each may grow the EWMA by 1 + alpha × (max_rise - 1)).
     """
 
-    __slots__ = ("max_entries", "alpha", "_entries", "_shapes")
+    __slots__ = ("max_entries", "alpha", "max_rise", "_entries", "_shapes")
 
-    def __init__(self, max_entries: int, alpha: float) -> None:
+    def __init__(self, max_entries: int, alpha: float, max_rise: float = math.inf) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         if not 0.0 < alpha <= 1.0:
             raise ValueError("alpha must be in (0, 1]")
+        if not max_rise >= 1.0:
+            raise ValueError("max_rise must be at least 1")
         self.max_entries = max_entries
         self.alpha = alpha
+        self.max_rise = max_rise
         #: (tenant, fingerprint) -> [ewma cost units, samples]; most recently used last
         self._entries: OrderedDict[tuple[str, int], list] = OrderedDict()
         #: fingerprint -> [ewma cost units over all tenants, samples]; most recently observed last
@@ -1587,7 +1602,8 @@ class LearnedCosts:
     def observe(self, tenant: str, fingerprint: int, observed: float) -> float:
         """Fold one observed cost (cost units) into the EWMA and return it; the first observation sets it.
 
-        A non-finite or negative observation is ignored (the current value, or 0.0, is returned).
+        A non-finite or negative observation is ignored (the current value, or 0.0, is returned); a later
+        one above `max_rise` × the EWMA counts as that much.
         """
         key = (tenant, fingerprint)
         entry = self._entries.get(key)
@@ -1599,7 +1615,7 @@ class LearnedCosts:
             if len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
             return float(observed)
-        entry[0] += self.alpha * (observed - entry[0])
+        entry[0] += self.alpha * (_bounded(observed, entry[0], self.max_rise) - entry[0])
         entry[1] += 1
         self._entries.move_to_end(key)
         return entry[0]
@@ -1621,7 +1637,7 @@ class LearnedCosts:
             if len(self._shapes) > self.max_entries:
                 self._shapes.popitem(last=False)
             return
-        entry[0] += self.alpha * (observed - entry[0])
+        entry[0] += self.alpha * (_bounded(observed, entry[0], self.max_rise) - entry[0])
         entry[1] += 1
         self._shapes.move_to_end(fingerprint)
 

@@ -68,7 +68,7 @@ class Worker:
         self.proxy = Proxy(
             Snapshot(config, 1, digest),
             limiter=self.limiter,
-            learned=LearnedCosts(config.cost.learn_lru_size, config.cost.learn_alpha),
+            learned=LearnedCosts(config.cost.learn_lru_size, config.cost.learn_alpha, config.cost.learn_max_rise),
             admission=self.admission,
             upstream=self.upstream,
             metrics=self.metrics,

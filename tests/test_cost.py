@@ -823,3 +823,24 @@ def test_a_shapes_cost_over_all_tenants_is_kept_apart_from_each_tenants_own():
     learned.observe("acme", 8, 1.0)
     learned.observe("acme", 9, 1.0)  # bounded like the per-tenant entries: 7 is the oldest shape
     assert learned.shape(7) is None and learned.shape(9) == 1.0
+
+
+def test_one_observation_raises_a_learned_cost_at_most_max_rise_times():
+    learned = LearnedCosts(16, alpha=0.5, max_rise=4.0)
+    assert learned.observe("acme", 1, 2.0) == 2.0  # the first observation sets it, however high
+    # a saturated cluster: the cheap shape's took is mostly queue time
+    assert learned.observe("acme", 1, 1_000.0) == pytest.approx(2.0 + 0.5 * (8.0 - 2.0))
+    assert learned.shape(1) == pytest.approx(5.0)  # the cross-tenant EWMA is bounded the same way
+    for _ in range(3):
+        learned.observe("acme", 1, 1_000.0)
+    assert learned.get("acme", 1) < 200  # four saturated observations: ~10x, not 1000x
+    for _ in range(20):
+        learned.observe("acme", 1, 1_000.0)
+    assert learned.get("acme", 1) == pytest.approx(1_000.0, rel=0.01)  # a lasting rise is learned
+    assert learned.observe("acme", 1, 1.0) < 600  # falls are never bounded
+    tiny = LearnedCosts(16, alpha=1.0, max_rise=4.0)
+    tiny.observe("t", 1, 0.0)
+    assert tiny.observe("t", 1, 100.0) == 4.0  # from ~0 it may still rise, from one unit
+    with pytest.raises(ValueError):
+        LearnedCosts(16, 0.5, max_rise=0.5)
+    assert CostConfig().learn_max_rise == 4.0
