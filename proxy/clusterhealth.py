@@ -122,7 +122,7 @@ class ClusterHealth:
         self,
         upstream: JsonSource,
         admission: Admission,
-        on_index_sizes: Callable[[IndexSizes], None] | None = None,
+        on_index_sizes: Callable[[IndexSizes | None], None] | None = None,
         index_sizes_poll_s: float = 30.0,
     ):
         self.upstream = upstream
@@ -194,13 +194,22 @@ class ClusterHealth:
 
     async def _sizes_loop(self) -> None:
         while True:
-            interval = self.index_sizes_poll_s
-            if interval > 0:
-                try:
-                    await self.poll_sizes()
-                except Exception:  # noqa: BLE001 - keep polling whatever one answer looked like
-                    log.exception("index size poll failed")
-            await asyncio.sleep(interval if interval > 0 else 5.0)  # disabled: look again for a reload
+            await asyncio.sleep(await self.sizes_tick())
+
+    async def sizes_tick(self) -> float:
+        """One turn of the size poll loop; the seconds until the next. Polling off (0, after a reload):
+        the sizes are dropped, so no estimate goes on using ones that will not be refreshed."""
+        interval = self.index_sizes_poll_s
+        if interval > 0:
+            try:
+                await self.poll_sizes()
+            except Exception:  # noqa: BLE001 - keep polling whatever one answer looked like
+                log.exception("index size poll failed")
+            return interval
+        if self.sizes is not None and self.on_index_sizes is not None:
+            self.sizes = None
+            self.on_index_sizes(None)
+        return 5.0  # look again for a reload that turns it on
 
     async def _loop(self) -> None:
         while True:

@@ -86,7 +86,7 @@ class Worker:
         self.share = 1.0 / live
         self.admission.configure(self.proxy.snapshot.config, share=self.share)
 
-    def _index_sizes(self, sizes: IndexSizes) -> None:
+    def _index_sizes(self, sizes: IndexSizes | None) -> None:
         self.proxy.index_sizes = sizes  # one reference swap: a request estimates with one snapshot or the other
 
     def _count_upstream_error(self, node: str, kind: str) -> None:

@@ -112,3 +112,13 @@ def test_a_size_poll_hands_the_sizes_over_and_a_failed_one_keeps_the_last():
     source.answers = {}
     assert asyncio.run(health.poll_sizes()) is None
     assert given == [first] and health.sizes is first and health.size_failures == 1
+
+
+def test_turning_size_polling_off_drops_the_sizes():
+    given = []
+    source = Answers({INDEX_DOCS_PATH: {"indices": {"a": {"primaries": {"docs": {"count": 5}}}}}})
+    health = ClusterHealth(source, Admission(clock=lambda: 0.0), on_index_sizes=given.append, index_sizes_poll_s=30)
+    assert asyncio.run(health.sizes_tick()) == 30 and given[-1].docs == {"a": 5}
+    health.index_sizes_poll_s = 0  # a reload turned it off
+    asyncio.run(health.sizes_tick())
+    assert given[-1] is None and health.sizes is None and len(source.asked) == 1
