@@ -7,7 +7,9 @@ fingerprint: the query's shape (endpoint, clause and aggregation types, field na
 bucketed by powers of two, wildcard positions) with literal values removed, hashed with
 blake2b so it is stable across processes. `observed_cost` reads what the request really cost
 from the first bytes of the response, and `LearnedCosts` keeps an EWMA of that per
-(tenant, fingerprint). Everything here is pure: no I/O, no clock.
+(tenant, fingerprint). `IndexSizes` holds the documents per index the cluster poller last saw;
+given one, the estimate scales its data-proportional weights by the size of the indices a call
+reaches. Everything here is pure: no I/O, no clock.
 """
 from __future__ import annotations
 
