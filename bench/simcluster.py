@@ -21,7 +21,8 @@ What makes it a *cluster* and not a mock is the cost side:
 * `took` is honest wall time from receipt to response, queue wait included.
 
 `--virtual-docs N` (or index setting `index.sim.virtual_docs`) adds N notional documents to
-each index: they cost service time as if they were there, but are never returned or counted.
+each index: they cost service time as if they were there, and index statistics (`_stats`,
+`_cat/indices`) count them, as a real cluster's would; searches never return or count them.
 The model never looks at `proxy/`: the proxy has to learn these costs from the outside.
 
 Run:  python bench/simcluster.py --nodes 3 --port 0   (prints one JSON line with the node URLs)
@@ -339,6 +340,11 @@ class Index:
     @property
     def doc_count(self) -> int:
         return sum(len(shard) for shard in self.shards)
+
+    @property
+    def stats_docs(self) -> int:
+        """Documents as index statistics report them: the real ones and the virtual ones."""
+        return self.doc_count + self.virtual_docs
 
     @property
     def store_bytes(self) -> int:
@@ -2115,6 +2121,9 @@ class SimCluster:
         if action in ("_doc", "_create", "_update", "_source") and len(parts) <= 3:
             return await self.document_route(method, path, action, expression, parts[2] if len(parts) == 3 else None,
                                              params, raw, started)
+        if len(parts) == 3 and action == "_stats":
+            allow(method, path, "GET")
+            return 200, index_stats(self, self.catalog.resolve(expression), params)
         if len(parts) != 2:
             raise no_handler(path, method)
         if action == "_search":
@@ -2138,6 +2147,9 @@ class SimCluster:
         if action == "_delete_by_query":
             allow(method, path, "POST")
             return 200, await self.delete_by_query(expression, body_object(raw), params, started)
+        if action == "_stats":
+            allow(method, path, "GET")
+            return 200, index_stats(self, self.catalog.resolve(expression), params)
         if action in ("_settings", "_mapping", "_mappings"):
             allow(method, path, "GET", "PUT")
             return 200, self.settings_or_mapping(method, action, expression, body_object(raw))
@@ -2659,6 +2671,45 @@ async def _nodes_route(cluster: SimCluster, node: Node, method: str, path: str, 
     return 200, {**header, "nodes": {member.id: member.describe() for member in live}}
 
 
+def index_stats(cluster: SimCluster, indices: list[Index], params: Any) -> dict:
+    """GET [/{index}]/_stats[/{metric}]: the docs metric (virtual docs included), honouring `filter_path`."""
+    copies = max(1, len(cluster.live_nodes))
+
+    def docs(index_list: list[Index], times: int) -> dict:
+        return {"docs": {"count": sum(i.stats_docs for i in index_list) * times, "deleted": 0}}
+
+    shards = sum(i.number_of_shards for i in indices) * copies
+    body = {
+        "_shards": {"total": shards, "successful": shards, "failed": 0},
+        "_all": {"primaries": docs(indices, 1), "total": docs(indices, copies)},
+        "indices": {i.name: {"uuid": i.uuid, "health": "green", "status": "open", "primaries": docs([i], 1),
+                             "total": docs([i], copies)} for i in indices},
+    }
+    return filter_path(body, params.get("filter_path"))
+
+
+def filter_path(body: Any, spec: str | None) -> Any:
+    """ES's `filter_path`: keep only the dotted paths listed (comma-separated; `*` matches one key)."""
+    if not spec:
+        return body
+    paths = [p.split(".") for p in spec.split(",") if p]
+
+    def keep(node: Any, rests: list[list[str]]) -> Any:
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for key, value in node.items():
+            deeper = [rest[1:] for rest in rests if rest and fnmatch.fnmatchcase(key, rest[0])]
+            if not deeper:
+                continue
+            out[key] = value if any(not rest for rest in deeper) else keep(value, deeper)
+            if out[key] == {}:
+                del out[key]
+        return out
+
+    return keep(body, paths)
+
+
 def cat_table(rows: list[dict], columns: list[str], params: Any) -> tuple[int, Any]:
     """ES's _cat output: aligned text (`v` adds the header, `h` picks columns, `s` sorts) or `format=json`."""
     if params.get("h"):
@@ -2710,7 +2761,7 @@ async def _cat_route(cluster: SimCluster, node: Node, method: str, path: str, pa
             primary = index.store_bytes
             rows.append({"health": "green", "status": "open", "index": index.name, "uuid": index.uuid,
                          "pri": str(index.number_of_shards), "rep": str(max(0, len(live) - 1)),
-                         "docs.count": str(index.doc_count), "docs.deleted": "0",
+                         "docs.count": str(index.stats_docs), "docs.deleted": "0",
                          "store.size": size(primary * max(1, len(live))), "pri.store.size": size(primary),
                          "dataset.size": size(primary)})
         return cat_table(rows, ["health", "status", "index", "uuid", "pri", "rep", "docs.count", "docs.deleted",
@@ -2733,6 +2784,13 @@ async def _cat_route(cluster: SimCluster, node: Node, method: str, path: str, pa
                  "search.rejected": str(member.pools["search"].rejected)} for member in live]
         return cat_table(rows, ["ip", "port", "node.role", "master", "name"], params)
     raise no_handler(path, method)
+
+
+async def _stats_route(cluster: SimCluster, method: str, path: str, parts: list[str], params: Any) -> tuple[int, Any]:
+    if len(parts) > 2:
+        raise no_handler(path, method)
+    allow(method, path, "GET")
+    return 200, index_stats(cluster, cluster.catalog.resolve(None), params)
 
 
 async def _sim_route(cluster: SimCluster, node: Node, method: str, path: str, parts: list[str], params: Any,
@@ -2772,6 +2830,7 @@ SYSTEM_ROUTES: dict[str, Callable] = {
     "_cluster": _cluster_route,
     "_nodes": _nodes_route,
     "_cat": _cat_route,
+    "_stats": lambda c, n, m, path, parts, params, r, s: _stats_route(c, m, path, parts, params),
     "_sim": _sim_route,
 }
 

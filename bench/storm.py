@@ -481,7 +481,7 @@ def cost_view(results: list[dict]) -> report.Table | None:
         from bench.loadgen import CHEAP, EXPENSIVE
         from bench.simcluster import SearchRequest
         from proxy.config import HardLimits
-        from proxy.cost import CostModel, Weights
+        from proxy.cost import CostModel, IndexSizes, Weights
         from proxy.esapi import decode_body, parse_call
     except ImportError:
         return None
@@ -498,21 +498,26 @@ def cost_view(results: list[dict]) -> report.Table | None:
         return None
     model, limits = CostModel(Weights()), HardLimits()
     per_shard = VIRTUAL_DOCS / SHARDS
-    table = report.Table("What each query costs: Sluicegate's first estimate, what it learned, and the cluster's "
-                         "own model (cost units ≈ cluster-ms)",
-                         ["query", "tenants", "estimate", "learned (median)", "simulated cluster-ms"])
+    # what the proxy's _stats/docs poll sees: the virtual docs and the 40 real ones per index
+    sizes = IndexSizes({f"{name}-logs": VIRTUAL_DOCS + 40 for name in all_tenants()})
+    table = report.Table("What each query costs: Sluicegate's first estimate (index size unknown, and polled), "
+                         "what it learned, and the cluster's own model (cost units ≈ cluster-ms)",
+                         ["query", "tenants", "estimate, size unknown", "estimate, size polled", "learned (median)",
+                          "simulated cluster-ms"])
     for kind, bodies, names in (("storm", EXPENSIVE, STORMING), ("good", CHEAP, STEADY + [BURSTY])):
         for body in bodies:
             raw = orjson.dumps(body)
-            costs, estimate = [], None
+            costs, estimate, sized = [], None, None
             for name in names:
                 call = parse_call("POST", f"/{name}-logs/_search")
-                estimate = model.estimate(call, decode_body(call, raw, "application/json", None, limits))
+                body_ = decode_body(call, raw, "application/json", None, limits)
+                estimate = model.estimate(call, body_)
+                sized = model.estimate(call, body_, sizes)
                 costs += learned.get(f"{estimate.fingerprint:016x}", {}).values()
             search = SearchRequest(body, {})
             simulated = SHARDS * search.shard_ms(per_shard, search.matches(0, per_shard, per_shard), 0)
             table.add(f"`{raw.decode()[:70]}{'…' if len(raw) > 70 else ''}`", kind, f"{estimate.cost:,.1f}",
-                      f"{numpy.median(costs):,.1f}" if costs else "—", f"{simulated:,.1f}")
+                      f"{sized.cost:,.1f}", f"{numpy.median(costs):,.1f}" if costs else "—", f"{simulated:,.1f}")
     return table
 
 

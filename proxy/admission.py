@@ -19,6 +19,12 @@ all it asks for: in flight and queued) is admitted only while the gate is within
 `capacity_headroom` of both limits; the rest is kept for tenants under their share, so a quiet
 tenant's cheap request never waits behind a storm, at the gate or in the cluster's thread pools.
 
+**Overdue requests.** A request counts at the gate as its estimated (or learned) cost. One that stays
+in flight well past what that cost implies (elapsed × threads per request, over `OVERDUE_SLACK` × its
+count) was under-priced, and the cluster is still spending on it: it counts as what it has spent so
+far, in the over-share check, so no further over-share work goes in until it drains. Re-evaluated at
+most every `OVERDUE_TICK_S`, whenever a request arrives or the queue is pumped.
+
 **Fair order.** Waiting requests are released in start-time fair queueing order across tenants:
 each tenant's next request carries the tag max(virtual time, the tenant's last finish tag), a
 released request advances its tenant's finish tag by cost / plan weight, and the smallest tag goes
@@ -76,6 +82,12 @@ LATENCY_TOLERANCE = 1.5
 MAX_BACKOFF = 0.5
 #: a reason from a pressure signal stays on display this long after it last fired (seconds)
 REASON_HOLD_S = 5.0
+#: a request in flight counts as what it has spent once that is over this multiple of what it was counted as ...
+OVERDUE_SLACK = 2.0
+#: ... and it has been in flight this long (seconds): a cheap request's round trip is never overdue
+OVERDUE_MIN_S = 0.05
+#: what in-flight requests have spent is re-evaluated at most this often (seconds)
+OVERDUE_TICK_S = 0.02
 
 
 # ============================================================================================
@@ -175,6 +187,8 @@ class Gate:
         self.inflight_cost = 0.0  # cost units counted at the gate (each at most the whole budget)
         self.reserve_inflight = 0  # ... of which admitted into the room kept for tenants under their share
         self.reserve_cost = 0.0
+        # cost units in-flight requests have spent beyond what they are counted as (kept by Admission)
+        self.overdue_cost = 0.0
         self.queued = 0  # kept by Admission
         # what the cluster told us (whole cluster, not yet × share)
         self.data_nodes = 0
@@ -318,7 +332,7 @@ class Gate:
                 return False
             if capacity is None or self.inflight_cost <= 0.0:
                 return True
-            return self.inflight_cost + counted <= capacity * headroom + 1e-9
+            return self.inflight_cost + self.overdue_cost + counted <= capacity * headroom + 1e-9
         # The room kept back is measured against what the pools can run, and is theirs even while
         # over-share requests admitted before the limit shrank are still in flight — within what the
         # pools can run, which nobody exceeds.
@@ -495,9 +509,11 @@ class TenantSlots:
 class Ticket:
     """Proof of a held slot and place at the gate; give it back with `Admission.leave`."""
 
-    __slots__ = ("tenant", "cost", "waited", "held", "slots", "counted", "reserve", "epoch")
+    __slots__ = ("tenant", "cost", "waited", "held", "slots", "counted", "reserve", "epoch", "admitted_at", "overdue")
 
-    def __init__(self, slots: TenantSlots, cost: float, waited: float, counted: float, reserve: bool):
+    def __init__(
+        self, slots: TenantSlots, cost: float, waited: float, counted: float, reserve: bool, admitted_at: float = 0.0
+    ):
         self.tenant = slots.name
         self.cost = cost
         #: seconds waited in the queue; negative: a shadow tenant's request that enforcement would have queued
@@ -507,6 +523,8 @@ class Ticket:
         self.counted = counted  # cost units it counts at the gate
         self.reserve = reserve  # admitted into the room kept for tenants under their share ...
         self.epoch = slots.reserve_epoch  # ... and still counted there while its tenant's epoch is this
+        self.admitted_at = admitted_at  # seconds (the admission clock)
+        self.overdue = 0.0  # cost units spent beyond `counted`, while overdue (see Admission.refresh_overdue)
 
     @property
     def in_reserve(self) -> bool:
@@ -542,6 +560,9 @@ class Admission:
         self.vtime = 0.0  # the fair queue's virtual time: start tag of the latest admission
         self._backlog: dict[TenantSlots, None] = {}  # tenants with waiters, in insertion order
         self._reserve_holders: dict[TenantSlots, None] = {}  # tenants with requests in the kept room
+        self._held: dict[Ticket, None] = {}  # tickets in flight, oldest first
+        self._overdue = 0.0  # Σ Ticket.overdue of the held tickets (the gate counts at most the over-share room)
+        self._overdue_at = -math.inf
         self._active_weight = 0.0
         self._active_count = 0
         self._seq = 0
@@ -614,6 +635,8 @@ class Admission:
         """Admit now (a Ticket) or queue (a Waiter, whose `on_grant` fires on admission). Raises Throttled."""
         slots = self.tenants[tenant]
         gate = self.gate
+        if now - self._overdue_at >= OVERDUE_TICK_S:
+            self.refresh_overdue(now)
         under = self._under_share(slots, cost)
         if shadow:
             would = bool(slots.waiters) or slots.inflight >= slots.max_concurrent or not self._fits(cost, under)
@@ -693,6 +716,12 @@ class Admission:
         slots.inflight_cost = slots.inflight_cost - ticket.cost if slots.inflight else 0.0
         gate = self.gate
         in_reserve = ticket.in_reserve
+        del self._held[ticket]
+        if ticket.overdue:
+            self._overdue = self._overdue - ticket.overdue if self._held else 0.0
+            gate.overdue_cost = min(self._overdue, gate.overdue_cost)
+        if not self._held:
+            self._overdue = gate.overdue_cost = 0.0  # exactly nothing at idle
         gate.give_back(ticket.counted, in_reserve)
         if in_reserve:
             slots.reserve_inflight -= 1
@@ -713,9 +742,41 @@ class Admission:
         self.gate.observe_cluster(reading, now)
         self.pump(now)
 
+    def refresh_overdue(self, now: float) -> None:
+        """Count requests in flight for longer than their cost implies as what they have spent so far.
+
+        Spent = seconds in flight × threads per request × 1000 (cost units are thread-milliseconds). A request
+        is overdue once that is over OVERDUE_SLACK × what it counts as at the gate and it has been in flight
+        OVERDUE_MIN_S; its excess counts in the over-share check (`Gate.overdue_cost`), in all at most the
+        over-share room, so the room kept for tenants under their share stays theirs.
+        """
+        self._overdue_at = now
+        gate = self.gate
+        capacity = gate.capacity_cost
+        if capacity is None or not self._held:
+            for ticket in self._held:
+                ticket.overdue = 0.0
+            self._overdue = gate.overdue_cost = 0.0
+            return
+        rate = gate.threads_per_request * 1000.0
+        total = 0.0
+        for ticket in self._held:
+            age = now - ticket.admitted_at
+            spent = age * rate
+            if age >= OVERDUE_MIN_S and spent > OVERDUE_SLACK * ticket.counted:
+                ticket.overdue = spent - ticket.counted
+                total += ticket.overdue
+            else:
+                ticket.overdue = 0.0
+        cap = capacity * gate.headroom
+        self._overdue = total
+        gate.overdue_cost = total if total < cap else cap
+
     # ---- the fair queue ----
     def pump(self, now: float) -> None:
         """Admit waiting requests while there is room, in start-time fair order."""
+        if self._backlog and now - self._overdue_at >= OVERDUE_TICK_S:
+            self.refresh_overdue(now)
         while self._backlog:
             picked, reserve = self._pick()
             if picked is None:
@@ -809,7 +870,9 @@ class Admission:
         slots.inflight_cost += cost
         slots.admitted += 1
         self._activate(slots)
-        return Ticket(slots, cost, waited, counted, reserve)
+        ticket = Ticket(slots, cost, waited, counted, reserve, now)
+        self._held[ticket] = None
+        return ticket
 
     def _activate(self, slots: TenantSlots) -> None:
         if not slots.active:
@@ -846,6 +909,7 @@ class Admission:
             "search_threads_max": gate.threads_max,
             "inflight": gate.inflight,
             "inflight_cost": round(gate.inflight_cost, 2),
+            "overdue_cost": round(gate.overdue_cost, 2),
             "queued": gate.queued,
             "max_queue": gate.max_queue,
         }

@@ -1,24 +1,32 @@
-"""Cluster health for the gate: poll _cluster/health and _nodes/stats/thread_pool, tell admission.
+"""Cluster health for the gate: poll _cluster/health and _nodes/stats/thread_pool, tell admission;
+poll the indices' document counts, tell the cost model.
 
 Every `admission.health_poll_s` seconds one node is asked (through the upstream pool, with the
 proxy's own credentials) how many data nodes the cluster has and, per data node, the size, queue
 and rejection count of its `search` thread pool. `read_cluster` turns the two answers into a
 `ClusterReading` (pure: the previous counters in, the new ones out); `ClusterHealth` runs the loop.
 A failed poll changes nothing: the gate keeps its last reading and its latency signals.
+
+Every `cost.index_sizes_poll_s` seconds (30 by default: sizes change slowly, and the answer grows with
+the number of indices) it asks for each index's primary document count, filtered down to that one
+number per index; `read_index_sizes` makes an `IndexSizes` of it, handed to `on_index_sizes`.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from .admission import Admission, ClusterReading
+from .cost import IndexSizes
 
 log = logging.getLogger("sluicegate.clusterhealth")
 
 HEALTH_PATH = "/_cluster/health"
 THREAD_POOL_PATH = "/_nodes/stats/thread_pool"
+#: primaries' document count per open index, and nothing else (a few dozen bytes per index)
+INDEX_DOCS_PATH = "/_stats/docs?filter_path=indices.*.primaries.docs.count"
 
 #: per node id: (search tasks rejected, completed) at the previous poll
 Counters = dict[str, tuple[int, int]]
@@ -80,6 +88,24 @@ def read_cluster(
     return reading, counters if threads is not None else previous
 
 
+def read_index_sizes(stats: Mapping | None) -> IndexSizes | None:
+    """Documents per index from a `_stats/docs` body (filtered or not); None if it says nothing usable.
+
+    An index whose count is missing or odd is left out (its searches keep the calibrated weights)."""
+    indices = stats.get("indices") if isinstance(stats, Mapping) else None
+    if not isinstance(indices, Mapping):
+        return IndexSizes({}) if isinstance(stats, Mapping) and stats == {} else None  # filter_path: no indices
+    docs: dict[str, int] = {}
+    for name, entry in indices.items():
+        try:
+            count = entry["primaries"]["docs"]["count"]
+        except (KeyError, TypeError):
+            continue
+        if isinstance(name, str) and isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+            docs[name] = count
+    return IndexSizes(docs)
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
@@ -89,16 +115,28 @@ class JsonSource(Protocol):
 
 
 class ClusterHealth:
-    """Polls the cluster every `admission.poll_s` seconds and hands each reading to admission."""
+    """Polls the cluster every `admission.poll_s` seconds and hands each reading to admission; polls the
+    indices' sizes every `index_sizes_poll_s` seconds (0: never) and hands them to `on_index_sizes`."""
 
-    def __init__(self, upstream: JsonSource, admission: Admission):
+    def __init__(
+        self,
+        upstream: JsonSource,
+        admission: Admission,
+        on_index_sizes: Callable[[IndexSizes | None], None] | None = None,
+        index_sizes_poll_s: float = 30.0,
+    ):
         self.upstream = upstream
         self.admission = admission
+        self.on_index_sizes = on_index_sizes
+        self.index_sizes_poll_s = index_sizes_poll_s
         self.counters: Counters = {}
         self.last: ClusterReading | None = None
+        self.sizes: IndexSizes | None = None
         self.polls = 0
         self.failures = 0
+        self.size_failures = 0
         self._task: asyncio.Task | None = None
+        self._sizes_task: asyncio.Task | None = None
 
     @property
     def interval(self) -> float:
@@ -122,19 +160,56 @@ class ClusterHealth:
         self.admission.observe_cluster(reading)
         return reading
 
+    async def poll_sizes(self) -> IndexSizes | None:
+        """One poll of the indices' document counts; what it gave the cost model, or None (no answer)."""
+        sizes = read_index_sizes(await self.upstream.get_json(INDEX_DOCS_PATH, max(5.0, self.index_sizes_poll_s / 3)))
+        if sizes is None:
+            self.size_failures += 1
+            if self.size_failures == 1 or self.size_failures % 100 == 0:
+                log.warning("index size poll got no answer (%d so far); estimates keep the last sizes",
+                            self.size_failures)
+            return None
+        self.sizes = sizes
+        if self.on_index_sizes is not None:
+            self.on_index_sizes(sizes)
+        return sizes
+
     async def start(self) -> None:
-        """Poll once (so the gate starts from the cluster's capacity), then every interval."""
+        """Poll once (so the gate starts from the cluster's capacity and estimates from its sizes), then
+        every interval."""
         try:
             await self.poll()
         except Exception:  # noqa: BLE001 - a health poll must never stop the proxy from starting
             log.exception("first cluster health poll failed")
         self._task = asyncio.create_task(self._loop(), name="cluster-health")
+        if self.on_index_sizes is not None:
+            self._sizes_task = asyncio.create_task(self._sizes_loop(), name="index-sizes")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in (self._task, self._sizes_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._sizes_task = None
+
+    async def _sizes_loop(self) -> None:
+        while True:
+            await asyncio.sleep(await self.sizes_tick())
+
+    async def sizes_tick(self) -> float:
+        """One turn of the size poll loop; the seconds until the next. Polling off (0, after a reload):
+        the sizes are dropped, so no estimate goes on using ones that will not be refreshed."""
+        interval = self.index_sizes_poll_s
+        if interval > 0:
+            try:
+                await self.poll_sizes()
+            except Exception:  # noqa: BLE001 - keep polling whatever one answer looked like
+                log.exception("index size poll failed")
+            return interval
+        if self.sizes is not None and self.on_index_sizes is not None:
+            self.sizes = None
+            self.on_index_sizes(None)
+        return 5.0  # look again for a reload that turns it on
 
     async def _loop(self) -> None:
         while True:

@@ -133,7 +133,13 @@ class CostConfig(_Frozen):
     learn: bool = True
     learn_lru_size: int = Field(100_000, ge=16)
     learn_alpha: float = Field(0.3, gt=0, le=1.0)
+    learn_max_rise: float = Field(
+        4.0, ge=1.0, description="multiplier: after its first observation, one observation raises a learned cost "
+        "as if it were at most this many times the current value (observed costs include the cluster's queue time)")
     max_debt_ratio: float = Field(1.0, ge=0)
+    index_sizes_poll_s: float = Field(
+        30.0, ge=0, description="seconds between polls of every index's document count (GET _stats/docs, filtered), "
+        "which scale the estimates of searches by the size of their indices; 0 disables")
 
 
 class AdmissionConfig(_Frozen):

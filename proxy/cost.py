@@ -7,7 +7,9 @@ fingerprint: the query's shape (endpoint, clause and aggregation types, field na
 bucketed by powers of two, wildcard positions) with literal values removed, hashed with
 blake2b so it is stable across processes. `observed_cost` reads what the request really cost
 from the first bytes of the response, and `LearnedCosts` keeps an EWMA of that per
-(tenant, fingerprint). Everything here is pure: no I/O, no clock.
+(tenant, fingerprint). `IndexSizes` holds the documents per index the cluster poller last saw;
+given one, the estimate scales its data-proportional weights by the size of the indices a call
+reaches. Everything here is pure: no I/O, no clock.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import math
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from functools import lru_cache
 from hashlib import blake2b
 from typing import TYPE_CHECKING, Any
@@ -83,18 +86,18 @@ class Weights(BaseModel):
     hit: float = _w(0.02, "cost units per hit returned (fetch phase: size)")
     hit_depth: float = _w(0.005, "cost units per hit collected (query phase: from + size, per shard)")
     scroll_context: float = _w(2.0, "cost units: opening a scroll context (?scroll=)")
-    sort_field: float = _w(0.2, "cost units: each sort field")
-    sort_script: float = _w(20.0, "cost units: a _script sort (runs per matching document)")
+    sort_field: float = _w(5.0, "cost units: each sort field (a field sort reads doc values of every match; data-scaled)")
+    sort_script: float = _w(100.0, "cost units: a _script sort (runs per matching document; data-scaled)")
     script_field: float = _w(2.0, "cost units: each script field")
     script_field_hit: float = _w(0.05, "cost units per hit for each script field")
-    runtime_field: float = _w(10.0, "cost units: each runtime_mappings field (computed per document)")
+    runtime_field: float = _w(50.0, "cost units: each runtime_mappings field (computed per document; data-scaled)")
     highlight: float = _w(1.0, "cost units: highlighting at all")
     highlight_field: float = _w(0.5, "cost units: each highlighted field")
     highlight_hit: float = _w(0.05, "cost units per hit highlighted")
-    track_total_hits: float = _w(2.0, "cost units: track_total_hits=true (no early termination)")
+    track_total_hits: float = _w(2.0, "cost units: track_total_hits=true (no early termination; data-scaled)")
     rescore: float = _w(2.0, "cost units: each rescore, plus its query")
     rescore_hit: float = _w(0.01, "cost units per document of a rescore window")
-    collapse: float = _w(2.0, "cost units: field collapsing")
+    collapse: float = _w(2.0, "cost units: field collapsing (data-scaled)")
     inner_hits: float = _w(2.0, "cost units: inner_hits of a join, nested query or collapse")
     knn: float = _w(5.0, "cost units: each kNN search, plus its filter")
     knn_candidate: float = _w(0.01, "cost units per kNN num_candidates")
@@ -112,20 +115,23 @@ class Weights(BaseModel):
     match_phrase: float = _w(2.0, "cost units: match_phrase, combined_fields, match_bool_prefix")
     query_string: float = _w(3.0, "cost units: query_string / simple_query_string before its wildcards")
     all_fields: float = _w(5.0, "cost units: a query_string/multi_match over every field (no fields, or '*')")
-    prefix: float = _w(3.0, "cost units: prefix, match_phrase_prefix")
-    wildcard_trailing: float = _w(3.0, "cost units: a wildcard only at the end (foo*): a prefix walk")
-    wildcard_inner: float = _w(10.0, "cost units: a wildcard inside the pattern (f*o): walks the terms after its prefix")
-    wildcard_leading: float = _w(50.0, "cost units: a leading wildcard (*foo, ?foo): walks every term of the field")
-    regexp: float = _w(30.0, "cost units: regexp (a leading .* costs wildcard_leading on top)")
-    fuzzy: float = _w(10.0, "cost units: fuzzy, or fuzziness on a match")
+    prefix: float = _w(3.0, "cost units: prefix, match_phrase_prefix (term-dictionary-scaled)")
+    wildcard_trailing: float = _w(3.0, "cost units: a wildcard only at the end (foo*): a prefix walk (term-dictionary-scaled)")
+    wildcard_inner: float = _w(10.0, "cost units: a wildcard inside the pattern (f*o): walks the terms after its prefix "
+                               "(term-dictionary-scaled)")
+    wildcard_leading: float = _w(50.0, "cost units: a leading wildcard (*foo, ?foo): walks every term of the field "
+                                 "(term-dictionary-scaled)")
+    regexp: float = _w(30.0, "cost units: regexp (a leading .* costs wildcard_leading on top; term-dictionary-scaled)")
+    fuzzy: float = _w(10.0, "cost units: fuzzy, or fuzziness on a match (term-dictionary-scaled)")
     fuzzy_expansion: float = _w(0.05, "cost units per max_expansions of a fuzzy query")
     case_insensitive_factor: float = _w(2.0, "multiplier: case_insensitive wildcard/prefix/regexp/term", ge=1.0)
-    script: float = _w(30.0, "cost units: a script query, script_score, or script function (runs per document)")
+    script: float = _w(100.0, "cost units: a script query, script_score, or script function (runs per document; "
+                               "data-scaled: ~1 µs of painless per document)")
     function_score: float = _w(2.0, "cost units: function_score before its functions")
     function: float = _w(1.0, "cost units: each non-script function of function_score")
     nested: float = _w(5.0, "cost units: a nested query")
     nested_factor: float = _w(2.0, "multiplier on the query inside nested", ge=1.0)
-    join: float = _w(20.0, "cost units: has_child / has_parent (global ordinals join)")
+    join: float = _w(20.0, "cost units: has_child / has_parent (global ordinals join; data-scaled)")
     join_factor: float = _w(3.0, "multiplier on the query inside has_child / has_parent", ge=1.0)
     geo: float = _w(3.0, "cost units: geo_* and shape queries")
     more_like_this: float = _w(20.0, "cost units: more_like_this")
@@ -138,42 +144,105 @@ class Weights(BaseModel):
     deep_nesting: float = _w(1000.0, "cost units: a query or aggregation subtree nested too deep to walk (over 40 levels)")
     # -- aggregations ----------------------------------------------------------------------
     agg_bucket: float = _w(0.01, "cost units per bucket (product of bucket counts down the nesting)")
-    agg_shard_bucket: float = _w(0.002, "cost units per shard_size bucket of a terms-like aggregation")
+    agg_shard_bucket: float = _w(0.01, "cost units per shard_size bucket of a terms-like aggregation")
     max_buckets: float = _w(65536.0, "buckets: the most one response can hold (search.max_buckets)", ge=1.0)
     agg_depth_factor: float = _w(1.5, "multiplier per nesting level on an aggregation's own cost", ge=1.0)
-    terms_agg: float = _w(2.0, "cost units: terms / multi_terms / rare_terms")
-    histogram_agg: float = _w(1.0, "cost units: histogram / date_histogram / auto_date_histogram")
+    terms_agg: float = _w(10.0, "cost units: terms / multi_terms / rare_terms (data-scaled, as are the aggregation "
+                                  "weights below: each runs over every matching document)")
+    histogram_agg: float = _w(8.0, "cost units: histogram / date_histogram / auto_date_histogram")
     histogram_buckets: float = _w(50.0, "buckets: assumed for a histogram whose range is not in the request", ge=1.0)
     date_histogram_span_s: float = _w(7 * 86400.0, "seconds: time span a date_histogram is assumed to cover", ge=1.0)
-    range_agg: float = _w(0.5, "cost units: range / date_range / filters / filter / missing / nested-type aggs")
-    metric_agg: float = _w(0.5, "cost units: avg / sum / min / max / stats / value_count and other single metrics")
-    cardinality: float = _w(5.0, "cost units: cardinality (HyperLogLog per bucket)")
-    percentiles: float = _w(5.0, "cost units: percentiles / percentile_ranks / median_absolute_deviation / boxplot")
+    range_agg: float = _w(3.0, "cost units: range / date_range / filters / filter / missing / nested-type aggs")
+    metric_agg: float = _w(5.0, "cost units: avg / sum / min / max / stats / value_count and other single metrics")
+    cardinality: float = _w(25.0, "cost units: cardinality (HyperLogLog per bucket)")
+    percentiles: float = _w(30.0, "cost units: percentiles / percentile_ranks / median_absolute_deviation / boxplot")
     top_hits: float = _w(5.0, "cost units: top_hits (a fetch per bucket)")
     top_hits_hit: float = _w(0.05, "cost units per hit fetched by top_hits in each bucket")
-    composite: float = _w(2.0, "cost units: composite, plus each source")
-    significant_terms: float = _w(20.0, "cost units: significant_terms / significant_text (background frequencies)")
-    scripted_metric: float = _w(50.0, "cost units: scripted_metric")
-    agg_script: float = _w(20.0, "cost units: any aggregation with a script")
+    composite: float = _w(10.0, "cost units: composite, plus each source")
+    significant_terms: float = _w(40.0, "cost units: significant_terms / significant_text (background frequencies)")
+    scripted_metric: float = _w(200.0, "cost units: scripted_metric")
+    agg_script: float = _w(100.0, "cost units: any aggregation with a script")
     pipeline_agg: float = _w(0.2, "cost units: pipeline aggregations (run on the reduced buckets)")
-    geo_grid: float = _w(5.0, "cost units: geohash / geotile / geohex grid")
-    agg_unknown: float = _w(2.0, "cost units: an aggregation type the proxy does not know")
+    geo_grid: float = _w(10.0, "cost units: geohash / geotile / geohex grid")
+    agg_unknown: float = _w(5.0, "cost units: an aggregation type the proxy does not know")
+    # -- index size ------------------------------------------------------------------------
+    reference_docs: float = _w(
+        100_000.0, "documents: the index size the weights above are calibrated for; with polled document counts, "
+        "the data-scaled weights scale by the targeted indices' documents over this", ge=1.0)
+    term_dictionary_exponent: float = _w(
+        0.7, "exponent: a term dictionary grows as documents ** this (Heaps' law; 0.4-0.6 for prose, higher for "
+        "log fields full of ids and numbers); the term-dictionary-scaled weights scale with it", ge=0.0)
+    max_size_scale: float = _w(10_000.0, "multiplier: the most an index's size can scale the data-scaled weights by", ge=1.0)
     # -- bounds ----------------------------------------------------------------------------
     min_cost: float = _w(0.01, "cost units: the least any request costs", ge=1e-9)
     max_cost: float = _w(1e7, "cost units: the most one request is charged (absurd inputs are clamped here)", ge=1.0)
     max_count: float = _w(1e6, "documents/hits: size, from, k and similar counts are clamped here", ge=1.0)
 
 
+#: weights of work done per document the query reaches (scans, scripts, aggregations, sorts): linear in documents
+DATA_SCALED = (
+    "sort_field", "sort_script", "runtime_field", "track_total_hits", "collapse", "script", "join",
+    "terms_agg", "histogram_agg", "range_agg", "metric_agg", "cardinality", "percentiles", "composite",
+    "significant_terms", "scripted_metric", "agg_script", "geo_grid", "agg_unknown",
+)
+#: weights of walks over a term dictionary (multi-term expansion): its size grows sublinearly with documents
+DICTIONARY_SCALED = ("wildcard_trailing", "wildcard_inner", "wildcard_leading", "regexp", "fuzzy", "prefix")
+
+
 class _Table:
-    """The weights copied into slots: a pydantic attribute read costs several times a slot read on the hot path."""
+    """The weights copied into slots: a pydantic attribute read costs several times a slot read on the hot path.
+
+    `data` and `dictionary` multiply the DATA_SCALED and DICTIONARY_SCALED weights: the table for indices of a
+    given size relative to `reference_docs`.
+    """
 
     __slots__ = (*Weights.model_fields, "agg_depth_factors")
 
-    def __init__(self, weights: Weights) -> None:
+    def __init__(self, weights: Weights, data: float = 1.0, dictionary: float = 1.0) -> None:
         for name in Weights.model_fields:
             setattr(self, name, getattr(weights, name))
+        for name in DATA_SCALED:
+            setattr(self, name, getattr(weights, name) * data)
+        for name in DICTIONARY_SCALED:
+            setattr(self, name, getattr(weights, name) * dictionary)
         # agg_depth_factor ** (depth - 1), looked up rather than computed per aggregation
         self.agg_depth_factors = tuple(weights.agg_depth_factor**i for i in range(_MAX_DEPTH + 1))
+
+
+class IndexSizes:
+    """Documents per concrete index (primaries), as last polled from the cluster (proxy/clusterhealth.py).
+
+    Never mutated: the poller builds a new one and swaps the reference. `CostModel.estimate` resolves a call's
+    index expression against these names, the way Elasticsearch does (comma lists, * and ? wildcards, `_all`,
+    `-exclusions`; hidden `.names` only for patterns that start with a dot).
+    """
+
+    __slots__ = ("docs",)
+
+    def __init__(self, docs: dict[str, int]) -> None:
+        self.docs = docs
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def reach(self, indices: tuple[str, ...]) -> list[int | None]:
+        """Documents of each index the expression reaches; None for a concrete name not polled (an alias, a
+        data stream, an index created since the last poll). A wildcard that matches nothing reaches nothing."""
+        chosen: dict[str, int | None] = {}
+        docs = self.docs
+        for position, name in enumerate(indices or ("_all",)):
+            if name[:1] == "-" and position > 0:
+                pattern = name[1:]
+                for known in [n for n in chosen if fnmatchcase(n, pattern)]:
+                    del chosen[known]
+            elif name == "_all" or name == "*":
+                chosen.update((n, d) for n, d in docs.items() if n[:1] != ".")
+            elif "*" in name or "?" in name:
+                hidden = name[:1] == "."
+                chosen.update((n, d) for n, d in docs.items() if fnmatchcase(n, name) and (hidden or n[:1] != "."))
+            else:
+                chosen[name] = docs.get(name)
+        return list(chosen.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,24 +337,33 @@ _SHAPE_PARAMS = ("search_type", "routing", "terminate_after", "track_total_hits"
 class CostModel:
     """Estimates the cost of a call before it is sent, from its path, parameters and body."""
 
-    __slots__ = ("weights", "w")
+    __slots__ = ("weights", "w", "_tables", "_sized", "_sized_for")
 
     def __init__(self, weights: Weights) -> None:
         self.weights = weights
         self.w: Weights = _Table(weights)  # type: ignore[assignment]  # same attributes, read faster
+        self._tables: dict[tuple[float, float], Weights] = {(1.0, 1.0): self.w}  # by (data, dictionary) scale
+        self._sized: dict[tuple[str, ...], Weights] = {}  # index expression -> its table, for `_sized_for`
+        self._sized_for: IndexSizes | None = None
 
-    def estimate(self, call: EsCall, body: Body | None) -> Estimate:
-        """Cost units (> 0, clamped to [min_cost, max_cost]) and shape fingerprint of one call."""
+    def estimate(self, call: EsCall, body: Body | None, sizes: IndexSizes | None = None) -> Estimate:
+        """Cost units (> 0, clamped to [min_cost, max_cost]) and shape fingerprint of one call.
+
+        `sizes`: the cluster's documents per index, if polled; searches and counts of indices of known size
+        scale their data-proportional weights by it (the fingerprint does not change).
+        """
         w = self.w
         kind = call.kind
         parts: list[str] = [kind]
         doc = body.json if body is not None else None
         if kind in _SEARCH_BODY:
-            cost = self._search(call.params, call.indices, doc, parts)
+            cost = self._search(call.params, call.indices, doc, parts, sizes)
         elif kind == "msearch" or kind == "msearch_template":
-            cost = self._msearch(call, body, parts)
+            cost = self._msearch(call, body, parts, sizes)
         elif kind == "count":
             factor = self._index_factor(call.indices, call.params, parts)
+            if sizes is not None:
+                w = self._table(call.indices, sizes)
             query = doc.get("query") if type(doc) is dict else None
             q = _query(w, query, parts, 1) if query is not None else w.match_all
             cost = (w.count + q * _terminate_factor(w, call.params, doc)) * factor
@@ -294,7 +372,7 @@ class CostModel:
         elif kind == "scroll":
             cost = w.scroll
         elif kind == "search_template":
-            cost = self._template(call, doc, parts)
+            cost = self._template_doc(call.params, call.indices, doc, parts, sizes)
         elif kind == "eql":
             cost = w.eql if call.api == "eql.search" else w.search_light
             if type(doc) is dict and type(doc.get("query")) is str and "sequence" in doc["query"].lower():
@@ -339,6 +417,51 @@ class CostModel:
             cost = w.max_cost
         return Estimate(cost, _digest(parts))
 
+    # -- index size -----------------------------------------------------------------------
+
+    def _table(self, indices: tuple[str, ...], sizes: IndexSizes) -> Weights:
+        """The weights for a call on `indices`, scaled by their polled size; memoised per index expression."""
+        if sizes is not self._sized_for:  # a new poll: forget what the old one said
+            self._sized.clear()
+            self._sized_for = sizes
+        table = self._sized.get(indices)
+        if table is None:
+            if len(self._sized) >= 4096:
+                self._sized.clear()
+            table = self._sized[indices] = self._table_for(self.size_scale(indices, sizes))
+        return table
+
+    def size_scale(self, indices: tuple[str, ...], sizes: IndexSizes) -> tuple[float, float]:
+        """(data, dictionary) multipliers of the scaled weights for a call on `indices`.
+
+        Per index reached: documents / reference_docs (data), and that ** term_dictionary_exponent (its term
+        dictionary). Summed over the indices, then divided by what the index expression already multiplies
+        the whole estimate by (1 per concrete name, index_wildcard per pattern ...), so that the data part
+        is proportional to the documents reached. An index of unknown size counts as reference_docs.
+        """
+        weights = self.weights
+        reached = sizes.reach(indices)
+        if reached and all(docs is None for docs in reached):
+            return 1.0, 1.0  # nothing known about these names: the weights as calibrated
+        reference, exponent = weights.reference_docs, weights.term_dictionary_exponent
+        data = dictionary = 0.0
+        for docs in reached:
+            ratio = 1.0 if docs is None else docs / reference
+            data += ratio
+            dictionary += ratio**exponent
+        factor = _expression_factor(weights, indices)
+        return data / factor, dictionary / factor
+
+    def _table_for(self, scale: tuple[float, float]) -> Weights:
+        top = self.weights.max_size_scale
+        key = (_quantize(scale[0], top), _quantize(scale[1], top))
+        table = self._tables.get(key)
+        if table is None:
+            if len(self._tables) >= 256:
+                self._tables = {(1.0, 1.0): self.w}
+            table = self._tables[key] = _Table(self.weights, *key)  # type: ignore[assignment]
+        return table
+
     # -- search ---------------------------------------------------------------------------
 
     def _index_factor(self, indices: tuple[str, ...], params: Any, parts: list[str]) -> float:
@@ -367,7 +490,9 @@ class CostModel:
             factor *= w.routing_factor
         return factor
 
-    def _search(self, params: Any, indices: tuple[str, ...], doc: Any, parts: list[str]) -> float:
+    def _search(
+        self, params: Any, indices: tuple[str, ...], doc: Any, parts: list[str], sizes: IndexSizes | None = None
+    ) -> float:
         """One search request: (base + query + hits + extras + aggregations) × index factor."""
         w = self.w
         cap = w.max_count
@@ -379,6 +504,8 @@ class CostModel:
             parts.append("pit")
         else:
             factor = self._index_factor(indices, params, parts)
+            if sizes is not None:
+                w = self._table(indices, sizes)
         size = _count(get("size"), 10.0, cap)
         start = _count(get("from"), 0.0, cap)
         flat = 0.0  # what the URL parameters add
@@ -423,7 +550,7 @@ class CostModel:
             cost += _aggs(w, aggs, parts, 1, 1.0, query)
         return cost * multiplier * factor
 
-    def _msearch(self, call: EsCall, body: Body | None, parts: list[str]) -> float:
+    def _msearch(self, call: EsCall, body: Body | None, parts: list[str], sizes: IndexSizes | None) -> float:
         """The sum of the searches: each header's index expression and parameters, each body's query."""
         w = self.w
         lines = body.lines if body is not None and body.lines is not None else ()
@@ -446,19 +573,18 @@ class CostModel:
                     if type(value) is str:
                         params[name] = value
             if template:
-                cost += self._template_doc(params, indices, search, sub)
+                cost += self._template_doc(params, indices, search, sub, sizes)
             else:
-                cost += self._search(params, indices, search, sub)
+                cost += self._search(params, indices, search, sub, sizes)
             shapes.add(_digest(sub))
         searches = len(lines) // 2
         parts.append(f"n{size_bucket(searches)}")
         parts.extend(str(s) for s in sorted(shapes)[:64])
         return cost
 
-    def _template(self, call: EsCall, doc: Any, parts: list[str]) -> float:
-        return self._template_doc(call.params, call.indices, doc, parts)
-
-    def _template_doc(self, params: Any, indices: tuple[str, ...], doc: Any, parts: list[str]) -> float:
+    def _template_doc(
+        self, params: Any, indices: tuple[str, ...], doc: Any, parts: list[str], sizes: IndexSizes | None = None
+    ) -> float:
         """A search template: costed like its search when the inline source is readable JSON."""
         w = self.w
         source = doc.get("source") if type(doc) is dict else None
@@ -469,7 +595,7 @@ class CostModel:
                 source = None
         if type(source) is dict:
             parts.append("inline")
-            return self._search(params, indices, source, parts)
+            return self._search(params, indices, source, parts, sizes)
         parts.append("opaque")
         return w.template_opaque * self._index_factor(indices, params, parts)
 
@@ -563,6 +689,24 @@ class CostModel:
         if call.indices and not call.cluster:
             cost *= self._index_factor(call.indices, None, parts)
         return cost
+
+
+def _expression_factor(w: Weights, indices: tuple[str, ...]) -> float:
+    """What `CostModel._index_factor` multiplies a search by for this expression, before routing."""
+    factor = 0.0
+    for name in indices:
+        if name[:1] == "-":
+            continue
+        factor += w.index_all if name == "_all" or name == "*" else w.index_wildcard if "*" in name or "?" in name else 1.0
+    return min(factor or w.index_all, w.index_factor_max)
+
+
+def _quantize(scale: float, top: float) -> float:
+    """A scale rounded to a quarter power of two (±9 %), within [1/top, top]: few distinct tables."""
+    if not scale > 0.0:
+        return 1.0 / top
+    scale = 2.0 ** (round(math.log2(scale) * 4.0) / 4.0)
+    return top if scale > top else 1.0 / top if scale < 1.0 / top else scale
 
 
 def _refresh(w: Weights, params: Any) -> float:
@@ -1405,6 +1549,12 @@ def _observed(head: bytes) -> float | None:
     return None if took is None else _took_ms(took)
 
 
+def _bounded(observed: float, ewma: float, max_rise: float) -> float:
+    """An observation as it may count against an EWMA: at most max_rise × the EWMA (or × 1 unit, from ~0)."""
+    top = (ewma if ewma > 1.0 else 1.0) * max_rise
+    return observed if observed < top else top
+
+
 def _took_ms(took: int) -> float:
     return 0.5 if took <= 0 else float(took)
 
@@ -1414,19 +1564,34 @@ class LearnedCosts:
 
     One LRU for all tenants, bounded at `max_entries`; a tenant's entries are never read or
     written by another tenant's lookups. Costs are in cost units.
+
+    Beside it, an EWMA per fingerprint over every tenant (`shape`), also bounded at `max_entries`:
+    the admission gate's guess for a shape a tenant has never run. It is never a tenant's bill,
+    nor shown to a tenant: that would tell one tenant what another's queries cost.
+
+    After the first observation, one observation counts as at most `max_rise` × the current EWMA:
+    an observed cost includes the time the shard tasks queued in the cluster, so while the cluster
+    is saturated (a storm's onset, a client that bypasses the proxy) a cheap shape would otherwise
+    be learned as expensive and its tenant throttled long after the cluster recovered. A real rise
+    is still learned, in a few observations (each may grow the EWMA by 1 + alpha × (max_rise - 1)).
     """
 
-    __slots__ = ("max_entries", "alpha", "_entries")
+    __slots__ = ("max_entries", "alpha", "max_rise", "_entries", "_shapes")
 
-    def __init__(self, max_entries: int, alpha: float) -> None:
+    def __init__(self, max_entries: int, alpha: float, max_rise: float = math.inf) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         if not 0.0 < alpha <= 1.0:
             raise ValueError("alpha must be in (0, 1]")
+        if not max_rise >= 1.0:
+            raise ValueError("max_rise must be at least 1")
         self.max_entries = max_entries
         self.alpha = alpha
+        self.max_rise = max_rise
         #: (tenant, fingerprint) -> [ewma cost units, samples]; most recently used last
         self._entries: OrderedDict[tuple[str, int], list] = OrderedDict()
+        #: fingerprint -> [ewma cost units over all tenants, samples]; most recently observed last
+        self._shapes: OrderedDict[int, list] = OrderedDict()
 
     def get(self, tenant: str, fingerprint: int) -> float | None:
         """The learned cost of this shape for this tenant (cost units), or None if never observed."""
@@ -1439,21 +1604,10 @@ class LearnedCosts:
     def observe(self, tenant: str, fingerprint: int, observed: float) -> float:
         """Fold one observed cost (cost units) into the EWMA and return it; the first observation sets it.
 
-        A non-finite or negative observation is ignored (the current value, or 0.0, is returned).
+        A non-finite or negative observation is ignored (the current value, or 0.0, is returned); a later
+        one above `max_rise` × the EWMA counts as that much.
         """
-        key = (tenant, fingerprint)
-        entry = self._entries.get(key)
-        if not (observed >= 0.0 and math.isfinite(observed)):
-            return entry[0] if entry is not None else 0.0
-        if entry is None:
-            self._entries[key] = [float(observed), 1]
-            if len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-            return float(observed)
-        entry[0] += self.alpha * (observed - entry[0])
-        entry[1] += 1
-        self._entries.move_to_end(key)
-        return entry[0]
+        return self.merge(tenant, fingerprint, observed, 1)
 
     def merge(self, tenant: str, fingerprint: int, observed: float, count: int) -> float:
         """Fold `count` observations made elsewhere (another instance), whose mean is `observed` cost
@@ -1461,23 +1615,36 @@ class LearnedCosts:
         ewma += (1 - (1 - alpha) ** count) * (observed - ewma). The first ones set it. Returns it.
 
         count = 1 is exactly `observe`. A count below 1 or a non-finite or negative mean is ignored.
+        The per-shape EWMA over every tenant (`shape`) takes them too.
         """
-        key = (tenant, fingerprint)
-        entry = self._entries.get(key)
         if count < 1 or not (observed >= 0.0 and math.isfinite(observed)):
+            entry = self._entries.get((tenant, fingerprint))
             return entry[0] if entry is not None else 0.0
+        self._fold(self._shapes, fingerprint, observed, count)
+        return self._fold(self._entries, (tenant, fingerprint), observed, count)
+
+    def _fold(self, table: OrderedDict, key: object, observed: float, count: int) -> float:
+        entry = table.get(key)
         if entry is None:
-            self._entries[key] = [float(observed), count]
-            if len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            table[key] = [float(observed), count]
+            if len(table) > self.max_entries:
+                table.popitem(last=False)
             return float(observed)
-        entry[0] += (1.0 - (1.0 - self.alpha) ** count) * (observed - entry[0])
+        weight = self.alpha if count == 1 else 1.0 - (1.0 - self.alpha) ** count
+        entry[0] += weight * (_bounded(observed, entry[0], self.max_rise) - entry[0])
         entry[1] += count
-        self._entries.move_to_end(key)
+        table.move_to_end(key)
         return entry[0]
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def shape(self, fingerprint: int) -> float | None:
+        """The learned cost of this shape over every tenant (cost units), or None if nobody ran it.
+
+        For admission's counting only: never charge it to a tenant or show it to one."""
+        entry = self._shapes.get(fingerprint)
+        return None if entry is None else entry[0]
 
     def for_tenant(self, tenant: str, limit: int = 20) -> list[tuple[int, float, int]]:
         """Up to `limit` (fingerprint, ewma cost units, samples) of one tenant, most recently used first."""

@@ -22,7 +22,7 @@ from . import esapi
 from .accesslog import AccessLog
 from .admission import Admission
 from .config import Config
-from .cost import CostModel, LearnedCosts, observed_cost
+from .cost import CostModel, IndexSizes, LearnedCosts, observed_cost
 from .errors import BodyTooLarge, Refusal, RequestTimeout, Throttled
 from .idbinding import IdBinder, Rebound, binding_key
 from .limiter import Decision, Limiter
@@ -102,6 +102,7 @@ class Proxy:
         self.upstream = upstream
         self.metrics = metrics
         self.access_log = access_log
+        self.index_sizes: IndexSizes | None = None  # documents per index, swapped in by the cluster poller
         self.inflight = 0
         self.draining = False  # set on SIGTERM: answer what is in flight, close each connection after
         self.idle = asyncio.Event()
@@ -159,11 +160,13 @@ class Proxy:
         rebound = snap.ids.rebind(tenant.name, call, body, request.raw_path)
 
         # 3. What will it cost the cluster? The learned cost of this shape wins over the estimate.
-        estimate = snap.cost_model.estimate(call, body)
+        estimate = snap.cost_model.estimate(call, body, self.index_sizes)
         trace.estimated = estimate.cost
         trace.fingerprint = estimate.fingerprint
         learned = self.learned.get(tenant.name, estimate.fingerprint) if snap.config.cost.learn else None
         cost = estimate.cost if learned is None else learned
+        # A shape new to this tenant is not assumed cheap at the gate if it cost others more (never billed so).
+        shape = self.learned.shape(estimate.fingerprint) if learned is None and snap.config.cost.learn else None
 
         # 4. Budget: the tenant's token bucket for this resource class (may wait up to max_wait_ms).
         decision = await self.limiter.acquire(tenant.name, call.resource, cost, shadow=not tenant.enforce)
@@ -177,7 +180,8 @@ class Proxy:
         # 5. Concurrency: a tenant slot, then the global gate. Whatever fails from here on
         #    before the request reaches a node gets its charge refunded.
         try:
-            ticket = await self.admission.enter(tenant, decision.charged, shadow=not tenant.enforce)
+            gate_cost = decision.charged if shape is None or shape <= decision.charged else shape
+            ticket = await self.admission.enter(tenant, gate_cost, shadow=not tenant.enforce)
         except BaseException:
             self.limiter.settle(tenant.name, call.resource, decision.charged, 0.0)
             raise

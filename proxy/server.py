@@ -18,6 +18,7 @@ from .accesslog import AccessLog
 from .admission import Admission
 from .clusterhealth import ClusterHealth
 from .config import Config, ConfigError, config_warnings, load_config
+from .cost import IndexSizes
 from .flow import Proxy, Snapshot
 from .limiter import Limiter, LocalLimiter
 from .listener import Listener
@@ -65,7 +66,11 @@ class Worker:
         self.admission = Admission()
         self.admission.configure(config, share=self.share)
         self.upstream = Upstream(config.upstream, on_error=self._count_upstream_error)
-        self.cluster_health = ClusterHealth(self.upstream, self.admission)  # the gate's capacity and pressure
+        # the gate's capacity and pressure; the indices' sizes for the estimates
+        self.cluster_health = ClusterHealth(
+            self.upstream, self.admission, on_index_sizes=self._index_sizes,
+            index_sizes_poll_s=config.cost.index_sizes_poll_s,
+        )
         self.access_log = AccessLog(config.access_log)
         self.proxy = Proxy(
             Snapshot(config, 1, digest),
@@ -88,6 +93,9 @@ class Worker:
         self.share = 1.0 / live
         self.admission.configure(self.proxy.snapshot.config, share=self.share)
 
+    def _index_sizes(self, sizes: IndexSizes | None) -> None:
+        self.proxy.index_sizes = sizes  # one reference swap: a request estimates with one snapshot or the other
+
     def _count_upstream_error(self, node: str, kind: str) -> None:
         self.metrics.upstream_errors.labels(node, kind).inc()
         self.admission.upstream_error(kind)  # timeouts shrink the gate's limit
@@ -108,6 +116,8 @@ class Worker:
             ("tenant", "resource"), bucket_levels)
         add("sluicegate_tenant_inflight", "Requests of each tenant in flight upstream", ("tenant",), tenant_slots("inflight"))
         add("sluicegate_tenant_queued", "Requests of each tenant waiting for a slot", ("tenant",), tenant_slots("queued"))
+        add("sluicegate_index_sizes_known", "Indices whose document count the last index size poll gave (0: none yet)",
+            (), lambda: [((), float(len(self.proxy.index_sizes or ())))])
         self.admission.register_gauges(add)
 
     # ---- life cycle ----
@@ -167,6 +177,7 @@ class Worker:
         self.limiter.configure(config)
         self.admission.configure(config, share=self.share)
         self.upstream.reconfigure(config.upstream)
+        self.cluster_health.index_sizes_poll_s = config.cost.index_sizes_poll_s
         self.proxy.snapshot = snapshot
         self.metrics.forget_tenants(set(config.tenants))
         self.metrics.set_config(snapshot.generation, digest)

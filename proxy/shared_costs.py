@@ -98,8 +98,8 @@ class SharedLearnedCosts(LearnedCosts):
 
     __slots__ = ("pending",)
 
-    def __init__(self, max_entries: int, alpha: float, max_pending: int) -> None:
-        super().__init__(max_entries, alpha)
+    def __init__(self, max_entries: int, alpha: float, max_pending: int, max_rise: float = math.inf) -> None:
+        super().__init__(max_entries, alpha, max_rise)
         self.pending = PendingObservations(max_pending)
 
     def observe(self, tenant: str, fingerprint: int, observed: float) -> float:
@@ -303,8 +303,10 @@ def learned_costs(
     Redis every instance, and every `--workers` worker, learns on its own)."""
     cost = config.cost
     if not isinstance(limiter, RedisLimiter) or config.redis is None or not config.redis.share_learned_costs:
-        return LearnedCosts(cost.learn_lru_size, cost.learn_alpha), None
-    learned = SharedLearnedCosts(cost.learn_lru_size, cost.learn_alpha, config.redis.learned_costs_max_pending)
+        return LearnedCosts(cost.learn_lru_size, cost.learn_alpha, cost.learn_max_rise), None
+    learned = SharedLearnedCosts(
+        cost.learn_lru_size, cost.learn_alpha, config.redis.learned_costs_max_pending, cost.learn_max_rise
+    )
     return learned, CostSharer(learned, limiter, stream_max=cost.learn_lru_size, metrics=metrics)
 
 

@@ -72,6 +72,7 @@ def assert_idle(adm: Admission) -> None:
     gate = adm.gate
     assert (gate.inflight, gate.inflight_cost, gate.queued) == (0, 0.0, 0)
     assert (gate.reserve_inflight, gate.reserve_cost) == (0, 0.0)
+    assert (gate.overdue_cost, adm._overdue, adm._held) == (0.0, 0.0, {})
     for slots in adm.tenants.values():
         assert (slots.inflight, slots.inflight_cost, slots.active) == (0, 0.0, False)
         assert (slots.queued, slots.queued_cost) == (0, 0.0)
@@ -163,6 +164,47 @@ def test_cheap_requests_fit_where_an_expensive_one_does_not():
     queued(adm, "quiet", 5)
     for ticket in storm + quiet:
         adm.leave(ticket, 200, 0.1, 100)
+
+
+def test_requests_in_flight_longer_than_their_cost_implies_count_as_what_they_have_spent():
+    adm = admission({"storm": {}, "quiet": {}}, threads=10, capacity_headroom=0.5)
+    learn_horizon(adm, 100.0)  # capacity 1000 units in flight, 500 for tenants over their share; 1 thread each
+    quiet = granted(adm, "quiet", 5)
+    first = granted(adm, "storm", 300)  # over its share (250 of 500): counted in the over-share room
+    assert not first.in_reserve
+    # Soon after, a second fits beside it (5 + 300 + 150 <= 500) ...
+    early = granted(adm, "storm", 150, now=0.01)
+    adm.leave(early, 200, 0.01, 150, now=0.01)
+    adm.leave(quiet, 200, 0.01, 5, now=0.01)
+    quiet = granted(adm, "quiet", 5, now=0.99)  # keeps the storming tenant over its share
+    # ... but once the first has held a thread for a second, it has spent 1000 units, not 300: no more
+    # over-share work goes in until it leaves, while the quiet tenant under its share still gets in.
+    log: list[Ticket] = []
+    queued(adm, "storm", 150, now=1.0, log=log)
+    assert adm.gate.overdue_cost == pytest.approx(500)  # at most the over-share room
+    assert adm.report(now=1.0)["overdue_cost"] == pytest.approx(500)
+    more_quiet = granted(adm, "quiet", 5, now=1.0)
+    adm.leave(first, 200, 1.0, 1000, now=1.0)
+    assert len(log) == 1 and adm.gate.overdue_cost == 0.0
+    for ticket in (quiet, more_quiet, log[0]):
+        adm.leave(ticket, 200, 0.01, 5, now=1.0)
+    assert_idle(adm)
+
+
+def test_a_request_in_flight_as_long_as_its_cost_implies_is_not_overdue():
+    adm = admission({"storm": {}, "quiet": {}}, threads=10, capacity_headroom=0.5)
+    learn_horizon(adm, 100.0)
+    first = granted(adm, "storm", 300)
+    adm.refresh_overdue(0.5)  # 500 spent: under twice the 300 it counts as
+    assert first.overdue == 0.0 and adm.gate.overdue_cost == 0.0
+    adm.refresh_overdue(0.7)
+    assert first.overdue == pytest.approx(400) and adm.gate.overdue_cost == pytest.approx(400)
+    cheap = granted(adm, "quiet", 0.01, now=0.7)
+    adm.refresh_overdue(0.74)  # 40 ms: a round trip, however cheap the request, is never overdue
+    assert cheap.overdue == 0.0
+    for ticket in (first, cheap):
+        adm.leave(ticket, now=0.8)
+    assert_idle(adm)
 
 
 def test_tenants_that_came_first_do_not_keep_the_room_kept_for_quiet_tenants():
@@ -642,6 +684,9 @@ def test_any_history_keeps_the_books_and_returns_to_idle(ops):
         assert gate.reserve_inflight == sum(1 for t in held if t.in_reserve)
         assert gate.reserve_cost == pytest.approx(sum(t.counted for t in held if t.in_reserve), abs=1e-6)
         assert gate.inflight_cost >= -1e-9
+        assert set(adm._held) == set(held)
+        assert adm._overdue == pytest.approx(sum(t.overdue for t in held), abs=1e-6)
+        assert 0.0 <= gate.overdue_cost <= adm._overdue + 1e-6
     for waiter in list(waiters):
         adm.withdraw(waiter, now)
     for ticket in tickets:

@@ -1,8 +1,10 @@
 """Cluster-health readings: ES's _cluster/health and _nodes/stats/thread_pool bodies → the gate's view."""
 from __future__ import annotations
 
-from proxy.admission import ClusterReading
-from proxy.clusterhealth import is_data_node, read_cluster
+import asyncio
+
+from proxy.admission import Admission, ClusterReading
+from proxy.clusterhealth import INDEX_DOCS_PATH, ClusterHealth, is_data_node, read_cluster, read_index_sizes
 
 
 def node(roles, threads=8, queue=0, active=0, rejected=0, completed=0) -> dict:
@@ -75,3 +77,48 @@ def test_odd_values_count_as_nothing_rather_than_breaking_the_poll():
 def test_roles():
     assert is_data_node(["data_content", "ingest"]) and is_data_node(None) and is_data_node(["data"])
     assert not is_data_node(["master", "ml"]) and not is_data_node([])
+
+
+def test_index_sizes_come_from_the_primaries_doc_counts_and_odd_entries_are_left_out():
+    sizes = read_index_sizes({"indices": {
+        "logs-2024.01.01": {"primaries": {"docs": {"count": 1_000_000}}},
+        "small": {"primaries": {"docs": {"count": 0}}, "total": {"docs": {"count": 99}}},
+        "odd": {"primaries": {"docs": {"count": "12"}}}, "neg": {"primaries": {"docs": {"count": -1}}},
+        "flag": {"primaries": {"docs": {"count": True}}}, "junk": "x", "bare": {},
+    }})
+    assert sizes.docs == {"logs-2024.01.01": 1_000_000, "small": 0}
+    assert read_index_sizes({}).docs == {}  # filter_path drops everything when there is no index at all
+    assert read_index_sizes(None) is None and read_index_sizes({"error": "forbidden"}) is None
+
+
+class Answers:
+    """A JsonSource that answers from a dict of path -> body (None: no answer)."""
+
+    def __init__(self, answers: dict):
+        self.answers = answers
+        self.asked: list[str] = []
+
+    async def get_json(self, path: str, timeout: float | None = None):
+        self.asked.append(path)
+        return self.answers.get(path)
+
+
+def test_a_size_poll_hands_the_sizes_over_and_a_failed_one_keeps_the_last():
+    given = []
+    source = Answers({INDEX_DOCS_PATH: {"indices": {"a": {"primaries": {"docs": {"count": 5}}}}}})
+    health = ClusterHealth(source, Admission(clock=lambda: 0.0), on_index_sizes=given.append)
+    first = asyncio.run(health.poll_sizes())
+    assert given == [first] and first.docs == {"a": 5} and source.asked == [INDEX_DOCS_PATH]
+    source.answers = {}
+    assert asyncio.run(health.poll_sizes()) is None
+    assert given == [first] and health.sizes is first and health.size_failures == 1
+
+
+def test_turning_size_polling_off_drops_the_sizes():
+    given = []
+    source = Answers({INDEX_DOCS_PATH: {"indices": {"a": {"primaries": {"docs": {"count": 5}}}}}})
+    health = ClusterHealth(source, Admission(clock=lambda: 0.0), on_index_sizes=given.append, index_sizes_poll_s=30)
+    assert asyncio.run(health.sizes_tick()) == 30 and given[-1].docs == {"a": 5}
+    health.index_sizes_poll_s = 0  # a reload turned it off
+    asyncio.run(health.sizes_tick())
+    assert given[-1] is None and health.sizes is None and len(source.asked) == 1

@@ -22,6 +22,7 @@ from proxy.cost import (
     TRAILING,
     CostModel,
     Estimate,
+    IndexSizes,
     LearnedCosts,
     Weights,
     observed_cost,
@@ -34,7 +35,7 @@ MODEL = CostModel(Weights())
 LIMITS = HardLimits()
 
 
-def estimate(method: str, target: str, body=None, model: CostModel = MODEL) -> Estimate:
+def estimate(method: str, target: str, body=None, model: CostModel = MODEL, sizes: IndexSizes | None = None) -> Estimate:
     """Parse and cost a request as the proxy would: `body` is a JSON-able object, NDJSON bytes or None."""
     call = parse_call(method, target)
     if body is None:
@@ -43,7 +44,7 @@ def estimate(method: str, target: str, body=None, model: CostModel = MODEL) -> E
         raw, ctype = body, "application/x-ndjson"
     else:
         raw, ctype = json.dumps(body).encode(), "application/json"  # stdlib: writes ints past 64 bits too
-    return model.estimate(call, decode_body(call, raw, ctype, None, LIMITS))
+    return model.estimate(call, decode_body(call, raw, ctype, None, LIMITS), sizes)
 
 
 def ndjson(*docs) -> bytes:
@@ -548,7 +549,7 @@ def test_weights_are_frozen_strict_and_documented():
         Weights(agg_depth_factor=0.5)  # a factor below 1 would make depth cheaper
     for name, field in Weights.model_fields.items():
         assert field.description and ("cost units" in field.description or "multiplier" in field.description
-                                      or field.description.split(":")[0] in ("buckets", "seconds", "documents/hits")), name
+                                      or field.description.split(":")[0] in ("buckets", "seconds", "documents/hits", "documents", "exponent")), name
 
 
 def test_weights_from_config_change_the_estimate():
@@ -793,3 +794,127 @@ def test_search_head_fast_path_matches_the_general_scanner(took, timed_out, earl
     else:  # cut inside _shards: the fast path may already have read total and skipped whole
         full = max(0.5, float(took)) * max(1, total - skipped)
         assert observed_cost(head) in (_observed(head), full)
+
+
+# ---- index sizes ------------------------------------------------------------------------------
+
+SCRIPT_SCORE = {"query": {"script_score": {"query": {"match_all": {}}, "script": {"source": "doc['n'].value"}}}}
+LEADING_WILDCARD = {"query": {"query_string": {"query": "*rror", "default_field": "message"}}}
+TERM = {"query": {"term": {"service": "checkout"}}}
+
+
+def test_data_scaled_parts_grow_with_the_documents_of_the_index_and_fixed_parts_do_not():
+    w = Weights()
+    big = IndexSizes({"big": round(10 * w.reference_docs), "ref": round(w.reference_docs)})
+    for body in (SCRIPT_SCORE, LEADING_WILDCARD, TERM):
+        unknown = estimate("POST", "/big/_search", body)
+        assert estimate("POST", "/ref/_search", body, sizes=big).cost == pytest.approx(unknown.cost, rel=0.1)
+        sized = estimate("POST", "/big/_search", body, sizes=big)
+        assert sized.fingerprint == unknown.fingerprint  # the size prices a shape, it is not part of it
+        if body is TERM:
+            assert sized.cost == unknown.cost  # postings and fixed overhead: not scaled
+    script = estimate("POST", "/big/_search", SCRIPT_SCORE, sizes=big).cost
+    assert script == pytest.approx(10 * w.script, rel=0.12)  # a scan: linear in documents
+    wildcard = estimate("POST", "/big/_search", LEADING_WILDCARD, sizes=big).cost - w.query_string - w.search
+    assert wildcard == pytest.approx(w.wildcard_leading * 10**w.term_dictionary_exponent, rel=0.12)  # sublinear
+
+
+def test_small_indices_make_expensive_shapes_cheaper_and_unknown_names_keep_the_calibrated_weights():
+    sizes = IndexSizes({"tiny": 1_000})
+    assert estimate("POST", "/tiny/_search", SCRIPT_SCORE, sizes=sizes).cost < 0.05 * estimate(
+        "POST", "/tiny/_search", SCRIPT_SCORE).cost
+    for target in ("/alias-or-stream/_search", "/alias-or-stream,other/_search"):
+        assert estimate("POST", target, SCRIPT_SCORE, sizes=sizes).cost == estimate("POST", target, SCRIPT_SCORE).cost
+
+
+def test_index_expressions_resolve_against_the_polled_names_like_elasticsearch():
+    sizes = IndexSizes({"logs-1": 10, "logs-2": 20, "metrics": 40, ".hidden": 80})
+    assert sorted(sizes.reach(("logs-*",))) == [10, 20]
+    assert sorted(sizes.reach(("logs-*", "-logs-2"))) == [10]
+    assert sorted(sizes.reach(("_all",))) == sorted(sizes.reach(())) == sorted(sizes.reach(("*",))) == [10, 20, 40]
+    assert sorted(sizes.reach((".h*",))) == [80]
+    assert sorted(sizes.reach(("metrics", "logs-?"))) == [10, 20, 40]
+    assert sizes.reach(("nope-*",)) == [] and sizes.reach(("nope",)) == [None]
+
+
+def test_a_wildcard_sums_the_documents_it_reaches():
+    w = Weights()
+    ref = round(w.reference_docs)
+    one, three = IndexSizes({"logs-1": ref}), IndexSizes({"logs-1": ref, "logs-2": ref, "logs-3": ref})
+    cost = lambda sizes: estimate("POST", "/logs-*/_search", SCRIPT_SCORE, sizes=sizes).cost  # noqa: E731
+    assert cost(three) == pytest.approx(3 * cost(one), rel=0.2)
+    assert cost(IndexSizes({})) < cost(one)  # matches nothing: only the fixed overhead
+
+
+def test_msearch_prices_each_search_by_its_own_index():
+    ref = round(Weights().reference_docs)
+    sizes = IndexSizes({"small": ref // 100, "big": ref * 10})
+    small = ndjson({"index": "small"}, SCRIPT_SCORE)
+    big = ndjson({"index": "big"}, SCRIPT_SCORE)
+    assert estimate("POST", "/_msearch", big, sizes=sizes).cost > 100 * estimate("POST", "/_msearch", small, sizes=sizes).cost
+
+
+def test_scaled_weights_are_memoised_per_expression_and_forgotten_with_a_new_poll():
+    model = CostModel(Weights())
+    first = IndexSizes({"big": 5_000_000})
+    a = estimate("POST", "/big/_search", SCRIPT_SCORE, model, first).cost
+    assert model._table(("big",), first) is model._table(("big",), first)
+    second = IndexSizes({"big": 50_000})
+    b = estimate("POST", "/big/_search", SCRIPT_SCORE, model, second).cost
+    assert b < a / 50
+    assert estimate("POST", "/big/_search", SCRIPT_SCORE, model, first).cost == a
+
+
+def test_size_scales_are_clamped_and_quantised():
+    w = Weights()
+    huge = IndexSizes({"huge": 10**15})
+    cost = estimate("POST", "/huge/_search", SCRIPT_SCORE, sizes=huge).cost
+    assert math.isfinite(cost) and cost <= w.script * w.max_size_scale * 1.01 + 10
+    empty = IndexSizes({"empty": 0})
+    assert 0 < estimate("POST", "/empty/_search", SCRIPT_SCORE, sizes=empty).cost < 2
+
+
+def test_a_shapes_cost_over_all_tenants_is_kept_apart_from_each_tenants_own():
+    learned = LearnedCosts(max_entries=2, alpha=0.5)
+    assert learned.shape(7) is None
+    learned.observe("acme", 7, 100.0)
+    learned.observe("globex", 7, 300.0)
+    assert learned.shape(7) == pytest.approx(200.0)  # one EWMA over both tenants
+    assert learned.get("initech", 7) is None  # a tenant's own cost never comes from another's
+    assert learned.get("acme", 7) == 100.0 and learned.get("globex", 7) == 300.0
+    learned.observe("acme", 7, float("nan"))
+    assert learned.shape(7) == pytest.approx(200.0)
+    learned.observe("acme", 8, 1.0)
+    learned.observe("acme", 9, 1.0)  # bounded like the per-tenant entries: 7 is the oldest shape
+    assert learned.shape(7) is None and learned.shape(9) == 1.0
+
+
+def test_one_observation_raises_a_learned_cost_at_most_max_rise_times():
+    learned = LearnedCosts(16, alpha=0.5, max_rise=4.0)
+    assert learned.observe("acme", 1, 2.0) == 2.0  # the first observation sets it, however high
+    # a saturated cluster: the cheap shape's took is mostly queue time
+    assert learned.observe("acme", 1, 1_000.0) == pytest.approx(2.0 + 0.5 * (8.0 - 2.0))
+    assert learned.shape(1) == pytest.approx(5.0)  # the cross-tenant EWMA is bounded the same way
+    for _ in range(3):
+        learned.observe("acme", 1, 1_000.0)
+    assert learned.get("acme", 1) < 200  # four saturated observations: ~10x, not 1000x
+    for _ in range(20):
+        learned.observe("acme", 1, 1_000.0)
+    assert learned.get("acme", 1) == pytest.approx(1_000.0, rel=0.01)  # a lasting rise is learned
+    assert learned.observe("acme", 1, 1.0) < 600  # falls are never bounded
+    tiny = LearnedCosts(16, alpha=1.0, max_rise=4.0)
+    tiny.observe("t", 1, 0.0)
+    assert tiny.observe("t", 1, 100.0) == 4.0  # from ~0 it may still rise, from one unit
+    with pytest.raises(ValueError):
+        LearnedCosts(16, 0.5, max_rise=0.5)
+    assert CostConfig().learn_max_rise == 4.0
+
+
+def test_merged_observations_teach_the_cross_tenant_shape_and_respect_max_rise():
+    learned = LearnedCosts(16, 0.5, max_rise=4.0)
+    learned.merge("acme", 7, 10.0, 3)  # another instance saw acme's shape 7 three times
+    assert learned.shape(7) == 10.0 and learned.get("acme", 7) == 10.0
+    learned.merge("acme", 7, 1000.0, 1)  # one observation may count as at most 4 × 10
+    assert learned.get("acme", 7) == pytest.approx(10.0 + 0.5 * (40.0 - 10.0))
+    assert learned.shape(7) == pytest.approx(25.0)
+    assert learned.get("globex", 7) is None  # a tenant's bill never comes from another's

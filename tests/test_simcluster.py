@@ -670,3 +670,21 @@ def test_simulation_is_independent_of_the_proxy():
     # The cluster's costs must be learned by the proxy from outside, so it may not share the proxy's model.
     code = "import sys, bench.simcluster; sys.exit(any(m == 'proxy' or m.startswith('proxy.') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+async def test_index_stats_count_virtual_docs_and_honour_filter_path(start_cluster, http):
+    cluster = await start_cluster(nodes=2, virtual_docs=1_000)
+    url = cluster.node_urls[0]
+    await call(http, "PUT", url + "/small", {"settings": {"index": {"sim": {"virtual_docs": 10}}}})
+    await call(http, "PUT", url + "/logs-2024.01.01", {"settings": {"number_of_shards": 2}})
+    for i in range(3):
+        await call(http, "PUT", f"{url}/small/_doc/{i}", {"message": "x"})
+    status, body, _ = await call(http, "GET", url + "/_stats/docs?filter_path=indices.*.primaries.docs.count")
+    assert status == 200
+    assert body == {"indices": {"small": {"primaries": {"docs": {"count": 13}}},
+                                "logs-2024.01.01": {"primaries": {"docs": {"count": 1_000}}}}}
+    _, full, _ = await call(http, "GET", url + "/small/_stats")
+    assert full["_all"]["primaries"]["docs"]["count"] == 13 and full["_all"]["total"]["docs"]["count"] == 26
+    assert full["_shards"]["total"] == 2 and set(full["indices"]) == {"small"}
+    _, rows, _ = await call(http, "GET", url + "/_cat/indices/small?format=json&h=index,docs.count")
+    assert rows == [{"index": "small", "docs.count": "13"}]

@@ -18,7 +18,7 @@ from tests.processes import REPO, make_config, tenant
 from tests.upstreams import RecordingUpstream
 
 #: what the proxy asks the cluster itself: node health checks and the gate's cluster-health polls
-PROXY_OWN = ("/", "/_cluster/health", "/_nodes/stats/thread_pool")
+PROXY_OWN = ("/", "/_cluster/health", "/_nodes/stats/thread_pool", "/_stats/docs?filter_path=indices.*.primaries.docs.count")
 
 
 @pytest.fixture
