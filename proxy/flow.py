@@ -23,7 +23,7 @@ from .accesslog import AccessLog
 from .admission import Admission
 from .config import Config
 from .cost import CostModel, LearnedCosts, observed_cost
-from .errors import BodyTooLarge, Refusal, RequestTimeout, Throttled
+from .errors import BodyTooLarge, Refusal, RequestTimeout, Throttled, UpstreamFailure
 from .idbinding import IdBinder, Rebound, binding_key
 from .limiter import Decision, Limiter
 from .listener import check_head
@@ -189,8 +189,10 @@ class Proxy:
         # 6. Forward to a node and stream its answer back.
         try:
             response = await self._forward(request, raw, call, tenant, decision, estimate.cost, trace, rebound)
-        except BaseException:
-            self.admission.leave(ticket, trace.status, trace.upstream_s, None)
+        except BaseException as exc:
+            # An upstream failure's own status (502/503/504) tells the gate's adaptive limit what happened.
+            status = exc.status if isinstance(exc, UpstreamFailure) else trace.status
+            self.admission.leave(ticket, status, trace.upstream_s, None)
             if trace.node == "":  # never reached a node: the cluster spent nothing
                 self.limiter.settle(tenant.name, call.resource, decision.charged, 0.0)
             raise
