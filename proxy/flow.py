@@ -226,32 +226,42 @@ class Proxy:
         self.metrics.observe_upstream(call.resource, trace.upstream_s)
         trace.status = upstream.status
         try:
-            out_headers = response_headers(upstream)
-            out_headers.append((_COST_HEADER, f"estimated={estimated:.1f}; charged={decision.charged:.1f}"))
-            return await self._relay(request, upstream, out_headers, trace, rebound)
+            headers = response_headers(upstream)
+            headers.append((_COST_HEADER, f"estimated={estimated:.1f}; charged={decision.charged:.1f}"))
+            length = upstream.content_length
+            if request.method == "HEAD" or (length is not None and length <= SMALL_RESPONSE):
+                # Small: usually whole already (it came with the head), answered in one write.
+                data = await upstream.read()
+                return self._respond(request, upstream, data, headers, trace, rebound)
+            return await self._stream(request, upstream, headers, trace, rebound)
         finally:
             upstream.release()
 
-    async def _relay(
-        self, request: BaseRequest, upstream: UpstreamResponse, headers: list, trace: Trace, rebound: Rebound | None
-    ) -> web.StreamResponse:
-        """Send the node's response to the client; small ones in one piece, large ones streamed.
+    def _respond(
+        self, request: BaseRequest, upstream: UpstreamResponse, data: bytes, headers: list, trace: Trace,
+        rebound: Rebound | None,
+    ) -> web.Response:
+        """The client's response to a small node response read whole.
 
         A response that carries a scroll, point-in-time or async-search id gets it wrapped for the tenant.
         """
         encoding = upstream.header(hdrs.CONTENT_ENCODING)
+        trace.observed = _observe(data[:HEAD_BYTES], encoding, upstream.status)
+        if request.method == "HEAD":
+            if upstream.content_length is not None:  # the length a GET would get, as the node said
+                headers.append((hdrs.CONTENT_LENGTH, str(upstream.content_length)))
+        elif rebound is not None and rebound.wraps(upstream.status, encoding):
+            data = rebound.wrap_response(data)
+        trace.bytes_out = len(data)
+        return web.Response(status=upstream.status, headers=headers, body=data or None)
+
+    async def _stream(
+        self, request: BaseRequest, upstream: UpstreamResponse, headers: list, trace: Trace, rebound: Rebound | None
+    ) -> web.StreamResponse:
+        """Relay a large or unknown-length node response to the client as it arrives (bounded memory)."""
+        encoding = upstream.header(hdrs.CONTENT_ENCODING)
         length = upstream.content_length
         wraps = rebound is not None and rebound.wraps(upstream.status, encoding)
-        if request.method == "HEAD" or (length is not None and length <= SMALL_RESPONSE):
-            data = await upstream.read()
-            trace.observed = _observe(data[:HEAD_BYTES], encoding, upstream.status)
-            if wraps and request.method != "HEAD":
-                data = rebound.wrap_response(data)  # type: ignore[union-attr]
-            trace.bytes_out = len(data)
-            response = web.Response(status=upstream.status, headers=headers, body=data or None)
-            if request.method == "HEAD" and length is not None:
-                response.content_length = length
-            return response
         chunks = upstream.iter_chunks()
         first, grew = await rebound.wrap_stream_head(chunks) if wraps else (b"", 0)  # type: ignore[union-attr]
         response = web.StreamResponse(status=upstream.status, headers=headers)
