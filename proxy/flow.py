@@ -22,7 +22,7 @@ from . import esapi
 from .accesslog import AccessLog
 from .admission import Admission
 from .config import Config
-from .cost import CostModel, LearnedCosts, observed_cost
+from .cost import CostModel, Estimate, LearnedCosts, observed_cost
 from .errors import BodyTooLarge, Refusal, RequestTimeout, Throttled, UpstreamFailure
 from .idbinding import IdBinder, Rebound, binding_key
 from .limiter import Decision, Limiter
@@ -37,6 +37,10 @@ SMALL_RESPONSE = 256 * 1024
 #: how much of a response body the cost observer looks at
 HEAD_BYTES = 512
 _COST_HEADER = "X-Sluicegate-Cost"
+#: estimates remembered per config snapshot, for requests sent again byte for byte (a dashboard's
+#: refresh, a health-check search), and the largest target + body remembered (bytes): at most ~2 MB
+ESTIMATE_MEMO = 512
+ESTIMATE_MEMO_BYTES = 4096
 
 log = logging.getLogger("sluicegate.flow")
 
@@ -44,7 +48,7 @@ log = logging.getLogger("sluicegate.flow")
 class Snapshot:
     """Everything derived from one config file, built once per load and never mutated."""
 
-    __slots__ = ("config", "generation", "digest", "directory", "cost_model", "ids")
+    __slots__ = ("config", "generation", "digest", "directory", "cost_model", "ids", "_estimates")
 
     def __init__(self, config: Config, generation: int, digest: str):
         self.config = config
@@ -53,6 +57,24 @@ class Snapshot:
         self.directory = Directory(config)
         self.cost_model = CostModel(config.cost.weights)
         self.ids = IdBinder(binding_key(config))
+        self._estimates: dict[tuple, Estimate] = {}
+
+    def estimate(self, method: str, target: str, content_type: str | None, call: esapi.EsCall,
+                 body: esapi.Body | None) -> Estimate:
+        """`cost_model.estimate(call, body)`, remembered for a request identical in method, target,
+        Content-Type and (inflated) body. Sound while an estimate depends on nothing but the call, the
+        body and this snapshot's weights: a reload starts afresh."""
+        data = body.data if body is not None else b""
+        if len(target) + len(data) > ESTIMATE_MEMO_BYTES:
+            return self.cost_model.estimate(call, body)
+        key = (method, target, content_type, data)
+        memo = self._estimates
+        estimate = memo.get(key)
+        if estimate is None:
+            estimate = memo[key] = self.cost_model.estimate(call, body)
+            if len(memo) > ESTIMATE_MEMO:
+                del memo[next(iter(memo))]  # the oldest
+        return estimate
 
 
 class Trace:
@@ -151,15 +173,14 @@ class Proxy:
         # 2. The body, bounded in bytes and time, parsed only where cost or grants need it.
         raw = await read_body(request, limits.max_body_bytes, limits.body_timeout_s)
         trace.bytes_in = len(raw)
-        body = esapi.decode_body(
-            call, raw, request.headers.get(hdrs.CONTENT_TYPE), request.headers.get(hdrs.CONTENT_ENCODING), limits
-        )
+        content_type = request.headers.get(hdrs.CONTENT_TYPE)
+        body = esapi.decode_body(call, raw, content_type, request.headers.get(hdrs.CONTENT_ENCODING), limits)
         authorize(tenant, call, body or esapi.NO_BODY)
         # Scroll, point-in-time and async-search ids are bound to the tenant that opened them.
         rebound = snap.ids.rebind(tenant.name, call, body, request.raw_path)
 
         # 3. What will it cost the cluster? The learned cost of this shape wins over the estimate.
-        estimate = snap.cost_model.estimate(call, body)
+        estimate = snap.estimate(request.method, request.raw_path, content_type, call, body)
         trace.estimated = estimate.cost
         trace.fingerprint = estimate.fingerprint
         learned = self.learned.get(tenant.name, estimate.fingerprint) if snap.config.cost.learn else None
