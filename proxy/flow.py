@@ -37,18 +37,34 @@ SMALL_RESPONSE = 256 * 1024
 #: how much of a response body the cost observer looks at
 HEAD_BYTES = 512
 _COST_HEADER = "X-Sluicegate-Cost"
-#: estimates remembered per config snapshot, for requests sent again byte for byte (a dashboard's
-#: refresh, a health-check search), and the largest target + body remembered (bytes): at most ~2 MB
+#: Requests sent again byte for byte (a dashboard's refresh, a health check's search) are not decoded,
+#: grant-checked or costed again: per config snapshot, this many bodies that passed their tenant's
+#: grant check and this many estimates are remembered, for bodies (and targets) up to MEMO_BYTES.
+#: At most a few MB: a remembered body holds its parsed JSON.
+BODY_MEMO = 128
 ESTIMATE_MEMO = 512
-ESTIMATE_MEMO_BYTES = 4096
+MEMO_BYTES = 4096
 
 log = logging.getLogger("sluicegate.flow")
 
 
-class Snapshot:
-    """Everything derived from one config file, built once per load and never mutated."""
+class Memo(dict):
+    """A dict that forgets its oldest entry once it holds more than `size`."""
 
-    __slots__ = ("config", "generation", "digest", "directory", "cost_model", "ids", "_estimates")
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def keep(self, key, value) -> None:
+        self[key] = value
+        if len(self) > self.size:
+            del self[next(iter(self))]
+
+
+class Snapshot:
+    """Everything derived from one config file, built once per load (memos aside, never mutated)."""
+
+    __slots__ = ("config", "generation", "digest", "directory", "cost_model", "ids", "granted_bodies", "_estimates")
 
     def __init__(self, config: Config, generation: int, digest: str):
         self.config = config
@@ -57,7 +73,15 @@ class Snapshot:
         self.directory = Directory(config)
         self.cost_model = CostModel(config.cost.weights)
         self.ids = IdBinder(binding_key(config))
-        self._estimates: dict[tuple, Estimate] = {}
+        #: (tenant, method, target, Content-Type, Content-Encoding, bytes as received) → the decoded body
+        #: that passed that tenant's grant check: decoding and the check depend on nothing else
+        self.granted_bodies = Memo(BODY_MEMO)
+        self._estimates = Memo(ESTIMATE_MEMO)
+
+    def granted(self, sent: tuple, body: esapi.Body | None) -> None:
+        """`body`, decoded from `sent` (see granted_bodies), passed its tenant's grant check."""
+        if body is not None and sum(len(part) for part in sent if part) + len(body.data) <= MEMO_BYTES:
+            self.granted_bodies.keep(sent, body)
 
     def estimate(self, method: str, target: str, content_type: str | None, call: esapi.EsCall,
                  body: esapi.Body | None) -> Estimate:
@@ -65,15 +89,13 @@ class Snapshot:
         Content-Type and (inflated) body. Sound while an estimate depends on nothing but the call, the
         body and this snapshot's weights: a reload starts afresh."""
         data = body.data if body is not None else b""
-        if len(target) + len(data) > ESTIMATE_MEMO_BYTES:
+        if len(target) + len(data) > MEMO_BYTES:
             return self.cost_model.estimate(call, body)
         key = (method, target, content_type, data)
-        memo = self._estimates
-        estimate = memo.get(key)
+        estimate = self._estimates.get(key)
         if estimate is None:
-            estimate = memo[key] = self.cost_model.estimate(call, body)
-            if len(memo) > ESTIMATE_MEMO:
-                del memo[next(iter(memo))]  # the oldest
+            estimate = self.cost_model.estimate(call, body)
+            self._estimates.keep(key, estimate)
         return estimate
 
 
@@ -173,9 +195,13 @@ class Proxy:
         # 2. The body, bounded in bytes and time, parsed only where cost or grants need it.
         raw = await read_body(request, limits.max_body_bytes, limits.body_timeout_s)
         trace.bytes_in = len(raw)
-        content_type = request.headers.get(hdrs.CONTENT_TYPE)
-        body = esapi.decode_body(call, raw, content_type, request.headers.get(hdrs.CONTENT_ENCODING), limits)
-        authorize(tenant, call, body or esapi.NO_BODY)
+        content_type, encoding = request.headers.get(hdrs.CONTENT_TYPE), request.headers.get(hdrs.CONTENT_ENCODING)
+        sent = (tenant.name, request.method, request.raw_path, content_type, encoding, raw)
+        body = snap.granted_bodies.get(sent)
+        if body is None:  # not seen byte for byte since the config loaded: decode it, check what it names
+            body = esapi.decode_body(call, raw, content_type, encoding, limits)
+            authorize(tenant, call, body or esapi.NO_BODY)
+            snap.granted(sent, body)
         # Scroll, point-in-time and async-search ids are bound to the tenant that opened them.
         rebound = snap.ids.rebind(tenant.name, call, body, request.raw_path)
 
