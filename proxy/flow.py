@@ -78,6 +78,10 @@ class Snapshot:
         self.granted_bodies = Memo(BODY_MEMO)
         self._estimates = Memo(ESTIMATE_MEMO)
 
+    def granted_body(self, sent: tuple) -> esapi.Body | None:
+        """The body decoded from `sent` that passed its tenant's grant check before, if remembered."""
+        return self.granted_bodies.get(sent) if len(sent[-1]) <= MEMO_BYTES else None  # never hash a big body
+
     def granted(self, sent: tuple, body: esapi.Body | None) -> None:
         """`body`, decoded from `sent` (see granted_bodies), passed its tenant's grant check."""
         if body is not None and sum(len(part) for part in sent if part) + len(body.data) <= MEMO_BYTES:
@@ -197,7 +201,7 @@ class Proxy:
         trace.bytes_in = len(raw)
         content_type, encoding = request.headers.get(hdrs.CONTENT_TYPE), request.headers.get(hdrs.CONTENT_ENCODING)
         sent = (tenant.name, request.method, request.raw_path, content_type, encoding, raw)
-        body = snap.granted_bodies.get(sent)
+        body = snap.granted_body(sent)
         if body is None:  # not seen byte for byte since the config loaded: decode it, check what it names
             body = esapi.decode_body(call, raw, content_type, encoding, limits)
             authorize(tenant, call, body or esapi.NO_BODY)
