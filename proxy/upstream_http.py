@@ -144,7 +144,9 @@ class NodeConnection(asyncio.Protocol):
         self.uses = 0
         self._buf = bytearray()
         self._head_waiter: asyncio.Future[UpstreamResponse] | None = None
+        #: one head timer per connection, re-armed by moving its deadline (loop time; None: not waiting)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_deadline: float | None = None
         self._response: UpstreamResponse | None = None
         self._head_request = False
         self._received_any = False
@@ -198,7 +200,7 @@ class NodeConnection(asyncio.Protocol):
             self._response = response
             waiter = self._head_waiter
             self._head_waiter = None
-            self._stop_head_timer()
+            self._head_deadline = None  # the timer, when it fires, finds nothing to time out
             if waiter is not None and not waiter.done():
                 waiter.set_result(response)
             if response.complete:
@@ -344,12 +346,20 @@ class NodeConnection(asyncio.Protocol):
         self.pool.put_back(self)
 
     def _stop_head_timer(self) -> None:
+        self._head_deadline = None
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
+        deadline = self._head_deadline
+        if deadline is None:
+            return  # the head came in time (and no request waits now)
+        if self.loop.time() < deadline:  # a later request moved the deadline since this was scheduled
+            self._head_timer = self.loop.call_at(deadline, self._head_timed_out)
+            return
+        self._head_deadline = None
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(HeadTimeout())
@@ -365,13 +375,16 @@ class NodeConnection(asyncio.Protocol):
 
     def send(self, head: bytes, body: bytes | None, is_head: bool, timeout: float) -> asyncio.Future[UpstreamResponse]:
         """Write one request; the future resolves to the response once its head has arrived,
-        or fails with HeadTimeout after `timeout` seconds (one timer, no timeout context)."""
+        or fails with HeadTimeout after `timeout` seconds (no timeout context, and no timer per request:
+        the connection's timer is re-armed by moving its deadline)."""
         assert self.transport is not None
         self.uses += 1
         self._head_request = is_head
         self._received_any = False
         waiter = self._head_waiter = self.loop.create_future()
-        self._head_timer = self.loop.call_later(timeout, self._head_timed_out)
+        self._head_deadline = self.loop.time() + timeout
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_at(self._head_deadline, self._head_timed_out)
         if body:
             self.transport.writelines((head, body))
         else:
