@@ -296,7 +296,7 @@ class Proxy:
 
         A response that carries a scroll, point-in-time or async-search id gets it wrapped for the tenant.
         """
-        encoding = upstream.header(hdrs.CONTENT_ENCODING)
+        encoding = upstream.content_encoding
         trace.observed = _observe(data[:HEAD_BYTES], encoding, upstream.status)
         if request.method == "HEAD":
             if upstream.content_length is not None:  # the length a GET would get, as the node said
@@ -310,7 +310,7 @@ class Proxy:
         self, request: BaseRequest, upstream: UpstreamResponse, headers: list, trace: Trace, rebound: Rebound | None
     ) -> web.StreamResponse:
         """Relay a large or unknown-length node response to the client as it arrives (bounded memory)."""
-        encoding = upstream.header(hdrs.CONTENT_ENCODING)
+        encoding = upstream.content_encoding
         length = upstream.content_length
         wraps = rebound is not None and rebound.wraps(upstream.status, encoding)
         chunks = upstream.iter_chunks()

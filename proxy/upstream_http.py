@@ -36,7 +36,7 @@ class UpstreamResponse:
 
     __slots__ = (
         "status", "headers", "content_length", "keep_alive", "_conn", "_chunks", "_buffered",
-        "_waiter", "complete", "_error", "_released", "read_timeout",
+        "_waiter", "complete", "_error", "_released", "read_timeout", "content_encoding",
     )
 
     def __init__(self, conn: NodeConnection, status: int, headers: list[tuple[str, str]], content_length: int | None, keep_alive: bool):
@@ -52,6 +52,8 @@ class UpstreamResponse:
         self._error: BaseException | None = None
         self._released = False
         self.read_timeout: float | None = None
+        #: the Content-Encoding header's value (None without one), noted while the head was parsed
+        self.content_encoding: str | None = None
 
     def header(self, name: str) -> str | None:
         lname = name.lower()
@@ -225,6 +227,7 @@ class NodeConnection(asyncio.Protocol):
         headers: list[tuple[str, str]] = []
         length: int | None = None
         chunked = False
+        encoding: str | None = None
         keep_alive = status_line[5:8] == b"1.1"
         for line in lines[1:]:
             name, _, value = line.partition(b":")
@@ -234,6 +237,8 @@ class NodeConnection(asyncio.Protocol):
                 length = int(value)
             elif lname == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
+            elif lname == b"content-encoding" and encoding is None:  # the first, as header() finds it
+                encoding = value.decode("latin-1")
             elif lname == b"connection":
                 token = value.lower()
                 if b"close" in token:
@@ -242,6 +247,7 @@ class NodeConnection(asyncio.Protocol):
                     keep_alive = True
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
         response = UpstreamResponse(self, status, headers, length, keep_alive)
+        response.content_encoding = encoding
         if self._head_request or status in (204, 304):
             response.content_length = length if self._head_request else 0
             response._finish()
