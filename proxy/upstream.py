@@ -150,24 +150,23 @@ class Upstream:
         raise UpstreamFailure(status, last_error)
 
     async def _exchange(self, node: Node, head: bytes, body: bytes | None, is_head: bool) -> UpstreamResponse:
+        """Send on a warm idle connection to `node` if there is one, else on a new one; the response
+        once its head has arrived."""
         pool = node.pool
-        conn = pool.take_idle()
-        if conn is not None:
+        reused = pool.take_idle()
+        conn = reused or await pool.connect(self.config.connect_timeout_s)
+        while True:
             try:
-                return await self._await_head(conn, head, body, is_head)
-            except ConnectionLostEarly:
-                pass  # the node had closed this idle connection; nothing was processed: use a fresh one
-        conn = await pool.connect(self.config.connect_timeout_s)
-        return await self._await_head(conn, head, body, is_head)
-
-    async def _await_head(self, conn, head: bytes, body: bytes | None, is_head: bool) -> UpstreamResponse:
-        try:
-            response = await conn.send(head, body, is_head, self.config.request_timeout_s)
-        except BaseException:
-            conn.close()  # timed out, failed, or the client went away: this connection's state is unknown
-            raise
-        response.read_timeout = self.config.request_timeout_s
-        return response
+                response = await conn.send(head, body, is_head, self.config.request_timeout_s)
+            except BaseException as exc:
+                conn.close()  # timed out, failed, or the client went away: this connection's state is unknown
+                if conn is reused and isinstance(exc, ConnectionLostEarly):
+                    # The node had closed this idle connection; nothing was processed: use a fresh one.
+                    conn = await pool.connect(self.config.connect_timeout_s)
+                    continue
+                raise
+            response.read_timeout = self.config.request_timeout_s
+            return response
 
     def _pick(self) -> Node | None:
         now = time.monotonic()

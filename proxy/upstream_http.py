@@ -36,7 +36,7 @@ class UpstreamResponse:
 
     __slots__ = (
         "status", "headers", "content_length", "keep_alive", "_conn", "_chunks", "_buffered",
-        "_waiter", "complete", "_error", "_released", "read_timeout",
+        "_waiter", "complete", "_error", "_released", "read_timeout", "content_encoding",
     )
 
     def __init__(self, conn: NodeConnection, status: int, headers: list[tuple[str, str]], content_length: int | None, keep_alive: bool):
@@ -52,6 +52,8 @@ class UpstreamResponse:
         self._error: BaseException | None = None
         self._released = False
         self.read_timeout: float | None = None
+        #: the Content-Encoding header's value (None without one), noted while the head was parsed
+        self.content_encoding: str | None = None
 
     def header(self, name: str) -> str | None:
         lname = name.lower()
@@ -144,7 +146,9 @@ class NodeConnection(asyncio.Protocol):
         self.uses = 0
         self._buf = bytearray()
         self._head_waiter: asyncio.Future[UpstreamResponse] | None = None
+        #: one head timer per connection, re-armed by moving its deadline (loop time; None: not waiting)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_deadline: float | None = None
         self._response: UpstreamResponse | None = None
         self._head_request = False
         self._received_any = False
@@ -198,7 +202,7 @@ class NodeConnection(asyncio.Protocol):
             self._response = response
             waiter = self._head_waiter
             self._head_waiter = None
-            self._stop_head_timer()
+            self._head_deadline = None  # the timer, when it fires, finds nothing to time out
             if waiter is not None and not waiter.done():
                 waiter.set_result(response)
             if response.complete:
@@ -223,6 +227,7 @@ class NodeConnection(asyncio.Protocol):
         headers: list[tuple[str, str]] = []
         length: int | None = None
         chunked = False
+        encoding: str | None = None
         keep_alive = status_line[5:8] == b"1.1"
         for line in lines[1:]:
             name, _, value = line.partition(b":")
@@ -232,6 +237,8 @@ class NodeConnection(asyncio.Protocol):
                 length = int(value)
             elif lname == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
+            elif lname == b"content-encoding" and encoding is None:  # the first, as header() finds it
+                encoding = value.decode("latin-1")
             elif lname == b"connection":
                 token = value.lower()
                 if b"close" in token:
@@ -240,6 +247,7 @@ class NodeConnection(asyncio.Protocol):
                     keep_alive = True
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
         response = UpstreamResponse(self, status, headers, length, keep_alive)
+        response.content_encoding = encoding
         if self._head_request or status in (204, 304):
             response.content_length = length if self._head_request else 0
             response._finish()
@@ -344,12 +352,20 @@ class NodeConnection(asyncio.Protocol):
         self.pool.put_back(self)
 
     def _stop_head_timer(self) -> None:
+        self._head_deadline = None
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
+        deadline = self._head_deadline
+        if deadline is None:
+            return  # the head came in time (and no request waits now)
+        if self.loop.time() < deadline:  # a later request moved the deadline since this was scheduled
+            self._head_timer = self.loop.call_at(deadline, self._head_timed_out)
+            return
+        self._head_deadline = None
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(HeadTimeout())
@@ -365,13 +381,16 @@ class NodeConnection(asyncio.Protocol):
 
     def send(self, head: bytes, body: bytes | None, is_head: bool, timeout: float) -> asyncio.Future[UpstreamResponse]:
         """Write one request; the future resolves to the response once its head has arrived,
-        or fails with HeadTimeout after `timeout` seconds (one timer, no timeout context)."""
+        or fails with HeadTimeout after `timeout` seconds (no timeout context, and no timer per request:
+        the connection's timer is re-armed by moving its deadline)."""
         assert self.transport is not None
         self.uses += 1
         self._head_request = is_head
         self._received_any = False
         waiter = self._head_waiter = self.loop.create_future()
-        self._head_timer = self.loop.call_later(timeout, self._head_timed_out)
+        self._head_deadline = self.loop.time() + timeout
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_at(self._head_deadline, self._head_timed_out)
         if body:
             self.transport.writelines((head, body))
         else:

@@ -47,6 +47,24 @@ def test_anything_else_is_401_without_naming_a_secret(directory, header):
     assert "WWW-Authenticate" in info.value.headers
 
 
+def test_only_credentials_that_identified_a_tenant_are_remembered_and_they_stay_bounded(directory, monkeypatch):
+    from proxy import tenants
+
+    for _ in range(3):
+        assert directory.identify("ApiKey acme-key", "/").name == "acme"
+        with pytest.raises(Unauthorized):
+            directory.identify(basic("app", "wrong"), "/")  # a remembered user with a wrong password
+        with pytest.raises(Unauthorized):
+            directory.identify("ApiKey nope", "/")
+    assert list(directory._known) == ["ApiKey acme-key"]
+    directory.identify("ApiKey " + " " * tenants.KNOWN_CREDENTIAL_CHARS + "acme-key", "/")  # valid, too long to keep
+    assert len(directory._known) == 1
+    monkeypatch.setattr(tenants, "KNOWN_CREDENTIALS", 4)
+    for spaces in range(1, 10):  # many spellings of one valid key
+        assert directory.identify("ApiKey" + " " * spaces + "globex-key", "/").name == "globex"
+        assert len(directory._known) <= 4
+
+
 @pytest.mark.parametrize("index,allowed", [
     ("acme-logs", True), ("acme-*", True), ("acme-logs-*", True), ("shared-acme", True),
     ("-globex-x", True),  # an exclusion only narrows

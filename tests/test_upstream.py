@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -212,6 +213,32 @@ async def test_silent_node_times_out_with_504():
         with pytest.raises(UpstreamFailure) as info:
             await fetch(upstream)
         assert info.value.status == 504
+        silence.set()
+        await upstream.close()
+
+
+async def test_a_kept_alive_connection_times_out_its_later_requests_on_their_own_deadline():
+    silence = asyncio.Event()
+
+    async def answers_then_falls_silent(server, reader, writer):
+        for _ in range(3):  # answered at once: each moves the connection's deadline on
+            await server.read_request(reader)
+            writer.write(ok(b'{"took":1}'))
+            await writer.drain()
+        await server.read_request(reader)
+        await silence.wait()
+
+    async with RawServer(answers_then_falls_silent) as server:
+        upstream = bare_upstream(server.url, request_timeout_s=0.3)
+        for _ in range(3):
+            await fetch(upstream)
+            await asyncio.sleep(0.15)  # the first request's deadline passes while the connection is in use
+        started = time.monotonic()
+        with pytest.raises(UpstreamFailure) as info:
+            await fetch(upstream)
+        assert info.value.status == 504
+        assert 0.25 <= time.monotonic() - started < 1.0  # the silent request's own 0.3 s, not an older deadline
+        assert server.connections == 1
         silence.set()
         await upstream.close()
 

@@ -33,6 +33,8 @@ def test_elasticsearch_py_end_to_end(proxy):
     es.index(index="acme-drop", id="1", document={"message": "hello from acme", "n": 1}, refresh=True)
     found = es.search(index="acme-drop", query={"match": {"message": "hello"}})
     assert [hit["_id"] for hit in found["hits"]["hits"]] == ["1"]
+    assert es.indices.exists(index="acme-drop")
+    assert not es.indices.exists(index="acme-absent")
     ok, errors = es_helpers.bulk(
         es, ({"_index": "acme-bulk", "_id": str(i), "n": i} for i in range(1000)), chunk_size=250, refresh=True
     )
@@ -92,6 +94,21 @@ def test_client_authorization_is_replaced_never_forwarded(procs):
             assert seen.headers["X-Forwarded-Proto"] == "http"
         assert requests[1].headers["X-Forwarded-For"] == "10.0.0.1, 127.0.0.1"
         assert "Connection" not in requests[1].headers or requests[1].headers["Connection"].lower() == "keep-alive"
+    finally:
+        upstream.stop()
+
+
+def test_head_gets_the_nodes_content_length_and_no_body(procs):
+    upstream = RecordingUpstream().start()  # answers HEAD with the Content-Length a GET would get
+    try:
+        proxy = procs.proxy(make_config([upstream.url]))
+        http = urllib3.PoolManager()
+        auth = {"Authorization": "ApiKey acme-key"}
+        got = http.request("GET", proxy.url + "/acme-logs/_doc/1", headers=auth)
+        head = http.request("HEAD", proxy.url + "/acme-logs/_doc/1", headers=auth)
+        assert got.status == head.status == 200
+        assert head.headers["Content-Length"] == got.headers["Content-Length"] == str(len(got.data))
+        assert head.data == b""
     finally:
         upstream.stop()
 
