@@ -3,6 +3,7 @@ tests/processes.py and are exposed here as factories that close everything they 
 from __future__ import annotations
 
 import os
+import uuid
 
 from hypothesis import HealthCheck, settings
 
@@ -14,7 +15,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 import pytest  # noqa: E402
 
-from tests.processes import Processes, SimClusterProcess  # noqa: E402
+from tests.processes import Processes, RedisServer, SimClusterProcess  # noqa: E402
 
 
 @pytest.fixture
@@ -31,3 +32,17 @@ def shared_cluster():
     cluster = SimClusterProcess(nodes=3)
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """One real redis-server per test module, for tests that keep to their own keys (`prefix`)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of this test's own, so tests sharing a redis-server never see each other's keys."""
+    return "t" + uuid.uuid4().hex[:10]

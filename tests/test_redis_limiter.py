@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import uuid
 
 import pytest
 import redis
@@ -50,19 +49,6 @@ def config(plans: dict | None = None, tenants: dict[str, str] | None = None) -> 
 
 def plan(rate: float = 100.0, burst: float = 1000.0, max_wait_ms: float = 0.0, **extra) -> dict:
     return {"search": {"rate": rate, "burst": burst}, "max_wait_ms": max_wait_ms, "resources": ["search"], **extra}
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def prefix() -> str:
-    """A key prefix of this test's own, so tests sharing a redis-server never see each other's keys."""
-    return "t" + uuid.uuid4().hex[:10]
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ instance warming up, recovery after an outage) they poll the observable result w
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 import redis
@@ -74,18 +73,6 @@ def test_without_redis_or_when_turned_off_learned_costs_stay_local():
 
 
 # ---- instances on a real redis-server ----
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return "t" + uuid.uuid4().hex[:10]
-
 
 class Instance:
     def __init__(self, limiter: RedisLimiter, learned: SharedLearnedCosts, sharer: CostSharer, metrics: Metrics):

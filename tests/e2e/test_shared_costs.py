@@ -30,6 +30,16 @@ async def until(predicate, what: str, timeout: float = 15.0) -> None:
     await asyncio.to_thread(wait_until, predicate, timeout, what, 0.05)
 
 
+async def create_and_search(session: aiohttp.ClientSession, url: str) -> aiohttp.ClientResponse:
+    """Create acme-logs through the proxy at `url`, then send it the underpriced search once."""
+    async with session.put(url + "/acme-logs", headers=ACME) as r:
+        assert r.status == 200
+    async with session.post(url + "/acme-logs/_search", data=UNDERPRICED, headers=ACME) as response:
+        assert response.status == 200
+        await response.read()
+    return response
+
+
 def shared_config(cluster, store) -> dict:
     # No index-size polling: the test needs an estimate that is far from what the cluster spends, so
     # that "charged the learned cost" and "charged the estimate" cannot be confused.
@@ -44,11 +54,7 @@ async def test_a_shape_learned_by_one_instance_is_charged_by_the_other(procs):
     a, b = procs.proxy(shared_config(cluster, store)), procs.proxy(shared_config(cluster, store))
     await until(lambda: all(p.metric("sluicegate_redis_live_instances") == 2 for p in (a, b)), "2 live instances")
     async with aiohttp.ClientSession() as session:
-        async with session.put(a.url + "/acme-logs", headers=ACME) as r:
-            assert r.status == 200
-        async with session.post(a.url + "/acme-logs/_search", data=UNDERPRICED, headers=ACME) as first:
-            assert first.status == 200
-            await first.read()
+        first = await create_and_search(session, a.url)
         assert cost_header(first, "charged") == pytest.approx(cost_header(first, "estimated"), abs=0.1)
         [taught] = learned(a)  # what a observed the cluster spend on this shape
         assert taught["cost"] > 4 * cost_header(first, "estimated")
@@ -74,11 +80,7 @@ async def test_workers_of_one_instance_share_through_redis_too(procs):
     proxy = procs.proxy(shared_config(cluster, store), workers=2)
     await until(lambda: proxy.metric("sluicegate_redis_live_instances") == 2 * 2, "2 workers, each counting 2")
     async with aiohttp.ClientSession() as session:
-        async with session.put(proxy.url + "/acme-logs", headers=ACME) as r:
-            assert r.status == 200
-        async with session.post(proxy.url + "/acme-logs/_search", data=UNDERPRICED, headers=ACME) as r:
-            assert r.status == 200
-            await r.read()
+        await create_and_search(session, proxy.url)
     # Whichever worker served it published it; the other merged it.
     await until(lambda: proxy.metric("sluicegate_shared_cost_observations_total", outcome="merged") >= 1,
                 "the other worker to merge the observation")
