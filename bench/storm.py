@@ -130,9 +130,13 @@ def start_nginx(conn: int | None):
     return start
 
 
+#: admission settings of the Sluicegate modes beyond the defaults (`--headroom`)
+ADMISSION: dict = {}
+
+
 def sluicegate_config(cluster: SimClusterProcess) -> dict:
     return make_config(cluster.nodes, tenants={name: tenant(name) for name in all_tenants()},
-                       plans={"standard": PLAN}, access_log={"path": None})
+                       plans={"standard": PLAN}, access_log={"path": None}, admission=dict(ADMISSION))
 
 
 def start_sluicegate(stack, cluster, workdir):
@@ -668,7 +672,11 @@ def main() -> None:
                         help="nice level of the storming load generator (its clients would be other machines)")
     parser.add_argument("--report-only", action="store_true", help="redo tables and figure from bench/out/storm.json")
     parser.add_argument("--no-results", action="store_true", help="do not touch bench/RESULTS.md or bench/results/")
+    parser.add_argument("--headroom", type=float, default=None,
+                        help="Sluicegate's admission.capacity_headroom (default: the proxy's default)")
     args = parser.parse_args()
+    if args.headroom is not None:
+        ADMISSION["capacity_headroom"] = args.headroom
     raw_path = OUT / "storm.json"
     if args.report_only:
         saved = json.loads(raw_path.read_text())
