@@ -25,6 +25,12 @@ count) was under-priced, and the cluster is still spending on it: it counts as w
 far, in the over-share check, so no further over-share work goes in until it drains. Re-evaluated at
 most every `OVERDUE_TICK_S`, whenever a request arrives or the queue is pumped.
 
+**Contention.** The headroom is `capacity_headroom` (0.8) while nobody under their share waits, so a
+lone busy tenant may use most of the cluster. Once a tenant under its share has to wait at the gate,
+it drops to `capacity_headroom_contended` (0.5) and stays there while that keeps happening, and
+for `CONTENDED_HOLD_S` after: over-share work drains down to the smaller room as it completes, and
+the quiet tenants' next bursts find the threads free.
+
 **Fair order.** Waiting requests are released in start-time fair queueing order across tenants:
 each tenant's next request carries the tag max(virtual time, the tenant's last finish tag), a
 released request advances its tenant's finish tag by cost / plan weight, and the smallest tag goes
@@ -88,6 +94,9 @@ OVERDUE_SLACK = 2.0
 OVERDUE_MIN_S = 0.05
 #: what in-flight requests have spent is re-evaluated at most this often (seconds)
 OVERDUE_TICK_S = 0.02
+#: the contended headroom holds this long (seconds) after a tenant under its share last had to wait:
+#: longer than an expensive request's round trip, so the room freed is still free for the next burst
+CONTENDED_HOLD_S = 5.0
 
 
 # ============================================================================================
@@ -171,7 +180,10 @@ class Gate:
 
     def __init__(self) -> None:
         self.enabled = True
-        self.headroom = 0.8
+        self.headroom = 0.8  # in force now: one of the two below
+        self.base_headroom = 0.8
+        self.contended_headroom = 0.8
+        self.contended_until: float | None = None  # while set, `headroom` is the contended one
         self.min_limit = 4.0
         self.max_limit = 512.0
         self.max_queue = 10_000
@@ -219,7 +231,10 @@ class Gate:
     # ---- configuration ----
     def configure(self, admission: AdmissionConfig, share: float) -> None:
         self.enabled = admission.enabled
-        self.headroom = admission.capacity_headroom
+        self.base_headroom = admission.capacity_headroom
+        contended = admission.capacity_headroom_contended
+        self.contended_headroom = self.base_headroom if contended is None else min(contended, self.base_headroom)
+        self.headroom = self.base_headroom if self.contended_until is None else self.contended_headroom
         self.share = share
         self.min_limit = max(1.0, admission.min_limit * share)
         self.max_limit = max(self.min_limit, admission.max_limit * share)
@@ -308,6 +323,20 @@ class Gate:
             return (f"{self.threads} search threads ÷ {self.threads_per_request:.2f} threads per request"
                     + (f" × share {self.share:.2f}" if self.share != 1.0 else ""))
         return why.replace("_", " ")
+
+    def contend(self, now: float) -> bool:
+        """A tenant under its share had to wait: the contended headroom, for CONTENDED_HOLD_S from now.
+        True if that made the room kept for such tenants larger."""
+        self.contended_until = now + CONTENDED_HOLD_S
+        narrower = self.headroom > self.contended_headroom
+        self.headroom = self.contended_headroom
+        return narrower
+
+    def uncontend(self, now: float) -> None:
+        """Back to `capacity_headroom` once CONTENDED_HOLD_S passed with nobody under their share waiting."""
+        if self.contended_until is not None and now >= self.contended_until:
+            self.contended_until = None
+            self.headroom = self.base_headroom
 
     # ---- admission checks ----
     def counted(self, cost: float) -> float:
@@ -637,6 +666,7 @@ class Admission:
         gate = self.gate
         if now - self._overdue_at >= OVERDUE_TICK_S:
             self.refresh_overdue(now)
+        gate.uncontend(now)
         under = self._under_share(slots, cost)
         if shadow:
             would = bool(slots.waiters) or slots.inflight >= slots.max_concurrent or not self._fits(cost, under)
@@ -653,6 +683,8 @@ class Admission:
         gate.queued += 1
         self._activate(slots)
         self.pump(now)
+        if waiter.ticket is None and under and gate.contend(now):
+            self.pump(now)  # the room kept for tenants under their share just grew
         if waiter.ticket is not None:
             return waiter.ticket
         if len(slots.waiters) > slots.max_queue or slots.max_wait_s <= 0.0:
@@ -900,6 +932,7 @@ class Admission:
             "detail": gate.detail(now),
             "capacity": None if capacity is None else round(capacity, 1),
             "capacity_headroom": gate.headroom,
+            "contended": gate.contended_until is not None,
             "capacity_per_s": gate.capacity_per_s,
             "horizon_ms": round(gate.horizon_ms, 2),
             "threads_per_request": round(gate.threads_per_request, 3),

@@ -152,6 +152,11 @@ class AdmissionConfig(_Frozen):
     target_latency_ms: float | None = Field(None, gt=0)
     health_poll_s: float = Field(2.0, gt=0)
     capacity_headroom: float = Field(0.8, gt=0, le=1.0)
+    capacity_headroom_contended: float | None = Field(
+        0.5, gt=0, le=1.0,
+        description="the headroom while tenants under their share are waiting at the gate (and for a few seconds "
+                    "after); None: always capacity_headroom",
+    )
     max_queue: int = Field(10_000, ge=0, description="requests waiting at the gate, all tenants; 429 overload beyond")
 
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.admission import REASONS, Admission, ClusterReading, Ticket, Waiter
+from proxy.admission import CONTENDED_HOLD_S, REASONS, Admission, ClusterReading, Ticket, Waiter
 from proxy.config import hash_secret, parse_config
 from proxy.errors import Throttled
 from proxy.tenants import Directory
@@ -29,7 +29,8 @@ def config(tenants: dict[str, dict] | None = None, **admission):
     }
     return parse_config({
         "upstream": {"nodes": ["http://127.0.0.1:9"]},
-        "admission": {"min_limit": 1, "max_limit": 1000, **admission},
+        # The contended headroom is off unless a test asks for it: the headroom is what the test says.
+        "admission": {"min_limit": 1, "max_limit": 1000, "capacity_headroom_contended": None, **admission},
         "plans": plans,
         "tenants": {
             name: {"plan": name, "api_keys": [hash_secret(f"{name}-key")], "indices": [f"{name}-*"]}
@@ -188,6 +189,51 @@ def test_requests_in_flight_longer_than_their_cost_implies_count_as_what_they_ha
     assert len(log) == 1 and adm.gate.overdue_cost == 0.0
     for ticket in (quiet, more_quiet, log[0]):
         adm.leave(ticket, 200, 0.01, 5, now=1.0)
+    assert_idle(adm)
+
+
+def _fill(adm: Admission, tenant: str, cost: float, now: float) -> tuple[list[Ticket], Waiter]:
+    """Requests of `tenant` until one has to wait: the admitted ones and the waiter."""
+    admitted = []
+    while isinstance(got := adm.request(tenant, cost, now), Ticket):
+        admitted.append(got)
+    return admitted, got
+
+
+def test_a_quiet_tenant_that_has_to_wait_shrinks_the_over_share_room_for_a_while():
+    adm = admission({"storm": {}, "quiet": {}}, threads=10, capacity_headroom=0.8, capacity_headroom_contended=0.5)
+    learn_horizon(adm, 100.0)  # limit 10 requests, 1 thread each
+    first_quiet = granted(adm, "quiet", 5)
+    storm, waiting = _fill(adm, "storm", 100, now=0.0)
+    assert len(storm) == 7  # 8 of 10 for tenants over their share, one of them the quiet tenant's
+    assert adm.report(now=0.0)["contended"] is False
+    quiet, quiet_waiting = _fill(adm, "quiet", 5, now=0.1)  # the kept room fills; the next one waits ...
+    report = adm.report(now=0.1)
+    assert report["contended"] is True and report["capacity_headroom"] == 0.5  # ... and the room grows
+    adm.withdraw(waiting, now=0.1)
+    for ticket in storm:
+        adm.leave(ticket, 200, 0.1, 100, now=0.2)
+    assert quiet_waiting.ticket is not None
+    # While contended, tenants over their share get half the limit, not 0.8 of it.
+    storm, waiting = _fill(adm, "storm", 100, now=0.3)
+    assert len(storm) == 2  # its own share (250 of 1,000 units), and no over-share room beside the quiet four
+    adm.withdraw(waiting, now=0.3)
+    for ticket in [first_quiet, *quiet, quiet_waiting.ticket, *storm]:
+        adm.leave(ticket, 200, 0.1, 5, now=0.4)
+    assert_idle(adm)
+    # Alone, but within CONTENDED_HOLD_S of the quiet tenant's wait: half the limit.
+    storm, waiting = _fill(adm, "storm", 100, now=1.0)
+    assert len(storm) == 5 and adm.report(now=1.0)["contended"] is True
+    adm.withdraw(waiting, now=1.0)
+    for ticket in storm:
+        adm.leave(ticket, 200, 0.1, 100, now=1.0)
+    # CONTENDED_HOLD_S after the quiet tenant last waited: the storming tenant alone gets 0.8 again.
+    storm, waiting = _fill(adm, "storm", 100, now=0.1 + CONTENDED_HOLD_S)
+    assert len(storm) == 8
+    assert adm.report(now=0.1 + CONTENDED_HOLD_S)["contended"] is False
+    adm.withdraw(waiting, now=5.2)
+    for ticket in storm:
+        adm.leave(ticket, 200, 0.1, 100, now=5.2)
     assert_idle(adm)
 
 
