@@ -26,8 +26,8 @@ far, in the over-share check, so no further over-share work goes in until it dra
 most every `OVERDUE_TICK_S`, whenever a request arrives or the queue is pumped.
 
 **Contention.** The headroom is `capacity_headroom` (0.8) while nobody under their share waits, so a
-lone busy tenant may use most of the cluster. Once a tenant under its share has to wait at the gate,
-it drops to `capacity_headroom_contended` (0.5) and stays there while that keeps happening, and
+lone busy tenant may use most of the cluster. Once a tenant under its share has to wait at the gate
+while other tenants hold over-share room, it drops to `capacity_headroom_contended` (0.5) and stays there while that keeps happening, and
 for `CONTENDED_HOLD_S` after: over-share work drains down to the smaller room as it completes, and
 the quiet tenants' next bursts find the threads free.
 
@@ -683,7 +683,10 @@ class Admission:
         gate.queued += 1
         self._activate(slots)
         self.pump(now)
-        if waiter.ticket is None and under and gate.contend(now):
+        # A tenant under its share waits while others hold over-share room: narrow that room for a while.
+        # (A lone tenant's own over-share requests do not count: it would only be throttling itself.)
+        others_over = (gate.inflight - gate.reserve_inflight) - (slots.inflight - slots.reserve_inflight)
+        if waiter.ticket is None and under and others_over > 0 and gate.contend(now):
             self.pump(now)  # the room kept for tenants under their share just grew
         if waiter.ticket is not None:
             return waiter.ticket

@@ -237,6 +237,22 @@ def test_a_quiet_tenant_that_has_to_wait_shrinks_the_over_share_room_for_a_while
     assert_idle(adm)
 
 
+def test_a_lone_tenant_with_a_backlog_never_narrows_its_own_room():
+    adm = admission({"busy": {"max_queue": 500}, "idle": {}}, threads=10, capacity_headroom=0.8,
+                    capacity_headroom_contended=0.5)
+    learn_horizon(adm, 100.0)
+    # Cheap requests: all of them together stay within its share (everything), so each one that waits
+    # for the count limit is a request under its share waiting — but behind nobody's over-share room.
+    busy, waiting = _fill(adm, "busy", 5, now=0.0)
+    backlog = [waiting] + [queued(adm, "busy", 5, now=0.1) for _ in range(30)]
+    assert adm.report(now=0.1)["contended"] is False and adm.gate.headroom == 0.8
+    for waiter in reversed(backlog):
+        adm.withdraw(waiter, now=0.2)
+    for ticket in busy:
+        adm.leave(ticket, 200, 0.1, 5, now=0.2)
+    assert_idle(adm)
+
+
 def test_a_request_in_flight_as_long_as_its_cost_implies_is_not_overdue():
     adm = admission({"storm": {}, "quiet": {}}, threads=10, capacity_headroom=0.5)
     learn_horizon(adm, 100.0)
