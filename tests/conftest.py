@@ -15,7 +15,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 import pytest  # noqa: E402
 
-from tests.processes import Processes, RedisServer, SimClusterProcess  # noqa: E402
+from tests.processes import Processes, RedisCluster, RedisServer, SimClusterProcess  # noqa: E402
 
 
 @pytest.fixture
@@ -46,3 +46,11 @@ def redis_server(tmp_path_factory):
 def prefix() -> str:
     """A key prefix of this test's own, so tests sharing a redis-server never see each other's keys."""
     return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory):
+    """One real 3-master Redis Cluster per test module (redis-server --cluster-enabled + redis-cli --cluster create)."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"), masters=3)
+    yield cluster
+    cluster.stop()

@@ -20,7 +20,7 @@ from proxy.config import Config, RedisConfig, hash_secret, parse_config
 from proxy.limiter import Limiter
 from proxy.metrics import Metrics
 from proxy.redis_limiter import RedisLimiter, bucket_key, redis_client, script_source
-from tests.processes import RedisCluster, RedisServer, free_port, metric_value
+from tests.processes import RedisServer, free_port, metric_value
 
 
 class Clock:
@@ -408,13 +408,6 @@ def test_cluster_urls_build_a_cluster_client():
     assert plain.connection_pool.connection_kwargs["socket_timeout"] == 0.05
     with pytest.raises(ValueError):
         redis_client("redis+cluster://nohost", 0.05)
-
-
-@pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory):
-    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"), masters=3)
-    yield cluster
-    cluster.stop()
 
 
 async def test_a_three_master_cluster_shares_limits(limiters, redis_cluster, prefix):

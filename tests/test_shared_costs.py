@@ -18,7 +18,7 @@ from proxy.cost import LearnedCosts
 from proxy.metrics import Metrics
 from proxy.redis_limiter import RedisLimiter
 from proxy.shared_costs import CostSharer, PendingObservations, SharedLearnedCosts, costs_key, learned_costs
-from tests.processes import RedisCluster, RedisServer, metric_value
+from tests.processes import RedisServer, metric_value
 
 CONFIG = parse_config({
     "upstream": {"nodes": ["http://127.0.0.1:9200"]},
@@ -303,13 +303,6 @@ async def test_redis_down_at_start_shares_once_it_comes_up(instances, tmp_path):
 
 
 # ---- Redis Cluster ----
-
-@pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory):
-    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"), masters=3)
-    yield cluster
-    cluster.stop()
-
 
 async def test_a_three_master_cluster_shares_learned_costs(instances, redis_cluster, prefix):
     a = await instances(url=redis_cluster.url)
