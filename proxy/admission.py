@@ -623,10 +623,16 @@ class Admission:
         full) or "queue_timeout" (waited max_wait_ms). Shadow requests never wait and are never
         refused; `Ticket.waited` < 0 says enforcement would have queued or refused them.
         """
-        got = self.request(tenant.name, cost, self.clock(), shadow)
-        if isinstance(got, Ticket):
-            return got
-        waiter = got
+        got = self.try_enter(tenant.name, cost, shadow)
+        return got if type(got) is Ticket else await self.wait(got)  # type: ignore[arg-type]
+
+    def try_enter(self, tenant: str, cost: float, shadow: bool = False) -> Ticket | Waiter:
+        """`enter` without waiting: a Ticket when admitted at once (the common case), else the Waiter
+        queued for it, to `await wait(waiter)`. Raises Throttled as `enter` does."""
+        return self.request(tenant, cost, self.clock(), shadow)
+
+    async def wait(self, waiter: Waiter) -> Ticket:
+        """Wait, up to the tenant's max_wait_ms, for a queued request to be admitted (see `enter`)."""
         future: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
 
         def granted(ticket: Ticket) -> None:
