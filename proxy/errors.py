@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 
 import orjson
-from aiohttp import web
 
-_JSON = "application/json; charset=UTF-8"
-_PRODUCT = {"X-Elastic-Product": "Elasticsearch"}
+#: the header lines every refusal carries
+_FIELDS = b"Content-Type: application/json; charset=UTF-8\r\nX-Elastic-Product: Elasticsearch\r\n"
 
 
 def error_body(status: int, etype: str, reason: str) -> bytes:
@@ -41,10 +40,16 @@ class Refusal(Exception):
         refusal.status, refusal.etype, refusal.label = 500, "proxy_internal_exception", "internal"
         return refusal
 
-    def response(self) -> web.Response:
-        headers = {**_PRODUCT, **self.headers} if self.headers else dict(_PRODUCT)
-        headers["Content-Type"] = _JSON
-        return web.Response(status=self.status, body=error_body(self.status, self.etype, self.reason), headers=headers)
+    def fields(self) -> bytes:
+        """The response's header lines (each ending in CRLF), as `listener.Request.respond` takes them."""
+        if not self.headers:
+            return _FIELDS
+        extra = "".join(f"{name}: {value}\r\n" for name, value in self.headers.items())
+        return _FIELDS + extra.encode("utf-8")
+
+    def body(self) -> bytes:
+        """The ES-shaped JSON body."""
+        return error_body(self.status, self.etype, self.reason)
 
 
 class Unauthorized(Refusal):

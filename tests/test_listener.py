@@ -1,7 +1,7 @@
-"""The HTTP listener's hard limits (proxy/listener.py), over real sockets.
+"""The HTTP listener (proxy/listener.py) over real sockets: hard limits, timeouts, keep-alive, pipelining.
 
-A Listener runs in the test's event loop with a small handler that does what flow does first
-(check_head); clients are raw sockets, so every byte on the wire is the test's choice.
+A Listener runs in the test's event loop with a small application that answers with what it
+received (`echo`); clients are raw sockets, so every byte on the wire is the test's choice.
 """
 from __future__ import annotations
 
@@ -10,45 +10,40 @@ import gzip
 
 import orjson
 import pytest
-from aiohttp import web
 
 from proxy.config import HardLimits
 from proxy.errors import Refusal
-from proxy.listener import Listener, check_head
+from proxy.listener import Listener, Request
 
 #: a guard against a test hanging, never an assertion about time
 GUARD_S = 10.0
 
 
-def _handler(current):
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        try:
-            check_head(request, current())  # as flow does first, with the limits in force now
-        except Refusal as refusal:
-            return refusal.response()
-        body = await request.read()
-        return web.json_response({"path": request.raw_path, "body_len": len(body), "gzip": body[:2] == b"\x1f\x8b"})
-
-    return handle
+async def echo(request: Request) -> None:
+    """Answer with the target, the body's length and whether it is gzip: what the application received."""
+    try:
+        body = request.body if request.complete else await request.read_body(1 << 20, 5.0)
+    except Refusal as refusal:
+        request.respond(refusal.status, refusal.fields(), refusal.body())
+        return
+    doc = {"path": request.target, "body_len": len(body), "gzip": body[:2] == b"\x1f\x8b", "method": request.method}
+    request.respond(200, b"Content-Type: application/json\r\n", orjson.dumps(doc))
 
 
 @pytest.fixture
 async def serve():
-    runners = []
+    started = []
 
-    async def start(limits: HardLimits) -> tuple[Listener, int]:
-        listener = Listener(None, limits=lambda: limits, handler_cancellation=True, access_log=None)
-        listener.request_handler = _handler(lambda: listener.limits())
-        runner = web.ServerRunner(listener, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        return listener, site._server.sockets[0].getsockname()[1]
+    async def start(limits: HardLimits, app=echo) -> tuple[Listener, int]:
+        listener = Listener(app, limits=lambda: limits)
+        server = await asyncio.get_running_loop().create_server(listener, "127.0.0.1", 0)
+        started.append((server, listener))
+        return listener, server.sockets[0].getsockname()[1]
 
     yield start
-    for runner in runners:
-        await runner.cleanup()
+    for server, listener in started:
+        server.close()
+        listener.close_all()
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
@@ -126,22 +121,26 @@ async def test_too_many_headers_is_431(serve):
     assert status == 431 and es_error(body)[0] == "too_long_http_header_exception"
 
 
-async def test_limits_hold_exactly_when_the_parsers_are_looser(serve):
-    # A connection's parser limits are fixed when it opens; a reload may lower them after.
+async def test_limits_in_force_when_a_request_begins_hold_on_connections_opened_before(serve):
+    # Limits are read when each request begins: a reload applies to the next request on an open connection.
     listener, port = await serve(HardLimits(max_url_bytes=8000, max_header_bytes=60000, max_headers=500))
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    opened = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
     try:
-        writer.write(request())
-        assert (await read_response(reader))[0] == 200  # the connection is open, with loose parser limits
+        for reader, writer in opened:
+            writer.write(request("/acme-a/_search?q=" + "x" * 300))
+            assert (await read_response(reader))[0] == 200  # open, kept alive, under the loose limits
         listener.limits = lambda: LIMITS  # the "reload"
+        (reader, writer), (reader2, writer2) = opened
         writer.write(request("/acme-a/_search?q=" + "x" * 300))
-        status, _, body = await read_response(reader)
+        status, headers, body = await read_response(reader)
         assert status == 414 and es_error(body)[0] == "too_long_http_line_exception"
-        writer.write(request(headers=[(f"X-H{i}", "1") for i in range(20)]))
-        status, _, body = await read_response(reader)
+        assert headers["connection"] == "close"  # the rest of that head was never read: the connection ends
+        writer2.write(request(headers=[(f"X-H{i}", "1") for i in range(20)]))
+        status, _, body = await read_response(reader2)
         assert status == 431 and "max_headers" in es_error(body)[1]
     finally:
-        writer.close()
+        for _, writer in opened:
+            writer.close()
 
 
 @pytest.mark.parametrize("data", [
@@ -165,7 +164,8 @@ async def test_gzip_bodies_reach_the_handler_as_sent(serve):
     _, port = await serve(LIMITS)
     payload = gzip.compress(b'{"query":{"match_all":{}}}')
     status, _, body = await exchange(port, request(headers=[("Content-Encoding", "gzip")], body=payload))
-    assert status == 200 and orjson.loads(body) == {"path": "/acme-a/_search", "body_len": len(payload), "gzip": True}
+    assert status == 200 and orjson.loads(body) == {"path": "/acme-a/_search", "body_len": len(payload), "gzip": True,
+                                                    "method": "POST"}
 
 
 # ---- slowloris --------------------------------------------------------------------------------
