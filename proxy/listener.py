@@ -150,8 +150,9 @@ class Request:
     # ---- the response ----
     def respond(self, status: int, fields: bytes, body: bytes = b"", length: int | None = None) -> None:
         """Answer in one write: the status line, `fields` (header lines, each ending in CRLF, without
-        Content-Length or Connection), the framing headers, and `body`. `length` is the Content-Length
-        to state when it is not len(body): a HEAD response states the length a GET would get."""
+        Content-Length or Connection), the framing headers, and `body` (none to a HEAD request). `length`
+        is the Content-Length to state when it is not len(body): a HEAD response states the length a GET
+        would get."""
         conn = self._conn
         if conn.gone:  # nobody to answer: the connection's end cancels the request's task
             self.responded = True
@@ -160,10 +161,10 @@ class Request:
         head += fields
         if status == 204 or status == 304 or 100 <= status < 200:
             body = b""
-        elif self.method == "HEAD":
+        elif self.method == "HEAD":  # the length a GET would get, if known; never a body
+            if length is not None or body:
+                head += b"Content-Length: %d\r\n" % (len(body) if length is None else length)
             body = b""
-            if length is not None:
-                head += b"Content-Length: %d\r\n" % length
         else:
             head += b"Content-Length: %d\r\n" % (len(body) if length is None else length)
         head += conn.connection_field(self, close_delimited=False)
@@ -416,7 +417,7 @@ class ClientConnection(asyncio.Protocol):
                             f"HTTP header is larger than {limits.max_header_bytes} bytes (limits.max_header_bytes)"))
         if self._current is None and self._queue:
             self._serve_next()
-        elif self._queue and not self._reading_paused:
+        if self._queue and not self._reading_paused:
             self._reading_paused = True  # a request waits behind the one being served: read no further for now
             self.transport.pause_reading()  # type: ignore[union-attr]
 
@@ -450,6 +451,8 @@ class ClientConnection(asyncio.Protocol):
             self._refusal = HeadersTooLarge(
                 f"HTTP header is larger than {limits.max_header_bytes} bytes (limits.max_header_bytes)")
             raise _Refused
+        if not self._in_head:
+            return  # a chunked body's trailer: counted against the limits above, never forwarded or read
         request = self._parsing
         request.headers.append((name, value))  # type: ignore[union-attr]
         lname = name.lower()

@@ -4,10 +4,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
+
 from proxy import esapi, flow
 from proxy.config import hash_secret, parse_config
 from proxy.cost import IndexSizes
 from proxy.flow import Snapshot
+
+#: a guard against a test hanging, never an assertion about time
+GUARD_S = 10.0
 
 CONFIG = {"upstream": {"nodes": ["http://127.0.0.1:9200"]}, "plans": {"p": {}},
           "tenants": {"acme": {"plan": "p", "api_keys": [hash_secret("k")], "indices": ["acme-*"]}}}
@@ -74,6 +79,9 @@ class Node:
                     body = await reader.readexactly(length) if length else b""
                     if not head.startswith(b"GET / "):  # not the health check
                         self.bodies.append(body)
+                    if b"/_stream/" in head.split(b"\r\n", 1)[0]:
+                        await self.stream(writer, chunked=b"chunked" in head.split(b"\r\n", 1)[0])
+                        continue
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                                  % (len(answer), answer))
             except (asyncio.IncompleteReadError, ConnectionError):
@@ -81,6 +89,27 @@ class Node:
 
         self.server = await asyncio.start_server(serve, "127.0.0.1", 0)
         return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    #: a large search response, written as fast as the proxy takes it
+    STREAM_CHUNKS = 1024
+    CHUNK = b'{"_id":"x"},' * (65536 // 12)
+    STREAM_BYTES = len(b'{"took":1,"hits":[') + STREAM_CHUNKS * len(CHUNK) + len(b"{}]}")
+
+    async def stream(self, writer: asyncio.StreamWriter, chunked: bool) -> None:
+        self.sent = 0
+        pieces = [b'{"took":1,"hits":[', *([self.CHUNK] * self.STREAM_CHUNKS), b"{}]}"]
+        if chunked:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                         % self.STREAM_BYTES)
+        for piece in pieces:
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            self.sent += len(piece)
+            await writer.drain()
+        if chunked:
+            writer.write(b"0\r\n\r\n")
+        await writer.drain()
 
 
 @contextlib.asynccontextmanager
@@ -108,6 +137,7 @@ async def served(config_doc: dict):
                   upstream=upstream, metrics=Metrics(), access_log=AccessLog(config.access_log))
     listener = Listener(proxy.handle, limits=lambda: proxy.snapshot.config.limits)
     server = await asyncio.get_running_loop().create_server(listener, "127.0.0.1", 0)
+    proxy.listener = listener  # type: ignore[attr-defined]  # for tests that look at the connections
     try:
         yield proxy, server.sockets[0].getsockname()[1], node
     finally:
@@ -146,3 +176,49 @@ async def test_a_remembered_body_is_remembered_for_its_tenant_only():
         # Another Content-Type is another request: decoded and checked on its own.
         assert await call(port, "POST", "/_msearch", "acme-key", msearch, "text/plain") == 406
         assert len(proxy.snapshot.granted_bodies) == 1
+
+
+# ---- backpressure: a client that stops reading stops the node's connection being read -------------
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_a_client_that_stops_reading_pauses_the_node_and_the_proxy_holds_little(framing):
+    import socket
+
+    from proxy.upstream_http import HIGH_WATER
+
+    async with served({**CONFIG, "tenants": {"acme": {"plan": "p", "api_keys": [hash_secret("k")],
+                                                       "indices": ["acme-*"]}}}) as (proxy, port, node):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # the client's kernel holds little either
+        sock.connect(("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        try:
+            writer.write(b"GET /acme-a/_stream/%s HTTP/1.1\r\nHost: proxy\r\nAuthorization: ApiKey k\r\n\r\n"
+                         % framing.encode())
+            async with asyncio.timeout(GUARD_S):
+                head = await reader.readuntil(b"\r\n\r\n")  # ... and then it reads nothing for a while
+            assert head.startswith(b"HTTP/1.1 200")
+            assert (b"Transfer-Encoding: chunked" in head) == (framing == "chunked")
+            (conn,) = proxy.listener.connections
+            async with asyncio.timeout(GUARD_S):
+                while conn.stream_source is None or not conn.stream_source.reading_paused:
+                    await asyncio.sleep(0.005)
+            source = conn.stream_source
+            assert not source._conn.transport.is_reading()  # the node's connection is really not being read
+            held = source.buffered + conn.transport.get_write_buffer_size()
+            assert held <= HIGH_WATER  # what the proxy holds for this slow client: bounded, not the response
+            assert node.sent < node.STREAM_BYTES  # the node is held back too
+            # The client reads again: everything arrives, intact.
+            async with asyncio.timeout(GUARD_S * 3):
+                if framing == "chunked":
+                    body = bytearray()
+                    while size := int(await reader.readuntil(b"\r\n"), 16):
+                        body += await reader.readexactly(size)
+                        assert await reader.readexactly(2) == b"\r\n"
+                    assert await reader.readexactly(2) == b"\r\n"
+                else:
+                    body = await reader.readexactly(node.STREAM_BYTES)
+            assert len(body) == node.STREAM_BYTES and body.endswith(b"{}]}")
+        finally:
+            writer.close()
