@@ -118,6 +118,81 @@ async def noop_proxy(port: int, upstream: str, client: str) -> None:
     await asyncio.Event().wait()
 
 
+async def protocol_proxy(port: int, upstream: str, kind: str) -> None:
+    """The floor: forwarding every request as it is, on a raw asyncio.Protocol parsing with httptools (the
+    llhttp binding) and Sluicegate's lean upstream client, each answer in one write (`kind` "raw"); or the
+    same forwarding as an application behind Sluicegate's own listener (`kind` "listener")."""
+    from urllib.parse import urlsplit
+
+    import httptools
+
+    from proxy.upstream_http import ConnectionPool, request_head
+
+    parts = urlsplit(upstream)
+    pool = ConnectionPool(parts.hostname, parts.port, max_idle=256)
+    host = parts.netloc.encode()
+    loop = asyncio.get_running_loop()
+
+    async def exchange(method: str, target: str, content_type: bytes, body: bytes):
+        conn = pool.take_idle() or await pool.connect(2.0)
+        head = request_head(method, target, host, b"Content-Type: %s\r\n" % content_type, len(body))
+        response = await conn.send(head, body or None, False, 30.0)
+        data = response.read_now() if response.complete else await response.read()
+        response.release()
+        return response.status, data
+
+    if kind == "listener":
+        from proxy.config import HardLimits
+        from proxy.listener import Listener
+
+        limits = HardLimits()
+
+        async def app(request) -> None:
+            status, data = await exchange(request.method, request.target, (request.content_type or "").encode(),
+                                          request.body)
+            request.respond(status, b"Content-Type: application/json\r\n", data)
+
+        factory = Listener(app, limits=lambda: limits)
+    else:
+        class Connection(asyncio.Protocol):
+            def connection_made(self, transport) -> None:
+                self.transport = transport
+                self.parser = httptools.HttpRequestParser(self)
+
+            def data_received(self, data: bytes) -> None:
+                try:
+                    self.parser.feed_data(data)
+                except httptools.HttpParserError:
+                    self.transport.close()
+
+            def on_message_begin(self) -> None:
+                self.url, self.content_type, self.body = b"", b"", []
+
+            def on_url(self, url: bytes) -> None:
+                self.url += url
+
+            def on_header(self, name: bytes, value: bytes) -> None:
+                if name.lower() == b"content-type":
+                    self.content_type = value
+
+            def on_body(self, body: bytes) -> None:
+                self.body.append(body)
+
+            def on_message_complete(self) -> None:
+                loop.create_task(self.forward(self.parser.get_method().decode(), self.url.decode(), self.content_type,
+                                              b"".join(self.body)))
+
+            async def forward(self, method: str, target: str, content_type: bytes, body: bytes) -> None:
+                status, data = await exchange(method, target, content_type, body)
+                self.transport.write(b"HTTP/1.1 %d OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                                     % (status, len(data), data))
+
+        factory = Connection
+    await loop.create_server(factory, "127.0.0.1", port, backlog=2048)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
 class NoopProxy:
     def __init__(self, port: int, upstream: str, client: str):
         self.proc = subprocess.Popen([PY, __file__, "--noop-proxy", str(port), upstream, client],
@@ -287,6 +362,10 @@ MODES = [
     Mode("nginx-1", "nginx proxy_pass + limit_req, 1 worker", 1, start_nginx(1)),
     Mode("aiohttp-session", "no-logic aiohttp proxy, ClientSession", 1, start_noop("session")),
     Mode("aiohttp-lean", "no-logic aiohttp proxy, Sluicegate's upstream client", 1, start_noop("lean")),
+    Mode("protocol-raw", "no-logic protocol proxy: raw Protocol + httptools + upstream client (the floor)", 1,
+         start_noop("protocol-raw")),
+    Mode("protocol-listener", "no-logic protocol proxy on Sluicegate's listener + upstream client", 1,
+         start_noop("protocol-listener")),
     Mode("sluicegate-1", "Sluicegate, 1 worker", 1, start_sluicegate(1)),
     Mode("nginx-2", "nginx proxy_pass + limit_req, 2 workers", 2, start_nginx(2), latency=False),
     Mode("sluicegate-2", "Sluicegate, 2 workers", 2, start_sluicegate(2)),
@@ -299,7 +378,7 @@ MODES = [
 
 
 #: modes profiled under wrk, and the flame graph file each gets
-PROFILED = {"sluicegate-1": "flame.svg", "aiohttp-lean": "flame-noop-lean.svg"}
+PROFILED = {"sluicegate-1": "flame.svg", "protocol-raw": "flame-floor.svg"}
 
 
 def profile(url: str, pid: int, seconds: int, script: Path, svg: Path) -> dict:
@@ -370,7 +449,11 @@ def main() -> None:
     if args.noop_proxy:
         import uvloop
 
-        uvloop.run(noop_proxy(int(args.noop_proxy[0]), args.noop_proxy[1], args.noop_proxy[2]))
+        port, upstream, client = int(args.noop_proxy[0]), args.noop_proxy[1], args.noop_proxy[2]
+        if client.startswith("protocol-"):
+            uvloop.run(protocol_proxy(port, upstream, client.removeprefix("protocol-")))
+        else:
+            uvloop.run(noop_proxy(port, upstream, client))
         return
     if args.latency_client:
         import uvloop
