@@ -29,7 +29,7 @@ from .limiter import Decision, Limiter
 from .listener import ClientGone, Request
 from .metrics import Metrics
 from .tenants import Directory, TenantView, authorize
-from .upstream import Upstream
+from .upstream import Upstream, passed_fields
 from .upstream_http import UpstreamProtocolError, UpstreamResponse
 
 #: responses up to this size are read whole and sent in one write; larger ones are streamed
@@ -38,7 +38,6 @@ SMALL_RESPONSE = 256 * 1024
 HEAD_BYTES = 512
 #: resource classes whose requests are safe to send again to another node after a failure
 _RETRYABLE = frozenset(("search", "read"))
-_NO_DROP: frozenset[bytes] = frozenset()
 #: Requests sent again byte for byte (a dashboard's refresh, a health check's search) are not decoded,
 #: grant-checked or costed again: per config snapshot, this many bodies that passed their tenant's
 #: grant check and this many estimates are remembered, for bodies (and targets) up to MEMO_BYTES.
@@ -46,6 +45,7 @@ _NO_DROP: frozenset[bytes] = frozenset()
 BODY_MEMO = 128
 ESTIMATE_MEMO = 512
 MEMO_BYTES = 4096
+COST_FIELDS_MEMO = 256
 
 log = logging.getLogger("sluicegate.flow")
 
@@ -160,15 +160,22 @@ class Proxy:
         self.index_sizes: IndexSizes | None = None  # documents per index, swapped in by the cluster poller
         self.inflight = 0
         self.draining = False  # set on SIGTERM (the listener closes each connection after its response)
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self._idle: asyncio.Future[None] | None = None  # what wait_idle awaits, while anyone does
+        #: the X-Sluicegate-Cost header line per (estimated, charged): most requests repeat a few pairs
+        self._cost_fields = Memo(COST_FIELDS_MEMO)
+
+    async def wait_idle(self) -> None:
+        """Until no request is in flight."""
+        if self.inflight:
+            if self._idle is None:
+                self._idle = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._idle)
 
     async def handle(self, request: Request) -> None:
         """Serve one request the listener parsed, and answer it through `request`."""
         snap = self.snapshot  # one config snapshot for the whole request
         trace = Trace(time.monotonic())
         self.inflight += 1
-        self.idle.clear()
         try:
             limits = snap.config.limits
 
@@ -177,21 +184,25 @@ class Proxy:
             trace.tenant = tenant.name
             call = esapi.parse_call(request.method, request.target)
             trace.call = call
-            authorize(tenant, call, None)
 
-            # 2. The body, bounded in bytes and time, parsed only where cost or grants need it.
+            # 2. May they? The path is checked before the body is read; the body (bounded in bytes and
+            #    time) is parsed only where cost or grants need it. A request this tenant sent byte for
+            #    byte before under this config (a dashboard's refresh) passed both: it is not checked again.
+            content_type, encoding = request.content_type, request.content_encoding
+            body = None
             if request.complete and not request.too_large and request.body_size <= limits.max_body_bytes:
                 raw = request.body  # the usual case: it came with the head
-            else:
-                raw = await read_body(request, limits)
-            trace.bytes_in = len(raw)
-            content_type, encoding = request.content_type, request.content_encoding
-            sent = (tenant.name, request.method, request.target, content_type, encoding, raw)
-            body = snap.granted_body(sent)
-            if body is None:  # not seen byte for byte since the config loaded: decode it, check what it names
+                sent = (tenant.name, request.method, request.target, content_type, encoding, raw)
+                body = snap.granted_body(sent)
+            if body is None:
+                authorize(tenant, call, None)
+                if not request.complete or request.too_large or request.body_size > limits.max_body_bytes:
+                    raw = await read_body(request, limits)
+                    sent = (tenant.name, request.method, request.target, content_type, encoding, raw)
                 body = esapi.decode_body(call, raw, content_type, encoding, limits)
                 authorize(tenant, call, body or esapi.NO_BODY)
                 snap.granted(sent, body)
+            trace.bytes_in = len(raw)
             # Scroll, point-in-time and async-search ids are bound to the tenant that opened them.
             rebound = snap.ids.rebind(tenant.name, call, body, request.target)
 
@@ -235,10 +246,11 @@ class Proxy:
             # 6. Forward to a node, and send its answer back: a small one whole, in one write; a large
             #    one streamed as it arrives, the node read no faster than the client reads.
             try:
-                target, forwarded, drop = request.target, raw or None, _NO_DROP
+                target, forwarded, passed = request.target, raw or None, request.passed_fields
                 if rebound is not None:  # the node gets its own ids back
-                    (target, forwarded), drop = rebound.request(raw), rebound.dropped_headers
-                fields = self.upstream.forward_fields(request.headers, request.client, request.scheme, drop)
+                    target, forwarded = rebound.request(raw)
+                    passed = passed_fields(request.headers, rebound.dropped_headers)
+                fields = self.upstream.forward_fields(passed, request.forwarded_for, request.client, request.scheme)
                 sent_at = time.monotonic()
                 upstream = await self.upstream.send(
                     request.method, target, fields, forwarded, retry_after_send=call.resource in _RETRYABLE
@@ -248,8 +260,7 @@ class Proxy:
                     trace.upstream_s = time.monotonic() - sent_at
                     self.metrics.observe_upstream(call.resource, trace.upstream_s)
                     trace.status = upstream.status
-                    fields = upstream.relayed + b"X-Sluicegate-Cost: estimated=%.1f; charged=%.1f\r\n" % (
-                        estimate.cost, decision.charged)
+                    fields = upstream.relayed + self._cost_field(estimate.cost, decision.charged)
                     length = upstream.content_length
                     if request.method == "HEAD" or (length is not None and length <= SMALL_RESPONSE):
                         data = upstream.read_now() if upstream.complete else await upstream.read()
@@ -300,9 +311,19 @@ class Proxy:
                 request.respond(refusal.status, refusal.fields(), refusal.body())
         finally:
             self.inflight -= 1
-            if not self.inflight:
-                self.idle.set()
+            if not self.inflight and self._idle is not None:
+                self._idle.set_result(None)
+                self._idle = None
         self._record(request, trace)
+
+    def _cost_field(self, estimated: float, charged: float) -> bytes:
+        """The X-Sluicegate-Cost header line: what the request was estimated at and charged (cost units)."""
+        key = (estimated, charged)
+        field = self._cost_fields.get(key)
+        if field is None:
+            field = b"X-Sluicegate-Cost: estimated=%.1f; charged=%.1f\r\n" % key
+            self._cost_fields.keep(key, field)
+        return field
 
     def _respond(
         self, request: Request, upstream: UpstreamResponse, data: bytes, fields: bytes, trace: Trace,

@@ -34,18 +34,23 @@ import httptools
 
 from .config import HardLimits
 from .errors import BadRequest, HeadersTooLarge, Refusal, RequestTimeout, UriTooLong
+from .upstream_http import HOP_BY_HOP
 
 log = logging.getLogger("sluicegate.listener")
 
 #: b"HTTP/1.1 200 OK\r\n" and the like, built once
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-#: the request headers the path reads by name, and the Request slot each one fills (the first one wins)
+#: statuses whose responses have no body (and no Content-Length)
+_NO_BODY = frozenset((100, 101, 102, 103, 204, 304))
+#: the request headers the listener reads by name (lower-case), and what it does with them
+_AUTHORIZATION, _CONTENT_TYPE, _CONTENT_ENCODING, _HOST, _CONTENT_LENGTH, _EXPECT, _FORWARDED_FOR = range(1, 8)
 _NAMED = {
-    b"authorization": "authorization",
-    b"content-type": "content_type",
-    b"content-encoding": "content_encoding",
+    b"authorization": _AUTHORIZATION, b"content-type": _CONTENT_TYPE, b"content-encoding": _CONTENT_ENCODING,
+    b"host": _HOST, b"content-length": _CONTENT_LENGTH, b"expect": _EXPECT, b"x-forwarded-for": _FORWARDED_FOR,
 }
+#: the end of a response head: whether the connection stays open, as HTTP/1.1 and HTTP/1.0 say it
+_KEEP_1_1, _KEEP_1_0, _CLOSE = b"\r\n", b"Connection: keep-alive\r\n\r\n", b"Connection: close\r\n\r\n"
 #: a response body up to this size is joined to its head and sent in one write (larger: one writev)
 _JOIN_BYTES = 16 * 1024
 #: the timer's jobs
@@ -73,8 +78,9 @@ class Request:
 
     __slots__ = (
         "method", "target", "version", "headers", "client", "scheme", "authorization", "content_type",
-        "content_encoding", "content_length", "expect_continue", "has_host", "keep_alive", "complete",
-        "body_size", "too_large", "refusal", "responded", "_chunks", "_conn", "_waiter", "_streaming", "_chunked",
+        "content_encoding", "content_length", "forwarded_for", "passed_fields", "expect_continue", "keep_alive",
+        "complete", "body_size", "too_large", "refusal", "responded", "_chunks", "_conn", "_waiter", "_streaming",
+        "_chunked",
     )
 
     def __init__(self, conn: ClientConnection):
@@ -91,8 +97,11 @@ class Request:
         self.content_encoding: str | None = None
         #: the Content-Length header's value; None for a chunked body or none at all
         self.content_length: int | None = None
+        #: the X-Forwarded-For the client sent (several joined), or None
+        self.forwarded_for: bytes | None = None
+        #: the header lines to pass on ("Name: value\r\n" each): all but the listener's `forward_drop`
+        self.passed_fields = b""
         self.expect_continue = False
-        self.has_host = False
         self.keep_alive = True
         #: the whole message is in (head and body)
         self.complete = False
@@ -139,9 +148,6 @@ class Request:
             raise body_too_large(max_bytes)
         return self.body
 
-    def _served(self, task: asyncio.Task) -> None:
-        self._conn.served(self, task)
-
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -153,26 +159,33 @@ class Request:
         Content-Length or Connection), the framing headers, and `body` (none to a HEAD request). `length`
         is the Content-Length to state when it is not len(body): a HEAD response states the length a GET
         would get."""
+        self.responded = True
         conn = self._conn
-        if conn.gone:  # nobody to answer: the connection's end cancels the request's task
-            self.responded = True
+        transport = conn.transport
+        if transport is None or transport.is_closing():  # nobody to answer: its end cancels the request's task
             return
-        head = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
-        head += fields
-        if status == 204 or status == 304 or 100 <= status < 200:
+        line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
+        end = conn.head_end(self, False)
+        if status in _NO_BODY:
+            head = b"%s%s%s" % (line, fields, end)
             body = b""
         elif self.method == "HEAD":  # the length a GET would get, if known; never a body
-            if length is not None or body:
-                head += b"Content-Length: %d\r\n" % (len(body) if length is None else length)
+            if length is None and not body:
+                head = b"%s%s%s" % (line, fields, end)
+            else:
+                head = b"%s%sContent-Length: %d\r\n%s" % (line, fields, len(body) if length is None else length, end)
             body = b""
         else:
-            head += b"Content-Length: %d\r\n" % (len(body) if length is None else length)
-        head += conn.connection_field(self, close_delimited=False)
-        if len(body) <= _JOIN_BYTES:
-            conn.write(head + body if body else head)
+            size = len(body) if length is None else length
+            if size <= _JOIN_BYTES:
+                transport.write(b"%s%sContent-Length: %d\r\n%s%s" % (line, fields, size, end, body))
+                conn.response_done(self)
+                return
+            head = b"%s%sContent-Length: %d\r\n%s" % (line, fields, size, end)
+        if body:
+            transport.writelines((head, body))
         else:
-            conn.writelines((head, body))
-        self.responded = True
+            transport.write(head)
         conn.response_done(self)
 
     def begin(self, status: int, fields: bytes, length: int | None, source: Source | None = None) -> None:
@@ -193,7 +206,7 @@ class Request:
             self._chunked = True
         else:
             close_delimited = True
-        head += conn.connection_field(self, close_delimited)
+        head += conn.head_end(self, close_delimited)
         self._streaming = True
         conn.write(head)
         conn.stream_source = source
@@ -255,9 +268,12 @@ App = Callable[[Request], Coroutine[Any, Any, None]]
 class Listener:
     """The protocol factory for `loop.create_server`: its connections, their limits and counters."""
 
-    def __init__(self, app: App, *, limits: Callable[[], HardLimits], metrics: Any = None):
+    def __init__(self, app: App, *, limits: Callable[[], HardLimits], metrics: Any = None,
+                 forward_drop: frozenset[bytes] = HOP_BY_HOP):
         #: called once per request, the coroutine run as the request's task; it answers through the request
         self.app = app
+        #: request headers (lower-case names) left out of `Request.passed_fields`; hop-by-hop ones at least
+        self.forward_drop = forward_drop | HOP_BY_HOP
         #: the hard limits in force now: read when each request begins
         self.limits = limits
         self.metrics = metrics
@@ -294,14 +310,16 @@ class Listener:
                 conn.close_if_idle()
 
 
-class ClientConnection(asyncio.Protocol):
-    """One client connection: the parser, the requests in order, the timer, and the write side's flow control."""
+class ClientConnection:
+    """One client connection: the parser, the requests in order, the timer, and the write side's flow
+    control. An asyncio protocol (compiled to a C type from listener.pxd, so not a subclass of
+    asyncio.Protocol)."""
 
     __slots__ = (
         "listener", "loop", "transport", "parser", "client", "scheme", "limits", "writing_paused", "stream_source",
-        "_parsing", "_in_head", "_url", "_header_count", "_header_bytes", "_head_bytes", "_queue", "_current",
-        "_task", "_refusal", "_closing", "_counted", "_reading_paused", "_idle", "_head_started", "_drainer",
-        "_timer", "_timer_at", "_deadline", "_timer_job", "_stopped",
+        "_parsing", "_in_head", "_url", "_headers", "_max_headers", "_trailers", "_head_bytes", "_queue", "_current",
+        "_task", "_refusal", "_closing", "_stopped", "_counted", "_reading_paused", "_idle", "_head_started",
+        "_drainer", "_timer", "_timer_at", "_deadline", "_timer_job",
     )
 
     def __init__(self, listener: Listener):
@@ -318,8 +336,9 @@ class ClientConnection(asyncio.Protocol):
         self._parsing: Request | None = None  # the request whose message is being parsed
         self._in_head = False  # ... and its head is not complete yet
         self._url = b""
-        self._header_count = 0
-        self._header_bytes = 0
+        self._headers: list[tuple[bytes, bytes]] = []  # where on_header puts what it gets
+        self._max_headers = self.limits.max_headers
+        self._trailers: list[tuple[bytes, bytes]] = []  # a chunked body's trailer: counted, then dropped
         self._head_bytes = 0  # bytes received that certainly belong to the head being parsed
         self._queue: deque[Request] = deque()  # complete heads waiting behind the one being served
         self._current: Request | None = None
@@ -426,46 +445,28 @@ class ClientConnection(asyncio.Protocol):
 
     # ---- parser callbacks (httptools) ----
     def on_message_begin(self) -> None:
-        self.limits = self.listener.limits()  # per request: a reload applies from the next request on
-        self._parsing = Request(self)
+        limits = self.limits = self.listener.limits()  # per request: a reload applies from the next request on
+        request = self._parsing = Request(self)
+        self._headers = request.headers
+        self._max_headers = limits.max_headers
         self._in_head = True
         self._url = b""
-        self._header_count = self._header_bytes = self._head_bytes = 0
+        self._head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self.limits.max_url_bytes:
+        url = self._url = self._url + url
+        if len(url) > self.limits.max_url_bytes:
             limit = self.limits.max_url_bytes
             self._refusal = UriTooLong(f"An HTTP line is larger than {limit} bytes (limits.max_url_bytes)")
             raise _Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        limits = self.limits
-        self._header_count += 1
-        self._header_bytes += len(name) + len(value) + 4  # "name: value\r\n"
-        if self._header_count > limits.max_headers:
+        headers = self._headers
+        headers.append((name, value))
+        if len(headers) > self._max_headers:  # the rest is checked once the head is in
             self._refusal = HeadersTooLarge(
-                f"the request has more than {limits.max_headers} headers (limits.max_headers)")
+                f"the request has more than {self._max_headers} headers (limits.max_headers)")
             raise _Refused
-        if self._header_bytes > limits.max_header_bytes:
-            self._refusal = HeadersTooLarge(
-                f"HTTP header is larger than {limits.max_header_bytes} bytes (limits.max_header_bytes)")
-            raise _Refused
-        if not self._in_head:
-            return  # a chunked body's trailer: counted against the limits above, never forwarded or read
-        request = self._parsing
-        request.headers.append((name, value))  # type: ignore[union-attr]
-        lname = name.lower()
-        slot = _NAMED.get(lname)
-        if slot is not None:
-            if getattr(request, slot) is None:
-                setattr(request, slot, value.decode("utf-8", "surrogateescape"))
-        elif lname == b"host":
-            request.has_host = True  # type: ignore[union-attr]
-        elif lname == b"content-length":
-            request.content_length = int(value)  # type: ignore[union-attr]  # llhttp checked it is digits
-        elif lname == b"expect" and value.lower() == b"100-continue":
-            request.expect_continue = True  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
         request = self._parsing
@@ -475,15 +476,51 @@ class ClientConnection(asyncio.Protocol):
         if version != "1.1" and version != "1.0":
             self._refusal = BadRequest(f"the request is not valid HTTP/1.1: HTTP/{version} is not supported")
             raise _Refused
-        if version == "1.1" and not request.has_host:
+        # One pass over the headers: their size, the ones read by name, and the lines to pass on.
+        drop = self.listener.forward_drop
+        size = 0
+        has_host = False
+        passed: list[bytes] = []
+        for name, value in request.headers:
+            size += len(name) + len(value) + 4  # "name: value\r\n"
+            lname = name.lower()
+            named = _NAMED.get(lname)
+            if named is not None:
+                if named == _HOST:
+                    has_host = True
+                elif named == _AUTHORIZATION:
+                    if request.authorization is None:
+                        request.authorization = value.decode("utf-8", "surrogateescape")
+                elif named == _CONTENT_TYPE:
+                    if request.content_type is None:
+                        request.content_type = value.decode("utf-8", "surrogateescape")
+                elif named == _CONTENT_LENGTH:
+                    request.content_length = int(value)  # llhttp checked it is digits
+                elif named == _CONTENT_ENCODING:
+                    if request.content_encoding is None:
+                        request.content_encoding = value.decode("utf-8", "surrogateescape")
+                elif named == _EXPECT:
+                    request.expect_continue = value.lower() == b"100-continue" and version == "1.1"
+                elif named == _FORWARDED_FOR:
+                    prior = request.forwarded_for
+                    request.forwarded_for = value if prior is None else prior + b", " + value
+            if lname not in drop:
+                passed += (name, b": ", value, b"\r\n")
+        limits = self.limits
+        if size > limits.max_header_bytes:
+            self._refusal = HeadersTooLarge(
+                f"HTTP header is larger than {limits.max_header_bytes} bytes (limits.max_header_bytes)")
+            raise _Refused
+        if not has_host and version == "1.1":
             self._refusal = BadRequest("the request is not valid HTTP/1.1: it has no Host header")
             raise _Refused
+        request.passed_fields = b"".join(passed)
         request.version = version
         request.method = parser.get_method().decode("ascii")
         request.target = self._url.decode("utf-8", "surrogateescape")
         request.keep_alive = parser.should_keep_alive()
-        if version != "1.1":
-            request.expect_continue = False
+        trailers = self._headers = self._trailers
+        trailers.clear()
         self._in_head = False
         self._head_started = False
         if self._timer_job == _HEAD:
@@ -516,26 +553,23 @@ class ClientConnection(asyncio.Protocol):
         if request.refusal is not None:
             self._answer_refusal(request)
             return
-        self._task = task = self.loop.create_task(self.listener.app(request))
-        task.add_done_callback(request._served)
+        self._task = self.loop.create_task(self._serve(request))
 
-    def served(self, request: Request, task: asyncio.Task) -> None:
-        """The application's task for `request` ended. If it left the request unanswered (a bug), answer
-        or close here."""
-        if task is self._task:
-            self._task = None
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            log.error("unexpected error serving a request", exc_info=exc)
-        if request.responded or self.gone:
-            return
-        if request._streaming:
-            self.abort()  # a response had begun: it can be neither finished nor replaced
-        else:
-            refusal = Refusal.internal()
-            request.respond(refusal.status, refusal.fields(), refusal.body())
+    async def _serve(self, request: Request) -> None:
+        """Run the application for `request`. If it fails and leaves the request unanswered (a bug), the
+        client gets a 500, or the connection ends if a response had begun: never a hang."""
+        try:
+            await self.listener.app(request)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            log.exception("unexpected error serving %s %s", request.method, request.target[:200])
+        if not request.responded and not self.gone:
+            if request.started:
+                self.abort()  # a response had begun: it can be neither finished nor replaced
+            else:
+                refusal = Refusal.internal()
+                request.respond(refusal.status, refusal.fields(), refusal.body())
 
     def response_done(self, request: Request) -> None:
         """The response to `request` is written: close, or go on with the next request."""
@@ -557,14 +591,14 @@ class ClientConnection(asyncio.Protocol):
                 self._idle = True
                 self._arm(_IDLE, self.limits.keepalive_timeout_s)
 
-    def connection_field(self, request: Request, close_delimited: bool) -> bytes:
-        """The Connection header for this response, deciding whether the connection stays open after it."""
-        keep = (request.keep_alive and request.complete and not close_delimited and not request.too_large
-                and not (self._closing and not self._queue) and not self.listener.draining)
-        request.keep_alive = keep
-        if not keep:
-            return b"Connection: close\r\n\r\n"
-        return b"\r\n" if request.version == "1.1" else b"Connection: keep-alive\r\n\r\n"
+    def head_end(self, request: Request, close_delimited: bool) -> bytes:
+        """The end of a response head: whether the connection stays open after it (decided here, noted on
+        `request`) and the Connection header that says so, then the blank line."""
+        if (request.keep_alive and request.complete and not close_delimited and not request.too_large
+                and not (self._closing and not self._queue) and not self.listener.draining):
+            return _KEEP_1_1 if request.version == "1.1" else _KEEP_1_0
+        request.keep_alive = False
+        return _CLOSE
 
     # ---- refusals the listener makes itself ----
     def _refuse(self, refusal: Refusal) -> None:
@@ -597,15 +631,22 @@ class ClientConnection(asyncio.Protocol):
 
     # ---- the timer ----
     def _arm(self, job: int, seconds: float) -> None:
-        deadline = self.loop.time() + seconds
+        now = self.loop.time()
+        deadline = now + seconds
         self._deadline = deadline
         self._timer_job = job
         timer = self._timer
         if timer is None or deadline < self._timer_at:
             if timer is not None:
                 timer.cancel()
-            self._timer_at = deadline
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+            self._schedule(now, deadline)
+
+    def _schedule(self, now: float, deadline: float) -> None:
+        # Never later than a head deadline armed from now on, so that arming one (every request on a
+        # kept-alive connection) only moves the deadline: the timer is scheduled anew at most once a tick.
+        tick = now + self.limits.header_timeout_s
+        at = self._timer_at = deadline if deadline < tick else tick
+        self._timer = self.loop.call_at(at, self._on_timer)
 
     def _disarm(self) -> None:
         self._deadline = None
@@ -625,8 +666,7 @@ class ClientConnection(asyncio.Protocol):
             return
         now = self.loop.time()
         if now < deadline:  # moved on since this was scheduled
-            self._timer_at = deadline
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+            self._schedule(now, deadline)
             return
         job = self._timer_job
         self._disarm()

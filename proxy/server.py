@@ -26,7 +26,7 @@ from .listener import Listener
 from .metrics import Metrics
 from .redis_limiter import RedisLimiter
 from .shared_costs import learned_costs
-from .upstream import Upstream
+from .upstream import REQUEST_DROP, Upstream
 
 log = logging.getLogger("sluicegate")
 
@@ -85,7 +85,8 @@ class Worker:
         self.metrics.set_config(1, digest)
         self._register_live_gauges()
         # the proxy listener: the request path's own protocol (proxy/listener.py); hard limits read per request
-        self.listener = Listener(self.proxy.handle, limits=lambda: self.proxy.snapshot.config.limits, metrics=self.metrics)
+        self.listener = Listener(self.proxy.handle, limits=lambda: self.proxy.snapshot.config.limits, metrics=self.metrics,
+                                 forward_drop=REQUEST_DROP)
         self._proxy_server: asyncio.AbstractServer | None = None
         self._admin_runner: web.BaseRunner | None = None
         self.stopped = asyncio.Event()
@@ -195,7 +196,7 @@ class Worker:
         self.listener.drain()  # idle keep-alive connections close now, busy ones after their response
         try:
             async with asyncio.timeout(timeout):
-                await self.proxy.idle.wait()
+                await self.proxy.wait_idle()
         except TimeoutError:
             log.warning("drain timeout: %d requests still in flight after %.0fs", self.proxy.inflight, timeout)
         self.listener.close_all()

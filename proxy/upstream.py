@@ -97,26 +97,18 @@ class Upstream:
         now = time.monotonic()
         return any(n.usable(now) for n in self.nodes)
 
-    def forward_fields(self, headers: list[tuple[bytes, bytes]], client_ip: str | None, scheme: str,
-                       drop: frozenset[bytes] = frozenset()) -> bytes:
-        """The request's header lines for the node, from the client's raw (name, value) pairs: hop-by-hop
-        headers, the client's credentials and `drop` (lower-case names) left out; X-Forwarded-For and
-        X-Forwarded-Proto and the proxy's own Authorization added."""
-        out = []
-        prior = None
-        for name, value in headers:
-            lname = name.lower()
-            if lname in REQUEST_DROP or lname in drop:
-                if lname == b"x-forwarded-for":
-                    prior = value if prior is None else prior + b", " + value
-                continue
-            out.append(b"%s: %s\r\n" % (name, value))
-        if client_ip:
-            ip = client_ip.encode("latin-1")
-            out.append(b"X-Forwarded-For: %s, %s\r\n" % (prior, ip) if prior else b"X-Forwarded-For: %s\r\n" % ip)
-        out.append(b"X-Forwarded-Proto: https\r\n" if scheme == "https" else b"X-Forwarded-Proto: http\r\n")
-        out.append(self._auth_field)
-        return b"".join(out)
+    def forward_fields(self, passed: bytes, forwarded_for: bytes | None, client_ip: str | None, scheme: str) -> bytes:
+        """The request's header lines for the node: `passed`, the client's own lines to pass on (see
+        `passed_fields`), then X-Forwarded-For (the client's `forwarded_for`, then its address),
+        X-Forwarded-Proto and the proxy's own Authorization."""
+        proto = b"https" if scheme == "https" else b"http"
+        if not client_ip:
+            forwarded = b"X-Forwarded-For: %s\r\n" % forwarded_for if forwarded_for else b""
+            return b"%s%sX-Forwarded-Proto: %s\r\n%s" % (passed, forwarded, proto, self._auth_field)
+        ip = client_ip.encode("latin-1")
+        if forwarded_for:
+            ip = b"%s, %s" % (forwarded_for, ip)
+        return b"%sX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n%s" % (passed, ip, proto, self._auth_field)
 
     async def send(
         self, method: str, target: str, fields: bytes, body: bytes | None, retry_after_send: bool
@@ -267,6 +259,18 @@ class Upstream:
         while True:
             await asyncio.sleep(self.config.health_interval_s)
             await self.check_health()
+
+
+def passed_fields(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes] = frozenset()) -> bytes:
+    """The client's header lines to pass on to the node, from its raw (name, value) pairs: all but
+    REQUEST_DROP and `drop` (lower-case names). The listener builds the same with REQUEST_DROP alone
+    (`Request.passed_fields`); this is for a request that must leave out more."""
+    out = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname not in REQUEST_DROP and lname not in drop:
+            out += (name, b": ", value, b"\r\n")
+    return b"".join(out)
 
 
 def _auth_field(value: str | None) -> bytes:

@@ -80,6 +80,11 @@ class UpstreamResponse:
         return None
 
     @property
+    def connection(self) -> NodeConnection:
+        """The connection to the node this response is read from."""
+        return self._conn
+
+    @property
     def node(self) -> object:
         """Whatever owns the pool this response came through (`upstream.Node`), or None."""
         return self._conn.pool.owner
@@ -182,8 +187,9 @@ class UpstreamResponse:
             conn.close()
 
 
-class NodeConnection(asyncio.Protocol):
-    """One keep-alive connection to a node, carrying one request at a time."""
+class NodeConnection:
+    """One keep-alive connection to a node, carrying one request at a time: an asyncio protocol
+    (compiled to a C type from upstream_http.pxd, so not a subclass of asyncio.Protocol)."""
 
     def __init__(self, pool: ConnectionPool):
         self.pool = pool
@@ -228,15 +234,20 @@ class NodeConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._received_any = True
         if self._response is None:
-            self._buf += data
-            end = self._buf.find(b"\r\n\r\n")
+            buf = self._buf
+            if buf:  # the head came in pieces
+                buf += data
+                data = bytes(buf)
+                buf.clear()
+            end = data.find(b"\r\n\r\n")
             if end < 0:
-                if len(self._buf) > MAX_HEAD:
+                if len(data) > MAX_HEAD:
                     self._protocol_error("response head too large")
+                else:
+                    buf += data
                 return
-            head = bytes(self._buf[:end])
-            rest = bytes(self._buf[end + 4:])
-            self._buf.clear()
+            head = data[:end]
+            rest = data[end + 4:]
             try:
                 response = self._parse_head(head)
             except (ValueError, IndexError):

@@ -122,7 +122,7 @@ async def served(config_doc: dict):
     from proxy.limiter import LocalLimiter
     from proxy.listener import Listener
     from proxy.metrics import Metrics
-    from proxy.upstream import Upstream
+    from proxy.upstream import REQUEST_DROP, Upstream
 
     node = Node()
     url = await node.start()
@@ -135,7 +135,7 @@ async def served(config_doc: dict):
     await upstream.start()
     proxy = Proxy(Snapshot(config, 1, "x"), limiter=limiter, learned=LearnedCosts(100, 0.3), admission=admission,
                   upstream=upstream, metrics=Metrics(), access_log=AccessLog(config.access_log))
-    listener = Listener(proxy.handle, limits=lambda: proxy.snapshot.config.limits)
+    listener = Listener(proxy.handle, limits=lambda: proxy.snapshot.config.limits, forward_drop=REQUEST_DROP)
     server = await asyncio.get_running_loop().create_server(listener, "127.0.0.1", 0)
     proxy.listener = listener  # type: ignore[attr-defined]  # for tests that look at the connections
     try:
@@ -205,7 +205,7 @@ async def test_a_client_that_stops_reading_pauses_the_node_and_the_proxy_holds_l
                 while conn.stream_source is None or not conn.stream_source.reading_paused:
                     await asyncio.sleep(0.005)
             source = conn.stream_source
-            assert not source._conn.transport.is_reading()  # the node's connection is really not being read
+            assert not source.connection.transport.is_reading()  # the node's connection is really not being read
             held = source.buffered + conn.transport.get_write_buffer_size()
             assert held <= HIGH_WATER  # what the proxy holds for this slow client: bounded, not the response
             assert node.sent < node.STREAM_BYTES  # the node is held back too
