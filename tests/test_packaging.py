@@ -56,3 +56,17 @@ def test_build_stage_command_makes_a_working_wheel(tmp_path):
     assert check.returncode == 0, check.stderr
     shipped = {p.name for p in (site / "proxy" / "lua").glob("*.lua")}
     assert shipped == {p.name for p in (REPO / "proxy" / "lua").glob("*.lua")}  # the Redis scripts ship as package data
+
+
+def test_the_tests_run_the_build_they_say():
+    """Compiled modules are the ones imported (SLUICEGATE_PURE=1: the .py twins), and are not stale."""
+    import importlib
+
+    from tests import builds
+
+    compiled = builds.compiled_modules()
+    assert {"listener", "upstream_http", "admission", "flow"} <= set(compiled)
+    assert builds.stale_modules() == []
+    for name in compiled:
+        module = importlib.import_module(f"proxy.{name}")
+        assert module.__file__.endswith(".py" if builds.PURE else str(compiled[name].name)), module.__file__
