@@ -16,7 +16,11 @@ setup(
         [Extension("proxy._ratelimit", ["proxy/_ratelimit.pyx"])],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False, "cdivision": True},
     ) + cythonize(
-        [Extension(f"proxy.{name}", [f"proxy/{name}.py"]) for name in COMPILED],
+        [Extension(f"proxy.{name}", [f"proxy/{name}.py"]) for name in COMPILED if name != "flow"],
         compiler_directives={"language_level": "3", "annotation_typing": False},
+    ) + cythonize(
+        # flow's locals take the C types of what they hold (a Trace, a Snapshot) without annotations
+        [Extension("proxy.flow", ["proxy/flow.py"])],
+        compiler_directives={"language_level": "3", "annotation_typing": False, "infer_types": True},
     ),
 )

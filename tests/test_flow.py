@@ -114,7 +114,7 @@ class Node:
 
 @contextlib.asynccontextmanager
 async def served(config_doc: dict):
-    """A Proxy behind a real Listener on a free port, in front of a recording Node: (proxy, port, node)."""
+    """A Proxy behind a real Listener on a free port, in front of a recording Node: (proxy, port, node, listener)."""
     from proxy.accesslog import AccessLog
     from proxy.admission import Admission
     from proxy.cost import LearnedCosts
@@ -137,9 +137,8 @@ async def served(config_doc: dict):
                   upstream=upstream, metrics=Metrics(), access_log=AccessLog(config.access_log))
     listener = Listener(proxy.handle, limits=lambda: proxy.snapshot.config.limits, forward_drop=REQUEST_DROP)
     server = await asyncio.get_running_loop().create_server(listener, "127.0.0.1", 0)
-    proxy.listener = listener  # type: ignore[attr-defined]  # for tests that look at the connections
     try:
-        yield proxy, server.sockets[0].getsockname()[1], node
+        yield proxy, server.sockets[0].getsockname()[1], node, listener
     finally:
         server.close()
         listener.close_all()
@@ -165,7 +164,7 @@ async def test_a_remembered_body_is_remembered_for_its_tenant_only():
         "acme": {"plan": "p", "api_keys": [hash_secret("acme-key")], "indices": ["acme-*"]},
         "globex": {"plan": "p", "api_keys": [hash_secret("globex-key")], "indices": ["globex-*"]},
     }}
-    async with served(doc) as (proxy, port, node):
+    async with served(doc) as (proxy, port, node, _):
         msearch = b'{"index":"acme-logs"}\n{"query":{"match_all":{}}}\n'
         for _ in range(3):
             assert await call(port, "POST", "/_msearch", "acme-key", msearch) == 200
@@ -188,7 +187,7 @@ async def test_a_client_that_stops_reading_pauses_the_node_and_the_proxy_holds_l
     from proxy.upstream_http import HIGH_WATER
 
     async with served({**CONFIG, "tenants": {"acme": {"plan": "p", "api_keys": [hash_secret("k")],
-                                                       "indices": ["acme-*"]}}}) as (proxy, port, node):
+                                                       "indices": ["acme-*"]}}}) as (proxy, port, node, listener):
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # the client's kernel holds little either
         sock.connect(("127.0.0.1", port))
@@ -200,7 +199,7 @@ async def test_a_client_that_stops_reading_pauses_the_node_and_the_proxy_holds_l
                 head = await reader.readuntil(b"\r\n\r\n")  # ... and then it reads nothing for a while
             assert head.startswith(b"HTTP/1.1 200")
             assert (b"Transfer-Encoding: chunked" in head) == (framing == "chunked")
-            (conn,) = proxy.listener.connections
+            (conn,) = listener.connections
             async with asyncio.timeout(GUARD_S):
                 while conn.stream_source is None or not conn.stream_source.reading_paused:
                     await asyncio.sleep(0.005)
