@@ -1,5 +1,11 @@
 # C types for proxy/flow.py when it is compiled (setup.py); the .py stays the pure-Python twin.
 
+from proxy.admission cimport Admission, Ticket
+from proxy.listener cimport Request
+from proxy.metrics cimport Metrics
+from proxy.upstream cimport Upstream
+from proxy.upstream_http cimport UpstreamResponse
+
 cdef class Snapshot:
     cdef public object config
     cdef public object generation
@@ -37,9 +43,9 @@ cdef class Proxy:
     cdef public Snapshot snapshot
     cdef public object limiter
     cdef public object learned
-    cdef public object admission
-    cdef public object upstream
-    cdef public object metrics
+    cdef public Admission admission
+    cdef public Upstream upstream
+    cdef public Metrics metrics
     cdef public object access_log
     cdef public object index_sizes
     cdef public Py_ssize_t inflight
@@ -47,6 +53,7 @@ cdef class Proxy:
     cdef object _idle
     cdef object _cost_fields
 
+    cpdef _respond(self, Request request, UpstreamResponse upstream, data, bytes fields, Trace trace, rebound)
     cpdef _settle(self, tenant, call, decision, fingerprint, Trace trace)
-    cpdef _record(self, request, Trace trace)
+    cpdef _record(self, Request request, Trace trace)
     cpdef bytes _cost_field(self, double estimated, double charged)

@@ -18,6 +18,8 @@ import logging
 import time
 import zlib
 
+import cython
+
 from . import esapi
 from .accesslog import AccessLog
 from .admission import Admission, Ticket
@@ -171,6 +173,7 @@ class Proxy:
                 self._idle = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._idle)
 
+    @cython.locals(request=Request, snap=Snapshot, trace=Trace, ticket=Ticket, upstream=UpstreamResponse)  # C types, compiled
     async def handle(self, request: Request) -> None:
         """Serve one request the listener parsed, and answer it through `request`."""
         snap = self.snapshot  # one config snapshot for the whole request
@@ -180,10 +183,11 @@ class Proxy:
             limits = snap.config.limits
 
             # 1. Who is asking, and what for?
-            tenant = snap.directory.identify(request.authorization, request.target)
-            trace.tenant = tenant.name
-            call = esapi.parse_call(request.method, request.target)
-            trace.call = call
+            method, target = request.method, request.target
+            tenant = snap.directory.identify(request.authorization, target)
+            name = trace.tenant = tenant.name
+            call = trace.call = esapi.parse_call(method, target)
+            resource = call.resource
 
             # 2. May they? The path is checked before the body is read; the body (bounded in bytes and
             #    time) is parsed only where cost or grants need it. A request this tenant sent byte for
@@ -192,51 +196,52 @@ class Proxy:
             body = None
             if request.complete and not request.too_large and request.body_size <= limits.max_body_bytes:
                 raw = request.body  # the usual case: it came with the head
-                sent = (tenant.name, request.method, request.target, content_type, encoding, raw)
+                sent = (name, method, target, content_type, encoding, raw)
                 body = snap.granted_body(sent)
             if body is None:
                 authorize(tenant, call, None)
                 if not request.complete or request.too_large or request.body_size > limits.max_body_bytes:
                     raw = await read_body(request, limits)
-                    sent = (tenant.name, request.method, request.target, content_type, encoding, raw)
+                    sent = (name, method, target, content_type, encoding, raw)
                 body = esapi.decode_body(call, raw, content_type, encoding, limits)
                 authorize(tenant, call, body or esapi.NO_BODY)
                 snap.granted(sent, body)
             trace.bytes_in = len(raw)
             # Scroll, point-in-time and async-search ids are bound to the tenant that opened them.
-            rebound = snap.ids.rebind(tenant.name, call, body, request.target)
+            rebound = snap.ids.rebind(name, call, body, target)
 
             # 3. What will it cost the cluster? The learned cost of this shape wins over the estimate.
-            estimate = snap.estimate(request.method, request.target, content_type, call, body, self.index_sizes)
-            trace.estimated = estimate.cost
-            trace.fingerprint = estimate.fingerprint
+            estimate = snap.estimate(method, target, content_type, call, body, self.index_sizes)
+            estimated = trace.estimated = estimate.cost
+            fingerprint = trace.fingerprint = estimate.fingerprint
             learn = snap.config.cost.learn
-            learned = self.learned.get(tenant.name, estimate.fingerprint) if learn else None
-            cost = estimate.cost if learned is None else learned
+            learned = self.learned.get(name, fingerprint) if learn else None
+            cost = estimated if learned is None else learned
             # A shape new to this tenant is not assumed cheap at the gate if it cost others more (never billed so).
-            shape = self.learned.shape(estimate.fingerprint) if learned is None and learn else None
+            shape = self.learned.shape(fingerprint) if learned is None and learn else None
 
             # 4. Budget: the tenant's token bucket for this resource class; usually decided at once,
             #    else the request waits for its tokens (up to max_wait_ms).
             shadow = not tenant.enforce
-            decision = self.limiter.try_acquire(tenant.name, call.resource, cost, shadow)
+            decision = self.limiter.try_acquire(name, resource, cost, shadow)
             if decision is None:
-                decision = await self.limiter.acquire(tenant.name, call.resource, cost, shadow)
-            trace.charged = decision.charged
-            trace.queued_s = decision.wait if decision.admitted and not shadow else 0.0  # shadow never sleeps
+                decision = await self.limiter.acquire(name, resource, cost, shadow)
+            charged = trace.charged = decision.charged
             if not decision.admitted:
                 if not shadow:
-                    raise budget_exhausted(tenant, call.resource, cost, decision)
+                    raise budget_exhausted(tenant, resource, cost, decision)
                 trace.decision, trace.reason = "would_throttle", "budget"
+            elif not shadow:  # shadow never sleeps
+                trace.queued_s = decision.wait
 
             # 5. Concurrency: a tenant slot, then the global gate; usually at once, else in the fair
             #    queue. Whatever fails from here on before the request reaches a node is refunded.
             try:
-                gate_cost = decision.charged if shape is None or shape <= decision.charged else shape
-                entry = self.admission.try_enter(tenant.name, gate_cost, shadow)
+                gate_cost = charged if shape is None or shape <= charged else shape
+                entry = self.admission.try_enter(name, gate_cost, shadow)
                 ticket = entry if type(entry) is Ticket else await self.admission.wait(entry)  # type: ignore[arg-type]
             except BaseException:
-                self.limiter.settle(tenant.name, call.resource, decision.charged, 0.0)
+                self.limiter.settle(name, resource, charged, 0.0)
                 raise
             if ticket.waited < 0:
                 trace.decision, trace.reason = "would_throttle", "concurrency"
@@ -246,23 +251,23 @@ class Proxy:
             # 6. Forward to a node, and send its answer back: a small one whole, in one write; a large
             #    one streamed as it arrives, the node read no faster than the client reads.
             try:
-                target, forwarded, passed = request.target, raw or None, request.passed_fields
+                forward, forwarded, passed = target, raw or None, request.passed_fields
                 if rebound is not None:  # the node gets its own ids back
-                    target, forwarded = rebound.request(raw)
+                    forward, forwarded = rebound.request(raw)
                     passed = passed_fields(request.headers, rebound.dropped_headers)
                 fields = self.upstream.forward_fields(passed, request.forwarded_for, request.client, request.scheme)
                 sent_at = time.monotonic()
                 upstream = await self.upstream.send(
-                    request.method, target, fields, forwarded, retry_after_send=call.resource in _RETRYABLE
+                    method, forward, fields, forwarded, retry_after_send=resource in _RETRYABLE
                 )
                 try:
                     trace.node = upstream.node.url  # type: ignore[attr-defined]
                     trace.upstream_s = time.monotonic() - sent_at
-                    self.metrics.observe_upstream(call.resource, trace.upstream_s)
+                    self.metrics.observe_upstream(resource, trace.upstream_s)
                     trace.status = upstream.status
-                    fields = upstream.relayed + self._cost_field(estimate.cost, decision.charged)
+                    fields = upstream.relayed + self._cost_field(estimated, charged)
                     length = upstream.content_length
-                    if request.method == "HEAD" or (length is not None and length <= SMALL_RESPONSE):
+                    if method == "HEAD" or (length is not None and length <= SMALL_RESPONSE):
                         data = upstream.read_now() if upstream.complete else await upstream.read()
                         self._respond(request, upstream, data, fields, trace, rebound)
                     else:
@@ -274,12 +279,12 @@ class Proxy:
                 status = exc.status if isinstance(exc, UpstreamFailure) else trace.status
                 self.admission.leave(ticket, status, trace.upstream_s, None)
                 if trace.node == "":  # never reached a node: the cluster spent nothing
-                    self.limiter.settle(tenant.name, call.resource, decision.charged, 0.0)
+                    self.limiter.settle(name, resource, charged, 0.0)
                 raise
             self.admission.leave(ticket, trace.status, trace.upstream_s, trace.observed)
 
             # 7. Settle: true the bill up to what the cluster reported spending.
-            self._settle(tenant, call, decision, estimate.fingerprint, trace)
+            self._settle(tenant, call, decision, fingerprint, trace)
         except Refusal as refusal:
             trace.status = refusal.status
             if trace.decision == "admitted":
