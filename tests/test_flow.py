@@ -67,6 +67,7 @@ class Node:
     def __init__(self):
         self.bodies: list[bytes] = []
         self.server: asyncio.AbstractServer | None = None
+        self.slow, self.abandoned = asyncio.Event(), asyncio.Event()
 
     async def start(self) -> str:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -79,6 +80,11 @@ class Node:
                     body = await reader.readexactly(length) if length else b""
                     if not head.startswith(b"GET / "):  # not the health check
                         self.bodies.append(body)
+                    if b"/_slow/" in head.split(b"\r\n", 1)[0]:  # never answers; notes when it is abandoned
+                        self.slow.set()
+                        await reader.read()
+                        self.abandoned.set()
+                        break
                     if b"/_stream/" in head.split(b"\r\n", 1)[0]:
                         await self.stream(writer, chunked=b"chunked" in head.split(b"\r\n", 1)[0])
                         continue
@@ -221,3 +227,20 @@ async def test_a_client_that_stops_reading_pauses_the_node_and_the_proxy_holds_l
             assert len(body) == node.STREAM_BYTES and body.endswith(b"{}]}")
         finally:
             writer.close()
+
+
+async def test_a_client_that_leaves_abandons_its_request_at_the_node_and_is_logged_499():
+    # The node's connection is closed, so the cluster can stop the work; the slot comes back at once.
+    async with served({**CONFIG, "tenants": {"acme": {"plan": "p", "api_keys": [hash_secret("k")],
+                                                       "indices": ["acme-*"]}}}) as (proxy, port, node, listener):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /acme-a/_slow/x HTTP/1.1\r\nHost: proxy\r\nAuthorization: ApiKey k\r\n\r\n")
+        async with asyncio.timeout(GUARD_S):
+            await node.slow.wait()
+        assert proxy.inflight == 1 and proxy.admission.gate.inflight == 1
+        writer.close()
+        async with asyncio.timeout(GUARD_S):
+            await node.abandoned.wait()  # the proxy closed its connection to the node
+        assert proxy.inflight == 0 and proxy.admission.gate.inflight == 0
+        text = proxy.metrics.render().decode()
+        assert 'sluicegate_responses_total{code="499",tenant="acme"} 1.0' in text

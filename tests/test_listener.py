@@ -614,3 +614,53 @@ async def test_draining_closes_idle_connections_now_and_busy_ones_after_their_re
     finally:
         idle_writer.close()
         busy_writer.close()
+
+
+# ---- TLS: the listener is transport-agnostic ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1, made by the openssl command."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+async def test_the_listener_serves_over_tls_and_says_https(tls_files):
+    import ssl
+
+    cert, key = tls_files
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    client_side = ssl.create_default_context(cafile=str(cert))
+    schemes = []
+
+    async def app(request: Request) -> None:
+        schemes.append(request.scheme)
+        await echo(request)
+
+    listener = Listener(app, limits=lambda: LIMITS)
+    server = await asyncio.get_running_loop().create_server(listener, "127.0.0.1", 0, ssl=server_side)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_side)
+        try:
+            for path in ("/acme-a/_search", "/acme-b/_search"):  # kept alive across requests
+                writer.write(request(path, body=b'{"query":{}}'))
+                status, _, body = await read_response(reader)
+                assert status == 200 and orjson.loads(body)["path"] == path
+        finally:
+            writer.close()
+    finally:
+        server.close()
+        listener.close_all()
+    assert schemes == ["https", "https"]
