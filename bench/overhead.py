@@ -144,7 +144,7 @@ async def protocol_proxy(port: int, upstream: str, kind: str) -> None:
                                           request.body)
             request.respond(status, b"Content-Type: application/json\r\n", data)
 
-        factory = Listener(app, limits=lambda: limits)
+        factory = Listener(app, limits=limits)
     else:
         class Connection(asyncio.Protocol):
             def connection_made(self, transport) -> None:

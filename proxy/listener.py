@@ -268,13 +268,12 @@ App = Callable[[Request], Coroutine[Any, Any, None]]
 class Listener:
     """The protocol factory for `loop.create_server`: its connections, their limits and counters."""
 
-    def __init__(self, app: App, *, limits: Callable[[], HardLimits], metrics: Any = None,
-                 forward_drop: frozenset[bytes] = HOP_BY_HOP):
+    def __init__(self, app: App, *, limits: HardLimits, metrics: Any = None, forward_drop: frozenset[bytes] = HOP_BY_HOP):
         #: called once per request, the coroutine run as the request's task; it answers through the request
         self.app = app
         #: request headers (lower-case names) left out of `Request.passed_fields`; hop-by-hop ones at least
         self.forward_drop = forward_drop | HOP_BY_HOP
-        #: the hard limits in force now: read when each request begins
+        #: the hard limits in force: read when each request begins (a reload swaps in new ones)
         self.limits = limits
         self.metrics = metrics
         #: open connections per client address
@@ -329,7 +328,7 @@ class ClientConnection:
         self.parser = httptools.HttpRequestParser(self)
         self.client: str | None = None
         self.scheme = "http"
-        self.limits: HardLimits = listener.limits()
+        self.limits: HardLimits = listener.limits
         self.writing_paused = False
         #: what the response being streamed reads from (paused while the client is slow)
         self.stream_source: Source | None = None
@@ -445,7 +444,7 @@ class ClientConnection:
 
     # ---- parser callbacks (httptools) ----
     def on_message_begin(self) -> None:
-        limits = self.limits = self.listener.limits()  # per request: a reload applies from the next request on
+        limits = self.limits = self.listener.limits  # per request: a reload applies from the next request on
         request = self._parsing = Request(self)
         self._headers = request.headers
         self._max_headers = limits.max_headers

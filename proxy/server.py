@@ -85,8 +85,7 @@ class Worker:
         self.metrics.set_config(1, digest)
         self._register_live_gauges()
         # the proxy listener: the request path's own protocol (proxy/listener.py); hard limits read per request
-        self.listener = Listener(self.proxy.handle, limits=lambda: self.proxy.snapshot.config.limits, metrics=self.metrics,
-                                 forward_drop=REQUEST_DROP)
+        self.listener = Listener(self.proxy.handle, limits=config.limits, metrics=self.metrics, forward_drop=REQUEST_DROP)
         self._proxy_server: asyncio.AbstractServer | None = None
         self._admin_runner: web.BaseRunner | None = None
         self.stopped = asyncio.Event()
@@ -171,6 +170,7 @@ class Worker:
         self.admission.configure(config, share=self.share)
         self.upstream.reconfigure(config.upstream)
         self.cluster_health.index_sizes_poll_s = config.cost.index_sizes_poll_s
+        self.listener.limits = config.limits  # the HTTP layer's hard limits, from the next request on
         self.proxy.snapshot = snapshot
         self.metrics.forget_tenants(set(config.tenants))
         self.metrics.set_config(snapshot.generation, digest)

@@ -141,7 +141,7 @@ async def served(config_doc: dict):
     await upstream.start()
     proxy = Proxy(Snapshot(config, 1, "x"), limiter=limiter, learned=LearnedCosts(100, 0.3), admission=admission,
                   upstream=upstream, metrics=Metrics(), access_log=AccessLog(config.access_log))
-    listener = Listener(proxy.handle, limits=lambda: proxy.snapshot.config.limits, forward_drop=REQUEST_DROP)
+    listener = Listener(proxy.handle, limits=proxy.snapshot.config.limits, forward_drop=REQUEST_DROP)
     server = await asyncio.get_running_loop().create_server(listener, "127.0.0.1", 0)
     try:
         yield proxy, server.sockets[0].getsockname()[1], node, listener

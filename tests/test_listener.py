@@ -35,7 +35,7 @@ async def serve():
     started = []
 
     async def start(limits: HardLimits, app=echo) -> tuple[Listener, int]:
-        listener = Listener(app, limits=lambda: limits)
+        listener = Listener(app, limits=limits)
         server = await asyncio.get_running_loop().create_server(listener, "127.0.0.1", 0)
         started.append((server, listener))
         return listener, server.sockets[0].getsockname()[1]
@@ -129,7 +129,7 @@ async def test_limits_in_force_when_a_request_begins_hold_on_connections_opened_
         for reader, writer in opened:
             writer.write(request("/acme-a/_search?q=" + "x" * 300))
             assert (await read_response(reader))[0] == 200  # open, kept alive, under the loose limits
-        listener.limits = lambda: LIMITS  # the "reload"
+        listener.limits = LIMITS  # the "reload"
         (reader, writer), (reader2, writer2) = opened
         writer.write(request("/acme-a/_search?q=" + "x" * 300))
         status, headers, body = await read_response(reader)
@@ -342,7 +342,7 @@ async def _three_responses(reader) -> list[bytes]:
 async def test_a_request_split_at_any_byte_is_the_same_request(split):
     # The bytes reach the protocol exactly as split (as two reads would deliver them), then three answers come back.
     seen: list = []
-    listener = Listener(_echo_all(seen), limits=lambda: LIMITS)
+    listener = Listener(_echo_all(seen), limits=LIMITS)
     conn, reader, writer = await _connected(listener)
     try:
         conn.data_received(PIPELINE[:split])
@@ -357,7 +357,7 @@ async def test_a_request_split_at_any_byte_is_the_same_request(split):
 
 async def test_a_request_fed_one_byte_at_a_time_is_the_same_request():
     seen: list = []
-    listener = Listener(_echo_all(seen), limits=lambda: LIMITS)
+    listener = Listener(_echo_all(seen), limits=LIMITS)
     conn, reader, writer = await _connected(listener)
     try:
         for i in range(len(PIPELINE)):
@@ -648,7 +648,7 @@ async def test_the_listener_serves_over_tls_and_says_https(tls_files):
         schemes.append(request.scheme)
         await echo(request)
 
-    listener = Listener(app, limits=lambda: LIMITS)
+    listener = Listener(app, limits=LIMITS)
     server = await asyncio.get_running_loop().create_server(listener, "127.0.0.1", 0, ssl=server_side)
     try:
         port = server.sockets[0].getsockname()[1]
