@@ -398,16 +398,12 @@ def summarise_stacks(raw: str) -> dict:
     own: dict[str, int] = {}
     total: dict[str, int] = {}
     by_file: dict[str, int] = {}
-    lines: dict[str, int] = {}  # own samples per "file:line" of the proxy's own code
     samples = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        leaf = re.search(r"\((proxy/[^()]*:\d+)\)$", stack.split(";")[-1].strip())
-        if leaf:
-            lines[leaf.group(1)] = lines.get(leaf.group(1), 0) + n
         frames = [frame_name(f) for f in stack.split(";")]
         frames = [f for f in frames if not f.startswith("process ") and not f.startswith("thread ")]
         if not frames:
@@ -419,7 +415,7 @@ def summarise_stacks(raw: str) -> dict:
         by_file[source] = by_file.get(source, 0) + n
         for frame in set(frames):
             total[frame] = total.get(frame, 0) + n
-    return {"samples": samples, "own": own, "total": total, "by_file": by_file, "lines": lines}
+    return {"samples": samples, "own": own, "total": total, "by_file": by_file}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,21 +557,6 @@ def cost_by_file(flames: dict[str, dict], by: dict) -> report.Table:
     return table
 
 
-def hot_lines(flame: dict, top: int = 15) -> report.Table:
-    """The proxy's own source lines with the most own time: where its per-request work is."""
-    table = report.Table("Sluicegate's own lines with the most own time (CPU µs per request; a C call on the line "
-                         "counts here)", ["line", "µs / request", "source"], right={1})
-    samples = flame["samples"] or 1
-    for where, n in sorted(flame["lines"].items(), key=lambda kv: -kv[1])[:top]:
-        path, _, number = where.rpartition(":")
-        try:
-            text = (REPO / path).read_text().splitlines()[int(number) - 1].strip()
-        except (OSError, IndexError):
-            text = "?"
-        table.add(f"`{where}`", f"{n / samples * flame['cpu_us_per_request']:.1f}", f"`{text[:90]}`")
-    return table
-
-
 def best(runs: list[dict], key: str, high: bool = True) -> dict:
     return (max if high else min)(runs, key=lambda r: r[key])
 
@@ -647,8 +628,6 @@ def tables(modes, throughput, latency, flames, args) -> list[report.Table]:
         out.append(prof)
     if flames:
         out.append(cost_by_file(flames, by))
-    if flame and flame.get("lines"):
-        out.append(hot_lines(flame))
     return out
 
 

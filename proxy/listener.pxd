@@ -1,6 +1,8 @@
 # C types for proxy/listener.py when it is compiled (setup.py); the .py stays the pure-Python twin.
 # Attributes the request path and the tests read are public; the rest are C fields of the objects.
 
+cdef dict _NAMED
+
 cdef class Listener
 cdef class ClientConnection
 

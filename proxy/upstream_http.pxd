@@ -1,6 +1,8 @@
 # C types for proxy/upstream_http.py when it is compiled (setup.py); the .py stays the pure-Python twin.
 # Attributes other code reads are public; the rest are C fields of the objects.
 
+cdef frozenset _NOT_RELAYED
+
 cdef class ConnectionPool
 cdef class NodeConnection
 

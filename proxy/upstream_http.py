@@ -24,6 +24,7 @@ HOP_BY_HOP = frozenset((
     b"transfer-encoding", b"upgrade", b"proxy-connection",
 ))
 NOT_RELAYED = HOP_BY_HOP | {b"content-length", b"date", b"server"}
+_NOT_RELAYED = NOT_RELAYED  # what _parse_head reads (a C-typed frozenset when compiled)
 
 
 class UpstreamProtocolError(Exception):
@@ -292,7 +293,7 @@ class NodeConnection:
             name, _, value = line.partition(b":")
             value = value.strip()
             lname = name.lower()
-            if lname not in NOT_RELAYED:
+            if lname not in _NOT_RELAYED:
                 relayed.append(line)
                 if lname == b"content-encoding" and encoding is None:  # the first, as header() finds it
                     encoding = value.decode("latin-1")
