@@ -90,7 +90,7 @@ async function runElasticsearch () {
   })
   const es = connect(false)
   const m = { meta: true }
-  note('client', { name: '@elastic/elasticsearch', major: version.split('.')[0] })
+  note('client', { name: '@elastic/elasticsearch', version, major: version.split('.')[0] })
 
   await call('info', () => es.info({}, m))
   await call('create index', () => es.indices.create({ index, settings: SETTINGS, mappings: MAPPINGS }, m))
@@ -208,7 +208,7 @@ async function runOpensearch () {
     ...(apiKey ? { headers: { authorization: `ApiKey ${apiKey}` } } : {})
   })
   const client = connect(false)
-  note('client', { name: '@opensearch-project/opensearch', major: version.split('.')[0] })
+  note('client', { name: '@opensearch-project/opensearch', version, major: version.split('.')[0] })
 
   await call('info', () => client.info())
   await call('create index', () => client.indices.create({ index, body: { settings: SETTINGS, mappings: MAPPINGS } }))

@@ -91,7 +91,8 @@ def run_elasticsearch(urls: list[str], index: str, api_key: str | None, compatib
 
     es = elasticsearch_client(urls, api_key, compatible_with, compress=False)
     t = Transcript()
-    t.note("client", {"name": "elasticsearch-py", "major": elasticsearch.__versionstr__.partition(".")[0]})
+    t.note("client", {"name": "elasticsearch-py", "version": elasticsearch.__versionstr__,
+                      "major": elasticsearch.__versionstr__.partition(".")[0]})
 
     def call(name: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -250,7 +251,8 @@ def run_opensearch(urls: list[str], index: str, api_key: str | None) -> Transcri
     seen: list[tuple[int, dict]] = []
     client = opensearch_client(urls, api_key, compress=False, seen=seen)
     t = Transcript()
-    t.note("client", {"name": "opensearch-py", "major": opensearchpy.__versionstr__.partition(".")[0]})
+    t.note("client", {"name": "opensearch-py", "version": opensearchpy.__versionstr__,
+                      "major": opensearchpy.__versionstr__.partition(".")[0]})
 
     def call(name: str, fn: Callable[[], Any]) -> Any:
         before = len(seen)

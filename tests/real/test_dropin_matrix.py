@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import REPO, make_config, tenant
-from tests.realclusters import unique_index
+from tests.realclusters import http_json, unique_index
 
 pytestmark = pytest.mark.real_cluster
 
@@ -39,6 +39,8 @@ API_KEY = f"{TENANT}-key"
 @dataclass(frozen=True)
 class Client:
     name: str
+    #: the client's major version, as the scenario reports it (so the wrong install cannot pass unnoticed)
+    major: str
     command: tuple[str, ...]
     env: dict = field(default_factory=dict)
 
@@ -56,13 +58,13 @@ class Client:
 PY_SCENARIO = (sys.executable, str(CLIENTS_DIR / "scenario.py"))
 NODE_SCENARIO = ("node", str(CLIENTS_DIR / "scenario.mjs"))
 ELASTICSEARCH_CLIENTS = [
-    Client("elasticsearch-py 8", (*PY_SCENARIO, "--client", "elasticsearch"), {"PYTHONPATH": str(ES8)}),
-    Client("elasticsearch-py 9", (*PY_SCENARIO, "--client", "elasticsearch", "--compatible-with", "8")),
-    Client("@elastic/elasticsearch 8", (*NODE_SCENARIO, "--client", "elasticsearch")),
+    Client("elasticsearch-py 8", "8", (*PY_SCENARIO, "--client", "elasticsearch"), {"PYTHONPATH": str(ES8)}),
+    Client("elasticsearch-py 9", "9", (*PY_SCENARIO, "--client", "elasticsearch", "--compatible-with", "8")),
+    Client("@elastic/elasticsearch 8", "8", (*NODE_SCENARIO, "--client", "elasticsearch")),
 ]
 OPENSEARCH_CLIENTS = [
-    Client("opensearch-py", (*PY_SCENARIO, "--client", "opensearch")),
-    Client("@opensearch-project/opensearch", (*NODE_SCENARIO, "--client", "opensearch")),
+    Client("opensearch-py", "3", (*PY_SCENARIO, "--client", "opensearch")),
+    Client("@opensearch-project/opensearch", "3", (*NODE_SCENARIO, "--client", "opensearch")),
 ]
 
 #: what the scenario needs beyond its own indices: `_tasks` and `_cat/indices` are cluster-level calls
@@ -125,9 +127,14 @@ def test_elasticsearch_py_9_unmodified_is_refused_alike_directly_and_through_the
 
 def assert_same_through_proxy(client: Client, cluster, proxy) -> None:
     direct_index, proxied_index = unique_index(TENANT), unique_index(TENANT)
-    direct = client.run(cluster.urls, direct_index, None)
-    proxied = client.run([proxy.url], proxied_index, API_KEY)
+    try:
+        direct = client.run(cluster.urls, direct_index, None)
+        proxied = client.run([proxy.url], proxied_index, API_KEY)
+    finally:  # a scenario that failed half-way leaves its indices on a cluster the session shares
+        names = ",".join(f"{index}{suffix}" for index in (direct_index, proxied_index) for suffix in ("", "-gz"))
+        http_json(f"{cluster.url}/{names}?ignore_unavailable=true", method="DELETE")  # by name: 8.x refuses wildcards
     for transcript in (direct, proxied):
+        assert transcript[0]["value"]["major"] == client.major, transcript[0]
         assert_scenario_ran(transcript, cluster.flavor)
     assert_ids_wrapped(direct, proxied)
     differences = compare(normalise(direct, direct_index), normalise(proxied, proxied_index))
