@@ -166,6 +166,16 @@ class AccessLogConfig(_Frozen):
     always_log_refusals: bool = True
 
 
+class ShapesConfig(_Frozen):
+    """The costliest query shapes per tenant, for `GET /tenants/{name}/shapes` and the status page."""
+
+    window_s: float = Field(300.0, ge=10, le=86_400, description="seconds of the sliding window (in 10 slots)")
+    top: int = Field(20, ge=1, le=1000, description="shapes kept per tenant and slot (up to twice as many between "
+                     "prunings) and listed per report")
+    publish_interval_s: float = Field(5.0, gt=0, description="with Redis: seconds between publishes of each "
+                                      "instance's shapes for the others")
+
+
 class Bucket(_Frozen):
     rate: float = Field(gt=0, description="cost units per second")
     burst: float = Field(gt=0, description="bucket size in cost units")
@@ -238,6 +248,7 @@ class Config(_Frozen):
     cost: CostConfig = CostConfig()
     admission: AdmissionConfig = AdmissionConfig()
     access_log: AccessLogConfig = AccessLogConfig()
+    shapes: ShapesConfig = ShapesConfig()
     security: SecurityConfig = SecurityConfig()
     enforce: bool = True
     drain_timeout_s: float = Field(30.0, ge=0)
