@@ -50,7 +50,7 @@ def test_removed_tenants_are_forgotten_but_unauthenticated_series_stay():
 def test_live_gauges_are_read_at_scrape_time():
     m = Metrics()
     level = {"v": 5.0}
-    m.add_live_gauge("sluicegate_bucket_level", "level", ("tenant",), lambda: [(("acme",), level["v"])])
-    assert samples(m)[("sluicegate_bucket_level", (("tenant", "acme"),))] == 5.0
+    m.add_live_gauge("sluicegate_bucket_level_cost_units", "level", ("tenant",), lambda: [(("acme",), level["v"])])
+    assert samples(m)[("sluicegate_bucket_level_cost_units", (("tenant", "acme"),))] == 5.0
     level["v"] = -2.5
-    assert samples(m)[("sluicegate_bucket_level", (("tenant", "acme"),))] == -2.5
+    assert samples(m)[("sluicegate_bucket_level_cost_units", (("tenant", "acme"),))] == -2.5
