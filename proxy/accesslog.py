@@ -37,11 +37,11 @@ class _IsoTime:
         self.prefix = ""
 
     def __call__(self, t: float) -> str:
-        second = int(t)
+        second, ms = divmod(round(t * 1000), 1000)  # rounded to the millisecond (.9996 s is the next second)
         if second != self.second:
             self.second = second
             self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self.prefix}.{int((t - second) * 1000):03d}Z"
+        return f"{self.prefix}.{ms:03d}Z"
 
 
 iso_time = _IsoTime()

@@ -167,6 +167,7 @@ def run_demo(config_path: Path) -> int:
 Sluicegate demo
   simulated cluster : {', '.join(nodes)}
   proxy             : {proxy}
+  status page       : {admin}/   (open it in a browser)
   admin             : {admin}/health  {admin}/ready  {admin}/tenants  {admin}/metrics
 
 Try it:
@@ -175,6 +176,7 @@ Try it:
        '{proxy}/globex-logs/_search' -d '{{"query": {{"wildcard": {{"message": "*rror"}}}}}}'
   curl -s -i '{proxy}/acme-logs/_search'          # no credentials: 401
   curl -s {admin}/tenants
+  curl -s {admin}/tenants/globex/shapes   # its costliest query shapes, literals redacted
 
 Point an Elasticsearch client at {proxy} with api_key="{DEMO_KEYS['acme']}". Ctrl-C stops.
 """,
@@ -189,6 +191,9 @@ Point an Elasticsearch client at {proxy} with api_key="{DEMO_KEYS['acme']}". Ctr
             cluster.wait(timeout=5)
         except subprocess.TimeoutExpired:
             cluster.kill()
+            cluster.wait()
+        if cluster.stdout is not None:
+            cluster.stdout.close()
 
 
 def _seed(node: str) -> None:

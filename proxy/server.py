@@ -270,7 +270,7 @@ def restart_notice(running: dict, config: Config) -> str | None:
             phrases.append("the changed redis section to take effect")
     if not phrases:
         return None
-    listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    listed = phrases[0] if len(phrases) == 1 else ", for ".join(phrases[:-1]) + " and for " + phrases[-1]
     return f"a restart is needed for {listed}; the rest of the file is in force"
 
 

@@ -309,3 +309,29 @@ async def test_access_log_reopens_on_sighup_and_follows_a_new_path(procs, upstre
     status, body = http_post(proxy.admin + "/reload")
     assert status == 200 and f"so the access log still goes to {second}" in orjson.loads(body)["message"]
     await one_request(second, 2)
+
+
+async def test_tenants_counts_every_429_as_throttled_whatever_the_reason(procs, upstream):
+    # One slot and no queue (concurrency 429s), and a bucket of two requests (budget 429s).
+    config = make_config([upstream.url], plans={"standard": plan(0.001, 6, max_concurrent=1, max_queue=0)})
+    proxy = procs.proxy(config)
+    statuses: list[tuple[int, str]] = []
+    async with aiohttp.ClientSession() as session:
+        async def one(path: str) -> None:
+            async with session.post(proxy.url + path, data=b'{"query":{"match_all":{}}}', headers={
+                    **ACME, "Content-Type": "application/json"}) as r:
+                await r.read()
+                statuses.append((r.status, r.headers.get("X-Sluicegate-Reason", "")))
+
+        slow = asyncio.create_task(one(SEARCH + "?delay_ms=500"))  # holds the only slot
+        await asyncio.to_thread(wait_until, lambda: proxy.tenants()["tenants"]["acme"]["in_flight"] == 1, 10,
+                                "the slot taken")
+        await asyncio.gather(*(one(SEARCH) for _ in range(3)))  # concurrency
+        await slow
+        for _ in range(6):
+            await one(SEARCH)  # the bucket runs dry: budget
+    reasons = [reason for status, reason in statuses if status == 429]
+    assert "concurrency" in reasons and "budget" in reasons, statuses
+    acme = proxy.tenants()["tenants"]["acme"]
+    assert acme["throttled"] == len(reasons)
+    assert acme["throttled_by_reason"] == {why: reasons.count(why) for why in set(reasons)}
