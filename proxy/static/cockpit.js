@@ -296,7 +296,8 @@ function renderGate(gate) {
   document.getElementById("gate").replaceChildren(
     stat("Limit (requests)", fmt(gate.limit, 0), "reason: " + (gate.reason || "–") +
       (gate.detail && gate.detail !== gate.reason ? " — " + gate.detail : "")),
-    stat("In flight", fmt(gate.inflight, 0) + " requests", "queued " + fmt(gate.queued, 0) + " of " + fmt(gate.max_queue, 0)),
+    stat("In flight", fmt(gate.inflight, 0) + (gate.inflight === 1 ? " request" : " requests"),
+      "queued " + fmt(gate.queued, 0) + " of " + fmt(gate.max_queue, 0)),
     el("div", { class: "stat" }, el("span", { class: "label" }, "In-flight cost / capacity"),
       el("span", { class: "value" }, fmt(gate.inflight_cost) + " / " + capacity), bar),
     stat("Capacity", gate.capacity_per_s == null ? "–" : fmt(gate.capacity_per_s) + " cost/s",

@@ -248,7 +248,7 @@ async def test_the_status_page_in_chromium_puts_the_storming_tenant_on_top_with_
     # `make screenshot` keeps the picture in docs/, after a longer run so that the charts show a shape:
     # quiet traffic for 20 s, then the storm for 25 s before the page loads.
     keep = os.environ.get("COCKPIT_SCREENSHOT") if workers == 1 else None
-    screenshot = Path(keep) if keep else tmp_path / "cockpit.png"
+    screenshot = Path(keep).resolve() if keep else tmp_path / "cockpit.png"
     stop, statuses = asyncio.Event(), {}
     load = asyncio.create_task(storm(proxy.url, stop, statuses, quiet_first_s=20.0 if keep else 0.0))
     try:
