@@ -174,8 +174,9 @@ def test_check_config_reports_unknown_plan_and_yaml_errors(tmp_path):
 
 
 def test_hash_key_matches_config_form():
-    result = subprocess.run([sys.executable, "-m", "proxy", "hash-key", "acme-key"], capture_output=True, text=True)
-    assert result.stdout.strip() == tenant("acme")["api_keys"][0]
+    result = subprocess.run([sys.executable, "-m", "proxy", "hash-key"], input="acme-key\n", capture_output=True,
+                            text=True)
+    assert result.stdout.strip() == tenant("acme")["api_keys"][0] and result.stderr == ""
     assert os.path.exists(REPO / "config" / "sluicegate.example.yaml")
 
 
