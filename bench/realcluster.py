@@ -422,14 +422,15 @@ class RealCluster:
             node.pid = None
         self._save()
 
-    def start_node(self, index: int, timeout: float = 180.0) -> None:
-        """Start a stopped node again on its ports and data, and wait until the cluster has every node."""
+    def start_node(self, index: int, timeout: float = 180.0, status: str = "green") -> None:
+        """Start a stopped node again on its ports and data, and wait until the cluster has every node
+        and is `status` ("yellow": rejoined, its shard copies may still be recovering)."""
         node = self.nodes[index]
         if node.pid is not None and _alive(node.pid):
             return
         self._spawn(node)
         self._save()
-        self.wait_green(len(self.nodes), timeout, via=node)
+        self.wait_green(len(self.nodes), timeout, via=node, status=status)
 
     def suspend_node(self, index: int) -> None:
         """SIGSTOP the node: it keeps its sockets but answers nothing (a hung node)."""
@@ -465,22 +466,23 @@ class RealCluster:
         status, body = http_json(f"{(via or self._any_live()).url}/_cluster/health?{query}", timeout=30)
         return body if status == 200 else {}
 
-    def wait_green(self, nodes: int, timeout: float, via: NodeProcess | None = None) -> None:
-        """Wait until `nodes` nodes have joined and every shard is assigned (green)."""
+    def wait_green(self, nodes: int, timeout: float, via: NodeProcess | None = None, status: str = "green") -> None:
+        """Wait until `nodes` nodes have joined and the cluster is `status` (green: every shard assigned)."""
+        want = status
         deadline = time.monotonic() + timeout
         while True:
             for node in self.nodes:
                 if node.pid is not None and not _alive(node.pid):
                     raise ClusterError(f"{node.name} exited while starting:\n{self._log_tail(node)}")
             target = via or self._any_live()
-            status, body = http_json(
-                f"{target.url}/_cluster/health?wait_for_status=green&wait_for_nodes={nodes}&timeout=2s", timeout=10
+            code, body = http_json(
+                f"{target.url}/_cluster/health?wait_for_status={want}&wait_for_nodes={nodes}&timeout=2s", timeout=10
             )
-            if status == 200 and not body.get("timed_out") and body.get("number_of_nodes") == nodes:
+            if code == 200 and not body.get("timed_out") and body.get("number_of_nodes") == nodes:
                 return
             if time.monotonic() > deadline:
                 tails = "\n".join(f"--- {n.name}:\n{self._log_tail(n)}" for n in self.nodes)
-                raise ClusterError(f"{self.flavor} cluster not green with {nodes} nodes after {timeout:.0f}s: {body}\n{tails}")
+                raise ClusterError(f"{self.flavor} cluster not {want} with {nodes} nodes after {timeout:.0f}s: {body}\n{tails}")
             time.sleep(0.5)
 
     # ---- internals ----
