@@ -1001,9 +1001,9 @@ class Admission:
         one = lambda value: lambda: [((), float(value()))]  # noqa: E731
         add("sluicegate_gate_limit", "Requests the global gate lets in flight now", (), one(lambda: gate.limit))
         add("sluicegate_gate_inflight", "Requests in flight through the global gate", (), one(lambda: gate.inflight))
-        add("sluicegate_gate_inflight_cost", "Cost units in flight through the global gate", (),
+        add("sluicegate_gate_inflight_cost_units", "Cost units in flight through the global gate", (),
             one(lambda: gate.inflight_cost))
-        add("sluicegate_gate_capacity_cost",
+        add("sluicegate_gate_capacity_cost_units",
             "Cost units the live search threads hold in flight without queueing (0: not known)", (),
             one(lambda: gate.capacity_cost or 0.0))
         add("sluicegate_gate_queued", "Requests waiting for a tenant slot or the gate", (), one(lambda: gate.queued))

@@ -789,8 +789,8 @@ def test_the_gate_is_reported_and_exported_with_its_reason():
     assert {"limit", "reason", "capacity", "inflight", "queued"} <= set(report)
     gauges = {}
     adm.register_gauges(lambda name, doc, labels, read: gauges.__setitem__(name, (labels, read)))
-    assert set(gauges) >= {"sluicegate_gate_limit", "sluicegate_gate_inflight", "sluicegate_gate_inflight_cost",
-                           "sluicegate_gate_capacity_cost", "sluicegate_gate_queued", "sluicegate_gate_reason"}
+    assert set(gauges) >= {"sluicegate_gate_limit", "sluicegate_gate_inflight", "sluicegate_gate_inflight_cost_units",
+                           "sluicegate_gate_capacity_cost_units", "sluicegate_gate_queued", "sluicegate_gate_reason"}
     reasons = dict(gauges["sluicegate_gate_reason"][1]())
     assert set(reasons) == {(r,) for r in REASONS} and reasons[("capacity",)] == 1.0 and sum(reasons.values()) == 1.0
     assert list(gauges["sluicegate_gate_limit"][1]()) == [((), 8.0)]
