@@ -46,7 +46,7 @@ cdef class Gate:
     cdef public double _pressure_at
     cdef public Py_ssize_t backoffs
 
-    cpdef bint contend(self, double now)
+    cpdef bint contend(self, double until)
     cpdef uncontend(self, double now)
     cpdef counted(self, double cost, capacity=*)
     cpdef bint fits(self, double cost, bint reserve, capacity=*, limit=*)
@@ -71,6 +71,7 @@ cdef class TenantSlots:
     cdef public object waiters
     cdef public double finish
     cdef public bint active
+    cdef public double present_until
     cdef public Py_ssize_t admitted
     cdef public Py_ssize_t throttled
     cdef public Py_ssize_t would_throttle
@@ -112,6 +113,8 @@ cdef class Admission:
     cdef readonly double _active_weight
     cdef readonly Py_ssize_t _active_count
     cdef Py_ssize_t _seq
+    cdef readonly list _quiet
+    cdef readonly object _presence
 
     cpdef try_enter(self, tenant, double cost, bint shadow=*)
     cpdef request(self, tenant, double cost, double now, bint shadow=*)
@@ -124,4 +127,7 @@ cdef class Admission:
     cpdef bint _under_share(self, TenantSlots slots, extra=*, capacity=*, limit=*)
     cpdef Ticket _admit(self, TenantSlots slots, double cost, double now, double waited, bint reserve, capacity=*)
     cpdef _activate(self, TenantSlots slots)
-    cpdef _deactivate(self, TenantSlots slots)
+    cpdef _deactivate(self, TenantSlots slots, double now)
+    cpdef expire_presence(self, double now)
+    cpdef _seen_quiet(self, TenantSlots slots, double now)
+    cpdef _quiet_other(self, TenantSlots slots, double now)

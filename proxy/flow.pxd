@@ -37,6 +37,7 @@ cdef class Trace:
     cdef public double upstream_s
     cdef public Py_ssize_t bytes_in
     cdef public Py_ssize_t bytes_out
+    cdef public object body
 
 
 cdef class Proxy:
@@ -47,6 +48,7 @@ cdef class Proxy:
     cdef public Upstream upstream
     cdef public Metrics metrics
     cdef public object access_log
+    cdef public object shapes
     cdef public object index_sizes
     cdef public Py_ssize_t inflight
     cdef public bint draining

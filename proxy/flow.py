@@ -30,6 +30,7 @@ from .idbinding import IdBinder, Rebound, binding_key
 from .limiter import Decision, Limiter
 from .listener import ClientGone, Request
 from .metrics import Metrics
+from .shapes import ShapeBook
 from .tenants import Directory, TenantView, authorize
 from .upstream import Upstream, passed_fields
 from .upstream_http import UpstreamProtocolError, UpstreamResponse
@@ -117,7 +118,7 @@ class Trace:
 
     __slots__ = (
         "started", "tenant", "call", "estimated", "charged", "observed", "fingerprint",
-        "decision", "reason", "status", "node", "queued_s", "upstream_s", "bytes_in", "bytes_out",
+        "decision", "reason", "status", "node", "queued_s", "upstream_s", "bytes_in", "bytes_out", "body",
     )
 
     def __init__(self, started: float):
@@ -136,6 +137,7 @@ class Trace:
         self.upstream_s = 0.0
         self.bytes_in = 0
         self.bytes_out = 0
+        self.body: esapi.Body | None = None
 
 
 class Proxy:
@@ -151,6 +153,7 @@ class Proxy:
         upstream: Upstream,
         metrics: Metrics,
         access_log: AccessLog,
+        shapes: ShapeBook | None = None,
     ):
         self.snapshot = snapshot
         self.limiter = limiter
@@ -159,6 +162,7 @@ class Proxy:
         self.upstream = upstream
         self.metrics = metrics
         self.access_log = access_log
+        self.shapes = shapes if shapes is not None else ShapeBook()  # the costliest query shapes, for the cockpit
         self.index_sizes: IndexSizes | None = None  # documents per index, swapped in by the cluster poller
         self.inflight = 0
         self.draining = False  # set on SIGTERM (the listener closes each connection after its response)
@@ -207,6 +211,7 @@ class Proxy:
                 authorize(tenant, call, body or esapi.NO_BODY)
                 snap.granted(sent, body)
             trace.bytes_in = len(raw)
+            trace.body = body
             # Scroll, point-in-time and async-search ids are bound to the tenant that opened them.
             rebound = snap.ids.rebind(name, call, body, target)
 
@@ -293,7 +298,9 @@ class Proxy:
             if request.started:  # cannot happen before a node answers; never send two responses
                 request.abort()
             else:
-                request.respond(refusal.status, refusal.fields(), refusal.body())
+                answer = refusal.body()
+                trace.bytes_out = len(answer)
+                request.respond(refusal.status, refusal.fields(), answer)
         except (asyncio.CancelledError, ClientGone) as exc:
             # The client went away: its request is abandoned, and the node's connection with it.
             trace.status, trace.decision, trace.reason = 499, "cancelled", "client_closed"
@@ -313,7 +320,9 @@ class Proxy:
                 log.exception("unexpected error serving %s %s", request.method, request.target[:200])
                 trace.status, trace.decision, trace.reason = 500, "error", "internal"
                 refusal = Refusal.internal()
-                request.respond(refusal.status, refusal.fields(), refusal.body())
+                answer = refusal.body()
+                trace.bytes_out = len(answer)
+                request.respond(refusal.status, refusal.fields(), answer)
         finally:
             self.inflight -= 1
             if not self.inflight and self._idle is not None:
@@ -371,8 +380,11 @@ class Proxy:
             request.send(chunk)
             if request.writing_paused:
                 await request.drain()
-        trace.observed = _observe(head, encoding, upstream.status)
+        observed = _observe(head, encoding, upstream.status)
         request.end()
+        # Only now: a client gone during the last write is billed the charge, as one gone mid-stream is;
+        # set before, the access log would book a cost the bucket was never settled to.
+        trace.observed = observed
 
     def _settle(self, tenant: TenantView, call: esapi.EsCall, decision: Decision, fingerprint: int, trace: Trace) -> None:
         observed = trace.observed
@@ -395,6 +407,10 @@ class Proxy:
             metrics.count_cost(trace.tenant, resource, trace.estimated, trace.charged, trace.observed)
         if trace.queued_s:
             metrics.observe_queue_wait(trace.tenant, trace.queued_s)
+        if trace.fingerprint:  # it got as far as a cost estimate: count it under its query shape
+            self.shapes.record(trace.tenant, trace.fingerprint, trace.started, trace.estimated, trace.charged,
+                               trace.observed, trace.decision == "throttled" or trace.decision == "would_throttle",
+                               request.method, request.target, call, trace.body)
         log = self.access_log
         if log.wants(refused=trace.decision != "admitted"):
             log.write({

@@ -2,6 +2,8 @@
 # Attributes the request path and the tests read are public; the rest are C fields of the objects.
 
 cdef dict _NAMED
+cdef long long _date_second
+cdef tuple _date_ends
 
 cdef class Listener
 cdef class ClientConnection

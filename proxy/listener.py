@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
+from email.utils import formatdate
 from collections.abc import Callable, Coroutine
 from http import HTTPStatus
 from typing import Any, Protocol
@@ -51,6 +53,21 @@ _NAMED = {
 }
 #: the end of a response head: whether the connection stays open, as HTTP/1.1 and HTTP/1.0 say it
 _KEEP_1_1, _KEEP_1_0, _CLOSE = b"\r\n", b"Connection: keep-alive\r\n\r\n", b"Connection: close\r\n\r\n"
+#: the second the Date line below is for, and that line before each of the three ends (rebuilt once a second):
+#: a proxy dates what it relays (RFC 9110 §6.6.1; the node's own Date is not relayed)
+_date_second = -1
+_date_ends = (_KEEP_1_1, _KEEP_1_0, _CLOSE)
+
+
+def _dated_ends() -> tuple:
+    """(keep-alive 1.1, keep-alive 1.0, close) head ends, each after this second's Date line."""
+    global _date_second, _date_ends
+    second = int(time.time())
+    if second != _date_second:
+        date = b"Date: %s\r\n" % formatdate(second, usegmt=True).encode()
+        _date_ends = (date + _KEEP_1_1, date + _KEEP_1_0, date + _CLOSE)
+        _date_second = second
+    return _date_ends
 #: a response body up to this size is joined to its head and sent in one write (larger: one writev)
 _JOIN_BYTES = 16 * 1024
 #: the timer's jobs
@@ -591,13 +608,14 @@ class ClientConnection:
                 self._arm(_IDLE, self.limits.keepalive_timeout_s)
 
     def head_end(self, request: Request, close_delimited: bool) -> bytes:
-        """The end of a response head: whether the connection stays open after it (decided here, noted on
-        `request`) and the Connection header that says so, then the blank line."""
+        """The end of a response head: the Date, whether the connection stays open after it (decided here,
+        noted on `request`) and the Connection header that says so, then the blank line."""
+        ends = _dated_ends()
         if (request.keep_alive and request.complete and not close_delimited and not request.too_large
                 and not (self._closing and not self._queue) and not self.listener.draining):
-            return _KEEP_1_1 if request.version == "1.1" else _KEEP_1_0
+            return ends[0] if request.version == "1.1" else ends[1]
         request.keep_alive = False
-        return _CLOSE
+        return ends[2]
 
     # ---- refusals the listener makes itself ----
     def _refuse(self, refusal: Refusal) -> None:

@@ -97,6 +97,11 @@ class Upstream:
         now = time.monotonic()
         return any(n.usable(now) for n in self.nodes)
 
+    def unreachable_addresses(self) -> set[str]:
+        """The "host:port" of nodes that are not usable now (failed health check, or refused a connection)."""
+        now = time.monotonic()
+        return {node.pool.label for node in self.nodes if not node.usable(now)}
+
     def forward_fields(self, passed: bytes, forwarded_for: bytes | None, client_ip: str | None, scheme: str) -> bytes:
         """The request's header lines for the node: `passed`, the client's own lines to pass on (see
         `passed_fields`), then X-Forwarded-For (the client's `forwarded_for`, then its address),

@@ -15,8 +15,10 @@ from collections import deque
 #: stop reading from the node while this much body is buffered for a slow client
 HIGH_WATER = 1 << 20
 LOW_WATER = 1 << 18
-#: the longest response head accepted from a node
-MAX_HEAD = 1 << 16
+#: the longest response head accepted from a node. OpenSearch 2.x adds a `TASK_RESOURCE_USAGE` header
+#: (~225 bytes) per search phase of every batch of a by-query call or scroll: a delete_by_query of 30,000
+#: docs in batches of 100 answers with a 134 KB head, one of a million docs at the default batch size ~450 KB.
+MAX_HEAD = 1 << 20
 #: headers that describe one hop, never relayed as they are (RFC 9110 §7.6.1), plus the framing and
 #: the node's own Date and Server: whoever relays a response frames it, and speaks for itself
 HOP_BY_HOP = frozenset((
@@ -236,17 +238,21 @@ class NodeConnection:
         self._received_any = True
         if self._response is None:
             buf = self._buf
-            if buf:  # the head came in pieces
+            if buf:  # the head came in pieces: its end can only be where the new bytes are
+                start = len(buf) - 3 if len(buf) > 3 else 0
                 buf += data
+                end = buf.find(b"\r\n\r\n", start)
+            else:
+                end = data.find(b"\r\n\r\n")
+                if end < 0 or end > MAX_HEAD:
+                    buf += data
+            if end < 0 or end > MAX_HEAD:  # the limit holds however the head was split into reads
+                if len(buf) > MAX_HEAD:
+                    self._protocol_error(f"response head larger than {MAX_HEAD} bytes")
+                return
+            if buf:
                 data = bytes(buf)
                 buf.clear()
-            end = data.find(b"\r\n\r\n")
-            if end < 0:
-                if len(data) > MAX_HEAD:
-                    self._protocol_error("response head too large")
-                else:
-                    buf += data
-                return
             head = data[:end]
             rest = data[end + 4:]
             try:

@@ -4,7 +4,17 @@ from __future__ import annotations
 import asyncio
 
 from proxy.admission import Admission, ClusterReading
-from proxy.clusterhealth import INDEX_DOCS_PATH, ClusterHealth, is_data_node, read_cluster, read_index_sizes
+from proxy.clusterhealth import (
+    HEALTH_PATH,
+    INDEX_DOCS_PATH,
+    NODES_INFO_PATH,
+    THREAD_POOL_PATH,
+    ClusterHealth,
+    is_data_node,
+    read_cluster,
+    read_index_sizes,
+    read_nodes_info,
+)
 
 
 def node(roles, threads=8, queue=0, active=0, rejected=0, completed=0) -> dict:
@@ -74,6 +84,72 @@ def test_odd_values_count_as_nothing_rather_than_breaking_the_poll():
     assert reading == ClusterReading(data_nodes=1, search_threads=0)
 
 
+class Answers:
+    """A JsonSource that answers from a dict of path -> body (None: no answer)."""
+
+    def __init__(self, answers: dict):
+        self.answers = answers
+        self.asked: list[str] = []
+
+    async def get_json(self, path: str, timeout: float | None = None):
+        self.asked.append(path)
+        return self.answers.get(path)
+
+
+def info(**nodes) -> dict:
+    """A nodes info body: node id → (search pool size, HTTP publish address)."""
+    return {"nodes": {node_id: {"thread_pool": {"search": {"size": size}}, "http": {"publish_address": address}}
+                      for node_id, (size, address) in nodes.items()}}
+
+
+def test_configured_pool_sizes_win_over_the_threads_a_pool_has_started_so_far():
+    # Real nodes start search threads on demand: an idle node's stats say 0 threads, not its size.
+    known = read_nodes_info({"nodes": {"a": {"thread_pool": {"search": {"size": 4}}, "http": {"publish_address": "h/10.0.0.1:9200"}},
+                                       "b": {"thread_pool": {"search": {"size": 4}}},
+                                       "odd": {"thread_pool": {"search": {"size": "4"}}}, "junk": 1}})
+    assert known == {"a": (4, "10.0.0.1:9200"), "b": (4, None), "odd": (None, None)}
+    reading, _ = read_cluster(health(3), stats(a=node(DATA, threads=0), b=node(DATA, threads=1),
+                                               c=node(DATA, threads=2)), {}, {"a": 4, "b": 4})
+    assert reading.search_threads == 4 + 4 + 2  # c not sized yet: what it has started
+    assert read_nodes_info(None) == {} and read_nodes_info({"error": "forbidden"}) == {}
+
+
+def test_nodes_the_proxy_cannot_reach_are_not_capacity_while_the_cluster_still_lists_them():
+    reading, _ = read_cluster(health(3), stats(a=node(DATA, threads=4), b=node(DATA, threads=4), c=node(DATA, threads=4)),
+                              {}, unreachable={"b"})
+    assert (reading.data_nodes, reading.search_threads) == (2, 8)
+
+
+class Cluster(Answers):
+    """Answers, plus the upstream addresses the proxy cannot reach."""
+
+    def __init__(self, answers: dict, down=()):
+        super().__init__(answers)
+        self.down = set(down)
+
+    def unreachable_addresses(self):
+        return self.down
+
+
+def test_a_poll_describes_nodes_it_has_not_seen_before_and_only_those():
+    source = Cluster({
+        HEALTH_PATH: health(2),
+        THREAD_POOL_PATH: stats(a=node(DATA, threads=0), b=node(DATA, threads=0)),
+        NODES_INFO_PATH: info(a=(7, "127.0.0.1:9200"), b=(7, "127.0.0.1:9201")),
+    })
+    health_poller = ClusterHealth(source, Admission(clock=lambda: 0.0))
+    reading = asyncio.run(health_poller.poll())
+    assert reading.search_threads == 14 and source.asked.count(NODES_INFO_PATH) == 1
+    source.down = {"127.0.0.1:9201"}  # b stops answering the proxy; the cluster has not noticed yet
+    reading = asyncio.run(health_poller.poll())
+    assert (reading.data_nodes, reading.search_threads) == (1, 7) and source.asked.count(NODES_INFO_PATH) == 1
+    source.down = set()
+    source.answers[THREAD_POOL_PATH] = stats(a=node(DATA, threads=3), c=node(DATA, threads=0))  # b left, c joined
+    source.answers[NODES_INFO_PATH] = info(c=(5, "127.0.0.1:9202"))
+    reading = asyncio.run(health_poller.poll())
+    assert reading.search_threads == 12 and source.asked.count(NODES_INFO_PATH) == 2
+
+
 def test_roles():
     assert is_data_node(["data_content", "ingest"]) and is_data_node(None) and is_data_node(["data"])
     assert not is_data_node(["master", "ml"]) and not is_data_node([])
@@ -89,18 +165,6 @@ def test_index_sizes_come_from_the_primaries_doc_counts_and_odd_entries_are_left
     assert sizes.docs == {"logs-2024.01.01": 1_000_000, "small": 0}
     assert read_index_sizes({}).docs == {}  # filter_path drops everything when there is no index at all
     assert read_index_sizes(None) is None and read_index_sizes({"error": "forbidden"}) is None
-
-
-class Answers:
-    """A JsonSource that answers from a dict of path -> body (None: no answer)."""
-
-    def __init__(self, answers: dict):
-        self.answers = answers
-        self.asked: list[str] = []
-
-    async def get_json(self, path: str, timeout: float | None = None):
-        self.asked.append(path)
-        return self.answers.get(path)
 
 
 def test_a_size_poll_hands_the_sizes_over_and_a_failed_one_keeps_the_last():
