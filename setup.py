@@ -9,7 +9,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 #: the request path's plumbing, compiled from its .py source
-COMPILED = ["listener", "upstream_http", "admission", "upstream", "limiter", "metrics", "cost", "tenants", "flow", "esapi", "idbinding", "accesslog"]
+COMPILED = ["listener", "upstream_http", "admission", "upstream", "limiter", "metrics", "cost", "tenants", "flow", "esapi", "idbinding", "accesslog", "shapes"]
 
 setup(
     ext_modules=cythonize(
