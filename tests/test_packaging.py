@@ -51,6 +51,12 @@ def test_build_stage_command_makes_a_working_wheel(tmp_path):
     package_file, core_file, decision = probe.stdout.split()
     assert package_file.startswith(str(site)) and core_file.startswith(str(site)) and core_file.endswith(".so")
     assert float(decision) == 0.0
+    compiled = subprocess.run(  # the request path's modules are compiled in the wheel too
+        [sys.executable, "-c", "import proxy.listener, proxy.flow, proxy.admission, proxy.upstream_http as u; "
+         "print(all(m.__file__.endswith('.so') for m in (proxy.listener, proxy.flow, proxy.admission, u)))"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, check=True,
+    )
+    assert compiled.stdout.strip() == "True", compiled.stdout
     check = subprocess.run([sys.executable, "-m", "proxy", "check-config", str(REPO / "config" / "docker.yaml")],
                            capture_output=True, text=True, env=env, cwd=tmp_path)
     assert check.returncode == 0, check.stderr
