@@ -1,0 +1,66 @@
+"""What a request did cost the cluster, read from the first bytes of its response.
+
+Pure: takes bytes, returns cost units. No I/O, no clock.
+"""
+from __future__ import annotations
+
+import re
+
+# The top-level keys of a response head, one token at a time: strings (skipped whole) and brackets.
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]]')
+_COLON_INT = re.compile(rb"\s*:\s*(-?[0-9]+)(?=[\s,}\]])")
+_SHARD_FIELD = re.compile(rb'"(total|skipped)"\s*:\s*([0-9]+)(?=[\s,}])')
+
+
+def observed_cost(head: bytes) -> float | None:
+    """Observed cost units from the first bytes of an ES JSON response: took_ms × max(1, shards searched).
+
+    Shards searched is _shards.total - _shards.skipped when the top-level _shards object appears
+    in `head`; without it (bulk, msearch) the cost is took alone. None when the head has no
+    complete top-level "took" (count, errors, truncated heads). A took of 0 means under 1 ms: 0.5.
+    """
+    fast = _SEARCH_HEAD.match(head)
+    if fast is not None:  # how Elasticsearch begins every search response: one match, no scan
+        took, total, skipped = fast.groups()
+        return _took_ms(int(took)) * max(1, int(total) - int(skipped))
+    try:
+        return _observed(head)
+    except Exception:  # a cost reading must never break a response
+        return None
+
+
+_SEARCH_HEAD = re.compile(
+    rb'\{"took":(\d{1,12}),"timed_out":(?:true|false),(?:"terminated_early":(?:true|false),)?'
+    rb'(?:"num_reduce_phases":\d+,)?"_shards":\{"total":(\d{1,9}),"successful":\d+,"skipped":(\d{1,9}),'
+)
+
+
+def _observed(head: bytes) -> float | None:
+    took: int | None = None
+    depth = 0
+    for match in _TOKEN.finditer(head):
+        token = match.group()
+        first = token[0]
+        if first == 0x7B or first == 0x5B:  # { [
+            depth += 1
+        elif first == 0x7D or first == 0x5D:  # } ]
+            depth -= 1
+        elif depth == 1 and token == b'"took"':
+            number = _COLON_INT.match(head, match.end())
+            if number is None:
+                return None
+            took = int(number.group(1))
+        elif depth == 1 and token == b'"_shards"' and took is not None:
+            end = head.find(b"}", match.end())
+            if end < 0:
+                break  # cut inside _shards: fall back to took alone
+            fields = dict(_SHARD_FIELD.findall(head, match.end(), end))
+            total = int(fields.get(b"total", b"1"))
+            skipped = int(fields.get(b"skipped", b"0"))
+            return _took_ms(took) * max(1, total - skipped)
+    return None if took is None else _took_ms(took)
+
+
+def _took_ms(took: int) -> float:
+    return 0.5 if took <= 0 else float(took)
+
