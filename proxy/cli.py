@@ -1,4 +1,4 @@
-"""The `sluicegate` command: run, check-config, hash-key, demo."""
+"""The `sluicegate` command: run, check-config, hash-key, demo, calibrate."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +19,7 @@ DEMO_KEYS = {"acme": "acme-demo-key", "globex": "globex-demo-key"}
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sluicegate", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,check-config,hash-key,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,check-config,hash-key,demo,calibrate}")
     run = sub.add_parser("run", help="serve the proxy")
     run.add_argument("--config", required=True, help="path to the YAML config")
     run.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (SO_REUSEPORT)")
@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     hashkey.add_argument("secret")
     demo = sub.add_parser("demo", help="start the simulated cluster and the proxy in front of it")
     demo.add_argument("--config", default=str(DEMO_CONFIG))
+    calibrate = sub.add_parser("calibrate", help="fit cost.weights to a real cluster; print the YAML block with the "
+                               "fit's error before and after")
+    from .calibrate import add_arguments
+
+    add_arguments(calibrate)
     worker = sub.add_parser("_worker")  # started by the --workers supervisor; hidden from help
     worker.add_argument("--config", required=True)
     worker.add_argument("--index", type=int, required=True)
@@ -48,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args.config, args.workers)
     if args.command == "check-config":
         return check_config(args.file)
+    if args.command == "calibrate":
+        from .calibrate import run as calibrate
+
+        return calibrate(args)
     if args.command == "hash-key":
         print(hash_secret(args.secret))
         return 0
