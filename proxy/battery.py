@@ -101,17 +101,19 @@ def search(fields: Fields, body: dict, params: str = "") -> Request:
 
 
 def _date_window(fields: Fields, run: int, days: float) -> dict:
-    """A range on the date field: `days` long, starting somewhere in the data's span, per run."""
+    """A range on the date field: `days` long (widened by a second per run), somewhere in the data's span."""
     low, high = fields.date_range
     width = int(days * 86_400_000)
-    room = max(high - low - width, 1)
-    start = low + (run * 7_919_000_003) % room
-    return {"range": {fields.date: {"gte": start, "lt": start + width, "format": "epoch_millis"}}}
+    room = high - low - width
+    start = low + (run * 7_919_000_003) % room if room > 0 else low
+    return {"range": {fields.date: {"gte": start - run * 1000, "lt": start + width + run * 1000,
+                                    "format": "epoch_millis"}}}
 
 
 def _num_gte(fields: Fields, run: int, quantile: float) -> dict:
+    """A range on the number field from about its `quantile` between low and high (a little higher per run)."""
     low, high = fields.number_range
-    value = low + (high - low) * quantile * (1.0 + 0.01 * (run % 5))
+    value = (low + (high - low) * quantile) * (1.0 + 0.01 * (run % 7))
     return {"range": {fields.number: {"gte": round(value, 2)}}}
 
 
@@ -622,7 +624,7 @@ def sample_fields(index: str, kind: str = "logs", scripts: bool = True) -> Field
     from . import sample_docs as docs
 
     words = tuple(docs.word_at_rank(r) for r in range(40, 80))  # frequent, not stop-word frequent
-    rare = tuple(docs.word_at_rank(r) for r in range(3000, 3040) if len(docs.word_at_rank(r)) >= 5)
+    rare = tuple(w for w in (docs.word_at_rank(r) for r in range(3000, 30_000, 97)) if len(w) >= 6)[:40]
     if kind == "logs":
         return Fields(
             index=index, text="message", keyword="service", keyword_high="user_id", keyword_path="url",

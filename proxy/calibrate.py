@@ -228,7 +228,10 @@ def measure(cluster: Cluster, shapes: Sequence[battery.Shape], fields_for: Calla
                 if not m.observed:
                     out.pop()
                 return out, str(exc)
-            status, body = cluster.request(request.method, request.path, request.body, request.content_type)
+            try:
+                status, body = cluster.request(request.method, request.path, request.body, request.content_type)
+            except ClusterError as exc:
+                return [x for x in out if x.observed], f"the cluster stopped answering: {exc}"
             observed = observed_cost(body[:HEAD_BYTES]) if 200 <= status < 300 else None
             cap.after(observed)
             if status >= 300 or observed is None or b'"errors":true' in body[:HEAD_BYTES]:
@@ -449,6 +452,7 @@ def run(args: Any, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     started = time.monotonic()
     measurements: list[Measurement] = []
     stopped = ""
+    setup_failed = False
     try:
         if args.sample_index:
             suffix = uuid.uuid4().hex[:8]
@@ -488,7 +492,9 @@ def run(args: Any, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
         sizes = index_sizes(cluster)
         measurements, stopped = measure(cluster, chosen, fields_for, model, sizes, args.runs, 1, cap, progress)
     except ClusterError as exc:
-        progress.note(f"calibrate: stopped: {exc}")
+        if not measurements:
+            progress.note(f"calibrate: {exc}")
+            setup_failed = True
         stopped = stopped or str(exc)
     except KeyboardInterrupt:
         stopped = "interrupted"
@@ -499,6 +505,8 @@ def run(args: Any, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
             except ClusterError as exc:
                 progress.note(f"calibrate: could not delete the scratch index {index}: {exc}; delete it by hand")
         cluster.close()
+    if setup_failed:
+        return 2
     elapsed = time.monotonic() - started
     measured = [m for m in measurements if m.observed]
     failed = [m for m in measurements if not m.observed]

@@ -8,8 +8,8 @@ small: a few dozen weights, a few hundred measured shapes).
 - `linear_parts`: an estimate is linear in each additive weight (the multipliers held fixed), so for
   a request `estimate(w) = a · w + c`; the partial costs `a` are read by nudging one weight at a time.
 - `fit_weights`: non-negative least squares on log cost (Gauss-Newton steps, each an NNLS solved by
-  projected coordinate descent), pulled gently towards the starting weights so that weights the
-  battery barely sees stay where they were.
+  projected coordinate descent), pulled gently towards the starting weights (in log space too) so
+  that weights the battery barely sees stay where they were.
 """
 from __future__ import annotations
 
@@ -172,7 +172,7 @@ class Row:
 def fit_weights(rows: Sequence[Row], names: Sequence[str], start: Sequence[float], prior: float = 0.05,
                 floor: float = 0.02, steps: int = 40) -> list[float]:
     """The non-negative weights (in `names` order) that minimise Σ (log estimate − log observed)²,
-    plus `prior` × Σ ((w − start) / start)² to keep weights the rows hardly see near where they started.
+    plus `prior` × Σ log(w / start)² to keep weights the rows hardly see near where they started.
 
     Each weight stays at least `floor` × its start: a weight the battery drives to zero would make
     shapes outside the battery free. Gauss-Newton: linearise log(a·w + c) around the current w,
@@ -185,7 +185,7 @@ def fit_weights(rows: Sequence[Row], names: Sequence[str], start: Sequence[float
         for row in rows:
             e = sum(a * v for a, v in zip(row.parts, x)) + row.constant
             total += (math.log(max(e, 1e-9)) - math.log(row.observed)) ** 2
-        return total + prior * sum(((v - s) / s) ** 2 for v, s in zip(x, start) if s > 0)
+        return total + prior * sum(math.log(max(v, 1e-12) / s) ** 2 for v, s in zip(x, start) if s > 0)
 
     current = objective(w)
     for _ in range(steps):
@@ -199,11 +199,11 @@ def fit_weights(rows: Sequence[Row], names: Sequence[str], start: Sequence[float
             system.append(scaled)
             targets.append(residual + sum(s * (v - low) for s, v, low in zip(scaled, w, lows)))
         for j, s in enumerate(start):
-            if s > 0:
+            if s > 0:  # log w' ≈ log w + (w' − w)/w, pulled towards log start
                 line = [0.0] * len(w)
-                line[j] = math.sqrt(prior) / s
+                line[j] = math.sqrt(prior) / w[j]
                 system.append(line)
-                targets.append(math.sqrt(prior) * (s - lows[j]) / s)
+                targets.append(math.sqrt(prior) * (math.log(s / w[j]) + 1.0 - lows[j] / w[j]))
         solved = nnls(system, targets, [v - low for v, low in zip(w, lows)])
         proposal = [v + low for v, low in zip(solved, lows)]
         step, improved = 1.0, False
