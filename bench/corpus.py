@@ -7,8 +7,9 @@
 The documents are proxy/sample_docs.py's (the ones `sluicegate calibrate --sample-index` loads, at
 scale): a Zipf-vocabulary message, high-cardinality user and session ids, 30 days of timestamps,
 numeric fields, keyword tags and a nested field; products with nested variants. Each index has 2
-shards and no replica, and `index.requests.cache.enable: false` (the benches measure work, not the
-request cache).
+shards and no replica, `index.requests.cache.enable: false` (the benches measure work, not the
+request cache), and is force-merged to one segment per shard once loaded (no merges run under a
+bench, and every run sees the same layout).
 
 Loaded indices are kept: each carries a marker in its mapping's `_meta` (kind, seed, documents,
 corpus version) set once its load completed. `ensure` checks the marker and the document count and
@@ -37,7 +38,7 @@ from proxy import sample_docs  # noqa: E402
 from proxy.calibrate import Cluster, ClusterError  # noqa: E402
 
 #: bump when the documents or mappings change: indices with another version are reloaded
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 DEFAULT_DOCS = 300_000
 BULK_DOCS = 2_000
 
@@ -131,6 +132,9 @@ def load(nodes: Sequence[str], index: CorpusIndex, senders: int = 2,
             raise ClusterError(f"loading {index.name}: {failures[0]}")
         admin.json("PUT", f"/{index.name}/_settings", {"index": {"refresh_interval": "1s",
                                                                    "translog.durability": "request"}})
+        admin.json("POST", f"/{index.name}/_refresh")
+        # one segment per shard: no merges running under the benches, and the same layout on every run
+        admin.json("POST", f"/{index.name}/_forcemerge?max_num_segments=1")
         admin.json("POST", f"/{index.name}/_refresh")
         count = admin.json("GET", f"/{index.name}/_count")["count"]
         if count != index.docs:

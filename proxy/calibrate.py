@@ -124,13 +124,17 @@ class ClusterInfo:
 
 
 def cluster_info(cluster: Cluster) -> ClusterInfo:
-    root = cluster.json("GET", "/")
-    version = root.get("version") or {}
-    flavor = "opensearch" if version.get("distribution") == "opensearch" else "elasticsearch"
-    modules = cluster.json("GET", "/_nodes/plugins?filter_path=nodes.*.modules.name,nodes.*.plugins.name") or {}
-    names = {m.get("name") for node in (modules.get("nodes") or {}).values()
-             for m in (node.get("modules") or []) + (node.get("plugins") or [])}
-    return ClusterInfo(flavor, str(version.get("number", "?")), "lang-painless" in names)
+    """Flavor, version and whether painless is installed, from the nodes info API (GET / is a module of
+    its own in Elasticsearch 8, missing from distributions without it)."""
+    nodes = cluster.json("GET", "/_nodes?filter_path=nodes.*.version,nodes.*.build_flavor,"
+                                "nodes.*.modules.name,nodes.*.plugins.name") or {}
+    listed = list((nodes.get("nodes") or {}).values())
+    if not listed:
+        raise ClusterError("GET /_nodes listed no node")
+    first = listed[0]
+    flavor = "elasticsearch" if "build_flavor" in first else "opensearch"  # OpenSearch dropped build_flavor
+    names = {m.get("name") for node in listed for m in (node.get("modules") or []) + (node.get("plugins") or [])}
+    return ClusterInfo(flavor, str(first.get("version", "?")), "lang-painless" in names)
 
 
 def index_sizes(cluster: Cluster) -> IndexSizes:
@@ -207,43 +211,46 @@ def measure(cluster: Cluster, shapes: Sequence[battery.Shape], fields_for: Calla
             model: CostModel, sizes: IndexSizes, runs: int, warmup: int, cap: LoadCap,
             progress: Callable[[int, int, str, LoadCap], None] | None = None,
             first_run: int = 0) -> tuple[list[Measurement], str]:
-    """Run each shape `warmup` + `runs` times, one request at a time: the measurements (a shape whose
-    requests fail keeps its errors and no observations) and why it stopped early ("" if it did not).
+    """Run every shape `warmup` + `runs` times, one request at a time, in rounds (each round runs each
+    shape once, so a burst of load from elsewhere spreads over the shapes instead of landing on one).
 
-    At the load cap it stops and returns what it measured so far."""
-    out: list[Measurement] = []
-    for number, shape in enumerate(shapes):
-        fields = fields_for(shape)
-        m = Measurement(shape, fields)
-        out.append(m)
-        if progress is not None:
-            progress(number, len(shapes), shape.name, cap)
-        for run in range(first_run, first_run + warmup + runs):
-            request = shape.build(fields, run)
+    Returns the measurements (a shape whose requests fail keeps its errors and no observations) and
+    why it stopped early ("" if it did not): at the load cap, or if the cluster stopped answering,
+    it returns what it measured so far.
+    """
+    out = [Measurement(shape, fields_for(shape)) for shape in shapes]
+    rounds = warmup + runs
+    total = len(out) * rounds
+    done = 0
+    for round_ in range(rounds):
+        for m in out:
+            done += 1
+            if len(m.errors) >= 2:
+                continue  # a shape this cluster refuses: report it, do not hammer it
+            if progress is not None:
+                progress(done - 1, total, m.name, cap)
+            run = first_run + round_
+            request = m.shape.build(m.fields, run)
             estimate = battery.estimate(model, request, sizes)
             m.fingerprint = estimate.fingerprint
             try:
                 cap.before()
             except LoadCapReached as exc:
-                if not m.observed:
-                    out.pop()
-                return out, str(exc)
+                return [x for x in out if x.observed or x.errors], str(exc)
             try:
                 status, body = cluster.request(request.method, request.path, request.body, request.content_type)
             except ClusterError as exc:
-                return [x for x in out if x.observed], f"the cluster stopped answering: {exc}"
+                return [x for x in out if x.observed or x.errors], f"the cluster stopped answering: {exc}"
             observed = observed_cost(body[:HEAD_BYTES]) if 200 <= status < 300 else None
             cap.after(observed)
             if status >= 300 or observed is None or b'"errors":true' in body[:HEAD_BYTES]:
                 m.errors.append(f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}")
-                if len(m.errors) >= 2:
-                    break  # a shape this cluster refuses: report it, do not hammer it
                 continue
-            if run >= first_run + warmup:
+            if round_ >= warmup:
                 m.estimates.append(estimate.cost)
                 m.observed.append(observed)
     if progress is not None:
-        progress(len(shapes), len(shapes), "", cap)
+        progress(total, total, "", cap)
     return out, ""
 
 
@@ -389,13 +396,13 @@ class Progress:
         width = 30
         filled = width * done // max(total, 1)
         bar = "#" * filled + "." * (width - filled)
-        text = (f"[{bar}] {done}/{total} shapes, {cap.requests} requests, {cap.spent:,.0f} cluster-ms"
-                + (f"  {name[:48]}" if name else ""))
+        text = (f"[{bar}] {done}/{total} requests, {cap.spent:,.0f} cluster-ms" + (f"  {name[:60]}" if name else ""))
         if self.tty:
             self.stream.write("\r" + text.ljust(120)[:120] + ("\n" if done == total else ""))
-        else:
+            self.stream.flush()
+        elif done == total or done % 25 == 0:  # a log, not a flood
             self.stream.write(text + "\n")
-        self.stream.flush()
+            self.stream.flush()
 
     def note(self, text: str) -> None:
         self.stream.write(("\n" if self.tty else "") + text + "\n")
@@ -490,7 +497,13 @@ def run(args: Any, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
             cluster.json("PUT", f"/{scratch}", {"settings": {"number_of_shards": 2, "number_of_replicas": 0},
                                                 "mappings": _logs_mapping()})
         sizes = index_sizes(cluster)
-        measurements, stopped = measure(cluster, chosen, fields_for, model, sizes, args.runs, 1, cap, progress)
+        # reads first, writes after: indexing's refreshes and merges would otherwise slow the reads around them
+        reads_only = [s for s in chosen if not s.write]
+        measurements, stopped = measure(cluster, reads_only, fields_for, model, sizes, args.runs, 1, cap, progress)
+        writes_only = [s for s in chosen if s.write]
+        if writes_only and not stopped:
+            more, stopped = measure(cluster, writes_only, fields_for, model, sizes, args.runs, 1, cap, progress)
+            measurements += more
     except ClusterError as exc:
         if not measurements:
             progress.note(f"calibrate: {exc}")

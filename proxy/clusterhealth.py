@@ -7,6 +7,12 @@ and rejection count of its `search` thread pool. `read_cluster` turns the two an
 `ClusterReading` (pure: the previous counters in, the new ones out); `ClusterHealth` runs the loop.
 A failed poll changes nothing: the gate keeps its last reading and its latency signals.
 
+The same thread-pool answer also says how long a search task waits in a node's queue: by Little's
+law, the mean queue length over a poll interval divided by the tasks completed per second.
+`read_queue_wait` computes it (pure: the previous samples and the seconds between polls in) and
+`on_queue_wait` hands it to the learned costs, which take it out of observed costs
+(proxy/cost_learned.py): a saturated cluster's queue is not learned as the cost of a cheap shape.
+
 Every `cost.index_sizes_poll_s` seconds (30 by default: sizes change slowly, and the answer grows with
 the number of indices) it asks for each index's primary document count, filtered down to that one
 number per index; `read_index_sizes` makes an `IndexSizes` of it, handed to `on_index_sizes`.
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -30,6 +37,8 @@ INDEX_DOCS_PATH = "/_stats/docs?filter_path=indices.*.primaries.docs.count"
 
 #: per node id: (search tasks rejected, completed) at the previous poll
 Counters = dict[str, tuple[int, int]]
+#: per node id: (search tasks completed, tasks in the search queue) at the previous poll
+QueueSamples = dict[str, tuple[int, int]]
 
 
 def is_data_node(roles: Any) -> bool:
@@ -88,6 +97,41 @@ def read_cluster(
     return reading, counters if threads is not None else previous
 
 
+def read_queue_wait(stats: Mapping | None, previous: QueueSamples, elapsed_s: float) -> tuple[float | None, QueueSamples]:
+    """Milliseconds a search task waited in a data node's search queue, on average over the last
+    `elapsed_s` seconds, from two `_nodes/stats/thread_pool` answers; and the samples to diff next time.
+
+    Little's law over the data nodes seen in both polls: Σ mean queue length (the two samples averaged)
+    ÷ Σ tasks completed per second. A queue that completed nothing waited the whole interval. None when
+    it cannot be told (first poll, no stats, a restarted node only); 0.0 when no queue was seen.
+    """
+    nodes = stats.get("nodes") if isinstance(stats, Mapping) else None
+    if not isinstance(nodes, Mapping):
+        return None, previous
+    samples: QueueSamples = {}
+    queued = rate = 0.0
+    known = False
+    for node_id, node in nodes.items():
+        if not isinstance(node, Mapping) or not is_data_node(node.get("roles")):
+            continue
+        pool = (node.get("thread_pool") or {}).get("search")
+        if not isinstance(pool, Mapping):
+            continue
+        now = (_int(pool.get("completed")), _int(pool.get("queue")))
+        samples[node_id] = now
+        before = previous.get(node_id)
+        if before is None or now[0] < before[0] or elapsed_s <= 0:
+            continue  # first sight of this node, or it restarted
+        known = True
+        queued += (now[1] + before[1]) / 2.0
+        rate += (now[0] - before[0]) / elapsed_s
+    if not known:
+        return None, samples
+    if queued <= 0.0:
+        return 0.0, samples
+    return (queued / rate * 1000.0 if rate > 0 else elapsed_s * 1000.0), samples
+
+
 def read_index_sizes(stats: Mapping | None) -> IndexSizes | None:
     """Documents per index from a `_stats/docs` body (filtered or not); None if it says nothing usable.
 
@@ -115,8 +159,9 @@ class JsonSource(Protocol):
 
 
 class ClusterHealth:
-    """Polls the cluster every `admission.poll_s` seconds and hands each reading to admission; polls the
-    indices' sizes every `index_sizes_poll_s` seconds (0: never) and hands them to `on_index_sizes`."""
+    """Polls the cluster every `admission.poll_s` seconds and hands each reading to admission and the
+    search queue wait to `on_queue_wait`; polls the indices' sizes every `index_sizes_poll_s` seconds
+    (0: never) and hands them to `on_index_sizes`."""
 
     def __init__(
         self,
@@ -124,12 +169,17 @@ class ClusterHealth:
         admission: Admission,
         on_index_sizes: Callable[[IndexSizes | None], None] | None = None,
         index_sizes_poll_s: float = 30.0,
+        on_queue_wait: Callable[[float], None] | None = None,
     ):
         self.upstream = upstream
         self.admission = admission
         self.on_index_sizes = on_index_sizes
         self.index_sizes_poll_s = index_sizes_poll_s
+        self.on_queue_wait = on_queue_wait
         self.counters: Counters = {}
+        self.queue_samples: QueueSamples = {}
+        self.queue_wait_ms: float | None = None
+        self._sampled_at: float | None = None
         self.last: ClusterReading | None = None
         self.sizes: IndexSizes | None = None
         self.polls = 0
@@ -149,6 +199,15 @@ class ClusterHealth:
             self.upstream.get_json(HEALTH_PATH, timeout), self.upstream.get_json(THREAD_POOL_PATH, timeout)
         )
         reading, self.counters = read_cluster(health, stats, self.counters)
+        if stats is not None:
+            now = time.monotonic()
+            elapsed = now - self._sampled_at if self._sampled_at is not None else 0.0
+            wait, self.queue_samples = read_queue_wait(stats, self.queue_samples, elapsed)
+            self._sampled_at = now
+            if wait is not None:
+                self.queue_wait_ms = wait
+                if self.on_queue_wait is not None:
+                    self.on_queue_wait(wait)
         self.polls += 1
         if reading is None:
             self.failures += 1

@@ -1,11 +1,41 @@
 """What a query shape has cost before: an EWMA of observed costs per (tenant, fingerprint), bounded.
 
+Learned from service time, not from queue time: `took` counts the time a search's shard tasks
+waited in the nodes' search queues, so while another tenant saturates the cluster a cheap shape
+would be learned as expensive. The cluster poller tells `LearnedCosts.queue_wait_ms` how long a
+search task has recently waited in a queue (Little's law on the nodes' thread-pool stats,
+proxy/clusterhealth.py); `service_cost` takes that out of a search's observation, and an
+observation that is mostly queue only ever lowers what was learned.
+
 Pure: observations in, cost units out. No I/O, no clock.
 """
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
+
+from .cost_observed import Observed
+
+#: a search whose took is under this many times the queue wait is mostly queue: its service time is
+#: not known well enough to raise a learned cost, only to lower one (took × shards bounds it from above)
+WAIT_DOMINANCE = 3.0
+
+
+def service_cost(observed: float, queue_wait_ms: float) -> tuple[float, bool]:
+    """(cost units of service time, whether it is only an upper bound) of one observation, given the mean
+    time a search task recently waited in a node's queue (ms).
+
+    Each of a search's shard tasks waited about `queue_wait_ms`; they ran in parallel, so `took` holds
+    one wait: service ≈ (took − wait) × shards. When took < WAIT_DOMINANCE × wait the difference is
+    noise (one task's wait varies around the mean), and the observation is returned whole as an upper
+    bound. Observations without shards (_bulk, _msearch: no search queue of their own to read) are
+    returned as they are."""
+    if queue_wait_ms <= 0.0 or type(observed) is not Observed:
+        return observed, False
+    took = observed.took_ms
+    if took >= WAIT_DOMINANCE * queue_wait_ms:
+        return (took - queue_wait_ms) * observed.shards, False
+    return float(observed), True
 
 
 def _bounded(observed: float, ewma: float, max_rise: float) -> float:
@@ -24,14 +54,16 @@ class LearnedCosts:
     the admission gate's guess for a shape a tenant has never run. It is never a tenant's bill,
     nor shown to a tenant: that would tell one tenant what another's queries cost.
 
+    Observations are learned as service time (`service_cost`, with `queue_wait_ms` set by the cluster
+    poller); one that is mostly queue is only an upper bound, and only ever lowers a learned cost.
     After the first observation, one observation counts as at most `max_rise` × the current EWMA:
-    an observed cost includes the time the shard tasks queued in the cluster, so while the cluster
-    is saturated (a storm's onset, a client that bypasses the proxy) a cheap shape would otherwise
-    be learned as expensive and its tenant throttled long after the cluster recovered. A real rise
-    is still learned, in a few observations (each may grow the EWMA by 1 + alpha × (max_rise - 1)).
+    the queue wait is known only from the last poll, so at a storm's onset (before the poller has
+    seen the queue) a cheap shape would otherwise be learned as expensive and its tenant throttled
+    long after the cluster recovered. A real rise is still learned, in a few observations (each may
+    grow the EWMA by 1 + alpha × (max_rise - 1)).
     """
 
-    __slots__ = ("max_entries", "alpha", "max_rise", "_entries", "_shapes")
+    __slots__ = ("max_entries", "alpha", "max_rise", "queue_wait_ms", "_entries", "_shapes")
 
     def __init__(self, max_entries: int, alpha: float, max_rise: float = math.inf) -> None:
         if max_entries < 1:
@@ -43,6 +75,8 @@ class LearnedCosts:
         self.max_entries = max_entries
         self.alpha = alpha
         self.max_rise = max_rise
+        #: ms a search task recently waited in a node's search queue (the cluster poller sets it; 0: no queue)
+        self.queue_wait_ms = 0.0
         #: (tenant, fingerprint) -> [ewma cost units, samples]; most recently used last
         self._entries: OrderedDict[tuple[str, int], list] = OrderedDict()
         #: fingerprint -> [ewma cost units over all tenants, samples]; most recently observed last
@@ -57,12 +91,36 @@ class LearnedCosts:
         return entry[0]
 
     def observe(self, tenant: str, fingerprint: int, observed: float) -> float:
-        """Fold one observed cost (cost units) into the EWMA and return it; the first observation sets it.
+        """Fold one observed cost (cost units) into the EWMA as service time and return the EWMA; the first
+        observation sets it.
 
-        A non-finite or negative observation is ignored (the current value, or 0.0, is returned); a later
-        one above `max_rise` × the EWMA counts as that much.
+        The queue wait is taken out first (`service_cost`). An observation that is mostly queue is folded
+        only where it lowers a learned cost (it never creates one). A non-finite or negative observation is
+        ignored (the current value, or 0.0, is returned); a later one above `max_rise` × the EWMA counts as
+        that much.
         """
-        return self.merge(tenant, fingerprint, observed, 1)
+        service, upper_bound = service_cost(observed, self.queue_wait_ms)
+        if upper_bound:
+            return self._lower(tenant, fingerprint, service)
+        return self._learn(tenant, fingerprint, service)
+
+    def _learn(self, tenant: str, fingerprint: int, service: float) -> float:
+        """Fold one service-time observation made here (subclasses also pass it on to other instances)."""
+        return self.merge(tenant, fingerprint, service, 1)
+
+    def _lower(self, tenant: str, fingerprint: int, bound: float) -> float:
+        """An upper bound on a shape's service cost: fold it where it is below what was learned, per table."""
+        key = (tenant, fingerprint)
+        entry = self._entries.get(key)
+        shape = self._shapes.get(fingerprint)
+        if shape is not None and bound < shape[0]:
+            self._fold(self._shapes, fingerprint, bound, 1)
+        if entry is None:
+            return 0.0
+        if bound < entry[0]:
+            return self._fold(self._entries, key, bound, 1)
+        self._entries.move_to_end(key)
+        return entry[0]
 
     def merge(self, tenant: str, fingerprint: int, observed: float, count: int) -> float:
         """Fold `count` observations made elsewhere (another instance), whose mean is `observed` cost

@@ -1,5 +1,9 @@
 """What a request did cost the cluster, read from the first bytes of its response.
 
+A search's observed cost is `took` × shards searched. It comes back as an `Observed`: a float (the
+cost units, what the bill is settled on) that also keeps the took and the shards, so that learning
+can take the time its shard tasks waited in the nodes' search queues out of it (proxy/cost_learned.py).
+
 Pure: takes bytes, returns cost units. No I/O, no clock.
 """
 from __future__ import annotations
@@ -12,17 +16,32 @@ _COLON_INT = re.compile(rb"\s*:\s*(-?[0-9]+)(?=[\s,}\]])")
 _SHARD_FIELD = re.compile(rb'"(total|skipped)"\s*:\s*([0-9]+)(?=[\s,}])')
 
 
+class Observed(float):
+    """An observed search cost (cost units) that remembers what it is made of: `took_ms` × `shards`."""
+
+    __slots__ = ("took_ms", "shards")
+
+
+def _search_cost(took: int, shards: int) -> Observed:
+    ms = _took_ms(took)
+    cost = Observed(ms * shards)
+    cost.took_ms = ms
+    cost.shards = shards
+    return cost
+
+
 def observed_cost(head: bytes) -> float | None:
     """Observed cost units from the first bytes of an ES JSON response: took_ms × max(1, shards searched).
 
     Shards searched is _shards.total - _shards.skipped when the top-level _shards object appears
-    in `head`; without it (bulk, msearch) the cost is took alone. None when the head has no
-    complete top-level "took" (count, errors, truncated heads). A took of 0 means under 1 ms: 0.5.
+    in `head` (then the result is an `Observed`); without it (bulk, msearch) the cost is took alone.
+    None when the head has no complete top-level "took" (count, errors, truncated heads). A took of
+    0 means under 1 ms: 0.5.
     """
     fast = _SEARCH_HEAD.match(head)
     if fast is not None:  # how Elasticsearch begins every search response: one match, no scan
         took, total, skipped = fast.groups()
-        return _took_ms(int(took)) * max(1, int(total) - int(skipped))
+        return _search_cost(int(took), max(1, int(total) - int(skipped)))
     try:
         return _observed(head)
     except Exception:  # a cost reading must never break a response
@@ -57,7 +76,7 @@ def _observed(head: bytes) -> float | None:
             fields = dict(_SHARD_FIELD.findall(head, match.end(), end))
             total = int(fields.get(b"total", b"1"))
             skipped = int(fields.get(b"skipped", b"0"))
-            return _took_ms(took) * max(1, total - skipped)
+            return _search_cost(took, max(1, total - skipped))
     return None if took is None else _took_ms(took)
 
 

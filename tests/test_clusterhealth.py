@@ -122,3 +122,52 @@ def test_turning_size_polling_off_drops_the_sizes():
     health.index_sizes_poll_s = 0  # a reload turned it off
     asyncio.run(health.sizes_tick())
     assert given[-1] is None and health.sizes is None and len(source.asked) == 1
+
+
+# ---- the search queue wait (Little's law), taken out of learned costs ----
+
+from proxy.clusterhealth import read_queue_wait  # noqa: E402
+
+
+def test_queue_wait_is_mean_queue_length_over_completion_rate():
+    first = stats(a=node(DATA, queue=0, completed=1000), b=node(DATA, queue=10, completed=500),
+                  m=node(["master"], queue=99, completed=0))
+    wait, samples = read_queue_wait(first, {}, 0.0)
+    assert wait is None and set(samples) == {"a", "b"}  # nothing to diff yet; masters run no searches
+    # over 2 s: a completed 200 tasks with queues 0 → 4, b 100 with 10 → 6: (2 + 8) queued / 150 per s
+    second = stats(a=node(DATA, queue=4, completed=1200), b=node(DATA, queue=6, completed=600))
+    wait, samples = read_queue_wait(second, samples, 2.0)
+    assert wait == (2.0 + 8.0) / 150.0 * 1000.0
+    idle = stats(a=node(DATA, queue=0, completed=1300), b=node(DATA, queue=0, completed=650))
+    assert read_queue_wait(idle, {"a": (1200, 0), "b": (600, 0)}, 2.0)[0] == 0.0
+
+
+def test_a_queue_that_completes_nothing_waited_the_whole_interval_and_restarts_are_skipped():
+    stuck = stats(a=node(DATA, queue=5, completed=10))
+    assert read_queue_wait(stuck, {"a": (10, 5)}, 3.0)[0] == 3000.0
+    restarted = stats(a=node(DATA, queue=5, completed=2))
+    assert read_queue_wait(restarted, {"a": (10, 5)}, 3.0)[0] is None
+    assert read_queue_wait(None, {"a": (1, 1)}, 1.0) == (None, {"a": (1, 1)})
+
+
+class _Upstream:
+    def __init__(self, answers):
+        self.answers = answers
+
+    async def get_json(self, path, timeout=None):
+        return self.answers[path].pop(0) if self.answers.get(path) else None
+
+
+async def test_the_poller_hands_the_queue_wait_to_its_listener():
+    from proxy.clusterhealth import HEALTH_PATH, THREAD_POOL_PATH
+
+    seen: list[float] = []
+    upstream = _Upstream({
+        HEALTH_PATH: [health(1), health(1)],
+        THREAD_POOL_PATH: [stats(a=node(DATA, queue=8, completed=0)), stats(a=node(DATA, queue=8, completed=40))],
+    })
+    poller = ClusterHealth(upstream, Admission(), on_queue_wait=seen.append)
+    await poller.poll()
+    assert seen == [] and poller.queue_wait_ms is None
+    await poller.poll()
+    assert len(seen) == 1 and seen[0] > 0 and poller.queue_wait_ms == seen[0]

@@ -205,3 +205,58 @@ def test_merged_observations_teach_the_cross_tenant_shape_and_respect_max_rise()
     assert learned.get("acme", 7) == pytest.approx(10.0 + 0.5 * (40.0 - 10.0))
     assert learned.shape(7) == pytest.approx(25.0)
     assert learned.get("globex", 7) is None  # a tenant's bill never comes from another's
+
+
+# ---- learning service time, not queue time ----
+
+from proxy.cost_learned import WAIT_DOMINANCE, service_cost  # noqa: E402
+from proxy.cost_observed import observed_cost  # noqa: E402
+
+
+def search_head(took: int, shards: int) -> bytes:
+    return (b'{"took":%d,"timed_out":false,"_shards":{"total":%d,"successful":%d,"skipped":0,"failed":0},"hits":'
+            % (took, shards, shards))
+
+
+def test_service_cost_takes_one_queue_wait_out_of_a_search():
+    observed = observed_cost(search_head(50, 2))
+    assert observed == 100.0  # the bill: took × shards, unchanged
+    assert service_cost(observed, 0.0) == (100.0, False)
+    assert service_cost(observed, 10.0) == ((50 - 10) * 2, False)  # shard tasks waited in parallel: one wait
+    assert service_cost(observed, 20.0) == (100.0, True)  # mostly queue: only an upper bound
+    assert service_cost(42.0, 30.0) == (42.0, False)  # no shards (_bulk, _msearch): as observed
+    assert WAIT_DOMINANCE == 3.0
+
+
+def test_a_saturated_clusters_queue_is_not_learned_as_a_cheap_shapes_cost():
+    learned = LearnedCosts(16, alpha=0.3, max_rise=4.0)
+    for _ in range(5):
+        learned.observe("good", 1, observed_cost(search_head(2, 2)))  # unsaturated: 4 units
+    assert learned.get("good", 1) == pytest.approx(4.0)
+    learned.queue_wait_ms = 400.0  # another tenant saturates the search pools
+    for took in (380, 420, 650, 790, 150, 1150, 410):  # a cheap search's took is now its wait in the queue
+        learned.observe("good", 1, observed_cost(search_head(took, 2)))
+    assert learned.get("good", 1) == pytest.approx(4.0)  # without the queue wait it would be ~1000
+    assert learned.shape(1) == pytest.approx(4.0)
+    # an expensive shape still learns its cost while the cluster queues
+    learned.observe("storm", 2, observed_cost(search_head(2400, 2)))
+    assert learned.get("storm", 2) == pytest.approx((2400 - 400) * 2)
+    # an observation that is mostly queue still lowers what was learned (took × shards bounds it above)
+    learned.observe("storm", 2, observed_cost(search_head(1000, 2)))
+    assert learned.get("storm", 2) == pytest.approx(4000 + 0.3 * (2000 - 4000))
+    # and never creates an entry: that shape keeps its estimate until the queue is gone
+    assert learned.observe("good", 3, observed_cost(search_head(500, 2))) == 0.0
+    assert learned.get("good", 3) is None
+    learned.queue_wait_ms = 0.0
+    assert learned.observe("good", 3, observed_cost(search_head(3, 2))) == 6.0
+
+
+def test_without_the_queue_wait_saturation_is_learned_as_cost():
+    """The control for the test above: the same observations, learned raw, end far above 2x."""
+    learned = LearnedCosts(16, alpha=0.3, max_rise=4.0)
+    for _ in range(5):
+        learned.observe("good", 1, observed_cost(search_head(2, 2)))
+    for took in (380, 420, 650, 790, 150, 1150, 410):
+        learned.observe("good", 1, observed_cost(search_head(took, 2)))
+    assert learned.get("good", 1) > 8 * 4.0
+    assert CostConfig().learn_service_time is True
