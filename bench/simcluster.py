@@ -1597,8 +1597,9 @@ class ThreadPool:
                 ticket.set_exception(NodeGone())
 
     def stats(self) -> dict:
-        """ES's `_nodes/stats/thread_pool` entry for this pool."""
-        return {"threads": self.threads, "queue": len(self.waiting), "active": self.active,
+        """ES's `_nodes/stats/thread_pool` entry for this pool. Like a real pool, it starts its threads
+        on demand: `threads` is how many it has started (the most ever busy at once), not its size."""
+        return {"threads": min(self.threads, self.largest), "queue": len(self.waiting), "active": self.active,
                 "rejected": self.rejected, "largest": self.largest, "completed": self.completed}
 
 
@@ -1633,7 +1634,9 @@ class Node:
         return {"name": self.name, "transport_address": address, "host": self.host, "ip": self.host,
                 "version": ES_VERSION["number"], "build_flavor": "default", "build_type": "tar",
                 "build_hash": ES_VERSION["build_hash"], "roles": self.ROLES, "attributes": {},
-                "http": {"bound_address": [address], "publish_address": address, "max_content_length_in_bytes": MAX_BODY_BYTES}}
+                "http": {"bound_address": [address], "publish_address": address, "max_content_length_in_bytes": MAX_BODY_BYTES},
+                "thread_pool": {kind: {"type": "fixed", "size": pool.threads, "queue_size": pool.queue_capacity}
+                                for kind, pool in self.pools.items()}}
 
 
 class ScrollContext:

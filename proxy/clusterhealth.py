@@ -3,7 +3,10 @@ poll the indices' document counts, tell the cost model.
 
 Every `admission.health_poll_s` seconds one node is asked (through the upstream pool, with the
 proxy's own credentials) how many data nodes the cluster has and, per data node, the size, queue
-and rejection count of its `search` thread pool. `read_cluster` turns the two answers into a
+and rejection count of its `search` thread pool. The size is the pool's configured size, read from
+the nodes info (`_nodes/thread_pool`) whenever a node id appears that the proxy has not sized yet:
+the stats' `threads` is only how many threads the pool has started so far — 0 on a node that has
+not searched yet, real Elasticsearch and OpenSearch start them on demand. `read_cluster` turns the two answers into a
 `ClusterReading` (pure: the previous counters in, the new ones out); `ClusterHealth` runs the loop.
 A failed poll changes nothing: the gate keeps its last reading and its latency signals.
 
@@ -32,6 +35,8 @@ log = logging.getLogger("sluicegate.clusterhealth")
 
 HEALTH_PATH = "/_cluster/health"
 THREAD_POOL_PATH = "/_nodes/stats/thread_pool"
+#: each node's configured search pool size (nodes info: static per node process)
+POOL_SIZES_PATH = "/_nodes/thread_pool?filter_path=nodes.*.thread_pool.search.size"
 #: primaries' document count per open index, and nothing else (a few dozen bytes per index)
 INDEX_DOCS_PATH = "/_stats/docs?filter_path=indices.*.primaries.docs.count"
 
@@ -49,12 +54,13 @@ def is_data_node(roles: Any) -> bool:
 
 
 def read_cluster(
-    health: Mapping | None, stats: Mapping | None, previous: Counters
+    health: Mapping | None, stats: Mapping | None, previous: Counters, pool_sizes: Mapping[str, int] | None = None
 ) -> tuple[ClusterReading | None, Counters]:
     """The gate's view of one poll, and the counters to diff the next poll against.
 
     `health` is the _cluster/health body, `stats` the _nodes/stats/thread_pool body; either may be
-    None (not answered, or forbidden). Rejections and completions are counted since the previous
+    None (not answered, or forbidden). `pool_sizes` is each node's configured search pool size (see
+    `read_pool_sizes`); a node missing from it counts the threads its stats say it has started. Rejections and completions are counted since the previous
     poll, per node id; a node seen for the first time, or restarted (counters went down), contributes
     what it has counted since it started only from the next poll on.
     """
@@ -72,7 +78,8 @@ def read_cluster(
             if not isinstance(pool, Mapping):
                 continue
             stats_data_nodes += 1
-            threads += _int(pool.get("threads"))
+            size = pool_sizes.get(node_id) if pool_sizes else None
+            threads += size if size is not None else _int(pool.get("threads"))
             queue += _int(pool.get("queue"))
             active += _int(pool.get("active"))
             now = (_int(pool.get("rejected")), _int(pool.get("completed")))
@@ -132,6 +139,27 @@ def read_queue_wait(stats: Mapping | None, previous: QueueSamples, elapsed_s: fl
     return (queued / rate * 1000.0 if rate > 0 else elapsed_s * 1000.0), samples
 
 
+def read_pool_sizes(info: Mapping | None) -> dict[str, int]:
+    """Each node's configured search pool size from a `_nodes/thread_pool` (nodes info) body."""
+    nodes = info.get("nodes") if isinstance(info, Mapping) else None
+    sizes: dict[str, int] = {}
+    if isinstance(nodes, Mapping):
+        for node_id, node in nodes.items():
+            try:
+                size = node["thread_pool"]["search"]["size"]
+            except (KeyError, TypeError):
+                continue
+            if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+                sizes[node_id] = size
+    return sizes
+
+
+def unsized_nodes(stats: Mapping | None, pool_sizes: Mapping[str, int]) -> bool:
+    """True if the stats list a node whose pool size is not known yet (new, or never answered)."""
+    nodes = stats.get("nodes") if isinstance(stats, Mapping) else None
+    return isinstance(nodes, Mapping) and any(node_id not in pool_sizes for node_id in nodes)
+
+
 def read_index_sizes(stats: Mapping | None) -> IndexSizes | None:
     """Documents per index from a `_stats/docs` body (filtered or not); None if it says nothing usable.
 
@@ -180,6 +208,7 @@ class ClusterHealth:
         self.queue_samples: QueueSamples = {}
         self.queue_wait_ms: float | None = None
         self._sampled_at: float | None = None
+        self.pool_sizes: dict[str, int] = {}  # node id → configured search pool size
         self.last: ClusterReading | None = None
         self.sizes: IndexSizes | None = None
         self.polls = 0
@@ -198,7 +227,6 @@ class ClusterHealth:
         health, stats = await asyncio.gather(
             self.upstream.get_json(HEALTH_PATH, timeout), self.upstream.get_json(THREAD_POOL_PATH, timeout)
         )
-        reading, self.counters = read_cluster(health, stats, self.counters)
         if stats is not None:
             now = time.monotonic()
             elapsed = now - self._sampled_at if self._sampled_at is not None else 0.0
@@ -208,6 +236,9 @@ class ClusterHealth:
                 self.queue_wait_ms = wait
                 if self.on_queue_wait is not None:
                     self.on_queue_wait(wait)
+        if unsized_nodes(stats, self.pool_sizes):
+            self.pool_sizes.update(read_pool_sizes(await self.upstream.get_json(POOL_SIZES_PATH, timeout)))
+        reading, self.counters = read_cluster(health, stats, self.counters, self.pool_sizes)
         self.polls += 1
         if reading is None:
             self.failures += 1

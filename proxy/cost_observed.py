@@ -13,7 +13,7 @@ import re
 # The top-level keys of a response head, one token at a time: strings (skipped whole) and brackets.
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]]')
 _COLON_INT = re.compile(rb"\s*:\s*(-?[0-9]+)(?=[\s,}\]])")
-_SHARD_FIELD = re.compile(rb'"(total|skipped)"\s*:\s*([0-9]+)(?=[\s,}])')
+_SHARD_FIELD = re.compile(rb'"(total|skipped|failed)"\s*:\s*([0-9]+)(?=[\s,}])')
 
 
 class Observed(float):
@@ -33,15 +33,17 @@ def _search_cost(took: int, shards: int) -> Observed:
 def observed_cost(head: bytes) -> float | None:
     """Observed cost units from the first bytes of an ES JSON response: took_ms × max(1, shards searched).
 
-    Shards searched is _shards.total - _shards.skipped when the top-level _shards object appears
-    in `head` (then the result is an `Observed`); without it (bulk, msearch) the cost is took alone.
+    Shards searched is _shards.total - skipped - failed when the top-level _shards object appears
+    in `head` (a shard the node rejected under load did no work: real clusters answer 200 with the
+    rejected shards as failures), and the result is then an `Observed`; without it (bulk, msearch)
+    the cost is took alone.
     None when the head has no complete top-level "took" (count, errors, truncated heads). A took of
     0 means under 1 ms: 0.5.
     """
     fast = _SEARCH_HEAD.match(head)
     if fast is not None:  # how Elasticsearch begins every search response: one match, no scan
-        took, total, skipped = fast.groups()
-        return _search_cost(int(took), max(1, int(total) - int(skipped)))
+        took, total, skipped, failed = fast.groups()
+        return _search_cost(int(took), max(1, int(total) - int(skipped) - int(failed)))
     try:
         return _observed(head)
     except Exception:  # a cost reading must never break a response
@@ -51,6 +53,7 @@ def observed_cost(head: bytes) -> float | None:
 _SEARCH_HEAD = re.compile(
     rb'\{"took":(\d{1,12}),"timed_out":(?:true|false),(?:"terminated_early":(?:true|false),)?'
     rb'(?:"num_reduce_phases":\d+,)?"_shards":\{"total":(\d{1,9}),"successful":\d+,"skipped":(\d{1,9}),'
+    rb'"failed":(\d{1,9})[,}]'
 )
 
 
@@ -76,7 +79,8 @@ def _observed(head: bytes) -> float | None:
             fields = dict(_SHARD_FIELD.findall(head, match.end(), end))
             total = int(fields.get(b"total", b"1"))
             skipped = int(fields.get(b"skipped", b"0"))
-            return _search_cost(took, max(1, total - skipped))
+            failed = int(fields.get(b"failed", b"0"))
+            return _search_cost(took, max(1, total - skipped - failed))
     return None if took is None else _took_ms(took)
 
 

@@ -54,3 +54,108 @@ def redis_cluster(tmp_path_factory):
     cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"), masters=3)
     yield cluster
     cluster.stop()
+
+
+# ---- real OpenSearch / Elasticsearch clusters (tests/realclusters.py) ----
+
+from tests.realclusters import ClusterPool, RealCluster  # noqa: E402
+
+#: fixture name → the (flavor, kind) of cluster it hands out
+CLUSTER_FIXTURES = {
+    "opensearch_cluster": ("opensearch", "three"),
+    "elasticsearch_cluster": ("elasticsearch", "three"),
+    "opensearch_tiny_pool": ("opensearch", "tiny-pool"),
+    "elasticsearch_tiny_pool": ("elasticsearch", "tiny-pool"),
+}
+_clusters = ClusterPool()
+_flavor_of: dict[str, set[str]] = {}  # test id → flavors it ran against
+_real_outcomes: dict[str, dict[str, int]] = {}  # flavor → outcome → count
+
+
+def _clusters_of(item) -> set[tuple[str, str]]:
+    keys = {CLUSTER_FIXTURES[name] for name in getattr(item, "fixturenames", ()) if name in CLUSTER_FIXTURES}
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    for name in ("real_cluster", "real_tiny_pool"):
+        if name in params:
+            keys.add((params[name], "three" if name == "real_cluster" else "tiny-pool"))
+    return keys
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        keys = _clusters_of(item)
+        if keys:
+            if item.get_closest_marker("real_cluster") is None:
+                item.add_marker(pytest.mark.real_cluster)
+            _flavor_of[item.nodeid] = {flavor for flavor, _ in keys}
+
+
+def pytest_collection_finish(session):
+    """Start every cluster the selected tests need now, in the background, while the fast tests run."""
+    needed = set()
+    for item in session.items:
+        needed |= _clusters_of(item)
+    for key in sorted(needed):
+        _clusters.prefetch(key)
+
+
+def pytest_runtest_logreport(report):
+    flavors = _flavor_of.get(report.nodeid)
+    if not flavors or not (report.when == "call" or report.outcome != "passed"):
+        return
+    for flavor in flavors:
+        counts = _real_outcomes.setdefault(flavor, {})
+        counts[report.outcome] = counts.get(report.outcome, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _real_outcomes:
+        return
+    terminalreporter.section("real clusters")
+    for flavor, counts in sorted(_real_outcomes.items()):
+        text = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+        terminalreporter.write_line(f"{flavor}: {text}")
+
+
+def pytest_sessionfinish(session):
+    _clusters.close()
+
+
+def _cluster(key) -> RealCluster:
+    return _clusters.get(key)
+
+
+@pytest.fixture(scope="session")
+def opensearch_cluster() -> RealCluster:
+    """A real 3-node OpenSearch cluster for the session (shared: use indices of your own)."""
+    return _cluster(CLUSTER_FIXTURES["opensearch_cluster"])
+
+
+@pytest.fixture(scope="session")
+def elasticsearch_cluster() -> RealCluster:
+    """A real 3-node Elasticsearch cluster for the session (shared: use indices of your own)."""
+    return _cluster(CLUSTER_FIXTURES["elasticsearch_cluster"])
+
+
+@pytest.fixture(scope="session")
+def opensearch_tiny_pool() -> RealCluster:
+    """A real 1-node OpenSearch with a search pool of 1 thread and a queue of 1: it rejects readily."""
+    return _cluster(CLUSTER_FIXTURES["opensearch_tiny_pool"])
+
+
+@pytest.fixture(scope="session")
+def elasticsearch_tiny_pool() -> RealCluster:
+    """A real 1-node Elasticsearch with a search pool of 1 thread and a queue of 1."""
+    return _cluster(CLUSTER_FIXTURES["elasticsearch_tiny_pool"])
+
+
+@pytest.fixture(scope="session", params=["opensearch", "elasticsearch"])
+def real_cluster(request) -> RealCluster:
+    """Each real 3-node cluster in turn (a test using it runs once per flavor)."""
+    return _cluster((request.param, "three"))
+
+
+@pytest.fixture(scope="session", params=["opensearch", "elasticsearch"])
+def real_tiny_pool(request) -> RealCluster:
+    """Each tiny-pool cluster in turn."""
+    return _cluster((request.param, "tiny-pool"))

@@ -4,7 +4,17 @@ from __future__ import annotations
 import asyncio
 
 from proxy.admission import Admission, ClusterReading
-from proxy.clusterhealth import INDEX_DOCS_PATH, ClusterHealth, is_data_node, read_cluster, read_index_sizes
+from proxy.clusterhealth import (
+    HEALTH_PATH,
+    INDEX_DOCS_PATH,
+    POOL_SIZES_PATH,
+    THREAD_POOL_PATH,
+    ClusterHealth,
+    is_data_node,
+    read_cluster,
+    read_index_sizes,
+    read_pool_sizes,
+)
 
 
 def node(roles, threads=8, queue=0, active=0, rejected=0, completed=0) -> dict:
@@ -72,6 +82,36 @@ def test_odd_values_count_as_nothing_rather_than_breaking_the_poll():
     junk = {"nodes": {"a": odd, "b": "junk", "c": {"roles": DATA}}}
     reading, _ = read_cluster({"number_of_data_nodes": True}, junk, {})
     assert reading == ClusterReading(data_nodes=1, search_threads=0)
+
+
+def test_configured_pool_sizes_win_over_the_threads_a_pool_has_started_so_far():
+    # Real nodes start search threads on demand: an idle node's stats say 0 threads, not its size.
+    sizes = read_pool_sizes({"nodes": {"a": {"thread_pool": {"search": {"size": 4}}},
+                                       "b": {"thread_pool": {"search": {"size": 4}}},
+                                       "odd": {"thread_pool": {"search": {"size": "4"}}}, "junk": 1}})
+    assert sizes == {"a": 4, "b": 4}
+    reading, _ = read_cluster(health(3), stats(a=node(DATA, threads=0), b=node(DATA, threads=1),
+                                               c=node(DATA, threads=2)), {}, sizes)
+    assert reading.search_threads == 4 + 4 + 2  # c not sized yet: what it has started
+    assert read_pool_sizes(None) == {} and read_pool_sizes({"error": "forbidden"}) == {}
+
+
+def test_a_poll_sizes_the_pools_of_nodes_it_has_not_seen_before_and_only_those():
+    source = Answers({
+        HEALTH_PATH: health(2),
+        THREAD_POOL_PATH: stats(a=node(DATA, threads=0), b=node(DATA, threads=0)),
+        POOL_SIZES_PATH: {"nodes": {"a": {"thread_pool": {"search": {"size": 7}}},
+                                    "b": {"thread_pool": {"search": {"size": 7}}}}},
+    })
+    health_poller = ClusterHealth(source, Admission(clock=lambda: 0.0))
+    reading = asyncio.run(health_poller.poll())
+    assert reading.search_threads == 14 and source.asked.count(POOL_SIZES_PATH) == 1
+    asyncio.run(health_poller.poll())
+    assert source.asked.count(POOL_SIZES_PATH) == 1  # nothing new: no second info call
+    source.answers[THREAD_POOL_PATH] = stats(a=node(DATA, threads=3), c=node(DATA, threads=0))  # b left, c joined
+    source.answers[POOL_SIZES_PATH] = {"nodes": {"c": {"thread_pool": {"search": {"size": 5}}}}}
+    reading = asyncio.run(health_poller.poll())
+    assert reading.search_threads == 12 and source.asked.count(POOL_SIZES_PATH) == 2
 
 
 def test_roles():
