@@ -11,9 +11,9 @@ not searched yet, real Elasticsearch and OpenSearch start them on demand. `read_
 A failed poll changes nothing: the gate keeps its last reading and its latency signals.
 
 The same thread-pool answer also says how long a search task waits in a node's queue: by Little's
-law, the mean queue length over a poll interval divided by the tasks completed per second.
-`read_queue_wait` computes it (pure: the previous samples and the seconds between polls in) and
-`on_queue_wait` hands it to the learned costs, which take it out of observed costs
+law, the task-seconds spent queued over the last polls (queue lengths sampled at each poll) divided
+by the tasks completed. `read_queue_sample` and `QueueWait` compute it (pure: the previous samples
+and the seconds between polls in) and `on_queue_wait` hands it to the learned costs, which take it out of observed costs
 (proxy/cost_learned.py): a saturated cluster's queue is not learned as the cost of a cheap shape.
 
 Every `cost.index_sizes_poll_s` seconds (30 by default: sizes change slowly, and the answer grows with
@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -44,6 +45,8 @@ INDEX_DOCS_PATH = "/_stats/docs?filter_path=indices.*.primaries.docs.count"
 Counters = dict[str, tuple[int, int]]
 #: per node id: (search tasks completed, tasks in the search queue) at the previous poll
 QueueSamples = dict[str, tuple[int, int]]
+#: seconds of polls the search queue wait is averaged over
+QUEUE_WAIT_WINDOW_S = 2.0
 
 
 def is_data_node(roles: Any) -> bool:
@@ -104,19 +107,20 @@ def read_cluster(
     return reading, counters if threads is not None else previous
 
 
-def read_queue_wait(stats: Mapping | None, previous: QueueSamples, elapsed_s: float) -> tuple[float | None, QueueSamples]:
-    """Milliseconds a search task waited in a data node's search queue, on average over the last
-    `elapsed_s` seconds, from two `_nodes/stats/thread_pool` answers; and the samples to diff next time.
-
-    Little's law over the data nodes seen in both polls: Σ mean queue length (the two samples averaged)
-    ÷ Σ tasks completed per second. A queue that completed nothing waited the whole interval. None when
-    it cannot be told (first poll, no stats, a restarted node only); 0.0 when no queue was seen.
+def read_queue_sample(
+    stats: Mapping | None, previous: QueueSamples, elapsed_s: float
+) -> tuple[tuple[float, int] | None, QueueSamples]:
+    """What the data nodes' search queues held over the last `elapsed_s` seconds, from two
+    `_nodes/stats/thread_pool` answers: (task-seconds spent queued, search tasks completed), summed over
+    the nodes seen in both (each node's queue length taken as the mean of its two samples); and the
+    samples to diff next time. None when it cannot be told (first poll, no stats, restarted nodes only).
     """
     nodes = stats.get("nodes") if isinstance(stats, Mapping) else None
     if not isinstance(nodes, Mapping):
         return None, previous
     samples: QueueSamples = {}
-    queued = rate = 0.0
+    queued = 0.0
+    completed = 0
     known = False
     for node_id, node in nodes.items():
         if not isinstance(node, Mapping) or not is_data_node(node.get("roles")):
@@ -130,13 +134,35 @@ def read_queue_wait(stats: Mapping | None, previous: QueueSamples, elapsed_s: fl
         if before is None or now[0] < before[0] or elapsed_s <= 0:
             continue  # first sight of this node, or it restarted
         known = True
-        queued += (now[1] + before[1]) / 2.0
-        rate += (now[0] - before[0]) / elapsed_s
-    if not known:
-        return None, samples
-    if queued <= 0.0:
-        return 0.0, samples
-    return (queued / rate * 1000.0 if rate > 0 else elapsed_s * 1000.0), samples
+        queued += (now[1] + before[1]) / 2.0 * elapsed_s
+        completed += now[0] - before[0]
+    return ((queued, completed) if known else None), samples
+
+
+class QueueWait:
+    """Milliseconds a search task has waited in a data node's search queue, on average over the polls of
+    the last `window_s` seconds: Little's law, task-seconds queued ÷ tasks completed. Queue lengths are
+    sampled only at polls, so one interval is noisy; a window of a few smooths it. A queue that completed
+    nothing waited the whole window."""
+
+    def __init__(self, window_s: float = 2.0, max_intervals: int = 16) -> None:
+        self.window_s = window_s
+        self.intervals: deque[tuple[float, float, int]] = deque(maxlen=max_intervals)  # (elapsed, queued, completed)
+
+    def add(self, elapsed_s: float, queued_s: float, completed: int) -> float:
+        """Add one poll interval; the mean wait (ms) over the window that ends with it."""
+        self.intervals.append((elapsed_s, queued_s, completed))
+        span = queued = 0.0
+        done = 0
+        for elapsed, q, c in reversed(self.intervals):
+            span += elapsed
+            queued += q
+            done += c
+            if span >= self.window_s:
+                break
+        if queued <= 0.0:
+            return 0.0
+        return queued / done * 1000.0 if done else span * 1000.0
 
 
 def read_pool_sizes(info: Mapping | None) -> dict[str, int]:
@@ -206,6 +232,7 @@ class ClusterHealth:
         self.on_queue_wait = on_queue_wait
         self.counters: Counters = {}
         self.queue_samples: QueueSamples = {}
+        self.queue_wait = QueueWait(QUEUE_WAIT_WINDOW_S)
         self.queue_wait_ms: float | None = None
         self._sampled_at: float | None = None
         self.pool_sizes: dict[str, int] = {}  # node id → configured search pool size
@@ -230,10 +257,10 @@ class ClusterHealth:
         if stats is not None:
             now = time.monotonic()
             elapsed = now - self._sampled_at if self._sampled_at is not None else 0.0
-            wait, self.queue_samples = read_queue_wait(stats, self.queue_samples, elapsed)
+            sample, self.queue_samples = read_queue_sample(stats, self.queue_samples, elapsed)
             self._sampled_at = now
-            if wait is not None:
-                self.queue_wait_ms = wait
+            if sample is not None:
+                wait = self.queue_wait_ms = self.queue_wait.add(elapsed, *sample)
                 if self.on_queue_wait is not None:
                     self.on_queue_wait(wait)
         if unsized_nodes(stats, self.pool_sizes):

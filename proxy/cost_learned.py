@@ -25,16 +25,16 @@ def service_cost(observed: float, queue_wait_ms: float) -> tuple[float, bool]:
     """(cost units of service time, whether it is only an upper bound) of one observation, given the mean
     time a search task recently waited in a node's queue (ms).
 
-    Each of a search's shard tasks waited about `queue_wait_ms`; they ran in parallel, so `took` holds
-    one wait: service ≈ (took − wait) × shards. When took < WAIT_DOMINANCE × wait the difference is
-    noise (one task's wait varies around the mean), and the observation is returned whole as an upper
-    bound. Observations without shards (_bulk, _msearch: no search queue of their own to read) are
-    returned as they are."""
+    A search's shard tasks queue in parallel, once for the query phase and once more for the fetch
+    phase when hits were fetched from several shards (`Observed.queue_passes`): service ≈ (took − wait ×
+    passes) × shards. When took < WAIT_DOMINANCE × that wait the difference is noise (one task's wait
+    varies around the mean), and the observation is returned whole as an upper bound. Observations
+    without shards (_bulk, _msearch: no search queue of their own to read) are returned as they are."""
     if queue_wait_ms <= 0.0 or type(observed) is not Observed:
         return observed, False
-    took = observed.took_ms
-    if took >= WAIT_DOMINANCE * queue_wait_ms:
-        return (took - queue_wait_ms) * observed.shards, False
+    took, queued = observed.took_ms, queue_wait_ms * observed.queue_passes
+    if took >= WAIT_DOMINANCE * queued:
+        return (took - queued) * observed.shards, False
     return float(observed), True
 
 

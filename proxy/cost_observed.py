@@ -17,17 +17,24 @@ _SHARD_FIELD = re.compile(rb'"(total|skipped|failed)"\s*:\s*([0-9]+)(?=[\s,}])')
 
 
 class Observed(float):
-    """An observed search cost (cost units) that remembers what it is made of: `took_ms` × `shards`."""
+    """An observed search cost (cost units) that remembers what it is made of: `took_ms` × `shards`, and
+    how many times its shard tasks queued for a search thread: `queue_passes`, 2 when hits were fetched
+    from several shards (the query phase, then the fetch phase), else 1."""
 
-    __slots__ = ("took_ms", "shards")
+    __slots__ = ("took_ms", "shards", "queue_passes")
 
 
-def _search_cost(took: int, shards: int) -> Observed:
+def _search_cost(took: int, shards: int, head: bytes) -> Observed:
     ms = _took_ms(took)
     cost = Observed(ms * shards)
     cost.took_ms = ms
     cost.shards = shards
+    # one shard answers query and fetch in one task; no hits (size 0, aggregations only) means no fetch phase
+    cost.queue_passes = 1 if shards == 1 or _NO_HITS in head else 2
     return cost
+
+
+_NO_HITS = b'"hits":[]'
 
 
 def observed_cost(head: bytes) -> float | None:
@@ -43,7 +50,7 @@ def observed_cost(head: bytes) -> float | None:
     fast = _SEARCH_HEAD.match(head)
     if fast is not None:  # how Elasticsearch begins every search response: one match, no scan
         took, total, skipped, failed = fast.groups()
-        return _search_cost(int(took), max(1, int(total) - int(skipped) - int(failed)))
+        return _search_cost(int(took), max(1, int(total) - int(skipped) - int(failed)), head)
     try:
         return _observed(head)
     except Exception:  # a cost reading must never break a response
@@ -80,7 +87,7 @@ def _observed(head: bytes) -> float | None:
             total = int(fields.get(b"total", b"1"))
             skipped = int(fields.get(b"skipped", b"0"))
             failed = int(fields.get(b"failed", b"0"))
-            return _search_cost(took, max(1, total - skipped - failed))
+            return _search_cost(took, max(1, total - skipped - failed), head.replace(b" ", b""))
     return None if took is None else _took_ms(took)
 
 

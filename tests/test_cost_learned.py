@@ -213,17 +213,25 @@ from proxy.cost_learned import WAIT_DOMINANCE, service_cost  # noqa: E402
 from proxy.cost_observed import observed_cost  # noqa: E402
 
 
-def search_head(took: int, shards: int) -> bytes:
-    return (b'{"took":%d,"timed_out":false,"_shards":{"total":%d,"successful":%d,"skipped":0,"failed":0},"hits":'
+def search_head(took: int, shards: int, hits: bool = False) -> bytes:
+    head = (b'{"took":%d,"timed_out":false,"_shards":{"total":%d,"successful":%d,"skipped":0,"failed":0},'
             % (took, shards, shards))
+    return head + (b'"hits":{"total":{"value":3,"relation":"eq"},"max_score":1.0,"hits":[{"_index":"i"' if hits
+                   else b'"hits":{"total":{"value":3,"relation":"eq"},"max_score":null,"hits":[]},"aggregations":{')
 
 
-def test_service_cost_takes_one_queue_wait_out_of_a_search():
+def test_service_cost_takes_the_queue_waits_out_of_a_search():
     observed = observed_cost(search_head(50, 2))
     assert observed == 100.0  # the bill: took × shards, unchanged
+    assert observed.queue_passes == 1  # no hits fetched: the query phase queued, once
     assert service_cost(observed, 0.0) == (100.0, False)
     assert service_cost(observed, 10.0) == ((50 - 10) * 2, False)  # shard tasks waited in parallel: one wait
     assert service_cost(observed, 20.0) == (100.0, True)  # mostly queue: only an upper bound
+    fetched = observed_cost(search_head(50, 2, hits=True))
+    assert fetched.queue_passes == 2  # the fetch phase queued again
+    assert service_cost(fetched, 5.0) == ((50 - 2 * 5) * 2, False)
+    assert service_cost(fetched, 10.0) == (100.0, True)
+    assert observed_cost(search_head(50, 1, hits=True)).queue_passes == 1  # one shard: query and fetch in one task
     assert service_cost(42.0, 30.0) == (42.0, False)  # no shards (_bulk, _msearch): as observed
     assert WAIT_DOMINANCE == 3.0
 
