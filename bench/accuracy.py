@@ -234,6 +234,29 @@ def fit_all(results: list[FlavorResult], weights: Weights, prior: float) -> str:
     return "\n".join(lines)
 
 
+def cross_validate(results: list[FlavorResult], weights: Weights, prior: float, folds: int = 5) -> str:
+    """Held-out error: the shapes split into `folds` groups by name (a shape's logs, catalogue and both
+    flavors' runs stay together); each group estimated with weights fitted on the others."""
+    names = sorted({m.name for r in results for _, m in r.rows})
+    group = {name: i % folds for i, name in enumerate(names)}
+    owner = {id(m): r for r in results for _, m in r.rows}
+    held: dict[int, float] = {}
+    for k in range(folds):
+        train = [m for r in results for _, m in r.rows if group[m.name] != k]
+        result = fit(train, weights, lambda m: owner[id(m)].sizes, prior=prior)
+        model = CostModel(result.after)
+        for r in results:
+            for _, m in r.rows:
+                if group[m.name] == k:
+                    held[id(m)] = battery.estimate(model, m.shape.build(m.fields, 0), r.sizes).cost
+    lines = []
+    for r in results:
+        labels = [label for label, _ in r.rows]
+        errors = error_summary(labels, [held[id(m)] for _, m in r.rows], [m.truth for _, m in r.rows])
+        lines.append(f"# {r.flavor} {r.version}, {folds}-fold held out: {errors.line()}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--flavor", default="opensearch,elasticsearch")
@@ -271,8 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.save:
             args.save.write_text(json.dumps([r.to_json() for r in results]))
     if args.fit:
-        fitted = fit_all(results, config.weights, args.prior)
-        print(fitted)
+        print(fit_all(results, config.weights, args.prior))
+        print(cross_validate(results, config.weights, args.prior))
         return 0
     text = report(results, config, args)
     if not args.no_write and not args.only:

@@ -242,8 +242,8 @@ def _(f: Fields, run: int) -> Request:
 
 @shape("inner wildcard on a structured keyword", "multi-term", "keyword_path", "path_values")
 def _(f: Fields, run: int) -> Request:
-    value = pick(f.path_values, run)
-    return search(f, {"query": {"wildcard": {f.keyword_path: {"value": value[:3] + "*" + value[-3:]}}}})
+    value = pick(f.path_values, run)  # a prefix as a person types it: half the value, then the end they recall
+    return search(f, {"query": {"wildcard": {f.keyword_path: {"value": value[:len(value) // 2] + "*" + value[-3:]}}}})
 
 
 @shape("leading wildcard on a text field", "multi-term", "text", "words")
@@ -538,6 +538,14 @@ def _(f: Fields, run: int) -> Request:
         "type": "number", "order": "desc", "script": {
             "source": f"doc['{f.number}'].size() == 0 ? 0 : doc['{f.number}'].value % params.m",
             "params": {"m": 7 + run % 5}}}}})
+
+
+@shape("script sort over every document", "scripts", "number", script=True)
+def _(f: Fields, run: int) -> Request:
+    return search(f, {"query": {"match_all": {}}, "sort": {"_script": {
+        "type": "number", "order": "asc", "script": {
+            "source": f"doc['{f.number}'].size() == 0 ? 0 : doc['{f.number}'].value % params.m",
+            "params": {"m": 11 + run % 5}}}}})
 
 
 @shape("script_fields on 100 hits", "scripts", "number", script=True)

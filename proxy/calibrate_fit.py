@@ -170,13 +170,15 @@ class Row:
 
 
 def fit_weights(rows: Sequence[Row], names: Sequence[str], start: Sequence[float], prior: float = 0.05,
-                floor: float = 0.02, steps: int = 40) -> list[float]:
+                floor: float = 0.02, steps: int = 40, under_weight: float = 1.0) -> list[float]:
     """The non-negative weights (in `names` order) that minimise Σ (log estimate − log observed)²,
     plus `prior` × Σ log(w / start)² to keep weights the rows hardly see near where they started.
 
-    Each weight stays at least `floor` × its start: a weight the battery drives to zero would make
-    shapes outside the battery free. Gauss-Newton: linearise log(a·w + c) around the current w,
-    solve that NNLS, and take the largest step (of 1, 1/2, 1/4 ...) that lowers the objective."""
+    `under_weight` > 1 counts the squared error of an under-estimate that many times over (an
+    under-estimate is what lets a storm through; an over-estimate only throttles early). Each weight
+    stays at least `floor` × its start: a weight the battery drives to zero would make shapes outside
+    the battery free. Gauss-Newton: linearise log(a·w + c) around the current w, solve that NNLS, and
+    take the largest step (of 1, 1/2, 1/4 ...) that lowers the objective."""
     lows = [floor * s for s in start]
     w = list(start)
 
@@ -184,7 +186,8 @@ def fit_weights(rows: Sequence[Row], names: Sequence[str], start: Sequence[float
         total = 0.0
         for row in rows:
             e = sum(a * v for a, v in zip(row.parts, x)) + row.constant
-            total += (math.log(max(e, 1e-9)) - math.log(row.observed)) ** 2
+            r = math.log(max(e, 1e-9)) - math.log(row.observed)
+            total += r * r * (under_weight if r < 0 else 1.0)
         return total + prior * sum(math.log(max(v, 1e-12) / s) ** 2 for v, s in zip(x, start) if s > 0)
 
     current = objective(w)
@@ -194,10 +197,11 @@ def fit_weights(rows: Sequence[Row], names: Sequence[str], start: Sequence[float
         for row in rows:
             e = max(sum(a * v for a, v in zip(row.parts, w)) + row.constant, 1e-9)
             # log e(w') ≈ log e(w) + a·(w' − w)/e; unknowns are w' − lows (non-negative)
-            scaled = [a / e for a in row.parts]
             residual = math.log(row.observed) - math.log(e)
+            root = math.sqrt(under_weight) if residual > 0 else 1.0  # under-estimated now: count it more
+            scaled = [root * a / e for a in row.parts]
             system.append(scaled)
-            targets.append(residual + sum(s * (v - low) for s, v, low in zip(scaled, w, lows)))
+            targets.append(root * residual + sum(s * (v - low) for s, v, low in zip(scaled, w, lows)))
         for j, s in enumerate(start):
             if s > 0:  # log w' ≈ log w + (w' − w)/w, pulled towards log start
                 line = [0.0] * len(w)

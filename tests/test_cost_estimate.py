@@ -170,8 +170,8 @@ SHAPES: dict[str, tuple[str, str, object]] = {
 }
 
 ORDERINGS = [
-    ("match_all", "term"), ("term", "match"), ("match", "wildcard_trailing"), ("wildcard_trailing", "wildcard_inner"),
-    ("wildcard_inner", "wildcard_leading"), ("match", "match_fuzziness"), ("match", "fuzzy"), ("match", "regexp"),
+    ("match_all", "term"), ("term", "match"), ("term", "wildcard_trailing"), ("wildcard_trailing", "wildcard_inner"),
+    ("wildcard_inner", "wildcard_leading"), ("match", "match_fuzziness"), ("match", "fuzzy"), ("term", "regexp"),
     ("wildcard_trailing", "regexp"), ("prefix", "wildcard_inner"), ("term", "terms"), ("terms", "terms_2000_values"),
     ("term", "range"), ("match", "match_phrase"), ("match", "multi_match"),
     ("query_string_trailing", "query_string_leading"), ("match", "uri_search_leading_wildcard"),
@@ -561,6 +561,8 @@ def test_weights_from_config_change_the_estimate():
 # ---- index sizes ------------------------------------------------------------------------------
 
 SCRIPT_SCORE = {"query": {"script_score": {"query": {"match_all": {}}, "script": {"source": "doc['n'].value"}}}}
+#: the data-scaled part alone: a search's fixed costs (about a script's cost on reference_docs) zeroed
+DATA_ONLY = CostModel(Weights(search=0.0, match_all=0.0, hit=0.0, hit_depth=0.0, msearch=0.0))
 LEADING_WILDCARD = {"query": {"query_string": {"query": "*rror", "default_field": "message"}}}
 TERM = {"query": {"term": {"service": "checkout"}}}
 
@@ -583,7 +585,9 @@ def test_data_scaled_parts_grow_with_the_documents_of_the_index_and_fixed_parts_
 
 def test_small_indices_make_expensive_shapes_cheaper_and_unknown_names_keep_the_calibrated_weights():
     sizes = IndexSizes({"tiny": 1_000})
-    assert estimate("POST", "/tiny/_search", SCRIPT_SCORE, sizes=sizes).cost < 0.05 * estimate(
+    assert estimate("POST", "/tiny/_search", SCRIPT_SCORE, DATA_ONLY, sizes).cost < 0.05 * estimate(
+        "POST", "/tiny/_search", SCRIPT_SCORE, DATA_ONLY).cost
+    assert estimate("POST", "/tiny/_search", SCRIPT_SCORE, sizes=sizes).cost < estimate(
         "POST", "/tiny/_search", SCRIPT_SCORE).cost
     for target in ("/alias-or-stream/_search", "/alias-or-stream,other/_search"):
         assert estimate("POST", target, SCRIPT_SCORE, sizes=sizes).cost == estimate("POST", target, SCRIPT_SCORE).cost
@@ -603,7 +607,7 @@ def test_a_wildcard_sums_the_documents_it_reaches():
     w = Weights()
     ref = round(w.reference_docs)
     one, three = IndexSizes({"logs-1": ref}), IndexSizes({"logs-1": ref, "logs-2": ref, "logs-3": ref})
-    cost = lambda sizes: estimate("POST", "/logs-*/_search", SCRIPT_SCORE, sizes=sizes).cost  # noqa: E731
+    cost = lambda sizes: estimate("POST", "/logs-*/_search", SCRIPT_SCORE, DATA_ONLY, sizes).cost  # noqa: E731
     assert cost(three) == pytest.approx(3 * cost(one), rel=0.2)
     assert cost(IndexSizes({})) < cost(one)  # matches nothing: only the fixed overhead
 
@@ -613,11 +617,12 @@ def test_msearch_prices_each_search_by_its_own_index():
     sizes = IndexSizes({"small": ref // 100, "big": ref * 10})
     small = ndjson({"index": "small"}, SCRIPT_SCORE)
     big = ndjson({"index": "big"}, SCRIPT_SCORE)
-    assert estimate("POST", "/_msearch", big, sizes=sizes).cost > 100 * estimate("POST", "/_msearch", small, sizes=sizes).cost
+    assert estimate("POST", "/_msearch", big, DATA_ONLY, sizes).cost > 100 * estimate(
+        "POST", "/_msearch", small, DATA_ONLY, sizes).cost
 
 
 def test_scaled_weights_are_memoised_per_expression_and_forgotten_with_a_new_poll():
-    model = CostModel(Weights())
+    model = CostModel(Weights(search=0.0, match_all=0.0))
     first = IndexSizes({"big": 5_000_000})
     a = estimate("POST", "/big/_search", SCRIPT_SCORE, model, first).cost
     assert model._table(("big",), first) is model._table(("big",), first)
@@ -633,5 +638,5 @@ def test_size_scales_are_clamped_and_quantised():
     cost = estimate("POST", "/huge/_search", SCRIPT_SCORE, sizes=huge).cost
     assert math.isfinite(cost) and cost <= w.script * w.max_size_scale * 1.01 + 10
     empty = IndexSizes({"empty": 0})
-    assert 0 < estimate("POST", "/empty/_search", SCRIPT_SCORE, sizes=empty).cost < 2
+    assert 0 < estimate("POST", "/empty/_search", SCRIPT_SCORE, DATA_ONLY, empty).cost < 2
 
