@@ -105,14 +105,16 @@ def reestimate(result: FlavorResult, weights: Weights) -> None:
         m.estimates = [battery.estimate(model, m.shape.build(m.fields, 0), result.sizes).cost]
 
 
-def learned_after(observed: Sequence[float], counts: Sequence[int], config: CostConfig) -> dict[int, float]:
-    """The learned cost after each count of observations, fed in order as the proxy's settle step does."""
-    learned = LearnedCosts(16, config.learn_alpha, config.learn_max_rise)
-    out: dict[int, float] = {}
-    for i, value in enumerate(observed, 1):
-        current = learned.observe("tenant", 1, value)
-        if i in counts:
-            out[i] = current
+def learned_after(observed: Sequence[float], count: int, config: CostConfig) -> list[float]:
+    """The learned cost after `count` observations, fed in order as the proxy's settle step does, from
+    every starting point of the run (the proxy may start learning a shape at any moment: a measure that
+    began at the first round only would say more about how busy the machine was then than about learning)."""
+    out: list[float] = []
+    for start in range(0, len(observed) - count + 1):
+        learned = LearnedCosts(16, config.learn_alpha, config.learn_max_rise)
+        for value in observed[start:start + count]:
+            current = learned.observe("tenant", 1, value)
+        out.append(current)
     return out
 
 
@@ -172,8 +174,7 @@ def report(results: list[FlavorResult], config: CostConfig, args: argparse.Names
     lines: list[str] = []
     summary = Table("Cost estimate accuracy", ["flavor", "shapes", "median |log2 est/obs|", "Spearman",
                                                "under-est. >2x", "under-est. >4x", "worst under-est.",
-                                               *(f"learned within 1.3x after {k}" for k in LEARNED_AFTER),
-                                               *(f"learned median |log2| after {k}" for k in LEARNED_AFTER)])
+                                               *(f"learned / truth after {k} (within 1.3x)" for k in LEARNED_AFTER)])
     details: list[Table] = []
     for result in results:
         labels = [label for label, _ in result.rows]
@@ -182,15 +183,15 @@ def report(results: list[FlavorResult], config: CostConfig, args: argparse.Names
         errors = error_summary(labels, estimates, truth)
         learned = {k: [] for k in LEARNED_AFTER}
         table = Table(f"{result.flavor} {result.version}: estimate vs observed (cost units = took ms x shards)",
-                      ["shape", "estimate", "observed median", "ratio est/obs", "learned after 3 / truth", "runs"])
+                      ["shape", "estimate", "observed median", "ratio est/obs", "learned after 3 vs truth (median)", "runs"])
         for label, m in result.rows:
-            after = learned_after(m.observed, LEARNED_AFTER, config)
-            for k, value in after.items():
-                learned[k].append(value / m.truth)
+            for k in LEARNED_AFTER:
+                learned[k] += [value / m.truth for value in learned_after(m.observed, k, config)]
+            three = [value / m.truth for value in learned_after(m.observed, 3, config)]
             ratio = m.estimate / m.truth
             flag = " (under >4x)" if ratio < 0.25 else " (under >2x)" if ratio < 0.5 else ""
             table.add(label, f"{m.estimate:,.1f}", f"{m.truth:,.1f}", f"{ratio:.2f}{flag}",
-                      f"{after[3] / m.truth:.2f}" if 3 in after else "-", len(m.observed))
+                      f"{2 ** median([abs(math.log2(r)) for r in three]):.2f}x" if three else "-", len(m.observed))
         for label, m in result.failed:
             table.add(label, "-", "-", "did not run", "-", m.errors[0][:60] if m.errors else "")
         details.append(table)
@@ -199,7 +200,7 @@ def report(results: list[FlavorResult], config: CostConfig, args: argparse.Names
         summary.add(f"{result.flavor} {result.version}", errors.shapes, f"{errors.median_abs_log2:.2f}",
                     f"{errors.spearman:.2f}", f"{errors.under_2x:.0%}", f"{errors.under_4x:.0%}",
                     f"{errors.worst_under:.1f}x {errors.worst_under_shape}",
-                    *(f"{within[k]:.0%}" for k in LEARNED_AFTER), *(f"{med[k]:.2f}" for k in LEARNED_AFTER))
+                    *(f"{2 ** med[k]:.2f}x ({within[k]:.0%})" for k in LEARNED_AFTER))
     summary.print()
     for table in details:
         table.print()
