@@ -131,13 +131,15 @@ def run_flavor(flavor: str, node: str | None, args: argparse.Namespace, weights:
     else:
         nodes = [node]
     try:
-        corpus.ensure(nodes, args.docs, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        corpus.ensure(nodes, args.docs, prefix=args.prefix, progress=lambda line: print(line, file=sys.stderr, flush=True))
         client = Cluster(nodes[0], timeout=300)
         info = cluster_info(client)
         client.json("DELETE", f"/{SCRATCH}", ok=(200, 404))
         client.json("PUT", f"/{SCRATCH}", {"settings": {"number_of_shards": 2, "number_of_replicas": 0},
                                            "mappings": LOGS_MAPPING})
         sizes = index_sizes(client)
+        # a cluster started just now has cold JITs and caches: two more warm-up rounds than a running one
+        warmup = args.warmup + (2 if cluster is not None else 0)
         model = CostModel(weights)
         cap = LoadCap(max_rps=args.max_rps, max_cluster_ms=math.inf)
         progress = Progress()
@@ -149,7 +151,7 @@ def run_flavor(flavor: str, node: str | None, args: argparse.Namespace, weights:
             fields = battery.sample_fields(index, kind, scripts=info.scripts)
             chosen = battery.shapes(fields, only=args.only)
             print(f"{flavor} {info.version}: {len(chosen)} shapes on {index}", file=sys.stderr, flush=True)
-            measured, stopped = measure(client, chosen, lambda s: fields, model, sizes, args.runs, args.warmup,
+            measured, stopped = measure(client, chosen, lambda s: fields, model, sizes, args.runs, warmup,
                                         cap, progress)
             for m in measured:
                 (rows if m.observed else failed).append((f"{kind}: {m.name}", m))
@@ -157,12 +159,12 @@ def run_flavor(flavor: str, node: str | None, args: argparse.Namespace, weights:
                 print(f"stopped: {stopped}", file=sys.stderr)
         scratch = battery.sample_fields(SCRATCH)
         writes = [s for s in battery.shapes(scratch, writes=True, only=args.only) if s.write]
-        measured, _ = measure(client, writes, lambda s: scratch, model, sizes, args.runs, args.warmup, cap, progress)
+        measured, _ = measure(client, writes, lambda s: scratch, model, sizes, args.runs, warmup, cap, progress)
         for m in measured:
             (rows if m.observed else failed).append((f"writes: {m.name}", m))
         delete_index(client, SCRATCH)
         client.close()
-        docs = {n: d for n, d in sizes.docs.items() if n.startswith(args.prefix)}
+        docs = {n: d for n, d in sizes.docs.items() if n.startswith(args.prefix) and n != SCRATCH}
         return FlavorResult(flavor, info.version, info.scripts, docs, rows, failed, time.monotonic() - started,
                             cap.requests, cap.spent, sizes)
     finally:

@@ -480,7 +480,7 @@ def run(args: Any, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
             name, docs = largest_index(cluster, args.index)
             reads = writes = discover_fields(cluster, name, info.scripts)
             chosen = battery.shapes(reads, writes=False)
-            target = f"index {name} ({docs:,} documents), read-only"
+            target = f"index {name} ({docs:,} Lucene documents), read-only"
         fields_for = (lambda s: writes if s.write else reads)
         requests = len(chosen) * (args.runs + 1)
         progress.note(f"calibrate: {info.flavor} {info.version} at {cluster.url}; {len(chosen)} shapes x "

@@ -90,7 +90,7 @@ def test_named_index_run_is_read_only(shared_cluster):
         status, out, err = calibrate("--node", shared_cluster.url, "--index", "calib-readonly-*", "--runs", "1",
                                      "--max-rps", "1000")
         assert status == 0, err
-        assert f"index {name} (1,500 documents), read-only" in err
+        assert f"index {name} (1,500 Lucene documents), read-only" in err
         assert "_bulk" not in out
         assert indices(shared_cluster.url) == before  # no index made, no document written
     finally:
