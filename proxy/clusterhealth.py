@@ -6,7 +6,13 @@ proxy's own credentials) how many data nodes the cluster has and, per data node,
 and rejection count of its `search` thread pool. The size is the pool's configured size, read from
 the nodes info (`_nodes/thread_pool`) whenever a node id appears that the proxy has not sized yet:
 the stats' `threads` is only how many threads the pool has started so far — 0 on a node that has
-not searched yet, real Elasticsearch and OpenSearch start them on demand. `read_cluster` turns the two answers into a
+not searched yet, real Elasticsearch and OpenSearch start them on demand.
+
+A node the proxy itself cannot reach (its upstream health check fails, or a connection to it was
+refused) does not count as capacity, even while the cluster still lists it: a killed or hung node
+stays in the cluster's view until its master's fault detection gives up on it (seconds for a dead
+process, up to half a minute for a hung one), and searches routed to its shards meanwhile stall.
+The nodes info gives each node's HTTP address, which is how a node id meets an upstream URL. `read_cluster` turns the two answers into a
 `ClusterReading` (pure: the previous counters in, the new ones out); `ClusterHealth` runs the loop.
 A failed poll changes nothing: the gate keeps its last reading and its latency signals.
 
@@ -26,7 +32,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
 
 from .admission import Admission, ClusterReading
@@ -36,8 +42,8 @@ log = logging.getLogger("sluicegate.clusterhealth")
 
 HEALTH_PATH = "/_cluster/health"
 THREAD_POOL_PATH = "/_nodes/stats/thread_pool"
-#: each node's configured search pool size (nodes info: static per node process)
-POOL_SIZES_PATH = "/_nodes/thread_pool?filter_path=nodes.*.thread_pool.search.size"
+#: each node's configured search pool size and HTTP address (nodes info: static per node process)
+NODES_INFO_PATH = "/_nodes/thread_pool,http?filter_path=nodes.*.thread_pool.search.size,nodes.*.http.publish_address"
 #: primaries' document count per open index, and nothing else (a few dozen bytes per index)
 INDEX_DOCS_PATH = "/_stats/docs?filter_path=indices.*.primaries.docs.count"
 
@@ -57,18 +63,23 @@ def is_data_node(roles: Any) -> bool:
 
 
 def read_cluster(
-    health: Mapping | None, stats: Mapping | None, previous: Counters, pool_sizes: Mapping[str, int] | None = None
+    health: Mapping | None,
+    stats: Mapping | None,
+    previous: Counters,
+    pool_sizes: Mapping[str, int] | None = None,
+    unreachable: Collection[str] = (),
 ) -> tuple[ClusterReading | None, Counters]:
     """The gate's view of one poll, and the counters to diff the next poll against.
 
     `health` is the _cluster/health body, `stats` the _nodes/stats/thread_pool body; either may be
     None (not answered, or forbidden). `pool_sizes` is each node's configured search pool size (see
-    `read_pool_sizes`); a node missing from it counts the threads its stats say it has started. Rejections and completions are counted since the previous
+    `read_nodes_info`); a node missing from it counts the threads its stats say it has started.
+    Nodes whose ids are in `unreachable` count neither as data nodes nor as threads. Rejections and completions are counted since the previous
     poll, per node id; a node seen for the first time, or restarted (counters went down), contributes
     what it has counted since it started only from the next poll on.
     """
     threads: int | None = None
-    queue = active = rejected = completed = 0
+    queue = active = rejected = completed = gone = 0
     counters: Counters = {}
     stats_data_nodes = 0
     nodes = stats.get("nodes") if isinstance(stats, Mapping) else None
@@ -79,6 +90,9 @@ def read_cluster(
                 continue
             pool = (node.get("thread_pool") or {}).get("search")
             if not isinstance(pool, Mapping):
+                continue
+            if node_id in unreachable:
+                gone += 1
                 continue
             stats_data_nodes += 1
             size = pool_sizes.get(node_id) if pool_sizes else None
@@ -96,6 +110,8 @@ def read_cluster(
         if threads is None:
             return None, previous
         data_nodes = stats_data_nodes
+    else:
+        data_nodes = max(0, data_nodes - gone)
     reading = ClusterReading(
         data_nodes=data_nodes,
         search_threads=threads,
@@ -165,25 +181,30 @@ class QueueWait:
         return queued / done * 1000.0 if done else span * 1000.0
 
 
-def read_pool_sizes(info: Mapping | None) -> dict[str, int]:
-    """Each node's configured search pool size from a `_nodes/thread_pool` (nodes info) body."""
+def read_nodes_info(info: Mapping | None) -> dict[str, tuple[int | None, str | None]]:
+    """Per node id, its configured search pool size and its HTTP address ("host:port"), from a
+    `_nodes/thread_pool,http` (nodes info) body; either may be None when the body does not say."""
     nodes = info.get("nodes") if isinstance(info, Mapping) else None
-    sizes: dict[str, int] = {}
+    known: dict[str, tuple[int | None, str | None]] = {}
     if isinstance(nodes, Mapping):
         for node_id, node in nodes.items():
-            try:
-                size = node["thread_pool"]["search"]["size"]
-            except (KeyError, TypeError):
+            if not isinstance(node, Mapping):
                 continue
-            if isinstance(size, int) and not isinstance(size, bool) and size > 0:
-                sizes[node_id] = size
-    return sizes
+            size = (node.get("thread_pool") or {}).get("search", {}).get("size") if isinstance(
+                node.get("thread_pool"), Mapping) else None
+            if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
+                size = None
+            address = node.get("http", {}).get("publish_address") if isinstance(node.get("http"), Mapping) else None
+            # Elasticsearch may write "hostname/ip:port"; the proxy's upstream list names "ip:port"
+            address = address.rpartition("/")[2] if isinstance(address, str) else None
+            known[node_id] = (size, address)
+    return known
 
 
-def unsized_nodes(stats: Mapping | None, pool_sizes: Mapping[str, int]) -> bool:
-    """True if the stats list a node whose pool size is not known yet (new, or never answered)."""
+def unknown_nodes(stats: Mapping | None, known: Mapping[str, object]) -> bool:
+    """True if the stats list a node the nodes info has not described yet (new, or never answered)."""
     nodes = stats.get("nodes") if isinstance(stats, Mapping) else None
-    return isinstance(nodes, Mapping) and any(node_id not in pool_sizes for node_id in nodes)
+    return isinstance(nodes, Mapping) and any(node_id not in known for node_id in nodes)
 
 
 def read_index_sizes(stats: Mapping | None) -> IndexSizes | None:
@@ -211,6 +232,10 @@ def _int(value: Any) -> int:
 class JsonSource(Protocol):
     async def get_json(self, path: str, timeout: float | None = None) -> dict | None: ...
 
+    def unreachable_addresses(self) -> Collection[str]:
+        """The "host:port" of upstream nodes the proxy cannot reach now."""
+        ...
+
 
 class ClusterHealth:
     """Polls the cluster every `admission.poll_s` seconds and hands each reading to admission and the
@@ -235,7 +260,7 @@ class ClusterHealth:
         self.queue_wait = QueueWait(QUEUE_WAIT_WINDOW_S)
         self.queue_wait_ms: float | None = None
         self._sampled_at: float | None = None
-        self.pool_sizes: dict[str, int] = {}  # node id → configured search pool size
+        self.nodes_info: dict[str, tuple[int | None, str | None]] = {}  # node id → (search pool size, HTTP address)
         self.last: ClusterReading | None = None
         self.sizes: IndexSizes | None = None
         self.polls = 0
@@ -263,9 +288,12 @@ class ClusterHealth:
                 wait = self.queue_wait_ms = self.queue_wait.add(elapsed, *sample)
                 if self.on_queue_wait is not None:
                     self.on_queue_wait(wait)
-        if unsized_nodes(stats, self.pool_sizes):
-            self.pool_sizes.update(read_pool_sizes(await self.upstream.get_json(POOL_SIZES_PATH, timeout)))
-        reading, self.counters = read_cluster(health, stats, self.counters, self.pool_sizes)
+        if unknown_nodes(stats, self.nodes_info):
+            self.nodes_info.update(read_nodes_info(await self.upstream.get_json(NODES_INFO_PATH, timeout)))
+        down = self.upstream.unreachable_addresses()
+        unreachable = {node_id for node_id, (_, address) in self.nodes_info.items() if address in down} if down else ()
+        sizes = {node_id: size for node_id, (size, _) in self.nodes_info.items() if size is not None}
+        reading, self.counters = read_cluster(health, stats, self.counters, sizes, unreachable)
         self.polls += 1
         if reading is None:
             self.failures += 1

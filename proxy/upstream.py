@@ -101,6 +101,11 @@ class Upstream:
         now = time.monotonic()
         return any(n.usable(now) for n in self.nodes)
 
+    def unreachable_addresses(self) -> set[str]:
+        """The "host:port" of nodes that are not usable now (failed health check, or refused a connection)."""
+        now = time.monotonic()
+        return {node.pool.label for node in self.nodes if not node.usable(now)}
+
     def forward_headers(self, incoming: Mapping[str, str], client_ip: str | None, scheme: str) -> list[tuple[str, str]]:
         """Request headers for the node: hop-by-hop and client credentials dropped, proxy auth and X-Forwarded-* set."""
         out = [(k, v) for k, v in incoming.items() if k.lower() not in _REQUEST_DROP]

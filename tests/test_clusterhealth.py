@@ -7,13 +7,13 @@ from proxy.admission import Admission, ClusterReading
 from proxy.clusterhealth import (
     HEALTH_PATH,
     INDEX_DOCS_PATH,
-    POOL_SIZES_PATH,
+    NODES_INFO_PATH,
     THREAD_POOL_PATH,
     ClusterHealth,
     is_data_node,
     read_cluster,
     read_index_sizes,
-    read_pool_sizes,
+    read_nodes_info,
 )
 
 
@@ -84,34 +84,70 @@ def test_odd_values_count_as_nothing_rather_than_breaking_the_poll():
     assert reading == ClusterReading(data_nodes=1, search_threads=0)
 
 
+class Answers:
+    """A JsonSource that answers from a dict of path -> body (None: no answer)."""
+
+    def __init__(self, answers: dict):
+        self.answers = answers
+        self.asked: list[str] = []
+
+    async def get_json(self, path: str, timeout: float | None = None):
+        self.asked.append(path)
+        return self.answers.get(path)
+
+
+def info(**nodes) -> dict:
+    """A nodes info body: node id → (search pool size, HTTP publish address)."""
+    return {"nodes": {node_id: {"thread_pool": {"search": {"size": size}}, "http": {"publish_address": address}}
+                      for node_id, (size, address) in nodes.items()}}
+
+
 def test_configured_pool_sizes_win_over_the_threads_a_pool_has_started_so_far():
     # Real nodes start search threads on demand: an idle node's stats say 0 threads, not its size.
-    sizes = read_pool_sizes({"nodes": {"a": {"thread_pool": {"search": {"size": 4}}},
+    known = read_nodes_info({"nodes": {"a": {"thread_pool": {"search": {"size": 4}}, "http": {"publish_address": "h/10.0.0.1:9200"}},
                                        "b": {"thread_pool": {"search": {"size": 4}}},
                                        "odd": {"thread_pool": {"search": {"size": "4"}}}, "junk": 1}})
-    assert sizes == {"a": 4, "b": 4}
+    assert known == {"a": (4, "10.0.0.1:9200"), "b": (4, None), "odd": (None, None)}
     reading, _ = read_cluster(health(3), stats(a=node(DATA, threads=0), b=node(DATA, threads=1),
-                                               c=node(DATA, threads=2)), {}, sizes)
+                                               c=node(DATA, threads=2)), {}, {"a": 4, "b": 4})
     assert reading.search_threads == 4 + 4 + 2  # c not sized yet: what it has started
-    assert read_pool_sizes(None) == {} and read_pool_sizes({"error": "forbidden"}) == {}
+    assert read_nodes_info(None) == {} and read_nodes_info({"error": "forbidden"}) == {}
 
 
-def test_a_poll_sizes_the_pools_of_nodes_it_has_not_seen_before_and_only_those():
-    source = Answers({
+def test_nodes_the_proxy_cannot_reach_are_not_capacity_while_the_cluster_still_lists_them():
+    reading, _ = read_cluster(health(3), stats(a=node(DATA, threads=4), b=node(DATA, threads=4), c=node(DATA, threads=4)),
+                              {}, unreachable={"b"})
+    assert (reading.data_nodes, reading.search_threads) == (2, 8)
+
+
+class Cluster(Answers):
+    """Answers, plus the upstream addresses the proxy cannot reach."""
+
+    def __init__(self, answers: dict, down=()):
+        super().__init__(answers)
+        self.down = set(down)
+
+    def unreachable_addresses(self):
+        return self.down
+
+
+def test_a_poll_describes_nodes_it_has_not_seen_before_and_only_those():
+    source = Cluster({
         HEALTH_PATH: health(2),
         THREAD_POOL_PATH: stats(a=node(DATA, threads=0), b=node(DATA, threads=0)),
-        POOL_SIZES_PATH: {"nodes": {"a": {"thread_pool": {"search": {"size": 7}}},
-                                    "b": {"thread_pool": {"search": {"size": 7}}}}},
+        NODES_INFO_PATH: info(a=(7, "127.0.0.1:9200"), b=(7, "127.0.0.1:9201")),
     })
     health_poller = ClusterHealth(source, Admission(clock=lambda: 0.0))
     reading = asyncio.run(health_poller.poll())
-    assert reading.search_threads == 14 and source.asked.count(POOL_SIZES_PATH) == 1
-    asyncio.run(health_poller.poll())
-    assert source.asked.count(POOL_SIZES_PATH) == 1  # nothing new: no second info call
-    source.answers[THREAD_POOL_PATH] = stats(a=node(DATA, threads=3), c=node(DATA, threads=0))  # b left, c joined
-    source.answers[POOL_SIZES_PATH] = {"nodes": {"c": {"thread_pool": {"search": {"size": 5}}}}}
+    assert reading.search_threads == 14 and source.asked.count(NODES_INFO_PATH) == 1
+    source.down = {"127.0.0.1:9201"}  # b stops answering the proxy; the cluster has not noticed yet
     reading = asyncio.run(health_poller.poll())
-    assert reading.search_threads == 12 and source.asked.count(POOL_SIZES_PATH) == 2
+    assert (reading.data_nodes, reading.search_threads) == (1, 7) and source.asked.count(NODES_INFO_PATH) == 1
+    source.down = set()
+    source.answers[THREAD_POOL_PATH] = stats(a=node(DATA, threads=3), c=node(DATA, threads=0))  # b left, c joined
+    source.answers[NODES_INFO_PATH] = info(c=(5, "127.0.0.1:9202"))
+    reading = asyncio.run(health_poller.poll())
+    assert reading.search_threads == 12 and source.asked.count(NODES_INFO_PATH) == 2
 
 
 def test_roles():
@@ -129,18 +165,6 @@ def test_index_sizes_come_from_the_primaries_doc_counts_and_odd_entries_are_left
     assert sizes.docs == {"logs-2024.01.01": 1_000_000, "small": 0}
     assert read_index_sizes({}).docs == {}  # filter_path drops everything when there is no index at all
     assert read_index_sizes(None) is None and read_index_sizes({"error": "forbidden"}) is None
-
-
-class Answers:
-    """A JsonSource that answers from a dict of path -> body (None: no answer)."""
-
-    def __init__(self, answers: dict):
-        self.answers = answers
-        self.asked: list[str] = []
-
-    async def get_json(self, path: str, timeout: float | None = None):
-        self.asked.append(path)
-        return self.answers.get(path)
 
 
 def test_a_size_poll_hands_the_sizes_over_and_a_failed_one_keeps_the_last():
@@ -199,6 +223,9 @@ class _Upstream:
 
     async def get_json(self, path, timeout=None):
         return self.answers[path].pop(0) if self.answers.get(path) else None
+
+    def unreachable_addresses(self):
+        return ()
 
 
 async def test_the_poller_hands_the_queue_wait_to_its_listener():
