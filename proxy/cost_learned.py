@@ -16,9 +16,12 @@ from collections import OrderedDict
 
 from .cost_observed import Observed
 
-#: a search whose took is under this many times the queue wait is mostly queue: its service time is
-#: not known well enough to raise a learned cost, only to lower one (took × shards bounds it from above)
+#: a search whose took is under this many times its queue wait is mostly queue: its service time is not
+#: known well enough to raise a learned cost, only to lower one (took × shards bounds it from above) ...
 WAIT_DOMINANCE = 3.0
+#: ... once the wait is this long (ms): a node that queues less than this is busy, not saturated, and a
+#: search's own shard tasks queueing behind each other on a small pool look just like it
+SATURATED_WAIT_MS = 50.0
 
 
 def service_cost(observed: float, queue_wait_ms: float) -> tuple[float, bool]:
@@ -28,13 +31,16 @@ def service_cost(observed: float, queue_wait_ms: float) -> tuple[float, bool]:
     A search's shard tasks queue in parallel, once for the query phase and once more for the fetch
     phase when hits were fetched from several shards (`Observed.queue_passes`): service ≈ (took − wait ×
     passes) × shards. When took < WAIT_DOMINANCE × that wait the difference is noise (one task's wait
-    varies around the mean), and the observation is returned whole as an upper bound. Observations
-    without shards (_bulk, _msearch: no search queue of their own to read) are returned as they are."""
+    varies around the mean): under SATURATED_WAIT_MS it is taken out but never below half the
+    observation; beyond, the observation is returned whole as an upper bound. Observations without
+    shards (_bulk, _msearch: no search queue of their own to read) are returned as they are."""
     if queue_wait_ms <= 0.0 or type(observed) is not Observed:
         return observed, False
     took, queued = observed.took_ms, queue_wait_ms * observed.queue_passes
     if took >= WAIT_DOMINANCE * queued:
         return (took - queued) * observed.shards, False
+    if queued < SATURATED_WAIT_MS:
+        return max(took - queued, took / 2.0) * observed.shards, False
     return float(observed), True
 
 

@@ -209,7 +209,7 @@ def test_merged_observations_teach_the_cross_tenant_shape_and_respect_max_rise()
 
 # ---- learning service time, not queue time ----
 
-from proxy.cost_learned import WAIT_DOMINANCE, service_cost  # noqa: E402
+from proxy.cost_learned import SATURATED_WAIT_MS, WAIT_DOMINANCE, service_cost  # noqa: E402
 from proxy.cost_observed import observed_cost  # noqa: E402
 
 
@@ -226,14 +226,17 @@ def test_service_cost_takes_the_queue_waits_out_of_a_search():
     assert observed.queue_passes == 1  # no hits fetched: the query phase queued, once
     assert service_cost(observed, 0.0) == (100.0, False)
     assert service_cost(observed, 10.0) == ((50 - 10) * 2, False)  # shard tasks waited in parallel: one wait
-    assert service_cost(observed, 20.0) == (100.0, True)  # mostly queue: only an upper bound
     fetched = observed_cost(search_head(50, 2, hits=True))
     assert fetched.queue_passes == 2  # the fetch phase queued again
     assert service_cost(fetched, 5.0) == ((50 - 2 * 5) * 2, False)
-    assert service_cost(fetched, 10.0) == (100.0, True)
+    assert service_cost(fetched, 10.0) == ((50 - 20) * 2, False)  # a busy node, not saturated: the wait out ...
+    assert service_cost(fetched, 20.0) == (50.0, False)  # ... but never below half the observation
+    saturated = observed_cost(search_head(300, 2, hits=True))
+    assert service_cost(saturated, 100.0) == (600.0, True)  # saturated and mostly queue: only an upper bound
+    assert service_cost(saturated, 40.0) == ((300 - 80) * 2, False)
     assert observed_cost(search_head(50, 1, hits=True)).queue_passes == 1  # one shard: query and fetch in one task
     assert service_cost(42.0, 30.0) == (42.0, False)  # no shards (_bulk, _msearch): as observed
-    assert WAIT_DOMINANCE == 3.0
+    assert WAIT_DOMINANCE == 3.0 and SATURATED_WAIT_MS == 50.0
 
 
 def test_a_saturated_clusters_queue_is_not_learned_as_a_cheap_shapes_cost():

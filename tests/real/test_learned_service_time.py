@@ -52,7 +52,7 @@ def cheap_search(proxy, index: str) -> int:
 def learned(proxy) -> float:
     """The tenant's learned cost of its one query shape (cost units)."""
     costs = proxy.tenants()["tenants"]["acme"]["learned_costs"]
-    assert len(costs) == 1, costs
+    assert len(costs) == 1, (costs, proxy.metric("sluicegate_search_queue_wait_ms"), proxy.tenants()["tenants"]["acme"])
     return costs[0]["cost"]
 
 
@@ -82,7 +82,7 @@ def test_a_cheap_shapes_learned_cost_stays_near_its_unsaturated_cost_while_the_p
             HTTP.request("POST", f"{url}/{storm_index}/_search?request_cache=false", body=orjson.dumps(SLOW),
                          headers={"Content-Type": "application/json"})
 
-    hammers = [threading.Thread(target=storm, daemon=True) for _ in range(4)]
+    hammers = [threading.Thread(target=storm, daemon=True) for _ in range(6)]
     for hammer in hammers:
         hammer.start()
     try:
@@ -102,7 +102,7 @@ def test_a_cheap_shapes_learned_cost_stays_near_its_unsaturated_cost_while_the_p
             hammer.join()
 
     # The pool really was saturated: the cheap search took many times longer, all of it queue.
-    assert statistics.median(saturated) > 10 * typical, (quiet, saturated)
+    assert statistics.median(saturated) > 5 * typical, (quiet, saturated, waits)
     # Learned from service time, its cost stays within 2x of the unsaturated one ...
     assert learned(proxy) <= 2 * base, (base, learned(proxy), saturated, waits)
     # ... where learning took × shards would have taken the queue for its cost.
