@@ -9,6 +9,7 @@ learns; a second proxy with `cost.learn_service_time: false` beside it shows wha
 """
 from __future__ import annotations
 
+import collections
 import json
 import statistics
 import threading
@@ -76,11 +77,13 @@ def test_a_cheap_shapes_learned_cost_stays_near_its_unsaturated_cost_while_the_p
     base, base_control = learned(proxy), learned(control)
 
     stop = threading.Event()
+    storm_statuses: list[int] = []
 
     def storm() -> None:  # another tenant, straight at the node
         while not stop.is_set():
-            HTTP.request("POST", f"{url}/{storm_index}/_search?request_cache=false", body=orjson.dumps(SLOW),
-                         headers={"Content-Type": "application/json"})
+            response = HTTP.request("POST", f"{url}/{storm_index}/_search?request_cache=false",
+                                    body=orjson.dumps(SLOW), headers={"Content-Type": "application/json"})
+            storm_statuses.append(response.status)
 
     hammers = [threading.Thread(target=storm, daemon=True) for _ in range(6)]
     for hammer in hammers:
@@ -88,9 +91,19 @@ def test_a_cheap_shapes_learned_cost_stays_near_its_unsaturated_cost_while_the_p
     try:
         # both pollers have seen the queue (its wait, by Little's law, well above a cheap search's took)
         typical = max(statistics.median(quiet), 1)
+        seen: list[float] = []
+
+        def saturated_queue(p) -> bool:  # the poller measures a wait well above a cheap search's took
+            seen.append(p.metric("sluicegate_search_queue_wait_ms"))
+            return seen[-1] > max(50.0, 10 * typical)
+
         for p in (proxy, control):
-            wait_until(lambda p=p: p.metric("sluicegate_search_queue_wait_ms") > 10 * typical,
-                       timeout=30, what=f"the poller to see the saturated search queue (quiet took {quiet} ms)")
+            try:
+                wait_until(lambda p=p: saturated_queue(p), timeout=45, interval=0.25,
+                           what="the poller to see the saturated search queue")
+            except TimeoutError as exc:  # say what was seen: the quiet took, the waits, the storm's answers
+                raise AssertionError(f"{exc}: quiet took {quiet} ms, waits measured {seen[-8:]} ms, "
+                                     f"storm answers {collections.Counter(storm_statuses)}") from None
         saturated: list[int] = []
         waits: list[float] = []  # what the poller measured, for the failure message
         for _ in range(6):
