@@ -13,7 +13,7 @@ PURE_TESTS := tests/test_listener.py tests/test_upstream.py tests/test_admission
               tests/test_limiter.py tests/test_metrics.py tests/test_cost.py tests/test_tenants.py \
               tests/test_esapi.py tests/test_idbinding.py tests/test_shapes.py tests/test_accesslog.py
 
-.PHONY: demo test test-fast bench build redis-server nginx jdk clusters clients browser browser-tools screenshot lint clean
+.PHONY: demo test test-fast bench bench-accuracy build redis-server nginx jdk clusters clients browser browser-tools screenshot lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -134,6 +134,12 @@ bench: build redis-server nginx
 	$(PY) bench/redis_mode.py
 	$(PY) bench/storm.py
 	$(PY) bench/overhead.py
+
+# The cost model's truth table against real clusters (starts them, loads the corpus: ~10 minutes);
+# rewrites its section of bench/RESULTS.md. Keep the clusters and corpus between runs with
+# ACCURACY_ARGS='--data-dir /var/tmp/sluicegate/accuracy'.
+bench-accuracy: $(STAMP) clusters
+	$(PY) bench/accuracy.py $(ACCURACY_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info proxy/*.c proxy/*.so tests/clients/node_modules tests/browser/node_modules

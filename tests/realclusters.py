@@ -35,6 +35,9 @@ KINDS: dict[tuple[str, str], dict] = {
     # cluster rejections: one node with a search pool of 1 thread and a queue of 1
     ("opensearch", "tiny-pool"): {"nodes": 1, "search_threads": 1, "search_queue": 1, "heap": "384m"},
     ("elasticsearch", "tiny-pool"): {"nodes": 1, "search_threads": 1, "search_queue": 1, "heap": "384m"},
+    # a saturated search pool that queues instead of rejecting: one thread, a long queue
+    ("opensearch", "queued-pool"): {"nodes": 1, "search_threads": 1, "search_queue": 1000, "heap": "384m"},
+    ("elasticsearch", "queued-pool"): {"nodes": 1, "search_threads": 1, "search_queue": 1000, "heap": "384m"},
 }
 
 
