@@ -32,7 +32,7 @@ $(DEMO_STAMP): $(PY) pyproject.toml setup.py $(wildcard proxy/*.pyx proxy/*.pxd 
 
 # Recompiles what changed (proxy/_ratelimit.pyx, and each module in setup.py's COMPILED with its .pxd).
 build: $(STAMP)
-	$(PY) setup.py -q build_ext --inplace
+	$(PY) setup.py -q build_ext --inplace --parallel 2
 
 redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { \
