@@ -30,6 +30,7 @@ from .redis_limiter import RedisLimiter
 from .shapes import ShapeBook
 from .shared_costs import learned_costs
 from .shared_shapes import ShapeSharer
+from .runaway import Runaway
 from .upstream import REQUEST_DROP, Upstream
 
 log = logging.getLogger("sluicegate")
@@ -95,6 +96,7 @@ class Worker:
             metrics=self.metrics,
             access_log=self.access_log,
             shapes=self.shapes,
+            runaway=Runaway(self.metrics),
         )
         self.cockpit = Cockpit(self)  # the status page's samples and reports
         self.metrics.set_config(1, digest)
@@ -156,6 +158,8 @@ class Worker:
         await self.upstream.start()
         await self.cluster_health.start()
         await self.cockpit.start()
+        self._configure_shedding(config)
+        self.proxy.runaway.start()  # the sweep that cancels requests past their plan's limits
         self._proxy_server = await asyncio.get_running_loop().create_server(
             self.listener, config.listen.host, config.listen.port, reuse_port=self.workers > 1 or None, backlog=2048
         )
@@ -172,6 +176,19 @@ class Worker:
             "sluicegate worker %d listening on %s (admin %s), upstream %s",
             self.worker_index, config.listen, self.admin_socket or config.admin_listen, ", ".join(config.upstream.nodes),
         )
+
+    def _configure_shedding(self, config) -> None:
+        """Overload shedding reads the gate's reason for its limit as the cluster's distress signal."""
+        runaway = self.proxy.runaway
+        runaway.shedding = config.shedding
+        gate = self.admission.gate
+
+        def distress(now: float) -> str | None:
+            why = gate.reason(self.admission.clock())
+            return why if why in runaway.shedding.signals else None
+
+        runaway.distress = distress
+        runaway.weights = lambda: {name: view.plan.weight for name, view in self.proxy.snapshot.directory.tenants.items()}
 
     @property
     def running_listen(self):
@@ -208,6 +225,7 @@ class Worker:
         if self.shape_sharer is not None:
             self.shape_sharer.interval_s = config.shapes.publish_interval_s
         self.proxy.snapshot = snapshot
+        self.proxy.runaway.shedding = config.shedding
         self.metrics.forget_tenants(set(config.tenants))
         self.metrics.set_config(snapshot.generation, digest)
         self.metrics.config_reloads.inc()
@@ -244,6 +262,7 @@ class Worker:
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         await self.cockpit.close()
+        await self.proxy.runaway.close()
         await self.cluster_health.close()
         await self.upstream.close()
         if self.shape_sharer is not None:
