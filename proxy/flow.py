@@ -362,7 +362,8 @@ class Proxy:
             else:
                 answer = refusal.body()
                 trace.bytes_out = len(answer)
-                request.respond(refusal.status, refusal.fields() + echoed_field(request.opaque_id), answer)
+                request.respond(refusal.status, refusal.fields() + self._cost_field(trace.estimated, trace.charged)
+                                + echoed_field(request.opaque_id), answer)
         except Exception as exc:
             if request.started:  # the node failed mid-response, or a bug: the client sees the response cut short
                 if isinstance(exc, UpstreamProtocolError):

@@ -196,3 +196,33 @@ def test_inflight_lists_and_cancel_cancels_one_tenant_only(procs, upstream):
     http_post(proxy.admin + "/tenants/globex/cancel", b"")
     threads[2].join(10)
     assert statuses["g1"] == 503
+
+
+def test_inflight_and_cancel_are_merged_across_workers(procs, upstream):
+    import threading
+
+    from tests.processes import http_get, http_post, wait_until
+    proxy = procs.proxy(make_config([upstream.url]), workers=2)
+    statuses: list[int] = []
+
+    def client(i: int) -> None:
+        # a connection of its own each: the kernel spreads them over the workers (SO_REUSEPORT)
+        pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=5, read=30))
+        r = pool.request("POST", f"{proxy.url}/acme-a/_search?delay_ms=20000", body=b"{}",
+                         headers={**ACME, "X-Opaque-Id": f"w{i}"})
+        statuses.append(r.status)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: orjson.loads(http_get(proxy.admin + "/inflight")[1])["total"] == 6, 15, "six in flight")
+    listing = orjson.loads(http_get(proxy.admin + "/inflight?limit=4")[1])
+    assert listing["total"] == 6 and len(listing["inflight"]) == 4
+    ages = [row["age_s"] for row in listing["inflight"]]
+    assert ages == sorted(ages, reverse=True)
+    status, answer = http_post(proxy.admin + "/tenants/acme/cancel", b"")
+    assert status == 200 and orjson.loads(answer)["cancelled"] == 6
+    for thread in threads:
+        thread.join(10)
+    assert statuses == [503] * 6
+    assert http_post(proxy.admin + "/tenants/nobody/cancel", b"")[0] == 404

