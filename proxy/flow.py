@@ -54,6 +54,7 @@ MEMO_BYTES = 4096
 COST_FIELDS_MEMO = 256
 #: the header a rewritten (guardrails) body no longer has
 _ENCODING = frozenset((b"content-encoding",))
+_JSON_TYPE = b"Content-Type: application/json\r\n"
 
 log = logging.getLogger("sluicegate.flow")
 
@@ -291,8 +292,11 @@ class Proxy:
             self._in_flight(tenant, call, trace)
             try:
                 forward, forwarded, passed = target, raw or None, request.passed_fields
-                if recoded and request.content_encoding is not None:
-                    passed = passed_fields(request.headers, _ENCODING)  # the rewritten body is not compressed
+                if recoded:
+                    if request.content_encoding is not None:
+                        passed = passed_fields(request.headers, _ENCODING)  # the rewritten body is not compressed
+                    if content_type is None:  # a body the client did not send (a timeout injected into a GET)
+                        passed += _JSON_TYPE
                 if rebound is not None:  # the node gets its own ids back
                     forward, forwarded = rebound.request(raw)
                     passed = passed_fields(request.headers, rebound.dropped_headers)
@@ -425,7 +429,7 @@ class Proxy:
             if limit is None or by_cost < limit:
                 limit, why = by_cost, MAX_COST_FACTOR
         now = trace.sent_at = time.monotonic()
-        if limit is not None:
+        if limit is not None and tenant.enforce:  # a shadow tenant's requests run to the end
             trace.deadline, trace.limit_s, trace.limit_reason = now + limit, limit, why
         trace.task = asyncio.current_task()
         self.runaway.running[trace] = None

@@ -226,3 +226,11 @@ def test_inflight_and_cancel_are_merged_across_workers(procs, upstream):
         thread.join(10)
     assert statuses == [503] * 6
     assert http_post(proxy.admin + "/tenants/nobody/cancel", b"")[0] == 404
+
+
+def test_a_timeout_injected_into_a_search_without_a_body_is_sent_as_json(procs, upstream):
+    proxy = procs.proxy(make_config([upstream.url], plans={"standard": plan(guardrails={"timeout": "10s"})}))
+    r = HTTP.request("GET", proxy.url + "/acme-logs/_search", headers={"Authorization": "ApiKey acme-key"})
+    assert r.status == 200 and r.headers["X-Sluicegate-Degraded"] == "timeout ->10s"
+    seen = searches(upstream)[-1]
+    assert seen.body == b'{"timeout":"10s"}' and seen.headers["Content-Type"] == "application/json"
