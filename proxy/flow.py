@@ -442,7 +442,8 @@ class Proxy:
         charged it up front."""
         spent = trace.observed
         if spent is None:
-            spent = trace.observed = (time.monotonic() - trace.sent_at) * 1000.0 if trace.sent_at else 0.0
+            # to 0.01 ms, as the access log books it: the bill and the log add up to the same
+            spent = trace.observed = round((time.monotonic() - trace.sent_at) * 1000.0, 2) if trace.sent_at else 0.0
         if decision.charged:
             self.limiter.settle(tenant.name, call.resource, decision.charged, spent)
         if trace.killed in (MAX_DURATION, MAX_COST_FACTOR) and self.snapshot.config.cost.learn:
@@ -546,7 +547,7 @@ class Proxy:
                 "decision": trace.decision,
                 "reason": trace.reason or None,
                 "status": trace.status,
-                "node": trace.node or None,
+                "node": trace.node or trace.sent_to or None,  # sent to, if it never answered
                 "queue_ms": round(trace.queued_s * 1000, 2),
                 "upstream_ms": round(trace.upstream_s * 1000, 2),
                 "duration_ms": round((time.monotonic() - trace.started) * 1000, 2),
