@@ -3,9 +3,8 @@ a client that leaves cancels its search, a runaway search cancelled at its plan'
 an operator cancelling a tenant's storm, and guardrails as the cluster sees them.
 
 The slow search: a sloppy phrase of repeated terms over documents made of four words, which keeps a
-search thread busy for seconds on 3,000 documents, needs no script (Elasticsearch here has no
-painless) and is checked for cancellation often enough by both engines to stop within a fraction of a
-second of being cancelled.
+search thread busy for seconds on 6,000 documents and needs no script (Elasticsearch here has no
+painless); the index is in 20 segments so that both engines notice a cancel within a fraction of a second.
 """
 from __future__ import annotations
 
@@ -32,18 +31,21 @@ SLOW = {"size": 10, "query": {"match_phrase": {"msg": {"query": "a b c d a b c d
 
 @pytest.fixture(scope="module")
 def slow_index(real_cluster):
-    """An index of 3,000 documents of 300 words each on one shard: SLOW takes seconds on it."""
+    """An index of 6,000 documents of 300 words each on one shard, in 20 segments: SLOW takes seconds on it,
+    and both engines check for cancellation between segments, so a cancelled SLOW stops within a fraction
+    of a second even with several running at once (in one segment, Elasticsearch took ~2 s to stop four)."""
     index = unique_index("acme")
-    status, body = http_json(f"{real_cluster.url}/{index}", "PUT",
-                             {"settings": {"number_of_shards": 1, "number_of_replicas": 0}})
+    settings = {"number_of_shards": 1, "number_of_replicas": 0, "index.merge.policy.segments_per_tier": 50}
+    status, body = http_json(f"{real_cluster.url}/{index}", "PUT", {"settings": settings})
     assert status == 200, body
     rng = random.Random(21)
-    lines = []
-    for i in range(3000):
-        lines += (b'{"index":{}}', orjson.dumps({"msg": " ".join(rng.choice("abcd") for _ in range(300)), "n": i}))
-    response = HTTP.request("POST", f"{real_cluster.url}/{index}/_bulk?refresh=true", body=b"\n".join(lines) + b"\n",
-                            headers={"Content-Type": "application/x-ndjson"})
-    assert response.status == 200 and not orjson.loads(response.data)["errors"]
+    for _ in range(20):  # a refresh per batch: a segment each
+        lines = []
+        for i in range(300):
+            lines += (b'{"index":{}}', orjson.dumps({"msg": " ".join(rng.choice("abcd") for _ in range(300)), "n": i}))
+        response = HTTP.request("POST", f"{real_cluster.url}/{index}/_bulk?refresh=true",
+                                body=b"\n".join(lines) + b"\n", headers={"Content-Type": "application/x-ndjson"})
+        assert response.status == 200 and not orjson.loads(response.data)["errors"]
     yield real_cluster, index
     http_json(f"{real_cluster.url}/{index}", "DELETE")
 
