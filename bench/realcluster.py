@@ -38,6 +38,7 @@ import pwd
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -300,12 +301,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http_json(url: str, method: str = "GET", body: dict | None = None, timeout: float = 10.0) -> tuple[int, dict]:
-    """One request to a node; (status, decoded JSON object or {}). Status 0: no answer."""
+def http_json(
+    url: str, method: str = "GET", body: dict | None = None, timeout: float = 10.0, *,
+    context: ssl.SSLContext | None = None, authorization: str | None = None,
+) -> tuple[int, dict]:
+    """One request to a node; (status, decoded JSON object or {}). Status 0: no answer.
+    `context` verifies an https node (and may carry a client certificate); `authorization` is sent as is."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if authorization:
+        headers["Authorization"] = authorization
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as e:
         try:
@@ -326,10 +334,11 @@ class NodeProcess:
     transport_port: int
     directory: Path
     pid: int | None = None
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
 
 class RealCluster:
@@ -340,6 +349,12 @@ class RealCluster:
     `cpus` pins every node to those CPUs (`taskset -c`), for benches that keep the cluster off the
     load generator's core. `data_dir` keeps the cluster's data between runs (the corpus, say): the
     same directory with the same node count comes back as the same cluster.
+
+    A secured cluster: `settings` turn security and HTTP TLS on (the node URLs are then https when
+    `xpack.security.http.ssl.enabled` or `plugins.security.ssl.http.enabled` is true), `keystore`
+    holds secure settings such as `bootstrap.password` (written with the distribution's own
+    `elasticsearch-keystore`, as the node user), and `client_context` / `authorization` are how this
+    class's own health checks reach such a node.
     """
 
     def __init__(
@@ -356,6 +371,9 @@ class RealCluster:
         cpus: str | None = None,
         data_dir: str | Path | None = None,
         name: str | None = None,
+        keystore: dict[str, str] | None = None,
+        client_context: ssl.SSLContext | None = None,
+        authorization: str | None = None,
     ):
         if flavor not in FLAVORS:
             raise ClusterError(f"unknown flavor {flavor!r}: opensearch or elasticsearch")
@@ -366,7 +384,12 @@ class RealCluster:
         self.search_threads = search_threads
         self.search_queue = search_queue
         self.settings = settings or {}
-        self.config_files = config_files or {}
+        self.config_files = dict(config_files or {})
+        self.keystore = keystore or {}
+        self.client_context = client_context
+        self.authorization = authorization
+        self.scheme = "https" if any(self.settings.get(key) in (True, "true") for key in (
+            "xpack.security.http.ssl.enabled", "plugins.security.ssl.http.enabled")) else "http"
         self.cpus = cpus
         self.keep = data_dir is not None
         self.name = name or f"sg-{flavor}-{os.getpid()}-{int(time.time() * 1000) % 100000}"
@@ -403,6 +426,8 @@ class RealCluster:
         """Fetch if needed, start every node, and wait until the cluster is green with all of them."""
         self.home = fetch(self.flavor, self.version)
         self.java = java_home(self.flavor)
+        if self.keystore and "elasticsearch.keystore" not in self.config_files:
+            self.config_files["elasticsearch.keystore"] = make_keystore(self.home, self.java, self.keystore)
         try:
             for node in self.nodes:
                 self._spawn(node)
@@ -463,7 +488,8 @@ class RealCluster:
 
     def health(self, via: NodeProcess | None = None, **params: str) -> dict:
         query = "&".join(f"{k}={v}" for k, v in params.items())
-        status, body = http_json(f"{(via or self._any_live()).url}/_cluster/health?{query}", timeout=30)
+        status, body = http_json(f"{(via or self._any_live()).url}/_cluster/health?{query}", timeout=30,
+                                 context=self.client_context, authorization=self.authorization)
         return body if status == 200 else {}
 
     def wait_green(self, nodes: int, timeout: float, via: NodeProcess | None = None, status: str = "green") -> None:
@@ -476,7 +502,8 @@ class RealCluster:
                     raise ClusterError(f"{node.name} exited while starting:\n{self._log_tail(node)}")
             target = via or self._any_live()
             code, body = http_json(
-                f"{target.url}/_cluster/health?wait_for_status={want}&wait_for_nodes={nodes}&timeout=2s", timeout=10
+                f"{target.url}/_cluster/health?wait_for_status={want}&wait_for_nodes={nodes}&timeout=2s", timeout=10,
+                context=self.client_context, authorization=self.authorization,
             )
             if code == 200 and not body.get("timed_out") and body.get("number_of_nodes") == nodes:
                 return
@@ -492,8 +519,8 @@ class RealCluster:
             saved = json.loads(state.read_text())
             if len(saved["nodes"]) == count and saved.get("flavor") == self.flavor:
                 self.name = saved["name"]
-                return [NodeProcess(i, n["name"], n["http_port"], n["transport_port"], Path(n["directory"]))
-                        for i, n in enumerate(saved["nodes"])]
+                return [NodeProcess(i, n["name"], n["http_port"], n["transport_port"], Path(n["directory"]),
+                                    scheme=self.scheme) for i, n in enumerate(saved["nodes"])]
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ports: list[int] = []
         while len(ports) < 2 * count:  # distinct: the kernel may hand out a just-freed port again
@@ -501,7 +528,8 @@ class RealCluster:
             if port not in ports:
                 ports.append(port)
         return [
-            NodeProcess(i, f"node-{i}", ports[2 * i], ports[2 * i + 1], self.run_dir / f"node-{i}") for i in range(count)
+            NodeProcess(i, f"node-{i}", ports[2 * i], ports[2 * i + 1], self.run_dir / f"node-{i}", scheme=self.scheme)
+            for i in range(count)
         ]
 
     def _node_config(self, node: NodeProcess) -> dict:
@@ -618,6 +646,10 @@ class RealCluster:
         cluster.search_queue = saved["search_queue"]
         cluster.settings = saved.get("settings") or {}
         cluster.config_files = {}
+        cluster.keystore = {}
+        cluster.client_context = None
+        cluster.authorization = None
+        cluster.scheme = "http"
         cluster.cpus = saved.get("cpus")
         cluster.keep = True  # the starting process owns the run directory
         cluster.name = saved["name"]
@@ -627,6 +659,35 @@ class RealCluster:
         cluster.nodes = [NodeProcess(i, n["name"], n["http_port"], n["transport_port"], Path(n["directory"]), n["pid"])
                          for i, n in enumerate(saved["nodes"])]
         return cluster
+
+
+def make_keystore(home: Path, java: Path, entries: dict[str, str]) -> bytes:
+    """An `elasticsearch.keystore` holding `entries` (secure settings such as `bootstrap.password`),
+    made by the distribution's own tool (as the node user, like the node itself); its bytes."""
+    user = _node_user()
+    work = Path(tempfile.mkdtemp(prefix="sg-keystore-", dir=_mkdir(_run_root())))
+    try:
+        conf = work / "config"
+        shutil.copytree(home / "config", conf)
+        if user is not None:
+            subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(work)], check=True)
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(work), "LANG": "C.UTF-8",
+               "ES_JAVA_HOME": str(java), "ES_PATH_CONF": str(conf)}
+        tool = str(home / "bin" / "elasticsearch-keystore")
+
+        def run(*args: str, stdin: str = "") -> None:
+            done = subprocess.run([tool, *args], input=stdin, env=env, cwd=work, capture_output=True, text=True,
+                                  user=user.pw_uid if user else None, group=user.pw_gid if user else None,
+                                  extra_groups=[] if user else None, timeout=120)
+            if done.returncode != 0:
+                raise ClusterError(f"elasticsearch-keystore {args[0]} failed: {done.stdout}{done.stderr}")
+
+        run("create")
+        for key, value in entries.items():
+            run("add", "--stdin", "--force", key, stdin=value)
+        return (conf / "elasticsearch.keystore").read_bytes()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _run_root() -> Path:

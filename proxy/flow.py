@@ -196,7 +196,8 @@ class Proxy:
         check_head(request, limits)  # 414 / 431, exactly, whatever the parser's limits were
 
         # 1. Who is asking, and what are they asking for?
-        tenant = snap.directory.identify(request.headers.get(hdrs.AUTHORIZATION), request.path)
+        tenant = snap.directory.identify(request.headers.get(hdrs.AUTHORIZATION), request.path,
+                                         getattr(request.protocol, "certificate", None))  # mutual TLS: its names
         trace.tenant = tenant.name
         call = esapi.parse_call(request.method, request.raw_path)
         trace.call = call

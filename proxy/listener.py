@@ -24,6 +24,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from . import tls
 from .config import HardLimits
 from .errors import BadRequest, HeadersTooLarge, Refusal, RequestTimeout, UpstreamFailure, UriTooLong, error_body
 
@@ -89,7 +90,7 @@ class Listener(web.Server):
 class LimitedConnection(RequestHandler):
     """One client connection: aiohttp's request handler plus the header timeout and per-client count."""
 
-    __slots__ = ("_limits", "_client", "_refused", "_idle", "_head_deadline", "_head_timer", "_head_started")
+    __slots__ = ("_limits", "_client", "_refused", "_idle", "_head_deadline", "_head_timer", "_head_started", "certificate")
 
     def __init__(self, manager: Listener, limits: HardLimits, **kwargs: Any):
         super().__init__(manager, **kwargs)
@@ -102,6 +103,8 @@ class LimitedConnection(RequestHandler):
         self._head_deadline: float | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_started = False
+        #: the names the client's certificate answers to (mutual TLS), read once per connection; None: none shown
+        self.certificate: tuple[str, ...] | None = None
 
     # ---- connection life ----
 
@@ -121,6 +124,7 @@ class LimitedConnection(RequestHandler):
                 return
             manager.per_client[client] = count + 1
             self._client = client
+        self.certificate = tls.peer_names(transport)
         super().connection_made(transport)
         self._await_head()
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
+from . import credentials, tls
 from .accesslog import AccessLog
 from .admission import Admission
 from .clusterhealth import ClusterHealth
@@ -31,8 +32,23 @@ from .upstream import Upstream
 log = logging.getLogger("sluicegate")
 
 
-#: config sections a reload cannot apply (sockets already bound, the Redis client already built)
+#: config sections a reload cannot apply (sockets already bound, the Redis client already built); of
+#: `listen_tls`, only turning TLS on or off and the client CA settings wait for a restart
 RESTART_ONLY = ("listen", "admin_listen", "redis")
+
+
+class ListenError(Exception):
+    """A listener could not bind its address (in use, not permitted): one line for the operator."""
+
+
+def load_checked(path: str | Path) -> tuple[Config, str, list[tuple[str, str]]]:
+    """load_config, then what the config points at (TLS files, secrets): the config, its digest and
+    every warning to log. Raises ConfigError listing every problem with its key path."""
+    config, digest = load_config(path)
+    errors, warnings = tls.preflight(config)
+    if errors:
+        raise ConfigError(errors)
+    return config, digest, config_warnings(config) + warnings
 
 
 class Worker:
@@ -48,6 +64,10 @@ class Worker:
         workers: int = 1,
         admin_socket: str | None = None,
     ):
+        # TLS contexts and the cluster credentials first: built once per load, a ConfigError if they cannot be
+        self.listener_tls = tls.ListenerTLS(config.listen_tls) if config.listen_tls is not None else None
+        upstream_ssl = tls.upstream_context(config.upstream)
+        authorization = credentials.authorization(config.upstream.auth)
         self.config_path = Path(config_path)
         self.worker_index = worker_index
         self.workers = workers
@@ -66,7 +86,8 @@ class Worker:
         learned, self.cost_sharer = learned_costs(config, self.limiter, self.metrics)
         self.admission = Admission()
         self.admission.configure(config, share=self.share)
-        self.upstream = Upstream(config.upstream, on_error=self._count_upstream_error)
+        self.upstream = Upstream(config.upstream, on_error=self._count_upstream_error,
+                                 ssl_context=upstream_ssl, authorization=authorization)
         # the gate's capacity and pressure; the indices' sizes for the estimates
         self.cluster_health = ClusterHealth(
             self.upstream, self.admission, on_index_sizes=self._index_sizes,
@@ -138,24 +159,27 @@ class Worker:
         )
         runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(
-            runner, config.listen.host, config.listen.port, reuse_port=self.workers > 1 or None, backlog=2048
-        )
-        await site.start()
         self._runners.append(runner)
+        site = web.TCPSite(
+            runner, config.listen.host, config.listen.port, reuse_port=self.workers > 1 or None, backlog=2048,
+            ssl_context=self.listener_tls.context if self.listener_tls is not None else None,
+        )
+        await _bind(site.start(), "listen", config.listen)
         self._proxy_sites.append(site)
         from .admin import admin_app
 
         admin_runner = web.AppRunner(admin_app(self), handle_signals=False, access_log=None)
         await admin_runner.setup()
+        self._runners.append(admin_runner)
         if self.admin_socket:
             await web.UnixSite(admin_runner, self.admin_socket).start()
         else:
-            await web.TCPSite(admin_runner, config.admin_listen.host, config.admin_listen.port).start()
-        self._runners.append(admin_runner)
+            await _bind(web.TCPSite(admin_runner, config.admin_listen.host, config.admin_listen.port).start(),
+                        "admin_listen", config.admin_listen)
         log.info(
-            "sluicegate worker %d listening on %s (admin %s), upstream %s",
-            self.worker_index, config.listen, self.admin_socket or config.admin_listen, ", ".join(config.upstream.nodes),
+            "sluicegate worker %d listening on %s%s (admin %s), upstream %s",
+            self.worker_index, config.listen, " (TLS)" if self.listener_tls is not None else "",
+            self.admin_socket or config.admin_listen, ", ".join(config.upstream.nodes),
         )
 
     @property
@@ -165,28 +189,37 @@ class Worker:
 
     def reload(self) -> tuple[bool, str]:
         """Re-read the config file. A valid file is swapped in between requests; an invalid one changes nothing."""
+        old = self.proxy.snapshot
         try:
-            config, digest = load_config(self.config_path)
+            config, digest, warnings = load_checked(self.config_path)
+            upstream_ssl = tls.upstream_context(config.upstream)
+            authorization = credentials.authorization(config.upstream.auth)
+            # The last step that can fail, and the only one that touches live state: it proves the new
+            # certificate pair before loading it into the listener's context.
+            tls_pending = (self.listener_tls.reload(config.listen_tls)
+                           if self.listener_tls is not None and config.listen_tls is not None else [])
         except ConfigError as exc:
             self.metrics.config_reload_failures.inc()
             for path, message in exc.errors:
                 log.error("config reload refused, keeping the running config: %s: %s", path or "<file>", message)
             return False, str(exc)
-        old = self.proxy.snapshot
         snapshot = Snapshot(config, old.generation + 1, digest)
         # No await between these lines: no request can observe a half-applied config.
         self.limiter.configure(config)
         self.admission.configure(config, share=self.share)
-        self.upstream.reconfigure(config.upstream)
+        self.upstream.reconfigure(config.upstream, ssl_context=upstream_ssl, authorization=authorization)
         self.cluster_health.index_sizes_poll_s = config.cost.index_sizes_poll_s
         self.proxy.snapshot = snapshot
         self.metrics.forget_tenants(set(config.tenants))
         self.metrics.set_config(snapshot.generation, digest)
         self.metrics.config_reloads.inc()
         log.info("config generation %d in force (%s)", snapshot.generation, digest)
-        _warn(config)
+        _warn(warnings)
         message = f"generation {snapshot.generation} ({digest})"
         pending = [name for name in RESTART_ONLY if getattr(config, name) != getattr(old.config, name)]
+        if (config.listen_tls is None) != (self.listener_tls is None):
+            pending.append("listen_tls")
+        pending += tls_pending
         if pending:
             log.warning("config: %s changed; the running values stay until a restart", ", ".join(pending))
             message += f"; {', '.join(pending)} take effect on restart"
@@ -217,23 +250,37 @@ class Worker:
         self.stopped.set()
 
 
-def _warn(config: Config) -> None:
-    for path, message in config_warnings(config):
+def _warn(warnings: list[tuple[str, str]]) -> None:
+    for path, message in warnings:
         log.warning("config: %s: %s", path, message)
 
 
-async def serve(config_path: str, worker_index: int = 0, workers: int = 1, admin_socket: str | None = None) -> int:
-    """Run one worker until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
+async def _bind(starting, key: str, address) -> None:
+    """Await a listener's start; an address that cannot be bound becomes a ListenError naming the key."""
     try:
-        config, digest = load_config(config_path)
+        await starting
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {address} ({key}): {exc.strerror or exc}") from None
+
+
+async def serve(config_path: str, worker_index: int = 0, workers: int = 1, admin_socket: str | None = None) -> int:
+    """Run one worker until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code: 1, after one line per
+    problem on stderr, when the config, a file it names or a listen address is not usable."""
+    try:
+        config, digest, warnings = load_checked(config_path)
+        if worker_index == 0:
+            _warn(warnings)
+        worker = Worker(config_path, config, digest, worker_index=worker_index, workers=workers, admin_socket=admin_socket)
     except ConfigError as exc:
         for path, message in exc.errors:
             print(f"{path or '<file>'}: {message}", file=sys.stderr)
         return 1
-    if worker_index == 0:
-        _warn(config)
-    worker = Worker(config_path, config, digest, worker_index=worker_index, workers=workers, admin_socket=admin_socket)
-    await worker.start()
+    try:
+        await worker.start()
+    except ListenError as exc:
+        print(f"sluicegate: {exc}", file=sys.stderr)
+        await worker.drain()
+        return 1
     settle_garbage_collector()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, worker.reload)
