@@ -48,6 +48,14 @@ def prefix() -> str:
     return "t" + uuid.uuid4().hex[:10]
 
 
+@pytest.fixture(scope="session")
+def pki():
+    """The session's test CA (tests/pki.py): issue server and client certificates with it."""
+    from tests.pki import session_pki
+
+    return session_pki()
+
+
 @pytest.fixture(scope="module")
 def redis_cluster(tmp_path_factory):
     """One real 3-master Redis Cluster per test module (redis-server --cluster-enabled + redis-cli --cluster create)."""

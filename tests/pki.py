@@ -98,9 +98,11 @@ class Pki:
         client: bool = True,
         days: float = 365,
         not_before_days: float = -1,
+        into: Path | None = None,
     ) -> Issued:
-        """A certificate for `common_name` signed by this CA, written to `<stem>.crt` / `<stem>.key`.
-        `days` is how long from now it stays valid (negative: already expired)."""
+        """A certificate for `common_name` signed by this CA, written to `<stem>.crt` / `<stem>.key` in
+        `into` (default: the CA's directory). `days` is how long from now it stays valid (negative:
+        already expired)."""
         key = _key(self.rsa)
         now = datetime.datetime.now(datetime.timezone.utc)
         subject = _name(common_name, organization)
@@ -123,7 +125,9 @@ class Pki:
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(self._ca_key, hashes.SHA256())
-        cert_file, key_file = self.directory / f"{stem}.crt", self.directory / f"{stem}.key"
+        into = Path(into) if into is not None else self.directory
+        into.mkdir(parents=True, exist_ok=True)
+        cert_file, key_file = into / f"{stem}.crt", into / f"{stem}.key"
         cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_file.write_bytes(_pem_key(key))
         key_file.chmod(0o600)
@@ -138,3 +142,23 @@ class Pki:
     def client(self, stem: str, common_name: str, **kwargs) -> Issued:
         """A client certificate (clientAuth only)."""
         return self.issue(stem, common_name, server=False, **kwargs)
+
+
+_session: Pki | None = None
+_session_lock = __import__("threading").Lock()
+
+
+def session_pki() -> Pki:
+    """One CA for the whole test session (the real-cluster fixtures start in background threads and
+    need it too), in a temporary directory removed when the session ends."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            import atexit
+            import shutil
+            import tempfile
+
+            directory = Path(tempfile.mkdtemp(prefix="sg-pki-"))
+            atexit.register(shutil.rmtree, directory, True)
+            _session = Pki(directory)
+        return _session
