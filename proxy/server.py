@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -260,7 +261,7 @@ async def _bind(starting, key: str, address) -> None:
     try:
         await starting
     except OSError as exc:
-        raise ListenError(f"cannot listen on {address} ({key}): {exc.strerror or exc}") from None
+        raise ListenError(f"cannot listen on {address} ({key}): {os.strerror(exc.errno) if exc.errno else exc}") from None
 
 
 async def serve(config_path: str, worker_index: int = 0, workers: int = 1, admin_socket: str | None = None) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -242,7 +243,8 @@ async def _supervise(config_path: str, workers: int) -> int:
         try:
             await web.TCPSite(runner, config.admin_listen.host, config.admin_listen.port).start()
         except OSError as exc:
-            print(f"sluicegate: cannot listen on {config.admin_listen} (admin_listen): {exc.strerror or exc}",
+            reason = os.strerror(exc.errno) if exc.errno else exc
+            print(f"sluicegate: cannot listen on {config.admin_listen} (admin_listen): {reason}",
                   file=sys.stderr)
             await supervisor.stop()
             return 1
