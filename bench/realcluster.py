@@ -661,33 +661,41 @@ class RealCluster:
         return cluster
 
 
-def make_keystore(home: Path, java: Path, entries: dict[str, str]) -> bytes:
-    """An `elasticsearch.keystore` holding `entries` (secure settings such as `bootstrap.password`),
-    made by the distribution's own tool (as the node user, like the node itself); its bytes."""
+def es_tools(home: Path, java: Path, steps: list[tuple[str, list[str], str]], keep: tuple[str, ...],
+             config_files: dict[str, bytes] | None = None) -> tuple[dict[str, bytes], list[str]]:
+    """Run the distribution's own config tools (`elasticsearch-keystore`, `elasticsearch-users`,
+    `elasticsearch-service-tokens`: each step is (tool, arguments, stdin)) in a scratch config directory,
+    as the node user, like the node itself. Returns the bytes of the files in `keep` they wrote there
+    (to hand to RealCluster's `config_files`) and each step's stdout."""
     user = _node_user()
-    work = Path(tempfile.mkdtemp(prefix="sg-keystore-", dir=_mkdir(_run_root())))
+    work = Path(tempfile.mkdtemp(prefix="sg-es-tools-", dir=_mkdir(_run_root())))
     try:
         conf = work / "config"
         shutil.copytree(home / "config", conf)
+        for name, data in (config_files or {}).items():
+            (conf / name).write_bytes(data)
         if user is not None:
             subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(work)], check=True)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(work), "LANG": "C.UTF-8",
                "ES_JAVA_HOME": str(java), "ES_PATH_CONF": str(conf)}
-        tool = str(home / "bin" / "elasticsearch-keystore")
-
-        def run(*args: str, stdin: str = "") -> None:
-            done = subprocess.run([tool, *args], input=stdin, env=env, cwd=work, capture_output=True, text=True,
-                                  user=user.pw_uid if user else None, group=user.pw_gid if user else None,
+        outputs = []
+        for tool, args, stdin in steps:
+            done = subprocess.run([str(home / "bin" / tool), *args], input=stdin, env=env, cwd=work, capture_output=True,
+                                  text=True, user=user.pw_uid if user else None, group=user.pw_gid if user else None,
                                   extra_groups=[] if user else None, timeout=120)
             if done.returncode != 0:
-                raise ClusterError(f"elasticsearch-keystore {args[0]} failed: {done.stdout}{done.stderr}")
-
-        run("create")
-        for key, value in entries.items():
-            run("add", "--stdin", "--force", key, stdin=value)
-        return (conf / "elasticsearch.keystore").read_bytes()
+                raise ClusterError(f"{tool} {' '.join(args[:1])} failed: {done.stdout}{done.stderr}")
+            outputs.append(done.stdout)
+        return {name: (conf / name).read_bytes() for name in keep}, outputs
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def make_keystore(home: Path, java: Path, entries: dict[str, str]) -> bytes:
+    """An `elasticsearch.keystore` holding `entries` (secure settings such as `bootstrap.password`)."""
+    steps = [("elasticsearch-keystore", ["create"], "")]
+    steps += [("elasticsearch-keystore", ["add", "--stdin", "--force", key], value) for key, value in entries.items()]
+    return es_tools(home, java, steps, ("elasticsearch.keystore",))[0]["elasticsearch.keystore"]
 
 
 def _run_root() -> Path:

@@ -352,9 +352,11 @@ def explain_failure(exc: BaseException, upstream: UpstreamConfig) -> str | None:
         text = f"{exc.reason or ''} {exc}".upper()
         if "WRONG_VERSION_NUMBER" in text or "RECORD_LAYER_FAILURE" in text or "PACKET_LENGTH_TOO_LONG" in text:
             return "the node does not speak TLS on this port: is it an http:// node?"
-        if "CERTIFICATE_REQUIRED" in text or ("HANDSHAKE_FAILURE" in text and tls.client_cert is None):
+        client_alert = any(alert in text for alert in ("CERTIFICATE_REQUIRED", "UNKNOWN_CA", "BAD_CERTIFICATE",
+                                                          "CERTIFICATE_UNKNOWN", "HANDSHAKE_FAILURE"))
+        if client_alert and tls.client_cert is None:
             return "the node asks for a client certificate: set upstream.tls.client_cert and client_key"
-        if "UNKNOWN_CA" in text or "BAD_CERTIFICATE" in text or "CERTIFICATE_UNKNOWN" in text:
+        if client_alert and "HANDSHAKE_FAILURE" not in text:
             return "the node refused Sluicegate's client certificate (upstream.tls.client_cert): is it signed by a CA the cluster trusts?"
         if "PROTOCOL_VERSION" in text or "UNSUPPORTED_PROTOCOL" in text:
             return f"the node and Sluicegate share no TLS version (upstream.tls.min_version is {tls.min_version})"

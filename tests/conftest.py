@@ -74,6 +74,7 @@ CLUSTER_FIXTURES = {
     "elasticsearch_cluster": ("elasticsearch", "three"),
     "opensearch_tiny_pool": ("opensearch", "tiny-pool"),
     "elasticsearch_tiny_pool": ("elasticsearch", "tiny-pool"),
+    "elasticsearch_secured": ("elasticsearch", "secured"),
 }
 _clusters = ClusterPool()
 _flavor_of: dict[str, set[str]] = {}  # test id → flavors it ran against
@@ -155,6 +156,13 @@ def opensearch_tiny_pool() -> RealCluster:
 def elasticsearch_tiny_pool() -> RealCluster:
     """A real 1-node Elasticsearch with a search pool of 1 thread and a queue of 1."""
     return _cluster(CLUSTER_FIXTURES["elasticsearch_tiny_pool"])
+
+
+@pytest.fixture(scope="session")
+def elasticsearch_secured() -> RealCluster:
+    """A real 1-node Elasticsearch with security on and HTTPS, requiring client certificates, its
+    certificates from the session's CA; `.access` (tests/realclusters.py SecuredAccess) says how to reach it."""
+    return _cluster(CLUSTER_FIXTURES["elasticsearch_secured"])
 
 
 @pytest.fixture(scope="session", params=["opensearch", "elasticsearch"])
