@@ -21,6 +21,12 @@ Modes: direct (wrk → the backend); nginx proxy_pass over upstream keep-alive w
 the API key (limits far above the load); a no-logic aiohttp proxy on ClientSession and the same on
 Sluicegate's own upstream client (proxy/upstream_http.py), the floor under Sluicegate's logic;
 Sluicegate with 1 worker and with 2 workers.
+
+TLS modes (1 worker each, every one beside nginx doing the same): a TLS listener (Sluicegate's
+`listen_tls`, nginx `listen ... ssl`), an HTTPS upstream verified against the bench's CA (Sluicegate's
+`upstream.tls`, nginx `proxy_ssl_verify on` with sessions reused), and both; plus direct over TLS.
+Certificates: ECDSA P-256 from a CA made for the run (tests/pki.py); both ends negotiate TLS 1.3.
+Clients keep their connections alive, so what is measured is the cost of encrypting, not of handshakes.
 """
 from __future__ import annotations
 
@@ -135,11 +141,14 @@ class NoopProxy:
 # ---------------------------------------------------------------------------------------------
 
 
-async def latency_client(url: str, rate: float, seconds: float, out: str) -> None:
-    """Send at a fixed rate whatever the responses do; record each request's latency in seconds."""
+async def latency_client(url: str, rate: float, seconds: float, out: str, ca: str | None = None) -> None:
+    """Send at a fixed rate whatever the responses do; record each request's latency in seconds.
+    `ca`: the CA file an https:// `url` is verified against."""
+    import ssl
+
     from bench.loadgen import Client
 
-    client = Client([url], API_KEY, 10.0)
+    client = Client([url], API_KEY, 10.0, ssl_context=ssl.create_default_context(cafile=ca) if ca else None)
     request = client.prepare(PATH, orjson.loads(QUERY))
     for _ in range(200):  # warm the connections and both ends' code paths
         await client.send(request)
@@ -180,7 +189,8 @@ def run_latency(url: str, rate: float, seconds: float, workdir: Path) -> dict:
     import numpy
 
     out = workdir / "latency.json"
-    subprocess.run([PY, __file__, "--latency-client", url, str(rate), str(seconds), str(out)], check=True)
+    ca = ["--latency-ca", str(TLS.ca)] if url.startswith("https:") and TLS is not None else []
+    subprocess.run([PY, __file__, "--latency-client", url, str(rate), str(seconds), str(out), *ca], check=True)
     data = orjson.loads(out.read_bytes())
     values = numpy.array(data["latencies"])
     return {"p50": float(numpy.percentile(values, 50)), "p90": float(numpy.percentile(values, 90)),
@@ -228,11 +238,13 @@ class Mode:
     workers: int
     start: Callable[[contextlib.ExitStack, str, Path], tuple[str, int]]  # → (url, pid to profile or 0)
     latency: bool = True  # measured at the fixed rate too
+    peer: str | None = None  # the nginx mode it is compared with; None: nginx with as many workers
 
 
-def backend_block(port: int) -> str:
+def backend_block(port: int, tls: TlsSetup | None = None) -> str:
     return static_server(port, SEARCH_RESPONSE, {"/_cluster/health": CLUSTER_HEALTH,
-                                                 "/_nodes/stats/thread_pool": NODES_STATS})
+                                                 "/_nodes/stats/thread_pool": NODES_STATS},
+                         tls=(str(tls.cert), str(tls.key)) if tls is not None else None)
 
 
 def start_direct(stack, backend, workdir):
@@ -282,6 +294,78 @@ def ready(admin: str) -> bool:
     return http_get(admin + "/ready")[0] == 200
 
 
+# ---- TLS ----
+
+
+@dataclass
+class TlsSetup:
+    """The run's certificates (a CA, one server certificate for localhost) and the backend's HTTPS URL."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    backend: str
+
+
+#: set by main() before any mode starts
+TLS: TlsSetup | None = None
+
+
+def make_certificates(workdir: Path) -> tuple[Path, Path, Path]:
+    from tests.pki import Pki
+
+    pki = Pki(workdir / "pki", "Sluicegate Bench CA")
+    issued = pki.server("bench", "localhost")
+    return pki.ca_file, issued.cert_file, issued.key_file
+
+
+def start_direct_tls(stack, backend, workdir):
+    assert TLS is not None
+    return TLS.backend, 0
+
+
+def start_nginx_tls(listener: bool, upstream: bool):
+    def start(stack, backend, workdir):
+        assert TLS is not None
+        port = free_port()
+        target = (TLS.backend if upstream else backend).split("://", 1)[1]
+        block = proxy_server(port, [target], rate=1_000_000, burst=1_000_000,
+                             tls=(str(TLS.cert), str(TLS.key)) if listener else None,
+                             upstream_ca=str(TLS.ca) if upstream else None)
+        server = Nginx(workdir / f"nginx-tls-{port}", block, [port], 1)
+        stack.callback(server.stop)
+        return f"{'https' if listener else 'http'}://127.0.0.1:{port}", server.pid
+    return start
+
+
+def start_sluicegate_tls(listener: bool, upstream: bool):
+    def start(stack, backend, workdir):
+        assert TLS is not None
+        config = sluicegate_config(TLS.backend if upstream else backend)
+        if upstream:
+            config["upstream"]["tls"] = {"ca_file": str(TLS.ca)}
+        if listener:
+            config["listen_tls"] = {"cert_file": str(TLS.cert), "key_file": str(TLS.key)}
+        proxy = ProxyProcess(config, workdir / f"sluicegate-tls-{int(listener)}{int(upstream)}")
+        stack.callback(proxy.stop)
+        wait_until(lambda: ready(proxy.admin), what="sluicegate /ready")
+        return proxy.url, proxy.proc.pid
+    return start
+
+
+#: TLS variant → (TLS listener, HTTPS upstream)
+TLS_VARIANTS = {"tls-listener": (True, False), "https-upstream": (False, True), "tls-both": (True, True)}
+TLS_LABELS = {"tls-listener": "TLS listener", "https-upstream": "HTTPS upstream", "tls-both": "both"}
+TLS_MODES = [Mode("direct-tls", "direct over TLS (nginx static backend, ssl)", 1, start_direct_tls)]
+for _variant, (_listener, _upstream) in TLS_VARIANTS.items():
+    TLS_MODES += [
+        Mode(f"nginx-1-{_variant}", f"nginx, {TLS_LABELS[_variant]}, 1 worker", 1, start_nginx_tls(_listener, _upstream),
+             peer=f"nginx-1-{_variant}"),
+        Mode(f"sluicegate-1-{_variant}", f"Sluicegate, {TLS_LABELS[_variant]}, 1 worker", 1,
+             start_sluicegate_tls(_listener, _upstream), peer=f"nginx-1-{_variant}"),
+    ]
+
+
 MODES = [
     Mode("direct", "direct (nginx static backend)", 1, start_direct),
     Mode("nginx-1", "nginx proxy_pass + limit_req, 1 worker", 1, start_nginx(1)),
@@ -290,6 +374,7 @@ MODES = [
     Mode("sluicegate-1", "Sluicegate, 1 worker", 1, start_sluicegate(1)),
     Mode("nginx-2", "nginx proxy_pass + limit_req, 2 workers", 2, start_nginx(2), latency=False),
     Mode("sluicegate-2", "Sluicegate, 2 workers", 2, start_sluicegate(2)),
+    *TLS_MODES,
 ]
 
 
@@ -366,6 +451,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="redo the tables from bench/out/overhead.json")
     parser.add_argument("--noop-proxy", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--latency-client", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--latency-ca", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.noop_proxy:
         import uvloop
@@ -376,7 +462,7 @@ def main() -> None:
         import uvloop
 
         url, rate, seconds, out = args.latency_client
-        uvloop.run(latency_client(url, float(rate), float(seconds), out))
+        uvloop.run(latency_client(url, float(rate), float(seconds), out, args.latency_ca))
         return
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -402,12 +488,16 @@ def main() -> None:
     latency: dict[str, list[dict]] = {}
     flames: dict[str, dict] = {}
     started = time.monotonic()
-    backend_port = free_port()
+    backend_port, backend_tls_port = free_port(), free_port()
+    global TLS
+    ca, cert, key = make_certificates(workdir)
+    TLS = TlsSetup(ca, cert, key, f"https://127.0.0.1:{backend_tls_port}")
     columns = [TextColumn("{task.description:<44}"), BarColumn(), TextColumn("{task.completed:>3.0f}/{task.total:.0f}"),
                TimeElapsedColumn(), TextColumn("{task.fields[status]}")]
     steps = sum(args.repeats * (1 + m.latency) + (m.name in PROFILED) for m in modes)
     with contextlib.ExitStack() as outer, Progress(*columns) as progress:
-        backend_server = Nginx(workdir / "backend", backend_block(backend_port), [backend_port], workers=1)
+        backend_server = Nginx(workdir / "backend", backend_block(backend_port) + backend_block(backend_tls_port, TLS),
+                               [backend_port, backend_tls_port], workers=1)
         outer.callback(backend_server.stop)
         backend = f"http://127.0.0.1:{backend_port}"
         overall = progress.add_task("overhead", total=steps, status="")
@@ -505,6 +595,43 @@ def best(runs: list[dict], key: str, high: bool = True) -> dict:
     return (max if high else min)(runs, key=lambda r: r[key])
 
 
+def tls_ratios(tops: dict, latency: dict) -> report.Table | None:
+    """Each TLS variant: Sluicegate beside nginx doing the same, and what TLS costs each against its own
+    plain mode (throughput, and CPU per request); added latency over direct (plain), or over direct
+    over TLS where the client speaks TLS (then the client's own TLS is not counted as the proxy's)."""
+    rows = [v for v in TLS_VARIANTS if f"sluicegate-1-{v}" in tops and f"nginx-1-{v}" in tops]
+    if not rows:
+        return None
+    table = report.Table(
+        "TLS: Sluicegate beside nginx doing the same, 1 worker each (throughput: best wrk run; latency: better p50 "
+        "run at the fixed rate)",
+        ["TLS on", "Sluicegate req/s", "nginx req/s", "Sluicegate / nginx", "TLS / plain: Sluicegate", "TLS / plain: nginx",
+         "CPU µs/req TLS adds: Sluicegate / nginx", "added p50 ms: Sluicegate / nginx", "added p50: Sluicegate ÷ nginx",
+         "added p99 ms: Sluicegate / nginx"], right=set(range(1, 10)))
+
+    def added(name: str, baseline: str, key: str) -> float | None:
+        if not latency.get(name) or not latency.get(baseline):
+            return None
+        return (best(latency[name], "p50", False)[key] - best(latency[baseline], "p50", False)[key]) * 1e3
+
+    plain_sg, plain_ng = tops.get("sluicegate-1"), tops.get("nginx-1")
+    for variant in rows:
+        sg, ng = tops[f"sluicegate-1-{variant}"], tops[f"nginx-1-{variant}"]
+        baseline = "direct-tls" if TLS_VARIANTS[variant][0] else "direct"
+        p50 = [added(f"{who}-1-{variant}", baseline, "p50") for who in ("sluicegate", "nginx")]
+        p99 = [added(f"{who}-1-{variant}", baseline, "p99") for who in ("sluicegate", "nginx")]
+        cpu = ("—" if not (plain_sg and plain_ng) else
+               f"{sg['cpu_us_per_request'] - plain_sg['cpu_us_per_request']:+.0f} / "
+               f"{ng['cpu_us_per_request'] - plain_ng['cpu_us_per_request']:+.0f}")
+        table.add(TLS_LABELS[variant], f"{sg['rps']:,.0f}", f"{ng['rps']:,.0f}", f"{sg['rps'] / ng['rps']:.2f}×",
+                  f"{sg['rps'] / plain_sg['rps']:.2f}×" if plain_sg else "—",
+                  f"{ng['rps'] / plain_ng['rps']:.2f}×" if plain_ng else "—", cpu,
+                  "—" if None in p50 else f"{p50[0]:.3f} / {p50[1]:.3f}",
+                  "—" if None in p50 or p50[1] <= 0 else f"{p50[0] / p50[1]:.1f}×",
+                  "—" if None in p99 else f"{p99[0]:.3f} / {p99[1]:.3f}")
+    return table
+
+
 def tables(modes, throughput, latency, flames, args) -> list[report.Table]:
     by = {m.name: m for m in modes}
     t = report.Table("Throughput (wrk -t1 -c32, best run) and the proxy's CPU per request",
@@ -515,7 +642,7 @@ def tables(modes, throughput, latency, flames, args) -> list[report.Table]:
     for name, runs in throughput.items():
         mode = by[name]
         top = tops[name]
-        nginx = tops.get(f"nginx-{mode.workers}")
+        nginx = tops.get(mode.peer or f"nginx-{mode.workers}")
         noop = tops.get("aiohttp-session")
         proxied = name != "direct"
         t.add(mode.label, mode.workers, f"{top['rps']:,.0f}", " / ".join(f"{r['rps']:,.0f}" for r in runs),
@@ -553,6 +680,9 @@ def tables(modes, throughput, latency, flames, args) -> list[report.Table]:
         goals.add(f"Sluicegate added p50 at {args.latency_rate:,.0f} req/s", f"{added:.3f} ms", "≤ 0.25 ms",
                   "met" if added <= 0.25 else "MISSED")
     out.append(goals)
+    tls_table = tls_ratios(tops, latency)
+    if tls_table is not None:
+        out.append(tls_table)
     flame = flames.get("sluicegate-1")
     if flame:
         samples = flame["samples"] or 1
