@@ -448,6 +448,9 @@ def main() -> None:
     parser.add_argument("--profile-seconds", type=int, default=10)
     parser.add_argument("--modes", default="", help="comma-separated subset of: " + ", ".join(m.name for m in MODES))
     parser.add_argument("--no-results", action="store_true", help="do not touch bench/RESULTS.md or bench/results/")
+    parser.add_argument("--interleave", action="store_true",
+                        help="start every mode at once and measure them in turn, one round per repeat (fairer ratios "
+                             "on a noisy machine; the proxies stay idle, polling only, while the others are measured)")
     parser.add_argument("--report-only", action="store_true", help="redo the tables from bench/out/overhead.json")
     parser.add_argument("--noop-proxy", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--latency-client", nargs=4, help=argparse.SUPPRESS)
@@ -501,16 +504,42 @@ def main() -> None:
         outer.callback(backend_server.stop)
         backend = f"http://127.0.0.1:{backend_port}"
         overall = progress.add_task("overhead", total=steps, status="")
-        for mode in modes:
+        def measure(mode: Mode, url: str, pid: int, i: int, latency_too: bool) -> None:
+            progress.update(overall, description=f"{mode.name}: wrk run {i + 1}/{args.repeats}")
+            result = run_wrk(url, args.seconds, script, pid=pid or backend_server.pid)
+            throughput.setdefault(mode.name, []).append(result)
+            progress.update(overall, advance=1, status=f"{result['rps']:,.0f} req/s")
+            if latency_too and mode.latency:
+                progress.update(overall, description=f"{mode.name}: {args.latency_rate:,.0f} req/s, run {i + 1}")
+                result = run_latency(url, args.latency_rate, args.latency_seconds, workdir)
+                latency.setdefault(mode.name, []).append(result)
+                progress.update(overall, advance=1, status=f"p50 {result['p50'] * 1e3:.3f} ms")
+
+        if args.interleave:
+            # Every mode started at once and measured in turn, round after round: a noisy neighbour's
+            # burst then lands on every mode's runs alike instead of on one mode's.
+            with contextlib.ExitStack() as stack:
+                started_modes = []
+                for mode in modes:
+                    progress.update(overall, description=f"{mode.name}: starting", status="")
+                    url, pid = mode.start(stack, backend, workdir)
+                    run_wrk(url, 2, script)  # warm-up, not kept
+                    started_modes.append((mode, url, pid))
+                for i in range(args.repeats):
+                    for mode, url, pid in started_modes:
+                        measure(mode, url, pid, i, latency_too=True)
+                for mode, url, pid in started_modes:
+                    if mode.name in PROFILED:
+                        progress.update(overall, description=f"{mode.name}: py-spy under wrk")
+                        flames[mode.name] = profile(url, pid, args.profile_seconds, script, workdir / PROFILED[mode.name])
+                        progress.update(overall, advance=1)
+        for mode in modes if not args.interleave else ():
             with contextlib.ExitStack() as stack:
                 progress.update(overall, description=f"{mode.name}: starting", status="")
                 url, pid = mode.start(stack, backend, workdir)
                 run_wrk(url, 2, script)  # warm-up, not kept
                 for i in range(args.repeats):
-                    progress.update(overall, description=f"{mode.name}: wrk run {i + 1}/{args.repeats}")
-                    result = run_wrk(url, args.seconds, script, pid=pid or backend_server.pid)
-                    throughput.setdefault(mode.name, []).append(result)
-                    progress.update(overall, advance=1, status=f"{result['rps']:,.0f} req/s")
+                    measure(mode, url, pid, i, latency_too=False)
                 if mode.latency:
                     for i in range(args.repeats):
                         progress.update(overall, description=f"{mode.name}: {args.latency_rate:,.0f} req/s, run {i + 1}")
@@ -544,10 +573,14 @@ def publish(args, modes, throughput, latency, flames, facts, command, elapsed, w
         "### Overhead: throughput and added latency against an instant backend",
         f"Command: `{command}` — {elapsed / 60:.1f} min. wrk: `{wrk_command}` with `search.lua` setting "
         f"`Authorization: ApiKey …` and `Content-Type`, POSTing `{QUERY.decode()}`; best of {args.repeats} runs "
-        f"per mode, after a 2 s warm-up. Latency: our open-loop client at {args.latency_rate:,.0f} requests/s for "
+        f"per mode, after a 2 s warm-up{'; every mode started at once and measured in turn, one round per run' if getattr(args, 'interleave', False) else ''}. "
+        f"Latency: our open-loop client at {args.latency_rate:,.0f} requests/s for "
         f"{args.latency_seconds:g} s (better p50 of {args.repeats} runs). Backend: nginx (1 worker) answering a "
         f"{len(SEARCH_RESPONSE)}-byte static search response. Nothing pinned: wrk, the backend and the proxy share "
-        "the machine's cores.",
+        "the machine's cores."
+        + (" TLS rows: ECDSA P-256 certificates from a CA made for the run, TLS 1.3 negotiated on every leg, "
+           "connections kept alive (the cost of encrypting, not of handshakes)." if any(n.endswith(tuple(TLS_VARIANTS))
+                                                                                         for n in throughput) else ""),
         report.machine_markdown(facts),
         *(f"**{t.title}**\n\n{t.markdown()}" for t in rendered),
         "Flame graphs under wrk: " + ", ".join(f"[{by_name[n].label}](results/{PROFILED[n]})" for n in flames)
