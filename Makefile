@@ -4,9 +4,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
+# playwright-core, pinned in tests/browser/package-lock.json: drives Debian's Chromium, downloads no browser
+BROWSER_STAMP := tests/browser/node_modules/.package-lock.json
 EXT    := $(shell ls proxy/_ratelimit*.so 2>/dev/null | head -n1)
 
-.PHONY: demo test test-fast bench build redis-server nginx jdk clusters clients lint clean
+.PHONY: demo test test-fast bench build redis-server nginx jdk clusters clients browser browser-tools screenshot lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +18,12 @@ $(PY):
 # Editable install compiles proxy/_ratelimit.pyx in place; re-run when the build inputs change.
 $(STAMP): $(PY) pyproject.toml setup.py proxy/_ratelimit.pyx
 	$(PIP) install -q -e '.[test,bench]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+# The demo needs the package and nothing else (no test or bench extras); -qq keeps pip's build chatter out.
+$(DEMO_STAMP): $(PY) pyproject.toml setup.py proxy/_ratelimit.pyx
+	$(PIP) install -qq -e .
+	touch $(DEMO_STAMP)
 
 build: $(STAMP)
 	$(PY) setup.py -q build_ext --inplace
@@ -71,17 +79,40 @@ nginx:
 	    echo "bench needs nginx, wrk and hey: run 'sudo apt-get install nginx wrk hey'" >&2; exit 1; \
 	  fi; }
 
-demo: $(STAMP)
+# The status page's browser test: Debian's chromium, Node.js >= 20 and playwright-core (npm ci, pinned).
+browser: browser-tools $(BROWSER_STAMP)
+
+browser-tools:
+	@command -v chromium >/dev/null 2>&1 && command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing chromium (and Node.js if missing) from Debian's packages"; \
+	    pkgs="chromium"; command -v node >/dev/null 2>&1 || pkgs="$$pkgs nodejs"; command -v npm >/dev/null 2>&1 || pkgs="$$pkgs npm"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$pkgs >/dev/null || \
+	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$pkgs >/dev/null; }; \
+	  else \
+	    echo "the status page test needs chromium, node and npm: run 'sudo apt-get install chromium nodejs npm'" >&2; exit 1; \
+	  fi; }
+	@node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' || \
+	  { echo "playwright-core 1.64 needs Node.js 20 or newer; this one is $$(node --version)" >&2; exit 1; }
+
+$(BROWSER_STAMP): tests/browser/package.json tests/browser/package-lock.json
+	npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/sluicegate demo
 
 # pytest exits 5 when it collects nothing; that is not a failure of the code.
 # `make test` runs everything, real OpenSearch and Elasticsearch clusters included (CI=true or not:
 # a missing JDK, Maven or distribution fails). `make test-fast` is the quick loop without them.
-test: $(STAMP) redis-server clusters clients
+test: $(STAMP) redis-server clusters clients browser
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
 
-test-fast: $(STAMP) redis-server
+test-fast: $(STAMP) redis-server browser
 	$(PY) -m pytest -m "not real_cluster" $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
+
+# Refresh docs/cockpit.png: the status page during a storm, by the browser test itself (about a minute).
+screenshot: $(STAMP) browser
+	COCKPIT_SCREENSHOT=docs/cockpit.png $(PY) -m pytest tests/e2e/test_cockpit.py -k 'chromium and one' -q
 
 lint: $(STAMP)
 	$(VENV)/bin/hadolint Dockerfile
@@ -95,4 +126,4 @@ bench: $(STAMP) redis-server nginx
 	$(PY) bench/overhead.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info proxy/_ratelimit.c proxy/_ratelimit*.so tests/clients/node_modules
+	rm -rf $(VENV) build *.egg-info proxy/_ratelimit.c proxy/_ratelimit*.so tests/clients/node_modules tests/browser/node_modules

@@ -35,6 +35,7 @@ import http.client
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -151,6 +152,14 @@ FLAVORS = {
 
 class ClusterError(RuntimeError):
     """A distribution could not be fetched, or a node would not start or join."""
+
+
+class PortTaken(ClusterError):
+    """A node lost the race for one of its ports to another process."""
+
+    def __init__(self, node: NodeProcess, message: str):
+        super().__init__(message)
+        self.node = node
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,10 +304,22 @@ def java_home(flavor: str) -> Path:
 # Running: N nodes, each its own process group
 # ---------------------------------------------------------------------------------------------
 
+#: node ports come from below the kernel's ephemeral range (32768 and up): a port picked there is not taken
+#: again by an outgoing connection, or by another test's server on "port 0", in the seconds a JVM takes to bind it
+NODE_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port for a node, outside the ephemeral range (see NODE_PORTS)."""
+    rng = random.Random()
+    while True:
+        port = rng.choice(NODE_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def http_json(
@@ -431,7 +452,17 @@ class RealCluster:
         try:
             for node in self.nodes:
                 self._spawn(node)
-            self.wait_green(len(self.nodes), timeout)
+            deadline = time.monotonic() + timeout
+            for attempt in range(3):
+                try:
+                    self.wait_green(len(self.nodes), max(1.0, deadline - time.monotonic()))
+                    break
+                except PortTaken as taken:  # lost a race for a port: that node again, on new ports
+                    if attempt == 2 or self.keep:
+                        raise
+                    node = taken.node
+                    node.http_port, node.transport_port = self._new_ports()
+                    self._spawn(node)
         except BaseException:
             self.stop()
             raise
@@ -499,7 +530,10 @@ class RealCluster:
         while True:
             for node in self.nodes:
                 if node.pid is not None and not _alive(node.pid):
-                    raise ClusterError(f"{node.name} exited while starting:\n{self._log_tail(node)}")
+                    tail = self._log_tail(node)
+                    if "Address already in use" in tail:
+                        raise PortTaken(node, f"{node.name} could not bind its ports:\n{tail}")
+                    raise ClusterError(f"{node.name} exited while starting:\n{tail}")
             target = via or self._any_live()
             code, body = http_json(
                 f"{target.url}/_cluster/health?wait_for_status={want}&wait_for_nodes={nodes}&timeout=2s", timeout=10,
@@ -522,15 +556,21 @@ class RealCluster:
                 return [NodeProcess(i, n["name"], n["http_port"], n["transport_port"], Path(n["directory"]),
                                     scheme=self.scheme) for i, n in enumerate(saved["nodes"])]
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        nodes: list[NodeProcess] = []
+        self.nodes = nodes
+        for i in range(count):
+            nodes.append(NodeProcess(i, f"node-{i}", *self._new_ports(), self.run_dir / f"node-{i}", scheme=self.scheme))
+        return nodes
+
+    def _new_ports(self) -> tuple[int, int]:
+        """An HTTP and a transport port no other node of this cluster has."""
+        taken = {port for node in getattr(self, "nodes", []) for port in (node.http_port, node.transport_port)}
         ports: list[int] = []
-        while len(ports) < 2 * count:  # distinct: the kernel may hand out a just-freed port again
+        while len(ports) < 2:
             port = free_port()
-            if port not in ports:
+            if port not in taken and port not in ports:
                 ports.append(port)
-        return [
-            NodeProcess(i, f"node-{i}", ports[2 * i], ports[2 * i + 1], self.run_dir / f"node-{i}", scheme=self.scheme)
-            for i in range(count)
-        ]
+        return ports[0], ports[1]
 
     def _node_config(self, node: NodeProcess) -> dict:
         spec = self.spec

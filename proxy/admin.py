@@ -1,15 +1,21 @@
-"""The admin listener: liveness, readiness, per-tenant state, Prometheus metrics, reload.
+"""The admin listener: liveness, readiness, per-tenant state, Prometheus metrics, reload, and the
+status page (`GET /`) with its data (`GET /status`, `GET /tenants/{name}/shapes`).
 
 It listens on its own address (`admin_listen`), never on the proxy port, so tenants cannot
 reach it through the proxy.
 """
 from __future__ import annotations
 
+import importlib.resources
+import math
+from functools import cache
 from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+
+from .errors import error_body
 
 if TYPE_CHECKING:
     from .server import Worker
@@ -21,12 +27,77 @@ def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data, option=orjson.OPT_INDENT_2), status=status, content_type=_JSON)
 
 
+#: the status page's files (package data in proxy/static/), by the path they are served at
+PAGE_FILES = {"/": ("index.html", "text/html"), "/cockpit/cockpit.css": ("cockpit.css", "text/css"),
+              "/cockpit/cockpit.js": ("cockpit.js", "text/javascript")}
+#: the page loads nothing from anywhere else, and nothing may frame it
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                               "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+@cache
+def page_file(name: str) -> bytes:
+    """A file of the status page, read once from the installed package."""
+    return importlib.resources.files("proxy.static").joinpath(name).read_bytes()
+
+
+def page_routes(app: web.Application) -> None:
+    """Serve the status page's files on `app` (a worker's admin listener or the supervisor's)."""
+    for path, (name, content_type) in PAGE_FILES.items():
+        async def serve(request: web.Request, name: str = name, content_type: str = content_type) -> web.Response:
+            return web.Response(body=page_file(name), content_type=content_type, charset="utf-8", headers=PAGE_HEADERS)
+
+        app.router.add_get(path, serve)
+
+
+def admin_error(status: int, etype: str, reason: str) -> web.Response:
+    """An ES-shaped error from the admin API."""
+    return web.Response(body=error_body(status, etype, reason), status=status, content_type=_JSON)
+
+
+def since_param(request: web.Request) -> float | web.Response:
+    """`?since=<Unix time>`: history samples after it (all without it); a 400 for anything else."""
+    raw = request.query.get("since")
+    if raw is None:
+        return -math.inf
+    try:
+        since = float(raw)
+    except ValueError:
+        since = math.nan
+    if not math.isfinite(since):
+        return admin_error(400, "illegal_argument_exception", f"since must be a Unix time in seconds, got [{raw[:64]}]")
+    return since
+
+
+def limit_param(request: web.Request) -> int | None | web.Response:
+    """`?limit=<1..1000>`: how many shapes to list (the config's `shapes.top` without it)."""
+    raw = request.query.get("limit")
+    if raw is None:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        return admin_error(400, "illegal_argument_exception", f"limit must be a whole number from 1 to 1000, "
+                           f"got [{raw[:64]}]")
+    return int(raw)
+
+
 def tenants_report(worker: Worker) -> dict:
-    """Per tenant: plan, enforcement, bucket levels, slots, counts and learned costs; and the global gate."""
+    """Per tenant: plan, enforcement, bucket levels, slots, counts and learned costs; and the global gate.
+
+    `throttled` counts every 429 the proxy gave the tenant, whatever the reason (`throttled_by_reason`);
+    `would_throttle` the same for a tenant in shadow mode."""
     proxy = worker.proxy
     snap = proxy.snapshot
+    totals = worker.metrics.tenant_totals()
     tenants = {}
     for name, view in snap.directory.tenants.items():
+        decisions = totals.get(name, {}).get("decisions", {})
+        throttled = decisions.get("throttled", {})
+        would = decisions.get("would_throttle", {})
         slots = worker.admission.tenants.get(name)
         buckets = {}
         shared_level = getattr(worker.limiter, "shared_level", None)
@@ -48,8 +119,10 @@ def tenants_report(worker: Worker) -> dict:
             "queued": slots.queued if slots else 0,
             "max_concurrent": slots.max_concurrent if slots else 0,
             "admitted": slots.admitted if slots else 0,
-            "throttled": slots.throttled if slots else 0,
-            "would_throttle": slots.would_throttle if slots else 0,
+            "throttled": sum(throttled.values()),
+            "throttled_by_reason": throttled,
+            "would_throttle": sum(would.values()),
+            "would_throttle_by_reason": would,
             "abandoned": slots.abandoned if slots else 0,
             "learned_costs": [
                 {"fingerprint": f"{fp:016x}", "cost": round(cost, 2), "samples": samples}
@@ -83,7 +156,25 @@ def admin_app(worker: Worker) -> web.Application:
         ok, message = worker.reload()
         return _json({"reloaded": ok, "message": message}, status=200 if ok else 400)
 
+    async def status(request: web.Request) -> web.Response:
+        since = since_param(request)
+        if isinstance(since, web.Response):
+            return since
+        return _json(worker.cockpit.status(since))
+
+    async def shapes(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in worker.proxy.snapshot.directory.tenants:
+            return admin_error(404, "resource_not_found_exception", f"no tenant [{name[:128]}] in the config")
+        limit = limit_param(request)
+        if isinstance(limit, web.Response):
+            return limit
+        return _json(await worker.cockpit.shapes(name, limit))
+
     app = web.Application()
+    page_routes(app)
+    app.router.add_get("/status", status)
+    app.router.add_get("/tenants/{name}/shapes", shapes)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/tenants", tenants)

@@ -25,11 +25,13 @@ count) was under-priced, and the cluster is still spending on it: it counts as w
 far, in the over-share check, so no further over-share work goes in until it drains. Re-evaluated at
 most every `OVERDUE_TICK_S`, whenever a request arrives or the queue is pumped.
 
-**Contention.** The headroom is `capacity_headroom` (0.8) while nobody under their share waits, so a
-lone busy tenant may use most of the cluster. Once a tenant under its share has to wait at the gate
-while other tenants hold over-share room, it drops to `capacity_headroom_contended` (0.5) and stays there while that keeps happening, and
-for `CONTENDED_HOLD_S` after: over-share work drains down to the smaller room as it completes, and
-the quiet tenants' next bursts find the threads free.
+**Contention.** The headroom is `capacity_headroom` (0.8) while a busy tenant is alone, so it may use
+most of the cluster. It drops to `capacity_headroom_contended` (0.5) as soon as a tenant over its
+share asks while another tenant has been seen under its share within `CONTENDED_HOLD_S` — before
+that quiet tenant ever has to wait, so a storm's first wave already leaves it room — and also when
+a tenant under its share does have to wait while others hold over-share room. It stays there while
+either keeps happening, and for `CONTENDED_HOLD_S` after: over-share work drains down to the smaller
+room as it completes, and the quiet tenants' next bursts find the threads free.
 
 **Fair order.** Waiting requests are released in start-time fair queueing order across tenants:
 each tenant's next request carries the tag max(virtual time, the tenant's last finish tag), a
@@ -97,6 +99,11 @@ OVERDUE_TICK_S = 0.02
 #: the contended headroom holds this long (seconds) after a tenant under its share last had to wait:
 #: longer than an expensive request's round trip, so the room freed is still free for the next burst
 CONTENDED_HOLD_S = 5.0
+#: a tenant counts in the fair shares for this long (seconds) after its last request, not only while it
+#: has one in flight: a quiet tenant's cheap searches are rarely in flight at the instant a storm asks
+PRESENCE_S = 5.0
+#: ... renewed at most this often per tenant (seconds), so presence costs nothing per request
+PRESENCE_REFRESH_S = 0.5
 
 
 # ============================================================================================
@@ -324,10 +331,11 @@ class Gate:
                     + (f" × share {self.share:.2f}" if self.share != 1.0 else ""))
         return why.replace("_", " ")
 
-    def contend(self, now: float) -> bool:
-        """A tenant under its share had to wait: the contended headroom, for CONTENDED_HOLD_S from now.
-        True if that made the room kept for such tenants larger."""
-        self.contended_until = now + CONTENDED_HOLD_S
+    def contend(self, until: float) -> bool:
+        """The contended headroom until `until` (seconds) at least: CONTENDED_HOLD_S after a tenant under
+        its share waited, or was last seen. True if that made the room kept for such tenants larger."""
+        if self.contended_until is None or until > self.contended_until:
+            self.contended_until = until
         narrower = self.headroom > self.contended_headroom
         self.headroom = self.contended_headroom
         return narrower
@@ -506,7 +514,7 @@ class TenantSlots:
 
     __slots__ = ("name", "max_concurrent", "max_queue", "max_wait_s", "weight", "inflight", "inflight_cost",
                  "queued_cost", "reserve_inflight", "reserve_cost", "reserve_epoch", "waiters", "finish", "active",
-                 "admitted", "throttled", "would_throttle", "abandoned")
+                 "present_until", "admitted", "throttled", "would_throttle", "abandoned")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -524,7 +532,8 @@ class TenantSlots:
         self.reserve_epoch = 0
         self.waiters: deque[Waiter] = deque()
         self.finish = 0.0  # virtual finish tag of the tenant's last admitted request
-        self.active = False  # in flight or queued: counts in the fair shares
+        self.active = False  # in flight, queued or present: counts in the fair shares
+        self.present_until = -math.inf  # seconds (the admission clock): seen within PRESENCE_S before this
         self.admitted = 0
         self.throttled = 0
         self.would_throttle = 0
@@ -595,6 +604,10 @@ class Admission:
         self._active_weight = 0.0
         self._active_count = 0
         self._seq = 0
+        # the two most recent distinct tenants seen asking within their share, and when: the most recent
+        # one other than a given tenant is always among them
+        self._quiet: list[tuple[TenantSlots, float]] = []
+        self._presence: deque[tuple[float, TenantSlots]] = deque()  # (present until, tenant), oldest first
 
     # ---- configuration ----
     def configure(self, config: Config, share: float = 1.0) -> None:
@@ -667,7 +680,18 @@ class Admission:
         if now - self._overdue_at >= OVERDUE_TICK_S:
             self.refresh_overdue(now)
         gate.uncontend(now)
+        self.expire_presence(now)
+        if slots.present_until - now < PRESENCE_S - PRESENCE_REFRESH_S:
+            slots.present_until = now + PRESENCE_S
+            self._presence.append((slots.present_until, slots))
+            self._activate(slots)
         under = self._under_share(slots, cost)
+        if under:
+            self._seen_quiet(slots, now)
+        else:
+            seen = self._quiet_other(slots, now)
+            if seen is not None:  # a tenant over its share while others ask for little: keep them their room now
+                gate.contend(seen + CONTENDED_HOLD_S)
         if shadow:
             would = bool(slots.waiters) or slots.inflight >= slots.max_concurrent or not self._fits(cost, under)
             if would:
@@ -686,7 +710,7 @@ class Admission:
         # A tenant under its share waits while others hold over-share room: narrow that room for a while.
         # (A lone tenant's own over-share requests do not count: it would only be throttling itself.)
         others_over = (gate.inflight - gate.reserve_inflight) - (slots.inflight - slots.reserve_inflight)
-        if waiter.ticket is None and under and others_over > 0 and gate.contend(now):
+        if waiter.ticket is None and under and others_over > 0 and gate.contend(now + CONTENDED_HOLD_S):
             self.pump(now)  # the room kept for tenants under their share just grew
         if waiter.ticket is not None:
             return waiter.ticket
@@ -711,6 +735,27 @@ class Admission:
             )
         return waiter
 
+    def expire_presence(self, now: float) -> None:
+        """Tenants not seen for PRESENCE_S, with nothing in flight or queued, leave the fair shares."""
+        presence = self._presence
+        while presence and presence[0][0] <= now:
+            self._deactivate(presence.popleft()[1], now)
+
+    def _seen_quiet(self, slots: TenantSlots, now: float) -> None:
+        quiet = self._quiet
+        if quiet and quiet[0][0] is slots:
+            quiet[0] = (slots, now)
+        else:
+            quiet.insert(0, (slots, now))
+            del quiet[2:]
+
+    def _quiet_other(self, slots: TenantSlots, now: float) -> float | None:
+        """When another tenant last asked within its share, if that was in the last CONTENDED_HOLD_S."""
+        for other, seen in self._quiet:
+            if other is not slots:
+                return seen if now - seen < CONTENDED_HOLD_S else None
+        return None
+
     def withdraw(self, waiter: Waiter, now: float) -> None:
         """A waiter gives up (timed out, or its client went away). If it was admitted meanwhile, its
         slot is given back; either way it leaves no trace."""
@@ -726,7 +771,7 @@ class Admission:
         self.gate.queued -= 1
         if not slots.waiters:
             self._backlog.pop(slots, None)
-        self._deactivate(slots)
+        self._deactivate(slots, now)
         self.pump(now)
 
     def leave(
@@ -764,7 +809,7 @@ class Admission:
             if not slots.reserve_inflight:
                 self._reserve_holders.pop(slots, None)
         gate.observe(now, ticket.cost, status, upstream_s, observed)
-        self._deactivate(slots)
+        self._deactivate(slots, now)
         self.pump(now)
 
     def upstream_error(self, kind: str, now: float | None = None) -> None:
@@ -915,8 +960,8 @@ class Admission:
             self._active_weight += slots.weight
             self._active_count += 1
 
-    def _deactivate(self, slots: TenantSlots) -> None:
-        if slots.active and not slots.inflight and not slots.waiters:
+    def _deactivate(self, slots: TenantSlots, now: float) -> None:
+        if slots.active and not slots.inflight and not slots.waiters and slots.present_until <= now:
             slots.active = False
             self._active_count -= 1
             self._active_weight = self._active_weight - slots.weight if self._active_count else 0.0
@@ -956,9 +1001,9 @@ class Admission:
         one = lambda value: lambda: [((), float(value()))]  # noqa: E731
         add("sluicegate_gate_limit", "Requests the global gate lets in flight now", (), one(lambda: gate.limit))
         add("sluicegate_gate_inflight", "Requests in flight through the global gate", (), one(lambda: gate.inflight))
-        add("sluicegate_gate_inflight_cost", "Cost units in flight through the global gate", (),
+        add("sluicegate_gate_inflight_cost_units", "Cost units in flight through the global gate", (),
             one(lambda: gate.inflight_cost))
-        add("sluicegate_gate_capacity_cost",
+        add("sluicegate_gate_capacity_cost_units",
             "Cost units the live search threads hold in flight without queueing (0: not known)", (),
             one(lambda: gate.capacity_cost or 0.0))
         add("sluicegate_gate_queued", "Requests waiting for a tenant slot or the gate", (), one(lambda: gate.queued))

@@ -258,6 +258,16 @@ class AccessLogConfig(_Frozen):
     always_log_refusals: bool = True
 
 
+class ShapesConfig(_Frozen):
+    """The costliest query shapes per tenant, for `GET /tenants/{name}/shapes` and the status page."""
+
+    window_s: float = Field(300.0, ge=10, le=86_400, description="seconds of the sliding window (in 10 slots)")
+    top: int = Field(20, ge=1, le=1000, description="shapes kept per tenant and slot (up to twice as many between "
+                     "prunings) and listed per report")
+    publish_interval_s: float = Field(5.0, gt=0, description="with Redis: seconds between publishes of each "
+                                      "instance's shapes for the others")
+
+
 class Bucket(_Frozen):
     rate: float = Field(gt=0, description="cost units per second")
     burst: float = Field(gt=0, description="bucket size in cost units")
@@ -343,6 +353,7 @@ class Config(_Frozen):
     cost: CostConfig = CostConfig()
     admission: AdmissionConfig = AdmissionConfig()
     access_log: AccessLogConfig = AccessLogConfig()
+    shapes: ShapesConfig = ShapesConfig()
     security: SecurityConfig = SecurityConfig()
     enforce: bool = True
     drain_timeout_s: float = Field(30.0, ge=0)
@@ -359,40 +370,72 @@ class Config(_Frozen):
         return self.enforce if flag is None else flag
 
 
-def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
-    """Rules that span several keys, with the path of the key at fault."""
+def _cross_checks(data: dict) -> list[tuple[str, str]]:
+    """Rules that span several keys, with the path of the key at fault. They read the decoded
+    document, not a validated `Config`, so that they are reported alongside type errors in one pass;
+    a value of the wrong type is skipped here (the schema reports it)."""
     errors: list[tuple[str, str]] = []
+    plans = data.get("plans")
+    tenants = data.get("tenants")
     seen_keys: dict[str, str] = {}
     seen_users: dict[str, str] = {}
     seen_names: dict[str, str] = {}
-    for name, tenant in cfg.tenants.items():
+    listen_tls = data.get("listen_tls")
+    mutual_tls = isinstance(listen_tls, dict) and listen_tls.get("client_ca_file") is not None
+    for name, tenant in (tenants.items() if isinstance(tenants, dict) else ()):
+        if not isinstance(tenant, dict):
+            continue
         base = f"tenants.{name}"
-        if tenant.plan not in cfg.plans:
-            errors.append((f"{base}.plan", f"unknown plan {tenant.plan!r} (plans: {', '.join(sorted(cfg.plans))})"))
-        if not tenant.api_keys and not tenant.users and not tenant.client_cert_subjects:
+        plan = tenant.get("plan")
+        if isinstance(plans, dict) and plans and isinstance(plan, str) and plan not in plans:
+            errors.append((f"{base}.plan", f"unknown plan {plan!r} (plans: {', '.join(sorted(map(str, plans)))})"))
+        keys, users = tenant.get("api_keys") or [], tenant.get("users") or {}
+        subjects = tenant.get("client_cert_subjects") or []
+        if not keys and not users and not subjects:
             errors.append((base, "tenant has no api_keys, users or client_cert_subjects, so no request can ever identify it"))
-        if tenant.client_cert_subjects and (cfg.listen_tls is None or cfg.listen_tls.client_ca_file is None):
+        if subjects and not mutual_tls:
             errors.append((f"{base}.client_cert_subjects", "needs listen_tls.client_ca_file: without mutual TLS no "
                            "client presents a certificate"))
-        for i, name in enumerate(tenant.client_cert_subjects):
-            key = certificate_name(name)
+        for i, subject in enumerate(subjects if isinstance(subjects, list) else ()):
+            try:
+                key = certificate_name(subject) if isinstance(subject, str) else None
+            except ValueError:
+                continue  # the field's own validator says what is wrong with it
+            if key is None:
+                continue
             if key in seen_names:
                 errors.append((f"{base}.client_cert_subjects.{i}", f"same certificate name as tenant {seen_names[key]!r}"))
-            seen_names[key] = name
-        for i, key in enumerate(tenant.api_keys):
+            seen_names[key] = str(name)
+        for i, key in enumerate(keys if isinstance(keys, list) else ()):
+            if not isinstance(key, str):
+                continue
             if key in seen_keys:
                 errors.append((f"{base}.api_keys.{i}", f"same key as tenant {seen_keys[key]!r}"))
-            seen_keys[key] = name
-        for user in tenant.users:
+            seen_keys[key] = str(name)
+        for user in (users if isinstance(users, dict) else ()):
             if user in seen_users:
                 errors.append((f"{base}.users.{user}", f"user also belongs to tenant {seen_users[user]!r}"))
-            seen_users[user] = name
-    if cfg.admission.min_limit > cfg.admission.max_limit:
-        errors.append(("admission.min_limit", "must not exceed admission.max_limit"))
-    if _same_socket(cfg.listen, cfg.admin_listen):
-        errors.append(("admin_listen", f"{cfg.admin_listen} is also the proxy's listen address: give each its own port"))
-    if cfg.upstream.tls is not None and not cfg.upstream.https:
-        errors.append(("upstream.tls", "the nodes are http://: TLS settings apply to https:// nodes only"))
+            seen_users[user] = str(name)
+    admission = data.get("admission")
+    if isinstance(admission, dict):
+        fields = AdmissionConfig.model_fields
+        low = admission.get("min_limit", fields["min_limit"].default)
+        high = admission.get("max_limit", fields["max_limit"].default)
+        if type(low) is int and type(high) is int and low > high:
+            errors.append(("admission.min_limit", "must not exceed admission.max_limit"))
+    try:
+        listen = Address(**_parse_address(data.get("listen", "127.0.0.1:8080")))
+        admin = Address(**_parse_address(data.get("admin_listen", "127.0.0.1:9901")))
+    except (ValueError, TypeError):
+        pass  # the schema reports an address it cannot read
+    else:
+        if _same_socket(listen, admin):
+            errors.append(("admin_listen", f"{admin} is also the proxy's listen address: give each its own port"))
+    upstream = data.get("upstream")
+    if isinstance(upstream, dict) and upstream.get("tls") is not None:
+        nodes = upstream.get("nodes")
+        if isinstance(nodes, list) and nodes and all(isinstance(n, str) and n.startswith("http://") for n in nodes):
+            errors.append(("upstream.tls", "the nodes are http://: TLS settings apply to https:// nodes only"))
     return errors
 
 
@@ -422,6 +465,13 @@ def config_warnings(cfg: Config) -> list[tuple[str, str]]:
     """Legal but probably unintended: each with the key path it concerns. `check-config` prints
     them and the proxy logs them at start and on reload."""
     warnings: list[tuple[str, str]] = []
+    if not cfg.tenants:
+        warnings.append(("tenants", "no tenants are configured, so every request will be refused with 401"))
+    if cfg.security.binding_secret is None and cfg.tenants:
+        warnings.append(("security.binding_secret", "not set, so scroll, point-in-time and async-search ids are "
+                         "bound with a key derived from the tenants' key digests: anyone who reads this file can "
+                         "compute it, and every open scroll breaks when a key changes (see docs/SECURITY.md); set "
+                         "a random secret of 16 or more characters"))
     tls = cfg.upstream.tls
     if tls is not None and not tls.verify:
         warnings.append(("upstream.tls.verify", "false: the nodes' certificates are not checked, so anyone on the "
@@ -440,34 +490,88 @@ def config_warnings(cfg: Config) -> list[tuple[str, str]]:
 
 
 def parse_config(data: Any) -> Config:
-    """Validate a decoded YAML document. Raises ConfigError listing every problem with its key path."""
+    """Validate a decoded YAML document. Raises ConfigError listing every problem with its key path:
+    the schema's and the cross-key rules' together, in one pass."""
     if not isinstance(data, dict):
         raise ConfigError([("", "the config must be a YAML mapping")])
+    errors: list[tuple[str, str]] = []
+    cfg = None
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(
-            [(".".join(str(p) for p in err["loc"]), err["msg"]) for err in exc.errors(include_url=False)]
-        ) from None
-    errors = _cross_checks(cfg)
-    if errors:
+        errors = [(".".join(str(p) for p in err["loc"]), err["msg"]) for err in exc.errors(include_url=False)]
+    known = set(errors)
+    errors += [error for error in _cross_checks(data) if error not in known]
+    if errors or cfg is None:
         raise ConfigError(errors)
     return cfg
 
 
 def load_config(path: str | Path) -> tuple[Config, str]:
-    """Read and validate the file. Returns the config and a short hash of the file's bytes."""
+    """Read and validate the file. Returns the config and a short hash of the file's bytes.
+
+    A key that appears twice in one mapping is an error (YAML would silently keep the last one)."""
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError([("", f"cannot read {path}: {exc.strerror or exc}")]) from None
+    loader = yaml.SafeLoader(raw)
     try:
-        data = yaml.safe_load(raw)
+        node = loader.get_single_node()
+        duplicates = _duplicate_keys(node) if node is not None else []
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([("", f"invalid YAML{where}: {getattr(exc, 'problem', exc)}")]) from None
-    return parse_config(data), hashlib.sha256(raw).hexdigest()[:12]
+        raise ConfigError([("", f"invalid YAML{where}: {getattr(exc, 'problem', None) or exc}")]) from None
+    finally:
+        loader.dispose()
+    try:
+        config = parse_config(data)
+    except ConfigError as exc:
+        raise ConfigError(duplicates + exc.errors) from None
+    if duplicates:
+        raise ConfigError(duplicates)
+    return config, hashlib.sha256(raw).hexdigest()[:12]
+
+
+def _duplicate_keys(node: yaml.Node, path: str = "") -> list[tuple[str, str]]:
+    """Every key that appears twice in one mapping of the YAML document, with its key path."""
+    errors: list[tuple[str, str]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            here = path
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                here = f"{path}.{key.value}" if path else key.value
+                line = key.start_mark.line + 1
+                seen = first.get((key.tag, key.value))
+                if seen is not None:
+                    errors.append((here, f"duplicate key at line {line} (first at line {seen}); "
+                                         "YAML would keep only the last one"))
+                else:
+                    first[(key.tag, key.value)] = line
+            errors += _duplicate_keys(value, here)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            errors += _duplicate_keys(item, f"{path}.{i}" if path else str(i))
+    return errors
+
+
+def config_schema() -> dict:
+    """The JSON Schema of the config file, generated from the models (`sluicegate schema`)."""
+    schema = Config.model_json_schema()
+    address = [
+        {"type": "string", "pattern": r"^(\[[^\]\s]+\]|[^\s:\[\]]*):[0-9]{1,5}$",
+         "description": "host:port, [IPv6]:port, or :port for all interfaces"},
+        {"$ref": "#/$defs/Address"},
+    ]
+    for name in ("listen", "admin_listen"):  # a string in the file, parsed into an Address
+        default = Config.model_fields[name].default
+        schema["properties"][name] = {"anyOf": address, "default": str(default)}
+    schema["title"] = "Sluicegate configuration"
+    schema["description"] = "The sluicegate YAML config (config/sluicegate.example.yaml is the annotated reference)."
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
 def hash_secret(secret: str) -> str:

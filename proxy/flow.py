@@ -28,6 +28,7 @@ from .idbinding import IdBinder, Rebound, binding_key
 from .limiter import Decision, Limiter
 from .listener import check_head
 from .metrics import Metrics
+from .shapes import ShapeBook
 from .tenants import Directory, TenantView, authorize
 from .upstream import Upstream, response_headers
 from .upstream_http import UpstreamResponse
@@ -113,7 +114,7 @@ class Trace:
 
     __slots__ = (
         "started", "tenant", "call", "estimated", "charged", "observed", "fingerprint",
-        "decision", "reason", "status", "node", "queued_s", "upstream_s", "bytes_in", "bytes_out",
+        "decision", "reason", "status", "node", "queued_s", "upstream_s", "bytes_in", "bytes_out", "body",
     )
 
     def __init__(self, started: float):
@@ -132,6 +133,7 @@ class Trace:
         self.upstream_s = 0.0
         self.bytes_in = 0
         self.bytes_out = 0
+        self.body: esapi.Body | None = None
 
 
 class Proxy:
@@ -147,6 +149,7 @@ class Proxy:
         upstream: Upstream,
         metrics: Metrics,
         access_log: AccessLog,
+        shapes: ShapeBook | None = None,
     ):
         self.snapshot = snapshot
         self.limiter = limiter
@@ -155,6 +158,7 @@ class Proxy:
         self.upstream = upstream
         self.metrics = metrics
         self.access_log = access_log
+        self.shapes = shapes if shapes is not None else ShapeBook()  # the costliest query shapes, for the cockpit
         self.index_sizes: IndexSizes | None = None  # documents per index, swapped in by the cluster poller
         self.inflight = 0
         self.draining = False  # set on SIGTERM: answer what is in flight, close each connection after
@@ -174,6 +178,7 @@ class Proxy:
                 trace.decision = "throttled" if isinstance(refusal, Throttled) else "refused"
             trace.reason = refusal.label
             response = refusal.response()
+            trace.bytes_out = len(response.body)
         except asyncio.CancelledError:
             trace.status, trace.decision, trace.reason = 499, "cancelled", "client_closed"
             self._record(request, trace)
@@ -182,6 +187,7 @@ class Proxy:
             log.exception("unexpected error serving %s %s", request.method, request.path)
             trace.status, trace.decision, trace.reason = 500, "error", "internal"
             response = Refusal.internal().response()
+            trace.bytes_out = len(response.body)
         finally:
             self.inflight -= 1
             if not self.inflight:
@@ -213,6 +219,7 @@ class Proxy:
             body = esapi.decode_body(call, raw, content_type, encoding, limits)
             authorize(tenant, call, body or esapi.NO_BODY)
             snap.granted(sent, body)
+        trace.body = body
         # Scroll, point-in-time and async-search ids are bound to the tenant that opened them.
         rebound = snap.ids.rebind(tenant.name, call, body, request.raw_path)
 
@@ -364,6 +371,10 @@ class Proxy:
             metrics.count_cost(trace.tenant, resource, trace.estimated, trace.charged, trace.observed)
         if trace.queued_s:
             metrics.observe_queue_wait(trace.tenant, trace.queued_s)
+        if trace.fingerprint:  # it got as far as a cost estimate: count it under its query shape
+            self.shapes.record(trace.tenant, trace.fingerprint, trace.started, trace.estimated, trace.charged,
+                               trace.observed, trace.decision == "throttled" or trace.decision == "would_throttle",
+                               request.method, request.raw_path, call, trace.body)
         log = self.access_log
         if log.wants(refused=trace.decision != "admitted"):
             log.write({

@@ -6,15 +6,22 @@ lookup (prometheus_client's own counters cost about a microsecond each, and a re
 seven). Levels that change constantly (bucket levels, in-flight, queued, the global limit) are not
 updated per request at all: a collector reads them from the live objects at scrape time.
 Everything else (reloads, Redis state, upstream errors) uses prometheus_client's types directly.
+
+Names: gauges in cost units end in `_cost_units` (`sluicegate_bucket_level_cost_units`), counters
+in `_units_total`. No `_created` series are exported (see `disable_created_metrics` below).
 """
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+# The per-request counters below are rendered without `_created` series; so are prometheus_client's own
+# counters, so that every counter looks alike (and the supervisor's merge has no per-worker start times).
+disable_created_metrics()
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -158,6 +165,26 @@ class Metrics:
         if hist is None:
             hist = self._upstream[(resource,)] = _Histogram()
         hist.observe(seconds)
+
+    def tenant_totals(self) -> dict[str, dict]:
+        """Per tenant since start (off the request path, for /tenants and the status page): cost units
+        charged and observed, and requests by decision, each {reason: count} ("" when none)."""
+        out: dict[str, dict] = {}
+
+        def of(tenant: str) -> dict:
+            totals = out.get(tenant)
+            if totals is None:
+                totals = out[tenant] = {"charged": 0.0, "observed": 0.0, "decisions": {}}
+            return totals
+
+        for (tenant, _, decision, reason), count in list(self._requests.items()):
+            reasons = of(tenant)["decisions"].setdefault(decision, {})
+            reasons[reason] = reasons.get(reason, 0) + int(count)
+        for (tenant, _), units in list(self._charged.items()):
+            of(tenant)["charged"] += units
+        for (tenant, _), units in list(self._observed.items()):
+            of(tenant)["observed"] += units
+        return out
 
     def forget_tenants(self, keep: set[str]) -> None:
         """Drop the series of tenants removed by a reload, so memory stays bounded."""

@@ -227,7 +227,7 @@ class RedisLimiter:
                 lambda: [((), float(self._live))],
             )
             metrics.add_live_gauge(
-                "sluicegate_redis_leased_units", "Cost units this instance holds leased from each shared bucket",
+                "sluicegate_redis_leased_cost_units", "Cost units this instance holds leased from each shared bucket",
                 ("tenant", "resource"),
                 lambda: [(pair, lease.held) for pair, lease in self._leases.items() if lease.held],
             )

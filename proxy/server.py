@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import uvloop
@@ -19,6 +20,7 @@ from aiohttp import web
 from . import credentials, tls
 from .accesslog import AccessLog
 from .admission import Admission
+from .cockpit import Cockpit
 from .clusterhealth import ClusterHealth
 from .config import Config, ConfigError, config_warnings, load_config
 from .cost import IndexSizes
@@ -27,7 +29,9 @@ from .limiter import Limiter, LocalLimiter
 from .listener import Listener
 from .metrics import Metrics
 from .redis_limiter import RedisLimiter
+from .shapes import ShapeBook
 from .shared_costs import learned_costs
+from .shared_shapes import ShapeSharer
 from .upstream import Upstream
 
 log = logging.getLogger("sluicegate")
@@ -74,6 +78,9 @@ class Worker:
         self.workers = workers
         self.admin_socket = admin_socket  # set under a supervisor: the admin API on a private unix socket
         self.metrics = Metrics()
+        self.started_at = self.config_loaded_at = time.time()
+        #: what a reload cannot change, as bound or built at start
+        self.running = {name: getattr(config, name) for name in RESTART_ONLY}
         # This process's fraction of the concurrency limits: 1 / workers, or 1 / live instances with Redis.
         self.share = 1.0 / workers
         if config.redis is not None:
@@ -95,6 +102,12 @@ class Worker:
             index_sizes_poll_s=config.cost.index_sizes_poll_s,
         )
         self.access_log = AccessLog(config.access_log)
+        self.shapes = ShapeBook(config.shapes.window_s, config.shapes.top)
+        # The shapes of the other instances, through Redis when the limits are shared (else None).
+        self.shape_sharer = (
+            ShapeSharer(self.shapes, self.limiter, config.shapes.publish_interval_s)
+            if isinstance(self.limiter, RedisLimiter) else None
+        )
         self.proxy = Proxy(
             Snapshot(config, 1, digest),
             limiter=self.limiter,
@@ -103,7 +116,9 @@ class Worker:
             upstream=self.upstream,
             metrics=self.metrics,
             access_log=self.access_log,
+            shapes=self.shapes,
         )
+        self.cockpit = Cockpit(self)  # the status page's samples and reports
         self.metrics.set_config(1, digest)
         self._register_live_gauges()
         self._runners: list[web.BaseRunner] = []
@@ -135,7 +150,7 @@ class Worker:
             return lambda: (((name,), float(getattr(slots, field))) for name, slots in self.admission.tenants.items())
 
         add = self.metrics.add_live_gauge
-        add("sluicegate_bucket_level", "Tokens left in each tenant's bucket (cost units; negative is debt)",
+        add("sluicegate_bucket_level_cost_units", "Tokens left in each tenant's bucket (cost units; negative is debt)",
             ("tenant", "resource"), bucket_levels)
         add("sluicegate_tenant_inflight", "Requests of each tenant in flight upstream", ("tenant",), tenant_slots("inflight"))
         add("sluicegate_tenant_queued", "Requests of each tenant waiting for a slot", ("tenant",), tenant_slots("queued"))
@@ -149,8 +164,11 @@ class Worker:
         await self.limiter.start()
         if self.cost_sharer is not None:
             await self.cost_sharer.start()
+        if self.shape_sharer is not None:
+            await self.shape_sharer.start()
         await self.upstream.start()
         await self.cluster_health.start()
+        await self.cockpit.start()
         server = Listener(
             self.proxy.handle,
             limits=lambda: self.proxy.snapshot.config.limits,  # hard limits at the HTTP layer, read per connection
@@ -184,12 +202,18 @@ class Worker:
         )
 
     @property
+    def running_listen(self):
+        """The address the proxy port is bound to (a reload cannot move it)."""
+        return self.running["listen"]
+
+    @property
     def proxy_port(self) -> int:
         """The bound proxy port (useful when the config asked for port 0)."""
         return self._proxy_sites[0]._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     def reload(self) -> tuple[bool, str]:
-        """Re-read the config file. A valid file is swapped in between requests; an invalid one changes nothing."""
+        """Re-read the config file. A valid file is swapped in between requests; an invalid one changes
+        nothing. Either way a file access log is reopened (logrotate sends SIGHUP after moving it)."""
         old = self.proxy.snapshot
         try:
             config, digest, warnings = load_checked(self.config_path)
@@ -200,6 +224,7 @@ class Worker:
             tls_pending = (self.listener_tls.reload(config.listen_tls)
                            if self.listener_tls is not None and config.listen_tls is not None else [])
         except ConfigError as exc:
+            self.access_log.reopen()
             self.metrics.config_reload_failures.inc()
             for path, message in exc.errors:
                 log.error("config reload refused, keeping the running config: %s: %s", path or "<file>", message)
@@ -210,21 +235,30 @@ class Worker:
         self.admission.configure(config, share=self.share)
         self.upstream.reconfigure(config.upstream, ssl_context=upstream_ssl, authorization=authorization)
         self.cluster_health.index_sizes_poll_s = config.cost.index_sizes_poll_s
+        self.shapes.configure(config.shapes.window_s, config.shapes.top)
+        self.shapes.forget_tenants(config.tenants)
+        if self.shape_sharer is not None:
+            self.shape_sharer.interval_s = config.shapes.publish_interval_s
         self.proxy.snapshot = snapshot
         self.metrics.forget_tenants(set(config.tenants))
         self.metrics.set_config(snapshot.generation, digest)
         self.metrics.config_reloads.inc()
+        self.config_loaded_at = time.time()
         log.info("config generation %d in force (%s)", snapshot.generation, digest)
         _warn(warnings)
-        message = f"generation {snapshot.generation} ({digest})"
-        pending = [name for name in RESTART_ONLY if getattr(config, name) != getattr(old.config, name)]
+        notes = [f"generation {snapshot.generation} ({digest}) in force"]
+        log_problem = self.access_log.reconfigure(config.access_log)
+        if log_problem:
+            log.error("config: %s", log_problem)
+            notes.append(log_problem)
+        also = [f"{name} to change" for name in tls_pending]
         if (config.listen_tls is None) != (self.listener_tls is None):
-            pending.append("listen_tls")
-        pending += tls_pending
+            also.append(f"listen_tls to turn TLS {'off' if config.listen_tls is None else 'on'} on {self.running['listen']}")
+        pending = restart_notice(self.running, config, also)
         if pending:
-            log.warning("config: %s changed; the running values stay until a restart", ", ".join(pending))
-            message += f"; {', '.join(pending)} take effect on restart"
-        return True, message
+            log.warning("config: %s", pending)
+            notes.append(pending)
+        return True, "; ".join(notes)
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight requests finish (up to drain_timeout_s), then close."""
@@ -242,13 +276,37 @@ class Worker:
             log.warning("drain timeout: %d requests still in flight after %.0fs", self.proxy.inflight, timeout)
         for runner in self._runners:
             await runner.cleanup()
+        await self.cockpit.close()
         await self.cluster_health.close()
         await self.upstream.close()
+        if self.shape_sharer is not None:
+            await self.shape_sharer.close()
         if self.cost_sharer is not None:
             await self.cost_sharer.close()
         await self.limiter.close()
         self.access_log.close()
         self.stopped.set()
+
+
+def restart_notice(running: dict, config: Config, also: list[str] | tuple[str, ...] = ()) -> str | None:
+    """A sentence naming what in `config` differs from the `running` values of the settings a reload
+    cannot apply (RESTART_ONLY, and the listener's TLS settings named in `also`), or None when nothing does."""
+    phrases = []
+    for name in ("listen", "admin_listen"):
+        if getattr(config, name) != running[name]:
+            phrases.append(f"{name} to move from {running[name]} to {getattr(config, name)}")
+    if config.redis != running["redis"]:
+        if running["redis"] is None:
+            phrases.append("the new redis section to take effect (limits stay in this process until then)")
+        elif config.redis is None:
+            phrases.append("removing the redis section to take effect (limits stay shared through Redis until then)")
+        else:
+            phrases.append("the changed redis section to take effect")
+    phrases += also
+    if not phrases:
+        return None
+    listed = phrases[0] if len(phrases) == 1 else ", for ".join(phrases[:-1]) + " and for " + phrases[-1]
+    return f"a restart is needed for {listed}; the rest of the file is in force"
 
 
 def _warn(warnings: list[tuple[str, str]]) -> None:

@@ -5,7 +5,8 @@ its share of every limit (1/N without Redis; shared through Redis when configure
 supervisor owns the public admin listener. Each worker serves its own admin API on a private
 unix socket, and the supervisor answers from them: /metrics is every worker's metrics with a
 `worker` label, /tenants sums the workers' per-tenant state, /ready needs every worker ready,
-and /reload (or SIGHUP) reloads every worker and reports each result. SIGTERM drains every
+/status and /tenants/{name}/shapes (the status page's data) add the workers up, the page itself
+is served here too, and /reload (or SIGHUP) reloads every worker and reports each result. SIGTERM drains every
 worker and exits 0. A worker that dies is restarted after a back-off.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import orjson
@@ -27,6 +29,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from .admin import admin_error, limit_param, page_routes, since_param
+from .cockpit import merge_shapes, merge_status
 from .config import ConfigError, load_config
 
 log = logging.getLogger("sluicegate.supervisor")
@@ -154,7 +158,31 @@ class Supervisor:
             ok, results = await self.reload()
             return _json({"reloaded": ok, "workers": results}, 200 if ok else 400)
 
+        async def status(request: web.Request) -> web.Response:
+            since = since_param(request)
+            if isinstance(since, web.Response):
+                return since
+            query = "?" + urlencode({"since": repr(since)}) if "since" in request.query else ""
+            answers = await self.ask_all("GET", "/status" + query)
+            return _json(merge_status([orjson.loads(a[1]) for a in answers if a is not None and a[0] == 200]))
+
+        async def shapes(request: web.Request) -> web.Response:
+            limit = limit_param(request)
+            if isinstance(limit, web.Response):
+                return limit
+            path = f"/tenants/{quote(request.match_info['name'], safe='')}/shapes"
+            answers = [a for a in await self.ask_all("GET", path + (f"?limit={limit}" if limit else "")) if a is not None]
+            for code, body in answers:
+                if code != 200:  # an unknown tenant: every worker says the same
+                    return web.Response(body=body, status=code, content_type="application/json")
+            if not answers:
+                return admin_error(503, "proxy_upstream_exception", "no worker answered")
+            return _json(merge_shapes([orjson.loads(body) for _, body in answers], limit))
+
         app = web.Application()
+        page_routes(app)
+        app.router.add_get("/status", status)
+        app.router.add_get("/tenants/{name}/shapes", shapes)
         app.router.add_get("/health", health)
         app.router.add_get("/ready", ready)
         app.router.add_get("/tenants", tenants)
@@ -167,7 +195,8 @@ def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data, option=orjson.OPT_INDENT_2), status=status, content_type="application/json")
 
 
-_SUMMED = ("in_flight", "queued", "max_concurrent", "admitted", "throttled")
+_SUMMED = ("in_flight", "queued", "max_concurrent", "admitted", "throttled", "would_throttle")
+_SUMMED_BY_REASON = ("throttled_by_reason", "would_throttle_by_reason")
 
 
 def merge_tenant_reports(reports: list[dict]) -> dict:
@@ -187,6 +216,10 @@ def merge_tenant_reports(reports: list[dict]) -> dict:
                 continue
             for key in _SUMMED:
                 mine[key] = mine.get(key, 0) + theirs.get(key, 0)
+            for key in _SUMMED_BY_REASON:
+                counts = mine.setdefault(key, {})
+                for reason, count in theirs.get(key, {}).items():
+                    counts[reason] = counts.get(reason, 0) + count
             for resource, bucket in theirs.get("buckets", {}).items():
                 if resource in mine.get("buckets", {}):
                     mine["buckets"][resource]["level"] += bucket["level"]

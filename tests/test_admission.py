@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 import random
 import statistics
 
@@ -70,6 +71,7 @@ def queued(adm: Admission, tenant: str, cost: float, now: float = 0.0, log: list
 
 
 def assert_idle(adm: Admission) -> None:
+    adm.expire_presence(math.inf)  # tenants seen lately count in the fair shares until PRESENCE_S passes
     gate = adm.gate
     assert (gate.inflight, gate.inflight_cost, gate.queued) == (0, 0.0, 0)
     assert (gate.reserve_inflight, gate.reserve_cost) == (0, 0.0)
@@ -200,14 +202,34 @@ def _fill(adm: Admission, tenant: str, cost: float, now: float) -> tuple[list[Ti
     return admitted, got
 
 
-def test_a_quiet_tenant_that_has_to_wait_shrinks_the_over_share_room_for_a_while():
+def test_a_quiet_tenant_seen_recently_narrows_the_over_share_room_before_it_ever_waits():
     adm = admission({"storm": {}, "quiet": {}}, threads=10, capacity_headroom=0.8, capacity_headroom_contended=0.5)
     learn_horizon(adm, 100.0)  # limit 10 requests, 1 thread each
     first_quiet = granted(adm, "quiet", 5)
+    adm.leave(first_quiet, 200, 0.01, 5, now=0.0)  # answered at once: it never waited
+    storm, waiting = _fill(adm, "storm", 100, now=1.0)
+    # the storm's first wave already leaves half the limit to the quiet tenant, not a fifth
+    assert len(storm) == 5 and adm.report(now=1.0)["contended"] is True
+    adm.withdraw(waiting, now=1.0)
+    for ticket in storm:
+        adm.leave(ticket, 200, 0.1, 100, now=1.1)
+    # CONTENDED_HOLD_S after the quiet tenant was last seen, the storming tenant is alone: 0.8 of the limit.
+    storm, waiting = _fill(adm, "storm", 100, now=1.0 + CONTENDED_HOLD_S)
+    assert len(storm) == 8 and adm.report(now=1.0 + CONTENDED_HOLD_S)["contended"] is False
+    adm.withdraw(waiting, now=6.5)
+    for ticket in storm:
+        adm.leave(ticket, 200, 0.1, 100, now=6.5)
+    assert_idle(adm)
+
+
+def test_a_quiet_tenant_that_has_to_wait_shrinks_the_over_share_room_for_a_while():
+    adm = admission({"storm": {}, "quiet": {}}, threads=10, capacity_headroom=0.8, capacity_headroom_contended=0.5)
+    learn_horizon(adm, 100.0)  # limit 10 requests, 1 thread each
     storm, waiting = _fill(adm, "storm", 100, now=0.0)
-    assert len(storm) == 7  # 8 of 10 for tenants over their share, one of them the quiet tenant's
+    assert len(storm) == 8  # alone: 8 of 10 for a tenant over its share
     assert adm.report(now=0.0)["contended"] is False
-    quiet, quiet_waiting = _fill(adm, "quiet", 5, now=0.1)  # the kept room fills; the next one waits ...
+    first_quiet = granted(adm, "quiet", 5, now=0.1)  # the kept room is the quiet tenant's ...
+    quiet, quiet_waiting = _fill(adm, "quiet", 5, now=0.1)  # ... it fills; the next one waits ...
     report = adm.report(now=0.1)
     assert report["contended"] is True and report["capacity_headroom"] == 0.5  # ... and the room grows
     adm.withdraw(waiting, now=0.1)
@@ -767,8 +789,8 @@ def test_the_gate_is_reported_and_exported_with_its_reason():
     assert {"limit", "reason", "capacity", "inflight", "queued"} <= set(report)
     gauges = {}
     adm.register_gauges(lambda name, doc, labels, read: gauges.__setitem__(name, (labels, read)))
-    assert set(gauges) >= {"sluicegate_gate_limit", "sluicegate_gate_inflight", "sluicegate_gate_inflight_cost",
-                           "sluicegate_gate_capacity_cost", "sluicegate_gate_queued", "sluicegate_gate_reason"}
+    assert set(gauges) >= {"sluicegate_gate_limit", "sluicegate_gate_inflight", "sluicegate_gate_inflight_cost_units",
+                           "sluicegate_gate_capacity_cost_units", "sluicegate_gate_queued", "sluicegate_gate_reason"}
     reasons = dict(gauges["sluicegate_gate_reason"][1]())
     assert set(reasons) == {(r,) for r in REASONS} and reasons[("capacity",)] == 1.0 and sum(reasons.values()) == 1.0
     assert list(gauges["sluicegate_gate_limit"][1]()) == [((), 8.0)]

@@ -50,7 +50,34 @@ def test_removed_tenants_are_forgotten_but_unauthenticated_series_stay():
 def test_live_gauges_are_read_at_scrape_time():
     m = Metrics()
     level = {"v": 5.0}
-    m.add_live_gauge("sluicegate_bucket_level", "level", ("tenant",), lambda: [(("acme",), level["v"])])
-    assert samples(m)[("sluicegate_bucket_level", (("tenant", "acme"),))] == 5.0
+    m.add_live_gauge("sluicegate_bucket_level_cost_units", "level", ("tenant",), lambda: [(("acme",), level["v"])])
+    assert samples(m)[("sluicegate_bucket_level_cost_units", (("tenant", "acme"),))] == 5.0
     level["v"] = -2.5
-    assert samples(m)[("sluicegate_bucket_level", (("tenant", "acme"),))] == -2.5
+    assert samples(m)[("sluicegate_bucket_level_cost_units", (("tenant", "acme"),))] == -2.5
+
+
+def test_no_created_series_and_cost_unit_gauges_say_so_in_their_names(tmp_path):
+    """Every metric a worker registers (with Redis configured, so the Redis ones too): no `_created`
+    series, and a gauge measured in cost units ends in `_cost_units`."""
+    import orjson
+
+    from proxy.config import parse_config
+    from proxy.server import Worker
+    from tests.processes import make_config
+
+    doc = make_config(["http://127.0.0.1:9"], redis={"url": "redis://127.0.0.1:9/0"})
+    path = tmp_path / "sluicegate.yaml"
+    path.write_bytes(orjson.dumps(doc))
+    worker = Worker(path, parse_config(doc), "abc")
+    worker.metrics.config_reloads.inc()
+    worker.metrics.upstream_errors.labels("http://127.0.0.1:9", "timeout").inc()
+    worker.metrics.count_request("acme", "search", "admitted", "")
+    text = worker.metrics.render().decode()
+    assert "_created" not in text
+    families = list(text_string_to_metric_families(text))
+    gauges = {f.name: f.documentation for f in families if f.type == "gauge"}
+    assert {"sluicegate_bucket_level_cost_units", "sluicegate_gate_inflight_cost_units",
+            "sluicegate_gate_capacity_cost_units", "sluicegate_redis_leased_cost_units"} <= set(gauges)
+    for name, doc_text in gauges.items():
+        if "cost units" in doc_text.lower():
+            assert name.endswith("_cost_units"), name

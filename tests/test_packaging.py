@@ -56,3 +56,9 @@ def test_build_stage_command_makes_a_working_wheel(tmp_path):
     assert check.returncode == 0, check.stderr
     shipped = {p.name for p in (site / "proxy" / "lua").glob("*.lua")}
     assert shipped == {p.name for p in (REPO / "proxy" / "lua").glob("*.lua")}  # the Redis scripts ship as package data
+    page = {p.name for p in (site / "proxy" / "static").iterdir() if p.suffix in (".html", ".css", ".js")}
+    assert page == {"index.html", "cockpit.css", "cockpit.js"}  # the status page ships too
+    assert (site / "proxy" / "sluicegate.schema.json").read_bytes() == (REPO / "proxy" / "sluicegate.schema.json").read_bytes()
+    schema = subprocess.run([sys.executable, "-m", "proxy", "schema"], capture_output=True, env=env, cwd=tmp_path,
+                            check=True)
+    assert schema.stdout == (site / "proxy" / "sluicegate.schema.json").read_bytes()

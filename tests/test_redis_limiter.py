@@ -321,7 +321,7 @@ async def test_live_instances_and_calls_show_in_metrics(limiters):
     assert metric_value(text, "sluicegate_redis_up") == 1
     assert metric_value(text, "sluicegate_redis_live_instances") == 1
     assert metric_value(text, "sluicegate_redis_calls_total", script="lease") == 1
-    assert metric_value(text, "sluicegate_redis_leased_units", tenant="acme", resource="search") > 0
+    assert metric_value(text, "sluicegate_redis_leased_cost_units", tenant="acme", resource="search") > 0
 
 
 # ---- outage ----

@@ -467,7 +467,7 @@ async def test_ten_thousand_requests_aborted_at_random_stages_leave_everything_i
     proxy.stop()
     gate = report["gate"]
     assert (gate["inflight"], gate["inflight_cost"], gate["queued"]) == (0, 0.0, 0)
-    for name in ("sluicegate_gate_inflight", "sluicegate_gate_inflight_cost", "sluicegate_gate_queued",
+    for name in ("sluicegate_gate_inflight", "sluicegate_gate_inflight_cost_units", "sluicegate_gate_queued",
                  "sluicegate_tenant_inflight", "sluicegate_tenant_queued"):
         assert metric_value(metrics, name) == 0.0, name
     # Every bucket is down by exactly what the access log books for requests that reached a node:
@@ -488,7 +488,7 @@ async def test_ten_thousand_requests_aborted_at_random_stages_leave_everything_i
                 spent += line["cost_observed"]
             elif line["status"] not in (429, 503):
                 spent += line["cost_charged"]
-        level = metric_value(metrics, "sluicegate_bucket_level", tenant=name, resource="search")
+        level = metric_value(metrics, "sluicegate_bucket_level_cost_units", tenant=name, resource="search")
         assert level == pytest.approx(burst - spent, abs=1e-3), name
     abandoned = sum(t["abandoned"] for t in report["tenants"].values())
     print(f"\n10,000 requests in {elapsed:.1f}s: stages {dict((s, stages.count(s)) for s in set(stages))}; "

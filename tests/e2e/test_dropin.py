@@ -9,7 +9,7 @@ import sys
 import orjson
 import pytest
 import urllib3
-from elasticsearch import Elasticsearch
+from elasticsearch import ApiError, Elasticsearch
 from elasticsearch import helpers as es_helpers
 from opensearchpy import OpenSearch
 from opensearchpy import helpers as os_helpers
@@ -174,6 +174,46 @@ def test_check_config_reports_unknown_plan_and_yaml_errors(tmp_path):
 
 
 def test_hash_key_matches_config_form():
-    result = subprocess.run([sys.executable, "-m", "proxy", "hash-key", "acme-key"], capture_output=True, text=True)
-    assert result.stdout.strip() == tenant("acme")["api_keys"][0]
+    result = subprocess.run([sys.executable, "-m", "proxy", "hash-key"], input="acme-key\n", capture_output=True,
+                            text=True)
+    assert result.stdout.strip() == tenant("acme")["api_keys"][0] and result.stderr == ""
     assert os.path.exists(REPO / "config" / "sluicegate.example.yaml")
+
+
+def _readme_retry_example() -> str:
+    readme = (REPO / "README.md").read_text()
+    marker = readme.index("<!-- the block below is run by tests/e2e/test_dropin.py")
+    start = readme.index("```python\n", marker) + len("```python\n")
+    return readme[start:readme.index("```", start)]
+
+
+def test_the_readme_retry_after_example(procs):
+    """elasticsearch-py by default fires its retries of a 429 at once; the README's settings send one request
+    per 429 and wait what Retry-After says, and then the request goes through."""
+    upstream = RecordingUpstream().start()
+    try:
+        bucket = {"rate": 1.0, "burst": 2.0}  # one search (~1.3 units), then a second's wait for the next
+        plans = {"standard": {"search": bucket, "read": bucket, "write": bucket, "admin": bucket, "max_wait_ms": 0}}
+        proxy = procs.proxy(make_config([upstream.url], plans=plans, tenants={"acme": tenant("acme")}))
+
+        def throttled() -> int:
+            return proxy.tenants()["tenants"]["acme"]["throttled"]
+
+        default = Elasticsearch(proxy.url, api_key="acme-key")
+        default.search(index="acme-logs", query={"match_all": {}})
+        with pytest.raises(ApiError) as refused:
+            default.search(index="acme-logs", query={"match_all": {}})
+        assert refused.value.meta.status == 429 and throttled() == 4  # the refusal and three retries at once
+        code = _readme_retry_example().replace("http://127.0.0.1:8080", proxy.url).replace("acme-demo-key", "acme-key")
+        before = throttled()
+        namespace: dict = {}
+        exec(compile(code, "README.md", "exec"), namespace)  # waits Retry-After, then succeeds
+        assert namespace["result"]["hits"] is not None
+        assert throttled() - before <= 1  # one request per 429, never a burst of retries
+        es = namespace["es"]
+        with pytest.raises(ApiError) as again:
+            for _ in range(3):
+                es.search(index="acme-logs", query={"match_all": {}})
+        assert int(again.value.meta.headers["Retry-After"]) >= 1  # what honouring_retry_after waits
+    finally:
+        upstream.stop()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
 import signal
 import time
+from datetime import UTC, datetime
 
 import aiohttp
 import orjson
@@ -114,13 +116,26 @@ async def test_reload_says_which_changes_wait_for_a_restart(procs, upstream):
     changed["listen"] = "127.0.0.1:1"  # a bound socket cannot move
     changed["plans"]["standard"]["max_concurrent"] = 3  # this applies at once
     proxy.write_config(changed)
+    running = config["listen"]
+    sentence = f"a restart is needed for listen to move from {running} to 127.0.0.1:1; the rest of the file is in force"
     status, body = http_post(proxy.admin + "/reload")
-    assert status == 200 and b"listen take effect on restart" in body
-    assert "listen changed; the running values stay until a restart" in proxy.stderr()
+    assert status == 200 and orjson.loads(body)["message"] == f"generation 2 ({_digest(proxy)}) in force; {sentence}"
+    assert f"WARNING sluicegate: config: {sentence}" in proxy.stderr()
     assert generation(proxy) == 2 and proxy.tenants()["tenants"]["acme"]["max_concurrent"] == 3
     async with aiohttp.ClientSession() as session:  # still serving on the old port
         async with session.get(proxy.url + SEARCH, headers=ACME) as r:
             assert r.status == 200
+    # Compared with what runs, not with the previous file: the same file again still needs the restart ...
+    status, body = http_post(proxy.admin + "/reload")
+    assert sentence in orjson.loads(body)["message"]
+    # ... and the file back at the running address needs none.
+    proxy.write_config(config)
+    status, body = http_post(proxy.admin + "/reload")
+    assert status == 200 and "restart" not in orjson.loads(body)["message"]
+
+
+def _digest(proxy) -> str:
+    return proxy.tenants()["config"]["hash"]
 
 
 async def test_shadow_tenant_is_never_refused_but_counted(procs, upstream):
@@ -190,7 +205,7 @@ async def test_two_workers_share_the_port_and_split_the_limits(procs, upstream):
     metrics = proxy.metrics()
     served = {w: proxy.metric("sluicegate_requests_total", tenant="acme", worker=w) for w in ("0", "1")}
     assert sum(served.values()) == 60 and all(served.values()), served
-    assert "sluicegate_bucket_level" in metrics
+    assert "sluicegate_bucket_level_cost_units" in metrics
     report = proxy.tenants()
     assert report["workers"] == 2
     assert report["tenants"]["acme"]["max_concurrent"] == 8  # 4 + 4: each worker holds half
@@ -208,6 +223,7 @@ async def test_access_log_has_one_json_line_per_request_with_every_field(procs, 
             assert r.headers["X-Sluicegate-Cost"].startswith("estimated=")
         async with session.get(proxy.url + SEARCH, headers={"Authorization": "ApiKey nope"}) as r:
             assert r.status == 401
+            refusal_body = await r.read()
     proxy.stop()
     lines = proxy.access_log()
     assert len(lines) == 2
@@ -219,7 +235,11 @@ async def test_access_log_has_one_json_line_per_request_with_every_field(procs, 
     assert admitted["cost_observed"] == 3.0 and admitted["status"] == 200 and admitted["node"] == upstream.url
     assert admitted["bytes_in"] > 0 and admitted["bytes_out"] > 0
     assert refused["tenant"] == "-" and refused["status"] == 401 and refused["decision"] == "refused"
-    assert abs(admitted["time"] - time.time()) < 60
+    assert refused["bytes_out"] == len(refusal_body) > 0  # a refusal's body counts too
+    for line in lines:  # ISO 8601, UTC, milliseconds
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"]), line["time"]
+        stamp = datetime.strptime(line["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        assert abs(stamp.timestamp() - time.time()) < 60
 
 
 async def test_every_metric_on_the_dashboard_is_exported(procs, upstream):
@@ -242,3 +262,76 @@ async def test_every_metric_on_the_dashboard_is_exported(procs, upstream):
     missing = {name for name in wanted if name not in samples and name not in families
                and re.sub(r"_(bucket|sum|count|total)$", "", name) not in families}
     assert not missing, f"the dashboard queries metrics /metrics does not export: {sorted(missing)}"
+
+
+async def test_access_log_reopens_on_sighup_and_follows_a_new_path(procs, upstream, tmp_path):
+    first, second = tmp_path / "access.log", tmp_path / "other.log"
+    config = make_config([upstream.url], access_log={"path": str(first), "sample": 1.0})
+    proxy = procs.proxy(config)
+
+    def lines(path) -> int:
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    async def one_request(path, expect: int) -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(proxy.url + SEARCH, headers=ACME) as r:
+                assert r.status == 200
+        await asyncio.to_thread(wait_until, lambda: lines(path) == expect, 10, f"{expect} line(s) in {path.name}")
+
+    await one_request(first, 1)
+    # logrotate: move the file, then SIGHUP; the proxy writes to a new file of the old name.
+    first.rename(tmp_path / "access.log.1")
+    proxy.signal(signal.SIGHUP)
+    await asyncio.to_thread(wait_until, lambda: generation(proxy) == 2, 10, "reload")
+    await one_request(first, 1)
+    assert lines(tmp_path / "access.log.1") == 1
+    # An invalid file still reopens the log (logrotate does not know about the config).
+    first.rename(tmp_path / "access.log.2")
+    broken = copy.deepcopy(config)
+    broken["plans"]["standard"]["search"]["rate"] = -1
+    proxy.write_config(broken)
+    proxy.signal(signal.SIGHUP)
+    await asyncio.to_thread(wait_until, lambda: proxy.metric("sluicegate_config_reload_failures_total") == 1, 10,
+                            "failed reload")
+    await one_request(first, 1)
+    # A new access_log.path takes effect on reload.
+    moved = copy.deepcopy(config)
+    moved["access_log"]["path"] = str(second)
+    proxy.write_config(moved)
+    status, body = http_post(proxy.admin + "/reload")
+    assert status == 200 and "restart" not in orjson.loads(body)["message"]
+    await one_request(second, 1)
+    assert lines(first) == 1
+    # A path that cannot be opened keeps the log where it is, and the reload says so.
+    nowhere = copy.deepcopy(config)
+    nowhere["access_log"]["path"] = str(tmp_path / "missing-dir" / "access.log")
+    proxy.write_config(nowhere)
+    status, body = http_post(proxy.admin + "/reload")
+    assert status == 200 and f"so the access log still goes to {second}" in orjson.loads(body)["message"]
+    await one_request(second, 2)
+
+
+async def test_tenants_counts_every_429_as_throttled_whatever_the_reason(procs, upstream):
+    # One slot and no queue (concurrency 429s), and a bucket of two requests (budget 429s).
+    config = make_config([upstream.url], plans={"standard": plan(0.001, 6, max_concurrent=1, max_queue=0)})
+    proxy = procs.proxy(config)
+    statuses: list[tuple[int, str]] = []
+    async with aiohttp.ClientSession() as session:
+        async def one(path: str) -> None:
+            async with session.post(proxy.url + path, data=b'{"query":{"match_all":{}}}', headers={
+                    **ACME, "Content-Type": "application/json"}) as r:
+                await r.read()
+                statuses.append((r.status, r.headers.get("X-Sluicegate-Reason", "")))
+
+        slow = asyncio.create_task(one(SEARCH + "?delay_ms=500"))  # holds the only slot
+        await asyncio.to_thread(wait_until, lambda: proxy.tenants()["tenants"]["acme"]["in_flight"] == 1, 10,
+                                "the slot taken")
+        await asyncio.gather(*(one(SEARCH) for _ in range(3)))  # concurrency
+        await slow
+        for _ in range(6):
+            await one(SEARCH)  # the bucket runs dry: budget
+    reasons = [reason for status, reason in statuses if status == 429]
+    assert "concurrency" in reasons and "budget" in reasons, statuses
+    acme = proxy.tenants()["tenants"]["acme"]
+    assert acme["throttled"] == len(reasons)
+    assert acme["throttled_by_reason"] == {why: reasons.count(why) for why in set(reasons)}
