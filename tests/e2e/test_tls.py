@@ -227,6 +227,28 @@ def test_plain_http_to_the_tls_listener_gets_no_answer(tls_proxy):
         assert not s.recv(1024).startswith(b"HTTP/1.1 200")
 
 
+def test_a_reload_applies_min_version_live_and_names_what_waits_for_a_restart(procs, pki, shared_cluster, listener_cert):
+    import copy
+
+    from tests.processes import http_post
+
+    config = make_config(shared_cluster.nodes, listen_tls=listen_tls(listener_cert))
+    proxy = procs.proxy(config)
+    tls12 = client_context(pki)
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert post(proxy.url, "/acme-logs/_search", headers=ACME, context=tls12)[0] in (200, 404)
+    changed = copy.deepcopy(config)
+    changed["listen_tls"].update(min_version="TLSv1.3", client_ca_file=str(pki.ca_file))
+    proxy.write_config(changed)
+    status, body = http_post(proxy.admin + "/reload")
+    answer = orjson.loads(body)
+    assert status == 200 and answer["reloaded"], answer
+    assert "a restart is needed for listen_tls.client_ca_file to change" in answer["message"]
+    with pytest.raises((ssl.SSLError, OSError)):  # min_version took effect on the live context
+        post(proxy.url, "/acme-logs/_search", headers=ACME, context=tls12)
+    assert post(proxy.url, "/acme-logs/_search", headers=ACME, context=client_context(pki))[0] in (200, 404)
+
+
 # ---- mutual TLS ------------------------------------------------------------------------------
 
 
