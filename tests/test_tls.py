@@ -18,7 +18,6 @@ from proxy.config import ConfigError, ListenTLS, parse_config
 from proxy.upstream_http import ConnectionLostEarly, ConnectionPool, request_head
 from tests.pki import Pki
 
-UTC = datetime.timezone.utc
 
 
 def config(upstream_tls: dict | None = None, listen_tls: dict | None = None, https: bool = True):

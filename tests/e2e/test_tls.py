@@ -11,7 +11,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 
 import aiohttp
 import orjson
@@ -21,7 +20,7 @@ from opensearchpy import OpenSearch
 
 from proxy.cli import main as sluicegate
 from tests.pki import Pki
-from tests.processes import PY, REPO, free_port, http_get, make_config, tenant, wait_until
+from tests.processes import PY, REPO, http_get, make_config, tenant, wait_until
 
 ACME = {"Authorization": "ApiKey acme-key"}
 SEARCH = b'{"query":{"match_all":{}}}'
@@ -297,18 +296,6 @@ def test_optional_client_authentication_lets_api_key_clients_in(mtls, pki, tmp_p
 
 
 # ---- certificate rotation by SIGHUP under load -----------------------------------------------
-
-
-async def fresh_connection_cn(host: str, port: int, context: ssl.SSLContext) -> tuple[str, int]:
-    """One request on a new TLS connection: (the CN of the certificate it was served with, status)."""
-    reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname="localhost")
-    cn = dict(pair[0] for pair in writer.get_extra_info("peercert")["subject"])["commonName"]
-    writer.write(b"POST /acme-logs/_search HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey acme-key\r\n"
-                 b"Content-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(SEARCH), SEARCH))
-    head = await reader.readuntil(b"\r\n")
-    await reader.read()
-    writer.close()
-    return cn, int(head.split()[1])
 
 
 def install(issued, cert_file, key_file) -> None:
