@@ -19,7 +19,6 @@ from proxy.upstream_http import ConnectionLostEarly, ConnectionPool, request_hea
 from tests.pki import Pki
 
 
-
 def config(upstream_tls: dict | None = None, listen_tls: dict | None = None, https: bool = True):
     data = {
         "upstream": {"nodes": [f"{'https' if https else 'http'}://127.0.0.1:9200"]},
