@@ -18,8 +18,6 @@ HIGH_WATER = 1 << 20
 LOW_WATER = 1 << 18
 #: the longest response head accepted from a node
 MAX_HEAD = 1 << 16
-#: over TLS, a request body up to this size is joined to its head and written once (one record)
-TLS_JOIN_BYTES = 1 << 16
 
 
 class UpstreamProtocolError(Exception):
@@ -397,10 +395,7 @@ class NodeConnection(asyncio.Protocol):
         if self._head_timer is None:
             self._head_timer = self.loop.call_at(self._head_deadline, self._head_timed_out)
         if body:
-            if self.pool.ssl is not None and len(body) <= TLS_JOIN_BYTES:
-                self.transport.write(head + body)  # one TLS record, not two: each costs both ends a Python-level call
-            else:
-                self.transport.writelines((head, body))
+            self.transport.writelines((head, body))
         else:
             self.transport.write(head)
         return waiter
