@@ -9,7 +9,7 @@ DEMO_STAMP := $(VENV)/.installed-demo
 BROWSER_STAMP := tests/browser/node_modules/.package-lock.json
 EXT    := $(shell ls proxy/_ratelimit*.so 2>/dev/null | head -n1)
 
-.PHONY: demo test test-fast bench build redis-server nginx jdk clusters clients browser browser-tools screenshot lint clean
+.PHONY: demo test test-fast bench bench-accuracy build redis-server nginx jdk clusters clients browser browser-tools screenshot lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -124,6 +124,12 @@ bench: $(STAMP) redis-server nginx
 	$(PY) bench/redis_mode.py
 	$(PY) bench/storm.py
 	$(PY) bench/overhead.py
+
+# The cost model's truth table against real clusters (starts them, loads the corpus: ~10 minutes);
+# rewrites its section of bench/RESULTS.md. Keep the clusters and corpus between runs with
+# ACCURACY_ARGS='--data-dir /var/tmp/sluicegate/accuracy'.
+bench-accuracy: $(STAMP) clusters
+	$(PY) bench/accuracy.py $(ACCURACY_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info proxy/_ratelimit.c proxy/_ratelimit*.so tests/clients/node_modules tests/browser/node_modules

@@ -2579,9 +2579,10 @@ _BODY_TYPES = ("application/json", "application/x-ndjson", "application/vnd.elas
 
 
 def check_content_type(content_type: str | None) -> None:
-    """ES refuses bodies it cannot parse with 406; a missing Content-Type is tolerated."""
+    """ES refuses bodies it cannot parse with 406, and a body without a Content-Type too (real 8.19 and
+    OpenSearch 2.19 nodes answer `Content-Type header [] is not supported`)."""
     if content_type is None:
-        return
+        raise EsError(406, "content_type", "Content-Type header [] is not supported", flat=True)
     mimetype = content_type.split(";", 1)[0].strip().lower()
     if mimetype and mimetype not in _BODY_TYPES:
         raise EsError(406, "content_type", f"Content-Type header [{content_type}] is not supported", flat=True)
@@ -2604,8 +2605,23 @@ def json_content_type(accept: str) -> str:
     return found
 
 
+def streamed_by_es8(method: str, path: str) -> bool:
+    """Whether a real Elasticsearch 8.19 node answers this call (when it succeeds) with a chunked body and no
+    Content-Length: searches, scroll pages, multi-searches, the _cat APIs and the task list do; documents,
+    counts, cluster health and the like come with a Content-Length. A proxy in front sees both."""
+    if method in ("HEAD", "DELETE"):
+        return False
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        return False
+    if parts[0] == "_cat" or parts == ["_tasks"] or parts[:2] == ["_search", "scroll"]:
+        return True
+    return parts[-1] in ("_search", "_msearch")
+
+
 def respond(request: BaseRequest, method: str, status: int, payload: Any) -> web.Response:
-    """Serialise with orjson; every response says X-Elastic-Product: Elasticsearch; HEAD has no body."""
+    """Serialise with orjson; every response says X-Elastic-Product: Elasticsearch; HEAD has no body.
+    Framed as ES 8.19 frames it: chunked where it streams its answer (`streamed_by_es8`)."""
     if isinstance(payload, str):
         body, content_type = payload.encode(), _TEXT_TYPE
     else:
@@ -2613,8 +2629,11 @@ def respond(request: BaseRequest, method: str, status: int, payload: Any) -> web
         content_type = json_content_type(request.headers.get("Accept", ""))
     if method == "HEAD":
         body = b""
-    return web.Response(body=body, status=status,
-                        headers={"Content-Type": content_type, "X-Elastic-Product": "Elasticsearch"})
+    response = web.Response(body=body, status=status,
+                            headers={"Content-Type": content_type, "X-Elastic-Product": "Elasticsearch"})
+    if 200 <= status < 300 and streamed_by_es8(method, request.path):
+        response.enable_chunked_encoding()
+    return response
 
 
 # ============================================================================================

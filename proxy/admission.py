@@ -798,7 +798,7 @@ class Admission:
         in_reserve = ticket.in_reserve
         del self._held[ticket]
         if ticket.overdue:
-            self._overdue = self._overdue - ticket.overdue if self._held else 0.0
+            self._overdue = max(0.0, self._overdue - ticket.overdue) if self._held else 0.0  # no float dust below 0
             gate.overdue_cost = min(self._overdue, gate.overdue_cost)
         if not self._held:
             self._overdue = gate.overdue_cost = 0.0  # exactly nothing at idle

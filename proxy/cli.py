@@ -1,4 +1,4 @@
-"""The `sluicegate` command: run, check-config, hash-key, schema, demo."""
+"""The `sluicegate` command: run, check-config, hash-key, schema, demo, calibrate."""
 from __future__ import annotations
 
 import argparse
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sluicegate", description="Per-tenant, cost-aware throttling reverse proxy for Elasticsearch and OpenSearch.")
     parser.add_argument("--version", action="version", version=f"sluicegate {package_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,check-config,hash-key,schema,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,check-config,hash-key,schema,demo,calibrate}")
     run = sub.add_parser("run", help="serve the proxy", description="Serve the proxy until SIGTERM; SIGHUP reloads.")
     run.add_argument("--config", required=True, metavar="FILE", help="path to the YAML config")
     run.add_argument("--workers", type=int, default=1, metavar="N",
@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
                                       "proxy in front of it (needs a source checkout).")
     demo.add_argument("--config", default=str(DEMO_CONFIG), metavar="FILE",
                       help="the proxy config to serve (default: config/demo.yaml)")
+    calibrate = sub.add_parser(
+        "calibrate", help="fit cost.weights to a real cluster; print the YAML block with the fit's error before and after",
+        description="Run the battery of query shapes against a real cluster (a scratch sample index it creates and "
+                    "deletes, or read-only against your own index), fit the cost weights to what each shape cost, "
+                    "and print a cost.weights block with the error before and after. Load is capped.")
+    from .calibrate import add_arguments
+
+    add_arguments(calibrate)
     worker = sub.add_parser("_worker")  # started by the --workers supervisor; hidden from help
     worker.add_argument("--config", required=True, help="path to the YAML config")
     worker.add_argument("--index", type=int, required=True, help="this worker's number, from 0")
@@ -81,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args.config, args.workers)
     if args.command == "check-config":
         return check_config(args.file)
+    if args.command == "calibrate":
+        from .calibrate import run as calibrate
+
+        return calibrate(args)
     if args.command == "hash-key":
         return hash_key(args.secret)
     if args.command == "schema":

@@ -16,6 +16,12 @@ The nodes info gives each node's HTTP address, which is how a node id meets an u
 `ClusterReading` (pure: the previous counters in, the new ones out); `ClusterHealth` runs the loop.
 A failed poll changes nothing: the gate keeps its last reading and its latency signals.
 
+The same thread-pool answer also says how long a search task waits in a node's queue: by Little's
+law, the task-seconds spent queued over the last polls (queue lengths sampled at each poll) divided
+by the tasks completed. `read_queue_sample` and `QueueWait` compute it (pure: the previous samples
+and the seconds between polls in) and `on_queue_wait` hands it to the learned costs, which take it out of observed costs
+(proxy/cost_learned.py): a saturated cluster's queue is not learned as the cost of a cheap shape.
+
 Every `cost.index_sizes_poll_s` seconds (30 by default: sizes change slowly, and the answer grows with
 the number of indices) it asks for each index's primary document count, filtered down to that one
 number per index; `read_index_sizes` makes an `IndexSizes` of it, handed to `on_index_sizes`.
@@ -24,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
 
@@ -41,6 +49,10 @@ INDEX_DOCS_PATH = "/_stats/docs?filter_path=indices.*.primaries.docs.count"
 
 #: per node id: (search tasks rejected, completed) at the previous poll
 Counters = dict[str, tuple[int, int]]
+#: per node id: (search tasks completed, tasks in the search queue) at the previous poll
+QueueSamples = dict[str, tuple[int, int]]
+#: seconds of polls the search queue wait is averaged over
+QUEUE_WAIT_WINDOW_S = 2.0
 
 
 def is_data_node(roles: Any) -> bool:
@@ -111,6 +123,64 @@ def read_cluster(
     return reading, counters if threads is not None else previous
 
 
+def read_queue_sample(
+    stats: Mapping | None, previous: QueueSamples, elapsed_s: float
+) -> tuple[tuple[float, int] | None, QueueSamples]:
+    """What the data nodes' search queues held over the last `elapsed_s` seconds, from two
+    `_nodes/stats/thread_pool` answers: (task-seconds spent queued, search tasks completed), summed over
+    the nodes seen in both (each node's queue length taken as the mean of its two samples); and the
+    samples to diff next time. None when it cannot be told (first poll, no stats, restarted nodes only).
+    """
+    nodes = stats.get("nodes") if isinstance(stats, Mapping) else None
+    if not isinstance(nodes, Mapping):
+        return None, previous
+    samples: QueueSamples = {}
+    queued = 0.0
+    completed = 0
+    known = False
+    for node_id, node in nodes.items():
+        if not isinstance(node, Mapping) or not is_data_node(node.get("roles")):
+            continue
+        pool = (node.get("thread_pool") or {}).get("search")
+        if not isinstance(pool, Mapping):
+            continue
+        now = (_int(pool.get("completed")), _int(pool.get("queue")))
+        samples[node_id] = now
+        before = previous.get(node_id)
+        if before is None or now[0] < before[0] or elapsed_s <= 0:
+            continue  # first sight of this node, or it restarted
+        known = True
+        queued += (now[1] + before[1]) / 2.0 * elapsed_s
+        completed += now[0] - before[0]
+    return ((queued, completed) if known else None), samples
+
+
+class QueueWait:
+    """Milliseconds a search task has waited in a data node's search queue, on average over the polls of
+    the last `window_s` seconds: Little's law, task-seconds queued ÷ tasks completed. Queue lengths are
+    sampled only at polls, so one interval is noisy; a window of a few smooths it. A queue that completed
+    nothing waited the whole window."""
+
+    def __init__(self, window_s: float = 2.0, max_intervals: int = 16) -> None:
+        self.window_s = window_s
+        self.intervals: deque[tuple[float, float, int]] = deque(maxlen=max_intervals)  # (elapsed, queued, completed)
+
+    def add(self, elapsed_s: float, queued_s: float, completed: int) -> float:
+        """Add one poll interval; the mean wait (ms) over the window that ends with it."""
+        self.intervals.append((elapsed_s, queued_s, completed))
+        span = queued = 0.0
+        done = 0
+        for elapsed, q, c in reversed(self.intervals):
+            span += elapsed
+            queued += q
+            done += c
+            if span >= self.window_s:
+                break
+        if queued <= 0.0:
+            return 0.0
+        return queued / done * 1000.0 if done else span * 1000.0
+
+
 def read_nodes_info(info: Mapping | None) -> dict[str, tuple[int | None, str | None]]:
     """Per node id, its configured search pool size and its HTTP address ("host:port"), from a
     `_nodes/thread_pool,http` (nodes info) body; either may be None when the body does not say."""
@@ -168,8 +238,9 @@ class JsonSource(Protocol):
 
 
 class ClusterHealth:
-    """Polls the cluster every `admission.poll_s` seconds and hands each reading to admission; polls the
-    indices' sizes every `index_sizes_poll_s` seconds (0: never) and hands them to `on_index_sizes`."""
+    """Polls the cluster every `admission.poll_s` seconds and hands each reading to admission and the
+    search queue wait to `on_queue_wait`; polls the indices' sizes every `index_sizes_poll_s` seconds
+    (0: never) and hands them to `on_index_sizes`."""
 
     def __init__(
         self,
@@ -177,12 +248,18 @@ class ClusterHealth:
         admission: Admission,
         on_index_sizes: Callable[[IndexSizes | None], None] | None = None,
         index_sizes_poll_s: float = 30.0,
+        on_queue_wait: Callable[[float], None] | None = None,
     ):
         self.upstream = upstream
         self.admission = admission
         self.on_index_sizes = on_index_sizes
         self.index_sizes_poll_s = index_sizes_poll_s
+        self.on_queue_wait = on_queue_wait
         self.counters: Counters = {}
+        self.queue_samples: QueueSamples = {}
+        self.queue_wait = QueueWait(QUEUE_WAIT_WINDOW_S)
+        self.queue_wait_ms: float | None = None
+        self._sampled_at: float | None = None
         self.nodes_info: dict[str, tuple[int | None, str | None]] = {}  # node id → (search pool size, HTTP address)
         self.last: ClusterReading | None = None
         self.sizes: IndexSizes | None = None
@@ -202,6 +279,15 @@ class ClusterHealth:
         health, stats = await asyncio.gather(
             self.upstream.get_json(HEALTH_PATH, timeout), self.upstream.get_json(THREAD_POOL_PATH, timeout)
         )
+        if stats is not None:
+            now = time.monotonic()
+            elapsed = now - self._sampled_at if self._sampled_at is not None else 0.0
+            sample, self.queue_samples = read_queue_sample(stats, self.queue_samples, elapsed)
+            self._sampled_at = now
+            if sample is not None:
+                wait = self.queue_wait_ms = self.queue_wait.add(elapsed, *sample)
+                if self.on_queue_wait is not None:
+                    self.on_queue_wait(wait)
         if unknown_nodes(stats, self.nodes_info):
             self.nodes_info.update(read_nodes_info(await self.upstream.get_json(NODES_INFO_PATH, timeout)))
         down = self.upstream.unreachable_addresses()

@@ -228,6 +228,10 @@ class CostConfig(_Frozen):
     learn_max_rise: float = Field(
         4.0, ge=1.0, description="multiplier: after its first observation, one observation raises a learned cost "
         "as if it were at most this many times the current value (observed costs include the cluster's queue time)")
+    learn_service_time: bool = Field(
+        True, description="learn a search's service time: take out of its observed cost the time its shard tasks "
+        "waited in the nodes' search queues, as the cluster poller last measured it (the bill is still the full "
+        "observed cost)")
     max_debt_ratio: float = Field(1.0, ge=0)
     index_sizes_poll_s: float = Field(
         30.0, ge=0, description="seconds between polls of every index's document count (GET _stats/docs, filtered), "

@@ -15,10 +15,18 @@ _JSON = "application/json; charset=UTF-8"
 _PRODUCT = {"X-Elastic-Product": "Elasticsearch"}
 
 
-def error_body(status: int, etype: str, reason: str) -> bytes:
+def error_body(status: int, etype: str, reason: str, caused_by: dict | None = None) -> bytes:
     """The JSON bytes of an ES error response."""
     cause = {"type": etype, "reason": reason}
-    return orjson.dumps({"error": {"root_cause": [cause], "type": etype, "reason": reason}, "status": status})
+    error = {"root_cause": [cause], "type": etype, "reason": reason}
+    if caused_by is not None:
+        error["caused_by"] = caused_by
+    return orjson.dumps({"error": error, "status": status})
+
+
+def flat_error_body(status: int, reason: str) -> bytes:
+    """The JSON bytes of the flat errors ES's REST layer answers itself (no handler, 405, 406)."""
+    return orjson.dumps({"error": reason, "status": status})
 
 
 class Refusal(Exception):
@@ -28,6 +36,10 @@ class Refusal(Exception):
     etype = "illegal_argument_exception"
     #: the `reason` label in metrics and the access log
     label = "refused"
+    #: ES's nested cause (`{"type", "reason"}`), where ES itself names one
+    caused_by: dict | None = None
+    #: answered in the flat shape of ES's REST layer, `{"error": reason, "status": S}`
+    flat = False
 
     def __init__(self, reason: str, headers: dict[str, str] | None = None):
         super().__init__(reason)
@@ -44,7 +56,11 @@ class Refusal(Exception):
     def response(self) -> web.Response:
         headers = {**_PRODUCT, **self.headers} if self.headers else dict(_PRODUCT)
         headers["Content-Type"] = _JSON
-        return web.Response(status=self.status, body=error_body(self.status, self.etype, self.reason), headers=headers)
+        if self.flat:
+            body = flat_error_body(self.status, self.reason)
+        else:
+            body = error_body(self.status, self.etype, self.reason, self.caused_by)
+        return web.Response(status=self.status, body=body, headers=headers)
 
 
 class Unauthorized(Refusal):
@@ -145,16 +161,26 @@ class UpstreamFailure(Refusal):
 
 
 class InvalidParameter(BadRequest):
-    """A query parameter ES itself would refuse (size=abc, from=-1, scroll=soon): its 400 and error type."""
+    """A query parameter ES itself would refuse (size=abc, from=-1, scroll=soon): its 400, error type and
+    words, and the Java exception ES names as the cause (`number_format_exception`) where it names one."""
 
     etype = "illegal_argument_exception"
     label = "illegal_argument"
 
+    def __init__(self, reason: str, caused_by: dict | None = None):
+        super().__init__(reason)
+        self.caused_by = caused_by
+
 
 class NotAcceptable(Refusal):
-    """A body whose Content-Type ES refuses (406, "Content-Type header [...] is not supported"), or one the
-    proxy must read to cost it and cannot (SMILE, CBOR, YAML on a search-class call)."""
+    """A body whose Content-Type ES refuses (406, "Content-Type header [...] is not supported", flat as ES's
+    REST layer answers it), or one the proxy must read to cost it and cannot (SMILE, CBOR, YAML on a
+    search-class call: the proxy's own refusal, in the usual shape)."""
 
     status = 406
     etype = "media_type_header_exception"
     label = "content_type"
+
+    def __init__(self, reason: str, flat: bool = True):
+        super().__init__(reason)
+        self.flat = flat

@@ -58,10 +58,17 @@ NO_BODY = Body(b"", b"", None, None, 0)
 # ---- the URL ----------------------------------------------------------------------------------
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-# Java's Integer.parseInt grammar: ASCII digits only, optional sign (Python's int() also takes "1_0" and "١٢").
-_INT = re.compile(r"[+-]?[0-9]+\Z")
-_TIME = re.compile(r"(?:-1|0|[0-9]+(?:\.[0-9]+)?(?:nanos|micros|ms|s|m|h|d))\Z", re.IGNORECASE)
+# Java's Integer/Long.parseLong grammar: an optional sign, then decimal digits of any script (Character.digit
+# takes "١٢" as 12, as do real Elasticsearch and OpenSearch nodes); Python's int() also takes "1_0" and " 1".
+_INT = re.compile(r"[+-]?\d+\Z")
 _INT_MAX = 2**31 - 1
+_LONG_MAX = 2**63 - 1
+#: TimeValue.parseTimeValue's units, in the order it tries them
+_TIME_UNITS = ("nanos", "micros", "ms", "s", "m", "h", "d")
+# Java's Double.parseDouble (ASCII digits, an optional exponent and type suffix), hexadecimal aside
+_JAVA_DOUBLE = re.compile(r"[+-]?(?:NaN|Infinity|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?[fFdD]?)\Z")
+#: what Java's String.trim() removes: every char up to and including the space
+_JAVA_BLANK = "".join(map(chr, range(33)))
 
 #: integer query parameters that Elasticsearch parses with paramAsInt on search-class calls (400 if not an int)
 _INT_PARAMS = frozenset({
@@ -166,16 +173,49 @@ def _path_targets(kind: str, segs: list[str]) -> tuple[str, ...]:
 
 
 def _check_params(params: dict[str, str]) -> None:
-    """Refuse (400) the numeric and time parameters that Elasticsearch itself would refuse."""
+    """Refuse (400) the numeric and time parameters that Elasticsearch itself would refuse, in its words
+    (checked against real Elasticsearch 8.19 and OpenSearch 2.19 nodes, which agree on them)."""
     for name, value in params.items():
         if name in _INT_PARAMS:
-            # ES's Integer.parseInt: ASCII digits within int32 (and Python's int() refuses 5000 digits)
-            if not _INT.match(value) or len(value.lstrip("+-").lstrip("0")) > 10 or abs(int(value)) > _INT_MAX:
-                raise InvalidParameter(f"Failed to parse int parameter [{name}] with value [{_clip(value)}]")
+            if not _java_int(value, _INT_MAX):
+                raise InvalidParameter(f"Failed to parse int parameter [{name}] with value [{_clip(value)}]",
+                                       _number_format(value))
             if name in _NON_NEGATIVE and int(value) < 0:
                 raise InvalidParameter(f"[{name}] parameter cannot be negative, found [{value}]")
-        elif name in _TIME_PARAMS and not _TIME.match(value.strip()):
-            raise InvalidParameter(f"failed to parse [{name}] with value [{_clip(value)}] as a time value")
+        elif name in _TIME_PARAMS:
+            _check_time(name, value)
+
+
+def _java_int(value: str, limit: int) -> bool:
+    """Whether Java's Integer.parseInt (limit 2^31-1) or Long.parseLong (2^63-1) takes `value`
+    (and Python's int() refuses 5000 digits: the length is judged first)."""
+    return bool(_INT.match(value)) and len(value.lstrip("+-").lstrip("0")) <= 19 and abs(int(value)) <= limit
+
+
+def _number_format(text: str) -> dict:
+    """The `caused_by` ES reports for a number Java could not parse."""
+    return {"type": "number_format_exception", "reason": f'For input string: "{_clip(text)}"'}
+
+
+def _check_time(name: str, value: str) -> None:
+    """TimeValue.parseTimeValue, which both Elasticsearch and OpenSearch use for `scroll`, `timeout`...:
+    a unit after a whole number, or -1, or 0. Refuses what it refuses, with its messages."""
+    normalized = value.lower().strip(_JAVA_BLANK)
+    for unit in _TIME_UNITS:
+        if normalized.endswith(unit):
+            number = normalized[: -len(unit)].strip(_JAVA_BLANK)
+            if _java_int(number, _LONG_MAX):
+                if int(number) < -1:
+                    raise InvalidParameter(f"failed to parse setting [{name}] with value [{_clip(value)}] as a time "
+                                           "value: negative durations are not supported")
+                return
+            if _JAVA_DOUBLE.match(number):
+                raise InvalidParameter(f"failed to parse [{_clip(value)}], fractional time values are not supported",
+                                       _number_format(number))
+            raise InvalidParameter(f"failed to parse [{_clip(value)}]", _number_format(number))
+    if normalized not in ("-1", "0"):
+        raise InvalidParameter(f"failed to parse setting [{name}] with value [{_clip(value)}] as a time value: "
+                               "unit is missing or unrecognized")
 
 
 Route = tuple[str, str, tuple[str, ...], "str | None", bool, str]
@@ -530,7 +570,7 @@ def _check_content_type(call: EsCall, content_type: str | None, must_parse: bool
     if call.kind in _ANY_CONTENT:
         return
     if content_type is None:
-        raise NotAcceptable("Content-Type header is missing")
+        raise NotAcceptable("Content-Type header [] is not supported")  # as ES and OpenSearch word it
     media = _media_type(content_type)
     if media in _JSON_TYPES:
         return
@@ -538,7 +578,7 @@ def _check_content_type(call: EsCall, content_type: str | None, must_parse: bool
         if must_parse:
             raise NotAcceptable(
                 f"Content-Type header [{_clip(content_type)}] is not supported by this proxy for [{call.api}]: "
-                "it reads the body to cost it and understands JSON only"
+                "it reads the body to cost it and understands JSON only", flat=False,
             )
         return
     raise NotAcceptable(f"Content-Type header [{_clip(content_type)}] is not supported")

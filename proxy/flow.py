@@ -346,8 +346,11 @@ class Proxy:
                 head += chunk[: HEAD_BYTES - len(head)]
             trace.bytes_out += len(chunk)
             await response.write(chunk)
-        trace.observed = _observe(head, encoding, upstream.status)
+        observed = _observe(head, encoding, upstream.status)
         await response.write_eof()
+        # Only now: a client gone during the last write is billed the charge, as one gone mid-stream is;
+        # set before, the access log would book a cost the bucket was never settled to.
+        trace.observed = observed
         return response
 
     def _settle(self, tenant: TenantView, call: esapi.EsCall, decision: Decision, fingerprint: int, trace: Trace) -> None:

@@ -41,6 +41,8 @@ _HEAD = re.compile(rb'\A(\s*\{\s*"(_scroll_id|pit_id|id)"\s*:\s*")([^"\\]*)"')
 # A prefix of that shape that has not reached the closing quote of the id yet: read more.
 _PARTIAL = re.compile(rb'\s*(?:\{\s*(?:"[^"\\]*(?:"\s*(?::\s*(?:"[^"\\]*)?)?)?)?)?')
 _SCROLL_PATH = ("_search", "scroll")
+#: response_fields of a close-point-in-time call: OpenSearch echoes each closed id, {"pits": [{"pit_id": ...}]}
+CLOSED_PITS = (b"pits",)
 
 
 def binding_key(config: Config) -> bytes:
@@ -94,6 +96,8 @@ class Rebound:
 
     def wrap_response(self, data: bytes) -> bytes:
         """A whole response body with the id in its first key wrapped (unchanged when there is none)."""
+        if self.response_fields == CLOSED_PITS:
+            return self.binder.wrap_closed_pits(self.tenant, data)
         wrapped = self.binder.wrap_head(self.tenant, data, self.response_fields)
         return data if wrapped is None else wrapped
 
@@ -147,6 +151,21 @@ class IdBinder:
             return None
         wrapped = self.wrap(tenant, m.group(3).decode("latin-1")).encode("latin-1")
         return head[:m.start(3)] + wrapped + head[m.end(3):]
+
+    def wrap_closed_pits(self, tenant: str, data: bytes) -> bytes:
+        """OpenSearch's answer to closing points in time, `{"pits": [{"successful": .., "pit_id": ID}]}`, with
+        each ID wrapped as the tenant presented it (each was checked as the tenant's before the call went out).
+        The ids are replaced where they stand, so the node's formatting is kept; anything else is unchanged."""
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return data
+        pits = doc.get("pits") if isinstance(doc, dict) else None
+        for pit in pits if isinstance(pits, list) else ():
+            original = pit.get("pit_id") if isinstance(pit, dict) else None
+            if isinstance(original, str) and original:
+                data = data.replace(orjson.dumps(original), orjson.dumps(self.wrap(tenant, original)))
+        return data
 
     # ---- requests ----
 
@@ -227,7 +246,7 @@ class IdBinder:
                 if key in doc:
                     replaced[key] = self._unwrap_list(tenant, doc[key], "point-in-time")
             new_body = _json_body(body, replaced)
-        return Rebound(self, tenant, target, new_body, ())
+        return Rebound(self, tenant, target, new_body, CLOSED_PITS)
 
     def _async_get(self, tenant: str, call, target: str) -> Rebound:
         """GET|DELETE /_async_search/{id} and GET /_async_search/status/{id}."""

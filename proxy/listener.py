@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
@@ -62,6 +62,14 @@ def parser_limits(limits: HardLimits) -> dict[str, Any]:
     }
 
 
+class ProxyRequest(BaseRequest):
+    """A request whose response goes out with the node's headers only: aiohttp adds its own `Server`
+    (naming Python's and aiohttp's versions), which Elasticsearch and OpenSearch never send."""
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        response.headers.popall(hdrs.SERVER, None)
+
+
 class Listener(web.Server):
     """`web.Server` whose connections enforce the hard limits. `limits` is read when a connection opens."""
 
@@ -73,6 +81,9 @@ class Listener(web.Server):
         self.per_client: dict[str, int] = {}
         self.refused_connections = 0
         self.header_timeouts = 0
+
+    def _make_request(self, message, payload, protocol, writer, task) -> BaseRequest:  # noqa: ANN001 - aiohttp's
+        return ProxyRequest(message, payload, protocol, writer, task, self._loop)
 
     def __call__(self) -> RequestHandler:
         limits = self.limits()

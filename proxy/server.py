@@ -99,7 +99,7 @@ class Worker:
         # the gate's capacity and pressure; the indices' sizes for the estimates
         self.cluster_health = ClusterHealth(
             self.upstream, self.admission, on_index_sizes=self._index_sizes,
-            index_sizes_poll_s=config.cost.index_sizes_poll_s,
+            index_sizes_poll_s=config.cost.index_sizes_poll_s, on_queue_wait=self._queue_wait,
         )
         self.access_log = AccessLog(config.access_log)
         self.shapes = ShapeBook(config.shapes.window_s, config.shapes.top)
@@ -131,6 +131,10 @@ class Worker:
         self.share = 1.0 / live
         self.admission.configure(self.proxy.snapshot.config, share=self.share)
 
+    def _queue_wait(self, wait_ms: float) -> None:
+        """The poller's search queue wait: learned costs take it out of what they learn (unless turned off)."""
+        self.proxy.learned.queue_wait_ms = wait_ms if self.proxy.snapshot.config.cost.learn_service_time else 0.0
+
     def _index_sizes(self, sizes: IndexSizes | None) -> None:
         self.proxy.index_sizes = sizes  # one reference swap: a request estimates with one snapshot or the other
 
@@ -156,6 +160,9 @@ class Worker:
         add("sluicegate_tenant_queued", "Requests of each tenant waiting for a slot", ("tenant",), tenant_slots("queued"))
         add("sluicegate_index_sizes_known", "Indices whose document count the last index size poll gave (0: none yet)",
             (), lambda: [((), float(len(self.proxy.index_sizes or ())))])
+        add("sluicegate_search_queue_wait_ms", "Mean ms a search task waited in a node's search queue over the "
+            "last poll (Little's law on the nodes' thread-pool stats); taken out of learned costs",
+            (), lambda: [((), float(self.cluster_health.queue_wait_ms or 0.0))])
         self.admission.register_gauges(add)
 
     # ---- life cycle ----

@@ -102,9 +102,10 @@ class SharedLearnedCosts(LearnedCosts):
         super().__init__(max_entries, alpha, max_rise)
         self.pending = PendingObservations(max_pending)
 
-    def observe(self, tenant: str, fingerprint: int, observed: float) -> float:
-        self.pending.add(tenant, fingerprint, observed)
-        return super().observe(tenant, fingerprint, observed)
+    def _learn(self, tenant: str, fingerprint: int, service: float) -> float:
+        # what travels is the service time learned here; an upper bound that only lowered a cost stays local
+        self.pending.add(tenant, fingerprint, service)
+        return super()._learn(tenant, fingerprint, service)
 
 
 class CostSharer:

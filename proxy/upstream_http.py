@@ -16,8 +16,10 @@ from collections import deque
 #: stop reading from the node while this much body is buffered for a slow client
 HIGH_WATER = 1 << 20
 LOW_WATER = 1 << 18
-#: the longest response head accepted from a node
-MAX_HEAD = 1 << 16
+#: the longest response head accepted from a node. OpenSearch 2.x adds a `TASK_RESOURCE_USAGE` header
+#: (~225 bytes) per search phase of every batch of a by-query call or scroll: a delete_by_query of 30,000
+#: docs in batches of 100 answers with a 134 KB head, one of a million docs at the default batch size ~450 KB.
+MAX_HEAD = 1 << 20
 
 
 class UpstreamProtocolError(Exception):
@@ -184,11 +186,12 @@ class NodeConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._received_any = True
         if self._response is None:
-            self._buf += data
-            end = self._buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buf) > MAX_HEAD:
-                    self._protocol_error("response head too large")
+            buf = self._buf
+            buf += data
+            end = buf.find(b"\r\n\r\n", max(0, len(buf) - len(data) - 3))  # only where the new bytes could end it
+            if end < 0 or end > MAX_HEAD:  # the limit holds however the head was split into reads
+                if len(buf) > MAX_HEAD:
+                    self._protocol_error(f"response head larger than {MAX_HEAD} bytes")
                 return
             head = bytes(self._buf[:end])
             rest = bytes(self._buf[end + 4:])

@@ -76,6 +76,8 @@ CLUSTER_FIXTURES = {
     "elasticsearch_tiny_pool": ("elasticsearch", "tiny-pool"),
     "elasticsearch_secured": ("elasticsearch", "secured"),
 }
+#: fixture parametrised over both flavors → the kind of cluster it hands out
+_PARAMETRISED = {"real_cluster": "three", "real_tiny_pool": "tiny-pool", "real_queued_pool": "queued-pool"}
 _clusters = ClusterPool()
 _flavor_of: dict[str, set[str]] = {}  # test id → flavors it ran against
 _real_outcomes: dict[str, dict[str, int]] = {}  # flavor → outcome → count
@@ -84,9 +86,9 @@ _real_outcomes: dict[str, dict[str, int]] = {}  # flavor → outcome → count
 def _clusters_of(item) -> set[tuple[str, str]]:
     keys = {CLUSTER_FIXTURES[name] for name in getattr(item, "fixturenames", ()) if name in CLUSTER_FIXTURES}
     params = getattr(getattr(item, "callspec", None), "params", {})
-    for name in ("real_cluster", "real_tiny_pool"):
+    for name, kind in _PARAMETRISED.items():
         if name in params:
-            keys.add((params[name], "three" if name == "real_cluster" else "tiny-pool"))
+            keys.add((params[name], kind))
     return keys
 
 
@@ -175,3 +177,9 @@ def real_cluster(request) -> RealCluster:
 def real_tiny_pool(request) -> RealCluster:
     """Each tiny-pool cluster in turn."""
     return _cluster((request.param, "tiny-pool"))
+
+
+@pytest.fixture(scope="session", params=["opensearch", "elasticsearch"])
+def real_queued_pool(request) -> RealCluster:
+    """Each one-node cluster with one search thread and a queue of 1,000 in turn: saturated, it queues."""
+    return _cluster((request.param, "queued-pool"))

@@ -20,6 +20,7 @@ import ssl
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,13 +104,16 @@ def secured_elasticsearch() -> dict:
     }
 
 #: the clusters tests can ask for: (flavor, kind) → RealCluster keyword arguments
-KINDS: dict[tuple[str, str], dict] = {
+KINDS: dict[tuple[str, str], dict | Callable[[], dict]] = {
     # the drop-in matrix, observed costs, node loss: three nodes, as in production
     ("opensearch", "three"): {"nodes": 3},
     ("elasticsearch", "three"): {"nodes": 3},
     # cluster rejections: one node with a search pool of 1 thread and a queue of 1
     ("opensearch", "tiny-pool"): {"nodes": 1, "search_threads": 1, "search_queue": 1, "heap": "384m"},
     ("elasticsearch", "tiny-pool"): {"nodes": 1, "search_threads": 1, "search_queue": 1, "heap": "384m"},
+    # a saturated search pool that queues instead of rejecting: one thread, a long queue
+    ("opensearch", "queued-pool"): {"nodes": 1, "search_threads": 1, "search_queue": 1000, "heap": "384m"},
+    ("elasticsearch", "queued-pool"): {"nodes": 1, "search_threads": 1, "search_queue": 1000, "heap": "384m"},
     # TLS on both sides: one node with security on, HTTPS, client certificates required (made in the session)
     ("elasticsearch", "secured"): secured_elasticsearch,
 }

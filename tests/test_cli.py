@@ -35,7 +35,7 @@ def test_every_subcommand_and_argument_has_help_text():
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     listed = {choice.dest for choice in subparsers._choices_actions}
-    assert listed == {"run", "check-config", "hash-key", "schema", "demo"}  # `_worker` stays hidden
+    assert listed == {"run", "check-config", "hash-key", "schema", "demo", "calibrate"}  # `_worker` stays hidden
     for name, sub in subparsers.choices.items():
         if name == "_worker":
             continue

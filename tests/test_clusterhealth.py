@@ -186,3 +186,58 @@ def test_turning_size_polling_off_drops_the_sizes():
     health.index_sizes_poll_s = 0  # a reload turned it off
     asyncio.run(health.sizes_tick())
     assert given[-1] is None and health.sizes is None and len(source.asked) == 1
+
+
+# ---- the search queue wait (Little's law), taken out of learned costs ----
+
+from proxy.clusterhealth import QueueWait, read_queue_sample  # noqa: E402
+
+
+def test_queue_samples_count_task_seconds_queued_and_tasks_completed():
+    first = stats(a=node(DATA, queue=0, completed=1000), b=node(DATA, queue=10, completed=500),
+                  m=node(["master"], queue=99, completed=0))
+    sample, samples = read_queue_sample(first, {}, 0.0)
+    assert sample is None and set(samples) == {"a", "b"}  # nothing to diff yet; masters run no searches
+    # over 2 s: a completed 200 tasks with queues 0 → 4, b 100 with 10 → 6
+    second = stats(a=node(DATA, queue=4, completed=1200), b=node(DATA, queue=6, completed=600))
+    sample, samples = read_queue_sample(second, samples, 2.0)
+    assert sample == ((2.0 + 8.0) * 2.0, 300)
+    restarted = stats(a=node(DATA, queue=5, completed=2))
+    assert read_queue_sample(restarted, {"a": (10, 5)}, 3.0)[0] is None
+    assert read_queue_sample(None, {"a": (1, 1)}, 1.0) == (None, {"a": (1, 1)})
+
+
+def test_queue_wait_is_littles_law_over_a_window_of_polls():
+    wait = QueueWait(window_s=2.0)
+    assert wait.add(1.0, 0.0, 100) == 0.0  # no queue
+    assert wait.add(1.0, 5.0, 50) == 5.0 / 150 * 1000  # the window: both intervals
+    assert wait.add(1.0, 1.0, 50) == 6.0 / 100 * 1000  # the oldest interval left the window
+    assert wait.add(2.5, 3.0, 30) == 3.0 / 30 * 1000  # one interval as long as the window is enough
+    stuck = QueueWait(window_s=2.0)
+    assert stuck.add(3.0, 15.0, 0) == 3000.0  # a queue that completed nothing waited the whole window
+
+
+class _Upstream:
+    def __init__(self, answers):
+        self.answers = answers
+
+    async def get_json(self, path, timeout=None):
+        return self.answers[path].pop(0) if self.answers.get(path) else None
+
+    def unreachable_addresses(self):
+        return ()
+
+
+async def test_the_poller_hands_the_queue_wait_to_its_listener():
+    from proxy.clusterhealth import HEALTH_PATH, THREAD_POOL_PATH
+
+    seen: list[float] = []
+    upstream = _Upstream({
+        HEALTH_PATH: [health(1), health(1)],
+        THREAD_POOL_PATH: [stats(a=node(DATA, queue=8, completed=0)), stats(a=node(DATA, queue=8, completed=40))],
+    })
+    poller = ClusterHealth(upstream, Admission(), on_queue_wait=seen.append)
+    await poller.poll()
+    assert seen == [] and poller.queue_wait_ms is None
+    await poller.poll()
+    assert len(seen) == 1 and seen[0] > 0 and poller.queue_wait_ms == seen[0]

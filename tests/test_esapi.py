@@ -215,6 +215,9 @@ def test_query_parameters_decode_and_last_value_wins():
     "size=10&from=9990", "size=0", "from=%2B5", "terminate_after=100", "timeout=2s", "scroll=1m", "scroll=30S",
     "scroll=-1", "max_concurrent_searches=3", "track_total_hits=true", "search_type=dfs_query_then_fetch",
     "size=2147483647", "keep_alive=1m", "from=00000000000001",
+    # what real Elasticsearch 8.19 and OpenSearch 2.19 nodes take, odd as it looks: Java parses digits of
+    # any script, a sign and blanks around the number of a time value, and -1 of any unit
+    "size=%D9%A1%D9%A2", "scroll=-1s", "scroll=%2B5s", "scroll=5%20s", "scroll=%D9%A1s", "timeout=%205m%20", "scroll=0",
 ])
 def test_cost_relevant_params_that_es_accepts(query):
     call = parse_call("GET", f"/i/_search?{query}")
@@ -223,9 +226,9 @@ def test_cost_relevant_params_that_es_accepts(query):
 
 @pytest.mark.parametrize("query,param", [
     ("size=abc", "size"), ("size=-1", "size"), ("from=-10", "from"), ("size=1.5", "size"), ("size=", "size"),
-    ("size=%201", "size"), ("size=1_000", "size"), ("size=%D9%A1", "size"), ("size=2147483648", "size"),
-    ("terminate_after=x", "terminate_after"), ("scroll=soon", "scroll"), ("timeout=5 minutes", "timeout"),
-    ("max_docs=-1", "max_docs"), ("size=" + "9" * 5000, "size"),
+    ("size=%201", "size"), ("size=1_000", "size"), ("size=2147483648", "size"),
+    ("terminate_after=x", "terminate_after"), ("scroll=soon", "scroll"), ("timeout=5 minutes", "5 minutes"),
+    ("max_docs=-1", "max_docs"), ("size=" + "9" * 5000, "size"), ("scroll=1.5s", "1.5s"), ("scroll=-5m", "scroll"),
 ])
 def test_bad_numeric_params_are_400_like_es(query, param):
     with pytest.raises(InvalidParameter) as info:
@@ -233,6 +236,27 @@ def test_bad_numeric_params_are_400_like_es(query, param):
     assert isinstance(info.value, BadRequest) and info.value.status == 400
     assert info.value.etype == "illegal_argument_exception"
     assert f"[{param}]" in info.value.reason
+
+
+# What real Elasticsearch 8.19 and OpenSearch 2.19 nodes answered, word for word (they agree on these).
+@pytest.mark.parametrize("query,reason,cause", [
+    ("size=abc", "Failed to parse int parameter [size] with value [abc]", 'For input string: "abc"'),
+    ("size=", "Failed to parse int parameter [size] with value []", 'For input string: ""'),
+    ("size=99999999999", "Failed to parse int parameter [size] with value [99999999999]", 'For input string: "99999999999"'),
+    ("size=-5", "[size] parameter cannot be negative, found [-5]", None),
+    ("scroll=soon", "failed to parse setting [scroll] with value [soon] as a time value: unit is missing or unrecognized", None),
+    ("timeout=abc", "failed to parse setting [timeout] with value [abc] as a time value: unit is missing or unrecognized", None),
+    ("scroll=abcs", "failed to parse [abcs]", 'For input string: "abc"'),
+    ("scroll=-5m", "failed to parse setting [scroll] with value [-5m] as a time value: negative durations are not supported", None),
+    ("scroll=1.5s", "failed to parse [1.5s], fractional time values are not supported", 'For input string: "1.5"'),
+    ("scroll=1e3s", "failed to parse [1e3s], fractional time values are not supported", 'For input string: "1e3"'),
+])
+def test_bad_params_are_refused_in_the_clusters_own_words(query, reason, cause):
+    with pytest.raises(InvalidParameter) as info:
+        parse_call("GET", f"/i/_search?{query}")
+    body = orjson.loads(info.value.response().body)
+    assert body["error"]["reason"] == body["error"]["root_cause"][0]["reason"] == reason
+    assert body["error"].get("caused_by") == (cause and {"type": "number_format_exception", "reason": cause})
 
 
 def test_numeric_params_of_other_apis_are_not_judged():
@@ -319,7 +343,9 @@ def test_ndjson_content_types_are_read(content_type):
 def test_missing_content_type_is_406_like_es():
     with pytest.raises(NotAcceptable) as info:
         decode_body(SEARCH, QUERY, None, None, LIMITS)
-    assert (info.value.status, info.value.reason) == (406, "Content-Type header is missing")
+    assert (info.value.status, info.value.reason) == (406, "Content-Type header [] is not supported")
+    # flat, as the REST layer of Elasticsearch and OpenSearch answers it
+    assert orjson.loads(info.value.response().body) == {"error": "Content-Type header [] is not supported", "status": 406}
     with pytest.raises(NotAcceptable):
         decode_body(DOC, b'{"a":1}', None, None, LIMITS)
 
@@ -330,12 +356,14 @@ def test_unsupported_content_type_is_406_like_es(content_type):
         decode_body(SEARCH, QUERY, content_type, None, LIMITS)
     assert info.value.status == 406
     assert info.value.reason == f"Content-Type header [{content_type}] is not supported"
+    assert orjson.loads(info.value.response().body) == {"error": info.value.reason, "status": 406}
 
 
 def test_smile_cbor_yaml_are_forwarded_for_documents_but_cannot_be_costed_for_searches():
     with pytest.raises(NotAcceptable) as info:
         decode_body(SEARCH, b":)\n\x05", "application/smile", None, LIMITS)
     assert "JSON only" in info.value.reason
+    assert orjson.loads(info.value.response().body)["error"]["type"] == "media_type_header_exception"  # the proxy's own
     body = decode_body(DOC, b"a: 1\n", "application/yaml", None, LIMITS)
     assert (body.json, body.lines, body.data) == (None, None, b"a: 1\n")
 

@@ -242,6 +242,22 @@ def test_clear_scroll_lists_and_close_pit_in_both_dialects(binder):
     assert orjson.loads(binder.rebind("acme", call, body, "/_search/point_in_time").body) == {"pit_id": [PIT_ID]}
 
 
+def test_closing_points_in_time_echoes_the_ids_the_tenant_presented(binder):
+    # OpenSearch answers DELETE /_search/point_in_time with each id it closed: the client gets back what it sent.
+    pits = [binder.wrap("acme", PIT_ID), binder.wrap("acme", PIT_ID[::-1])]
+    call, body = call_and_body("DELETE", "/_search/point_in_time", {"pit_id": pits})
+    rebound = binder.rebind("acme", call, body, "/_search/point_in_time")
+    assert rebound.wraps(200, None) and not rebound.wraps(200, "gzip")
+    answer = b'{\n  "pits" : [ {\n    "successful" : true,\n    "pit_id" : "%s"\n  }, {\n    "successful" : false,\n' \
+             b'    "pit_id" : "%s"\n  } ]\n}' % (PIT_ID.encode(), PIT_ID[::-1].encode())
+    wrapped = rebound.wrap_response(answer)
+    assert [p["pit_id"] for p in orjson.loads(wrapped)["pits"]] == pits
+    assert wrapped == answer.replace(PIT_ID.encode(), pits[0].encode()).replace(PIT_ID[::-1].encode(), pits[1].encode())
+    # Elasticsearch's answer names no id; anything that is not the expected shape is relayed as it came.
+    for other in (b'{"succeeded":true,"num_freed":3}', b'{"pits":"x"}', b'{"pits":[1,{"pit_id":7}]}', b"not json"):
+        assert rebound.wrap_response(other) == other
+
+
 def test_a_search_over_a_point_in_time_is_unwrapped_and_its_new_pit_id_wrapped(binder):
     body = {"size": 10, "pit": {"id": binder.wrap("acme", PIT_ID), "keep_alive": "1m"}, "sort": ["_shard_doc"]}
     call, decoded = call_and_body("POST", "/_search", body)

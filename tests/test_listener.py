@@ -97,6 +97,16 @@ async def test_a_normal_request_is_served(serve):
     assert status == 200 and orjson.loads(body)["path"] == "/acme-a/_search"
 
 
+async def test_responses_carry_no_server_header_of_the_proxys_own(serve):
+    # Elasticsearch and OpenSearch send no Server header; aiohttp's would name Python's and its own versions.
+    _, port = await serve(LIMITS)
+    for data in (request(), request("/acme-a/_search?q=" + "x" * 300), b"GET /a b c HTTP/1.1\r\nHost: x\r\n\r\n"):
+        status, headers, _ = await exchange(port, data)
+        assert status in (200, 414, 400)
+        assert "server" not in headers, headers
+        assert "date" in headers  # a proxy adds Date where the origin sent none (RFC 9110 §6.6.1)
+
+
 @pytest.mark.parametrize("length,status", [(256, 200), (257, 414), (5000, 414)])
 async def test_url_length_is_414_es_shaped(serve, length, status):
     _, port = await serve(LIMITS)

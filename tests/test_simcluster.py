@@ -499,6 +499,31 @@ async def test_routing_errors_headers_and_content_types(start_cluster, http):
         assert response.status == 404
 
 
+async def test_answers_are_framed_as_a_real_elasticsearch_8_frames_them(start_cluster, http):
+    # Seen on real 8.19 nodes: searches, scroll pages, _msearch, _cat and the _tasks list come chunked,
+    # without a Content-Length; documents, counts and health with one; errors with one.
+    cluster = await start_cluster(nodes=1)
+    url = cluster.node_urls[0]
+    await call(http, "PUT", url + "/frame/_doc/1?refresh=true", {"n": 1})
+    chunked = [("POST", "/frame/_search", {}), ("GET", "/frame/_search?scroll=1m", None), ("GET", "/_cat/indices", None),
+               ("GET", "/_cat/indices/frame?format=json", None), ("POST", "/_msearch", None)]
+    framed = [("GET", "/frame/_count", None), ("GET", "/frame/_doc/1", None), ("GET", "/_cluster/health", None),
+              ("POST", "/nope/_search", {}), ("POST", "/frame/_refresh", None)]
+    for method, path, body in chunked + framed:
+        data = orjson.dumps(body) if body is not None else None
+        if path == "/_msearch":
+            data = b'{"index":"frame"}\n{}\n'
+        async with http.request(method, url + path, data=data, headers=JSON if data else None) as response:
+            await response.read()
+            streamed = (method, path, body) in chunked
+            assert (response.headers.get("Transfer-Encoding") == "chunked") is streamed, (path, dict(response.headers))
+            assert ("Content-Length" in response.headers) is not streamed, path
+    # A body without a Content-Type is refused, in the flat words real nodes use.
+    async with http.post(url + "/frame/_search", data=b"{}", skip_auto_headers=["Content-Type"]) as response:
+        assert response.status == 406
+        assert await response.json() == {"error": "Content-Type header [] is not supported", "status": 406}
+
+
 async def test_index_expressions(start_cluster, http):
     cluster = await start_cluster(nodes=1)
     url = cluster.node_urls[0]

@@ -9,7 +9,7 @@ import pytest
 from proxy.config import UpstreamConfig
 from proxy.errors import UpstreamFailure
 from proxy.upstream import Node, Upstream
-from proxy.upstream_http import HIGH_WATER
+from proxy.upstream_http import HIGH_WATER, MAX_HEAD
 from tests.processes import free_port
 
 
@@ -138,6 +138,55 @@ async def test_chunked_response_is_decoded_across_arbitrary_splits():
         _, _, body, _ = await fetch(upstream)
         assert body == b"second"  # the connection was reused after the terminal chunk
         assert server.connections == 1
+        await upstream.close()
+
+
+def resource_usage_head(headers: int) -> bytes:
+    """A response head like OpenSearch 2.x's to a long by-query call: a TASK_RESOURCE_USAGE header per task."""
+    usage = b'TASK_RESOURCE_USAGE: {"action":"indices:data/read/search[phase/query/scroll]","taskId":%d,' \
+            b'"parentTaskId":16689,"nodeId":"q-Q-_2foQVyxQ32jTpzRBw","taskResourceUsage":{"cpu_time_in_nanos":' \
+            b'1027344,"memory_in_bytes":160104}}\r\n'
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10\r\n" + b"".join(
+        usage % i for i in range(headers)) + b"\r\n"
+
+
+@pytest.mark.parametrize("segment", [None, 1460], ids=["one-write", "in-segments"])
+async def test_a_long_head_of_real_opensearch_headers_is_read_however_it_arrives(segment):
+    head = resource_usage_head(600)  # a delete_by_query of 30,000 docs in batches of 100: 134 KB
+    assert 1 << 16 < len(head) < MAX_HEAD
+
+    async def long_head(server, reader, writer):
+        await server.read_request(reader)
+        raw = head + b'{"took":1}'
+        for i in range(0, len(raw), segment or len(raw)):
+            writer.write(raw[i:i + (segment or len(raw))])
+            await writer.drain()
+            await asyncio.sleep(0)  # let the proxy read each segment on its own, as it would off a network
+        await reader.read()
+
+    async with RawServer(long_head) as server:
+        upstream = bare_upstream(server.url)
+        _, status, body, response = await fetch(upstream, "POST", "/i/_delete_by_query", b"{}", retry=False)
+        assert status == 200 and body == b'{"took":1}'
+        assert sum(1 for name, _ in response.headers if name == "TASK_RESOURCE_USAGE") == 600
+        await upstream.close()
+
+
+async def test_a_head_over_the_limit_is_502_even_when_it_arrives_in_one_read():
+    head = resource_usage_head(MAX_HEAD // 200)
+    assert len(head) > MAX_HEAD
+
+    async def huge_head(server, reader, writer):
+        await server.read_request(reader)
+        writer.write(head + b'{"took":1}')
+        await writer.drain()
+        await reader.read()
+
+    async with RawServer(huge_head) as server:
+        upstream = bare_upstream(server.url)
+        with pytest.raises(UpstreamFailure) as info:
+            await fetch(upstream, "POST", "/i/_delete_by_query", b"{}", retry=False)
+        assert info.value.status == 502
         await upstream.close()
 
 

@@ -197,6 +197,9 @@ def test_malformed_inputs_are_4xx_with_a_reason_and_others_are_served_throughout
     for name, status, body in results:
         assert status == expected[name], (name, status, body[:300])
         error = orjson.loads(body)
+        if isinstance(error["error"], str):  # a 406 in the flat shape ES's REST layer gives it, word for word
+            assert error["status"] == status == 406 and "Content-Type header [" in error["error"], name
+            continue
         assert error["status"] == status and error["error"]["reason"], name
         assert error["error"]["root_cause"][0]["type"] == error["error"]["type"], name
     assert good.statuses and set(good.statuses) == {200}, set(good.statuses)

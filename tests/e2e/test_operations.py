@@ -312,8 +312,10 @@ async def test_access_log_reopens_on_sighup_and_follows_a_new_path(procs, upstre
 
 
 async def test_tenants_counts_every_429_as_throttled_whatever_the_reason(procs, upstream):
-    # One slot and no queue (concurrency 429s), and a bucket of two requests (budget 429s).
-    config = make_config([upstream.url], plans={"standard": plan(0.001, 6, max_concurrent=1, max_queue=0)})
+    # One slot and no queue (concurrency 429s), and a bucket of two requests (budget 429s). A search's
+    # estimate is set small beside the bucket, so that the concurrency refusals pass the budget first.
+    config = make_config([upstream.url], plans={"standard": plan(0.001, 6, max_concurrent=1, max_queue=0)},
+                         cost={"weights": {"search": 1.0}})
     proxy = procs.proxy(config)
     statuses: list[tuple[int, str]] = []
     async with aiohttp.ClientSession() as session:
