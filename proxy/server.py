@@ -32,7 +32,7 @@ from .redis_limiter import RedisLimiter
 from .shapes import ShapeBook
 from .shared_costs import learned_costs
 from .shared_shapes import ShapeSharer
-from .upstream import Upstream
+from .upstream import REQUEST_DROP, Upstream
 
 log = logging.getLogger("sluicegate")
 
@@ -121,8 +121,10 @@ class Worker:
         self.cockpit = Cockpit(self)  # the status page's samples and reports
         self.metrics.set_config(1, digest)
         self._register_live_gauges()
-        self._runners: list[web.BaseRunner] = []
-        self._proxy_sites: list[web.TCPSite] = []
+        # the proxy listener: the request path's own protocol (proxy/listener.py); hard limits read per request
+        self.listener = Listener(self.proxy.handle, limits=config.limits, metrics=self.metrics, forward_drop=REQUEST_DROP)
+        self._proxy_server: asyncio.AbstractServer | None = None
+        self._admin_runner: web.BaseRunner | None = None
         self.stopped = asyncio.Event()
         self._draining = False
 
@@ -176,27 +178,19 @@ class Worker:
         await self.upstream.start()
         await self.cluster_health.start()
         await self.cockpit.start()
-        server = Listener(
-            self.proxy.handle,
-            limits=lambda: self.proxy.snapshot.config.limits,  # hard limits at the HTTP layer, read per connection
-            metrics=self.metrics,
-            handler_cancellation=True,  # a client that goes away cancels its request at once
-            access_log=None,
-        )
-        runner = web.ServerRunner(server, handle_signals=False)
-        await runner.setup()
-        self._runners.append(runner)
-        site = web.TCPSite(
-            runner, config.listen.host, config.listen.port, reuse_port=self.workers > 1 or None, backlog=2048,
-            ssl_context=self.listener_tls.context if self.listener_tls is not None else None,
-        )
-        await _bind(site.start(), "listen", config.listen)
-        self._proxy_sites.append(site)
+        # The listener's TLS context is passed once; a SIGHUP loads a new certificate into that same
+        # context (tls.ListenerTLS.reload), so the server need not be re-created to rotate it.
+        self._proxy_server = await _bind(asyncio.get_running_loop().create_server(
+            self.listener, config.listen.host, config.listen.port, reuse_port=self.workers > 1 or None, backlog=2048,
+            ssl=self.listener_tls.context if self.listener_tls is not None else None,
+            # a client that never finishes its handshake is a slowloris too: the head timeout bounds it
+            ssl_handshake_timeout=config.limits.header_timeout_s if self.listener_tls is not None else None,
+        ), "listen", config.listen)
         from .admin import admin_app
 
         admin_runner = web.AppRunner(admin_app(self), handle_signals=False, access_log=None)
         await admin_runner.setup()
-        self._runners.append(admin_runner)
+        self._admin_runner = admin_runner  # cleaned up by drain, even if its address cannot be bound
         if self.admin_socket:
             await web.UnixSite(admin_runner, self.admin_socket).start()
         else:
@@ -216,7 +210,8 @@ class Worker:
     @property
     def proxy_port(self) -> int:
         """The bound proxy port (useful when the config asked for port 0)."""
-        return self._proxy_sites[0]._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        assert self._proxy_server is not None
+        return self._proxy_server.sockets[0].getsockname()[1]
 
     def reload(self) -> tuple[bool, str]:
         """Re-read the config file. A valid file is swapped in between requests; an invalid one changes
@@ -242,6 +237,7 @@ class Worker:
         self.admission.configure(config, share=self.share)
         self.upstream.reconfigure(config.upstream, ssl_context=upstream_ssl, authorization=authorization)
         self.cluster_health.index_sizes_poll_s = config.cost.index_sizes_poll_s
+        self.listener.limits = config.limits  # the HTTP layer's hard limits, from the next request on
         self.shapes.configure(config.shapes.window_s, config.shapes.top)
         self.shapes.forget_tenants(config.tenants)
         if self.shape_sharer is not None:
@@ -273,16 +269,18 @@ class Worker:
             return
         self._draining = True
         timeout = self.proxy.snapshot.config.drain_timeout_s
-        for site in self._proxy_sites:
-            await site.stop()
-        self.proxy.draining = True
+        if self._proxy_server is not None:
+            self._proxy_server.close()  # no new connections
+        self.proxy.draining = True  # /ready says so
+        self.listener.drain()  # idle keep-alive connections close now, busy ones after their response
         try:
             async with asyncio.timeout(timeout):
-                await self.proxy.idle.wait()
+                await self.proxy.wait_idle()
         except TimeoutError:
             log.warning("drain timeout: %d requests still in flight after %.0fs", self.proxy.inflight, timeout)
-        for runner in self._runners:
-            await runner.cleanup()
+        self.listener.close_all()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
         await self.cockpit.close()
         await self.cluster_health.close()
         await self.upstream.close()
@@ -321,10 +319,10 @@ def _warn(warnings: list[tuple[str, str]]) -> None:
         log.warning("config: %s: %s", path, message)
 
 
-async def _bind(starting, key: str, address) -> None:
-    """Await a listener's start; an address that cannot be bound becomes a ListenError naming the key."""
+async def _bind(starting, key: str, address):
+    """Await a listener's start (what it returns); an address that cannot be bound becomes a ListenError naming the key."""
     try:
-        await starting
+        return await starting
     except OSError as exc:
         raise ListenError(f"cannot listen on {address} ({key}): {os.strerror(exc.errno) if exc.errno else exc}") from None
 

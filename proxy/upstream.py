@@ -19,7 +19,6 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import orjson
@@ -28,6 +27,7 @@ from . import credentials, tls
 from .config import UpstreamConfig
 from .errors import UpstreamFailure
 from .upstream_http import (
+    HOP_BY_HOP,
     ConnectionLostEarly,
     ConnectionPool,
     HeadTimeout,
@@ -38,16 +38,10 @@ from .upstream_http import (
 
 log = logging.getLogger("sluicegate.upstream")
 
-# Never forwarded in either direction (RFC 9110 §7.6.1), plus what the proxy sets itself.
-HOP_BY_HOP = frozenset(
-    h.lower()
-    for h in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
-        "Transfer-Encoding", "Upgrade", "Proxy-Connection",
-    )
-)
-_REQUEST_DROP = HOP_BY_HOP | {"authorization", "host", "content-length", "expect", "x-forwarded-for", "x-forwarded-proto"}
-_RESPONSE_DROP = HOP_BY_HOP | {"content-length", "date", "server"}
+#: client request headers never forwarded: hop-by-hop ones, the client's credentials, what the proxy sets itself
+REQUEST_DROP = HOP_BY_HOP | {
+    b"authorization", b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
+}
 
 
 class Node:
@@ -62,8 +56,8 @@ class Node:
             raise ValueError(f"{url} is an https:// node: it needs an SSL context")
         host = parts.hostname or "127.0.0.1"
         self.url = url
-        self.host_header = parts.netloc
-        self.pool = ConnectionPool(host, parts.port or (443 if https else 80), max_idle,
+        self.host_header = parts.netloc.encode("latin-1")
+        self.pool = ConnectionPool(host, parts.port or (443 if https else 80), max_idle, owner=self,
                                    ssl=ssl_context if https else None, server_hostname=server_name or host)
         self.down_until = 0.0
         self.failures = 0
@@ -90,6 +84,7 @@ class Upstream:
         self.nodes: list[Node] = []
         self._ssl: ssl.SSLContext | None = tls.upstream_context(config) if ssl_context is _FROM_CONFIG else ssl_context  # type: ignore[assignment]
         self._auth: str | None = credentials.authorization(config.auth) if authorization is _FROM_CONFIG else authorization  # type: ignore[assignment]
+        self._auth_field = _auth_field(self._auth)
         #: the cluster answered 401 (or 403 to a poll) and nothing has succeeded since: logged once per streak
         self._auth_refused = False
         self._poll_forbidden = False
@@ -134,6 +129,7 @@ class Upstream:
         if auth != self._auth:
             self._auth_refused = self._poll_forbidden = False  # new credentials: a refusal of them is news
         self._auth = auth  # type: ignore[assignment]
+        self._auth_field = _auth_field(self._auth)
 
     @property
     def ready(self) -> bool:
@@ -146,34 +142,50 @@ class Upstream:
         now = time.monotonic()
         return {node.pool.label for node in self.nodes if not node.usable(now)}
 
-    def forward_headers(self, incoming: Mapping[str, str], client_ip: str | None, scheme: str) -> list[tuple[str, str]]:
-        """Request headers for the node: hop-by-hop and client credentials dropped, proxy auth and X-Forwarded-* set."""
-        out = [(k, v) for k, v in incoming.items() if k.lower() not in _REQUEST_DROP]
-        prior = incoming.get("X-Forwarded-For")
-        if client_ip:
-            out.append(("X-Forwarded-For", f"{prior}, {client_ip}" if prior else client_ip))
-        out.append(("X-Forwarded-Proto", scheme))
-        if self._auth:
-            out.append(("Authorization", self._auth))
-        return out
+    def forward_fields(self, passed: bytes, forwarded_for: bytes | None, client_ip: str | None, scheme: str) -> bytes:
+        """The request's header lines for the node: `passed`, the client's own lines to pass on (see
+        `passed_fields`), then X-Forwarded-For (the client's `forwarded_for`, then its address),
+        X-Forwarded-Proto and the proxy's own Authorization."""
+        proto = b"https" if scheme == "https" else b"http"
+        if not client_ip:
+            forwarded = b"X-Forwarded-For: %s\r\n" % forwarded_for if forwarded_for else b""
+            return b"%s%sX-Forwarded-Proto: %s\r\n%s" % (passed, forwarded, proto, self._auth_field)
+        ip = client_ip.encode("latin-1")
+        if forwarded_for:
+            ip = b"%s, %s" % (forwarded_for, ip)
+        return b"%sX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n%s" % (passed, ip, proto, self._auth_field)
 
     async def send(
-        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes | None, retry_after_send: bool
-    ) -> tuple[Node, UpstreamResponse]:
-        """Send one request; returns the node and its response with the body not yet read.
+        self, method: str, target: str, fields: bytes, body: bytes | None, retry_after_send: bool
+    ) -> UpstreamResponse:
+        """Send one request (`fields`: its header lines, see forward_fields); the response once its head
+        has arrived, body not yet read (`response.node` is the node that answered).
 
         Raises UpstreamFailure: 503 when no node is usable, 502 when nodes failed, 504 on timeout.
         The caller must `release()` the response.
         """
         last_error, status = "no upstream node is available", 503
         body_length = len(body) if body else 0
+        is_head = method == "HEAD"
+        timeout = self.config.request_timeout_s
         for _ in range(max(1, len(self.nodes))):
             node = self._pick()
             if node is None:
                 break
-            head = request_head(method, target, node.host_header, headers, body_length)
+            head = request_head(method, target, node.host_header, fields, body_length)
+            conn = node.pool.take_idle()
             try:
-                response = await self._exchange(node, head, body, method == "HEAD")
+                if conn is None:
+                    response = await self._exchange(node, head, body, is_head)
+                else:  # the usual case: a warm idle connection, no further coroutine
+                    try:
+                        response = await conn.send(head, body, is_head, timeout)
+                    except BaseException as exc:
+                        conn.close()  # timed out, failed, or the client went away: its state is unknown
+                        if not isinstance(exc, ConnectionLostEarly):
+                            raise
+                        # The node had closed this idle connection; nothing was processed: use a fresh one.
+                        response = await self._exchange(node, head, body, is_head, fresh=True)
                 if response.status == 401:
                     response.release()
                     self._credentials_refused(node)
@@ -181,7 +193,7 @@ class Upstream:
                                                "the proxy's log says more")
             except HeadTimeout:
                 self.on_error(node.url, "timeout")
-                raise UpstreamFailure(504, f"node {node.url} did not answer within {self.config.request_timeout_s}s") from None
+                raise UpstreamFailure(504, f"node {node.url} did not answer within {timeout}s") from None
             except (OSError, ConnectionLostEarly) as exc:
                 # Nothing reached the node (refused, or the connect timed out): any method may go elsewhere.
                 self._mark_down(node, exc)
@@ -195,15 +207,18 @@ class Upstream:
                     self._mark_down(node, exc)
                     continue
                 raise UpstreamFailure(502, last_error) from None
-            node.failures = 0
-            return node, response
+            if node.failures:
+                node.failures = 0
+            response.read_timeout = timeout
+            return response
         raise UpstreamFailure(status, last_error)
 
-    async def _exchange(self, node: Node, head: bytes, body: bytes | None, is_head: bool) -> UpstreamResponse:
-        """Send on a warm idle connection to `node` if there is one, else on a new one; the response
-        once its head has arrived."""
+    async def _exchange(self, node: Node, head: bytes, body: bytes | None, is_head: bool,
+                        fresh: bool = False) -> UpstreamResponse:
+        """Send on a warm idle connection to `node` if there is one (unless `fresh`), else on a new one;
+        the response once its head has arrived."""
         pool = node.pool
-        reused = pool.take_idle()
+        reused = None if fresh else pool.take_idle()
         conn = reused or await pool.connect(self.config.connect_timeout_s)
         while True:
             try:
@@ -262,12 +277,11 @@ class Upstream:
         """GET `path` from a usable node with the proxy's credentials; the decoded JSON object of a 2xx
         answer, or None (no node answered within `timeout` seconds, an error status, not a JSON object).
         Tries each node once; it marks no node down (that is for the request path and health checks)."""
-        headers = [("Authorization", self._auth)] if self._auth else []
         for _ in range(max(1, len(self.nodes))):
             node = self._pick()
             if node is None:
                 return None
-            head = request_head("GET", path, node.host_header, headers, 0)
+            head = request_head("GET", path, node.host_header, self._auth_field, 0)
             try:
                 async with asyncio.timeout(timeout or self.config.connect_timeout_s):
                     response = await self._exchange(node, head, None, False)
@@ -301,8 +315,7 @@ class Upstream:
         await asyncio.gather(*(self._probe(node) for node in self.nodes))
 
     async def _probe(self, node: Node) -> None:
-        headers = [("Authorization", self._auth)] if self._auth else []
-        head = request_head("GET", "/", node.host_header, headers, 0)
+        head = request_head("GET", "/", node.host_header, self._auth_field, 0)
         ok = False
         why = ""
         try:
@@ -335,9 +348,21 @@ class Upstream:
             await self.check_health()
 
 
-def response_headers(upstream: UpstreamResponse) -> list[tuple[str, str]]:
-    """The node's response headers a client should see (multi-valued headers kept)."""
-    return [(k, v) for k, v in upstream.headers if k.lower() not in _RESPONSE_DROP]
+def passed_fields(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes] = frozenset()) -> bytes:
+    """The client's header lines to pass on to the node, from its raw (name, value) pairs: all but
+    REQUEST_DROP and `drop` (lower-case names). The listener builds the same with REQUEST_DROP alone
+    (`Request.passed_fields`); this is for a request that must leave out more."""
+    out = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname not in REQUEST_DROP and lname not in drop:
+            out += (name, b": ", value, b"\r\n")
+    return b"".join(out)
+
+
+def _auth_field(value: str | None) -> bytes:
+    """The proxy's own Authorization header line for the nodes (empty without one)."""
+    return b"Authorization: %s\r\n" % value.encode("latin-1") if value else b""
 
 
 def _describe(exc: BaseException) -> str:

@@ -13,9 +13,24 @@ settings.register_profile("dev", deadline=None, max_examples=50)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+from tests import builds  # noqa: E402
+
+builds.install()  # before any proxy module is imported: SLUICEGATE_PURE=1 runs the .py twins
+
 import pytest  # noqa: E402
 
 from tests.processes import Processes, RedisCluster, RedisServer, SimClusterProcess  # noqa: E402
+
+
+def pytest_sessionstart(session) -> None:
+    stale = builds.stale_modules()
+    if stale and not builds.PURE:
+        pytest.exit(f"compiled modules older than their sources: {', '.join(stale)}; run `make build`", returncode=2)
+
+
+def pytest_report_header(config) -> str:
+    compiled = sorted(builds.compiled_modules())
+    return f"proxy build: {'pure Python (SLUICEGATE_PURE=1)' if builds.PURE else 'compiled: ' + ', '.join(compiled)}"
 
 
 @pytest.fixture
