@@ -399,3 +399,53 @@ async def test_required_client_authentication_refuses_a_client_without_a_certifi
             await reader.readuntil(b"{}")
         writer.close()
     assert seen == []  # the server never got a connection to serve
+
+
+# ---- the protocol listener (proxy/listener.py) over the listener's context -------------------
+
+
+async def test_the_protocol_listener_hands_each_request_its_client_certificate_names(pki, tmp_path):
+    from proxy.config import HardLimits
+    from proxy.listener import Listener
+
+    first, second = pki.server("first", "first", into=tmp_path), pki.server("second", "second", into=tmp_path)
+    cert_file, key_file = tmp_path / "live.crt", tmp_path / "live.key"
+    install(first, cert_file, key_file)
+    listen = ListenTLS(cert_file=str(cert_file), key_file=str(key_file), client_ca_file=str(pki.ca_file),
+                       client_authentication="optional")
+    listener_tls = tls.ListenerTLS(listen)
+    client = pki.client("app", "search-app", organization="Acme", dns=("search.acme.internal",), into=tmp_path)
+    seen: list[tuple[str, object]] = []
+
+    async def app(request) -> None:
+        seen.append((request.scheme, request.certificate))
+        request.respond(200, b"Content-Type: application/json\r\n", b"{}")
+
+    listener = Listener(app, limits=HardLimits())
+    server = await asyncio.get_running_loop().create_server(listener, "127.0.0.1", 0, ssl=listener_tls.context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with_cert = ssl.create_default_context(cafile=str(pki.ca_file))
+        with_cert.load_cert_chain(client.cert_file, client.key_file)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=with_cert, server_hostname="localhost")
+        for _ in range(3):  # kept alive: one handshake, the names read once, every request carries them
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await reader.readuntil(b"{}")).startswith(b"HTTP/1.1 200")
+        # rotation: new connections get the new certificate; this one goes on with its session
+        install(second, cert_file, key_file)
+        assert listener_tls.reload(listen) == []
+        assert await peer_common_name(port, pki.ca_file) == "second"
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.readuntil(b"{}")).startswith(b"HTTP/1.1 200")
+        writer.close()
+        # optional client authentication: a client without a certificate is served, with no names
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ssl.create_default_context(
+            cafile=str(pki.ca_file)), server_hostname="localhost")
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.readuntil(b"{}")).startswith(b"HTTP/1.1 200")
+        writer.close()
+    finally:
+        server.close()
+        listener.close_all()
+    names = (certificate_name("O=Acme, CN=search-app"), "DNS:search.acme.internal")
+    assert seen == [("https", names)] * 4 + [("https", None)]
