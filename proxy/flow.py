@@ -188,7 +188,7 @@ class Proxy:
 
             # 1. Who is asking, and what for?
             method, target = request.method, request.target
-            tenant = snap.directory.identify(request.authorization, target)
+            tenant = snap.directory.identify(request.authorization, target, request.certificate)  # mutual TLS: its names
             name = trace.tenant = tenant.name
             call = trace.call = esapi.parse_call(method, target)
             resource = call.resource
