@@ -208,7 +208,7 @@ class Proxy:
 
             # 1. Who is asking, and what for?
             method, target = request.method, request.target
-            tenant = snap.directory.identify(request.authorization, target)
+            tenant = snap.directory.identify(request.authorization, target, request.certificate)  # mutual TLS: its names
             name = trace.tenant = tenant.name
             opaque = request.opaque_id
             trace.request_id = opaque if opaque is not None else new_request_id()

@@ -16,6 +16,7 @@ cdef class Request:
     cdef public list headers
     cdef public object client
     cdef public str scheme
+    cdef public object certificate
     cdef public object authorization
     cdef public object content_type
     cdef public object content_encoding
@@ -63,6 +64,7 @@ cdef class ClientConnection:
     cdef object parser
     cdef public object client
     cdef public str scheme
+    cdef public object certificate
     cdef public object limits
     cdef public bint writing_paused
     cdef public object stream_source

@@ -19,7 +19,9 @@ Each connection has one timer for all three, re-armed by moving its deadline. On
 holds at most `limits.max_connections_per_client` connections at once; a connection beyond that is
 closed as soon as it is accepted.
 
-Transport-agnostic: TLS comes in through `loop.create_server(..., ssl=context)` unchanged.
+Transport-agnostic: TLS comes in through `loop.create_server(..., ssl=context)` unchanged. The one
+thing the listener reads of it is, once per connection, the names of the client's certificate
+(mutual TLS, `tls.peer_names`), which each request carries as `certificate` for tenant identification.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from typing import Any, Protocol
 
 import httptools
 
+from . import tls
 from .config import HardLimits
 from .errors import BadRequest, HeadersTooLarge, Refusal, RequestTimeout, UriTooLong
 from .upstream_http import HOP_BY_HOP
@@ -95,8 +98,9 @@ class Request:
     """
 
     __slots__ = (
-        "method", "target", "version", "headers", "client", "scheme", "authorization", "content_type",
-        "content_encoding", "content_length", "forwarded_for", "opaque_id", "passed_fields", "expect_continue", "keep_alive",
+        "method", "target", "version", "headers", "client", "scheme", "certificate", "authorization", "content_type",
+        "content_encoding", "content_length", "forwarded_for", "opaque_id", "passed_fields", "expect_continue",
+        "keep_alive",
         "complete", "body_size", "too_large", "refusal", "responded", "_chunks", "_conn", "_waiter", "_streaming",
         "_chunked",
     )
@@ -110,6 +114,8 @@ class Request:
         #: the client's IP address, and "http" or "https"
         self.client: str | None = conn.client
         self.scheme = conn.scheme
+        #: the names of the client's certificate (mutual TLS), or None
+        self.certificate: tuple[str, ...] | None = conn.certificate
         self.authorization: str | None = None
         self.content_type: str | None = None
         self.content_encoding: str | None = None
@@ -338,7 +344,7 @@ class ClientConnection:
         "listener", "loop", "transport", "parser", "client", "scheme", "limits", "writing_paused", "stream_source",
         "_parsing", "_in_head", "_url", "_headers", "_max_headers", "_trailers", "_head_bytes", "_queue", "_current",
         "_task", "_refusal", "_closing", "_stopped", "_counted", "_reading_paused", "_idle", "_head_started",
-        "_drainer", "_timer", "_timer_at", "_deadline", "_timer_job",
+        "_drainer", "_timer", "_timer_at", "_deadline", "_timer_job", "certificate",
     )
 
     def __init__(self, listener: Listener):
@@ -348,6 +354,8 @@ class ClientConnection:
         self.parser = httptools.HttpRequestParser(self)
         self.client: str | None = None
         self.scheme = "http"
+        #: the names the client's certificate answers to (mutual TLS), read once per connection; None: none shown
+        self.certificate: tuple[str, ...] | None = None
         self.limits: HardLimits = listener.limits
         self.writing_paused = False
         #: what the response being streamed reads from (paused while the client is slow)
@@ -384,6 +392,8 @@ class ClientConnection:
         client = peer[0] if isinstance(peer, tuple) and peer else None
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
+            # The handshake is done by now (TLS protocols are told of the connection after it).
+            self.certificate = tls.peer_names(transport)
         if client is not None:
             count = listener.per_client.get(client, 0)
             if count >= self.limits.max_connections_per_client:

@@ -10,6 +10,7 @@ reading when the client downstream is slower than the node (bounded memory).
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_module
 from collections import deque
 
 #: stop reading from the node while this much body is buffered for a slow client
@@ -227,7 +228,9 @@ class NodeConnection:
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             cls = UpstreamProtocolError if self._received_any else ConnectionLostEarly
-            waiter.set_exception(cls(f"connection to {self.pool.label} closed before the response head"))
+            error = cls(f"connection to {self.pool.label} closed before the response head" + (f": {exc}" if exc else ""))
+            error.__cause__ = exc  # a TLS alert (say, the node wanted a client certificate) says why
+            waiter.set_exception(error)
         response = self._response
         if response is not None and not response.complete:
             if self._remaining is None and not self._chunked:
@@ -469,10 +472,13 @@ class NodeConnection:
 
 
 class ConnectionPool:
-    """Keep-alive connections to one node. Idle ones are reused most-recent first (warm)."""
+    """Keep-alive connections to one node. Idle ones are reused most-recent first (warm).
+
+    With `ssl` (an https:// node) each connection is TLS, verified against `server_hostname`; the
+    handshake counts in the connect timeout, and a kept-alive connection pays it only once."""
 
     def __init__(self, host: str, port: int, max_idle: int, loop: asyncio.AbstractEventLoop | None = None,
-                 owner: object = None):
+                 owner: object = None, ssl: ssl_module.SSLContext | None = None, server_hostname: str | None = None):
         self.host = host
         self.port = port
         self.label = f"{host}:{port}"
@@ -480,12 +486,16 @@ class ConnectionPool:
         self.owner = owner
         self.max_idle = max_idle
         self.loop = loop or asyncio.get_event_loop()
+        self.ssl = ssl
+        self.server_hostname = (server_hostname or host) if ssl is not None else None
         self._idle: deque[NodeConnection] = deque()
         self.open = 0
 
     async def connect(self, timeout: float) -> NodeConnection:
         async with asyncio.timeout(timeout):
-            _, conn = await self.loop.create_connection(lambda: NodeConnection(self), self.host, self.port)
+            _, conn = await self.loop.create_connection(
+                lambda: NodeConnection(self), self.host, self.port, ssl=self.ssl, server_hostname=self.server_hostname
+            )
         self.open += 1
         return conn  # type: ignore[return-value]
 
