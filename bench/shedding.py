@@ -56,7 +56,7 @@ def load(cluster: RealCluster, http: urllib3.PoolManager) -> None:
     cluster.wait_green(3, 120)
 
 
-def run(cluster: RealCluster, workdir: Path, shedding: bool, seconds: float, victim: int) -> dict:
+def run(cluster: RealCluster, workdir: Path, shedding: bool, seconds: float, victim: int, backoff_s: float) -> dict:
     plan = {"search": {"rate": 1e6, "burst": 1e7}, "read": {"rate": 1e6, "burst": 1e7},
             "write": {"rate": 1e6, "burst": 1e7}, "admin": {"rate": 1000, "burst": 10000},
             "max_concurrent": 16, "max_queue": 256, "max_wait_ms": 30000}
@@ -75,6 +75,8 @@ def run(cluster: RealCluster, workdir: Path, shedding: bool, seconds: float, vic
             r = http.request("POST", f"{proxy.url}/storm-data/_search?request_cache=false", body=orjson.dumps(SLOW),
                              headers={"Authorization": "ApiKey storm-key", "Content-Type": "application/json"})
             storm_statuses.append(r.status)
+            if r.status == 503 and backoff_s:  # a client that backs off when told the cluster is busy
+                time.sleep(backoff_s)
 
     def gooder(i: int) -> None:
         n = 0
@@ -123,6 +125,8 @@ def main() -> int:
     parser.add_argument("--flavor", default="opensearch")
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds of load after the node loss")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--storm-backoff-s", type=float, default=0.0,
+                        help="seconds a storm client waits after a 503 before its next search (0: a closed loop)")
     args = parser.parse_args()
     cluster = RealCluster(args.flavor, nodes=3, search_threads=2, search_queue=100, heap="384m", data_dir=args.data_dir)
     http = urllib3.PoolManager(maxsize=8, retries=False, timeout=urllib3.Timeout(connect=5, read=120))
@@ -132,7 +136,7 @@ def main() -> int:
         results = []
         with tempfile.TemporaryDirectory(prefix="sg-shed-") as tmp:
             for shedding in (False, True):
-                results.append(run(cluster, Path(tmp), shedding, args.seconds, victim=2))
+                results.append(run(cluster, Path(tmp), shedding, args.seconds, victim=2, backoff_s=args.storm_backoff_s))
                 cluster.start_node(2, timeout=600, status="yellow")
                 cluster.wait_green(3, 300)
                 print(results[-1], flush=True)
@@ -147,7 +151,7 @@ def main() -> int:
     ])
     text = (f"### Overload shedding: storm plus node loss ({args.flavor} {cluster.version}, 3 nodes, 2 search threads "
             f"each)\n\n`{report.command_line()}`\n\n8 storm clients keep slow searches in flight, 2 good clients run "
-            f"term searches; one node is killed 5 s in; the good tenant's latency from then on, {args.seconds:.0f} s, "
+            f"term searches (storm clients wait {args.storm_backoff_s:g} s after a 503); one node is killed 5 s in; the good tenant's latency from then on, {args.seconds:.0f} s, "
             f"measured side by side in one run (shedding off, the node back, shedding on).\n\n{table}\n\n"
             f"Good-tenant p99 with shedding / without: **{on['p99'] / off['p99']:.2f}x**.\n")
     report.update_section("shedding", text)

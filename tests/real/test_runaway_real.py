@@ -110,7 +110,7 @@ def test_the_tenant_is_on_the_task_and_a_client_that_leaves_cancels_it(procs, sl
 
 def test_a_runaway_search_is_cancelled_at_its_plans_max_duration(procs, slow_index):
     cluster, index = slow_index
-    proxy = proxy_for(procs, cluster.url, search={"rate": 1e6, "burst": 1e7, "max_duration_s": 1.0})
+    proxy = proxy_for(procs, cluster.url, search={"rate": 1e6, "burst": 1e7, "max_duration_s": 0.5})
     probe = f"runaway-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
     response = HTTP.request("POST", f"{proxy.url}/{index}/_search?request_cache=false", body=orjson.dumps(SLOW),
@@ -119,19 +119,19 @@ def test_a_runaway_search_is_cancelled_at_its_plans_max_duration(procs, slow_ind
     body = orjson.loads(response.data)
     assert response.status == 504, body
     assert body["error"]["type"] == "task_cancelled_exception"
-    assert "tenant 'acme'" in body["error"]["reason"] and "search.max_duration_s of 1s" in body["error"]["reason"]
+    assert "tenant 'acme'" in body["error"]["reason"] and "search.max_duration_s of 0.5s" in body["error"]["reason"]
     assert response.headers["X-Sluicegate-Reason"] == "max_duration"
     assert response.headers["X-Opaque-Id"] == probe
     # The cluster's task went with it (the answer and the close are one step: the time is the cluster's).
     took = gone_within(cluster.url, "acme;" + probe, 3.0)
     assert took is not None, tasks_with(cluster.url, "acme;" + probe)
     assert proxy.metric("sluicegate_cancelled_total", tenant="acme", reason="max_duration") == 1
-    print(f"\n{cluster.flavor}: answered after {answered:.2f}s (max_duration_s 1.0), task gone {took * 1000:.0f} ms later")
-    # What it really cost (a second of a search thread, at least) was learned for its shape, so that the next
-    # one is charged it up front (a bare estimate of this search is a few hundred units at most).
-    assert float(response.headers["X-Sluicegate-Cost"].split("charged=")[1]) < 900
+    print(f"\n{cluster.flavor}: answered after {answered:.2f}s (max_duration_s 0.5), task gone {took * 1000:.0f} ms later")
+    # What it really cost (half a second of a search thread, at least) was learned for its shape, so that the
+    # next one is charged it up front: more than this one was.
+    charged = float(response.headers["X-Sluicegate-Cost"].split("charged=")[1])
     learned = proxy.tenants()["tenants"]["acme"]["learned_costs"]
-    assert max(entry["cost"] for entry in learned) >= 900, learned
+    assert max(entry["cost"] for entry in learned) >= max(450.0, charged), (charged, learned)
 
 
 def active_search_threads(url: str) -> int:
