@@ -275,6 +275,45 @@ class ShapesConfig(_Frozen):
 class Bucket(_Frozen):
     rate: float = Field(gt=0, description="cost units per second")
     burst: float = Field(gt=0, description="bucket size in cost units")
+    max_duration_s: float | None = Field(
+        None, gt=0, description="seconds a request of this class may run at the cluster before the proxy cancels it "
+        "(runaway control); None: no limit")
+
+
+GUARDRAIL_NAMES = ("max_size", "max_from", "max_terms_agg_size", "timeout", "terminate_after",
+                   "allow_leading_wildcards", "allow_scripts", "allow_regexp")
+
+
+class GuardrailsConfig(_Frozen):
+    """What one search of the plan may ask of the cluster (proxy/guardrails.py). None / true: no bound."""
+
+    mode: Literal["cap", "refuse"] = Field("cap", description="cap: rewrite the request within bounds (response "
+                                           "header X-Sluicegate-Degraded); refuse: 400 naming the guardrail")
+    modes: dict[str, Literal["cap", "refuse"]] = Field({}, description="the mode of single guardrails, by name")
+    shadow: bool = Field(False, description="count what the guardrails would cap or refuse, change nothing")
+    max_size: int | None = Field(None, ge=0)
+    max_from: int | None = Field(None, ge=0)
+    max_terms_agg_size: int | None = Field(None, ge=1)
+    timeout: str | None = Field(None, pattern=r"^\s*\d+\s*(nanos|micros|ms|s|m|h|d)\s*$",
+                                description="search timeout injected into every search, and the most one may ask")
+    terminate_after: int | None = Field(None, ge=1)
+    allow_leading_wildcards: bool = True
+    allow_scripts: bool = True
+    allow_regexp: bool = True
+
+    @field_validator("modes")
+    @classmethod
+    def _known(cls, modes: dict[str, str]) -> dict[str, str]:
+        for name in modes:
+            if name not in GUARDRAIL_NAMES:
+                raise ValueError(f"unknown guardrail {name!r} (guardrails: {', '.join(GUARDRAIL_NAMES)})")
+        return modes
+
+    @property
+    def active(self) -> bool:
+        return (self.max_size is not None or self.max_from is not None or self.max_terms_agg_size is not None
+                or self.timeout is not None or self.terminate_after is not None or not self.allow_leading_wildcards
+                or not self.allow_scripts or not self.allow_regexp)
 
 
 class Plan(_Frozen):
@@ -287,6 +326,10 @@ class Plan(_Frozen):
     max_wait_ms: float = Field(2000, ge=0)
     weight: float = Field(1.0, gt=0, description="share of the global gate under contention")
     resources: list[Literal["search", "read", "write", "admin"]] = list(RESOURCES)
+    guardrails: GuardrailsConfig = GuardrailsConfig()
+    max_cost_factor: float | None = Field(
+        None, gt=0, description="cancel a request whose time at the cluster (ms) exceeds this many times its charged "
+        "cost (cost units are thread-ms; one thread assumed, so the longest deadline); None: no limit")
     cluster_apis: list[str] = []
 
     def bucket(self, resource: str) -> Bucket:
@@ -346,6 +389,18 @@ class SecurityConfig(_Frozen):
     binding_secret: str | None = Field(None, min_length=16)
 
 
+class SheddingConfig(_Frozen):
+    """Overload shedding (proxy/runaway.py): while the gate's health signals say the cluster is in distress,
+    cancel the costliest requests in flight of tenants over their fair share, at a bounded rate."""
+
+    enabled: bool = False
+    max_per_s: float = Field(2.0, gt=0, description="requests shed per second at most (per worker)")
+    min_age_s: float = Field(0.5, ge=0, description="a request is shed only once it has been at the cluster this long")
+    signals: list[Literal["data_nodes", "search_rejections", "search_queue", "upstream_errors", "latency"]] = Field(
+        ["data_nodes", "search_rejections", "upstream_errors", "latency"],
+        description="the gate's reasons (sluicegate_gate_reason) that count as distress")
+
+
 class Config(_Frozen):
     listen: Address = Address(host="127.0.0.1", port=8080)
     #: TLS on `listen` (HTTPS only on that port); None: plain HTTP
@@ -359,6 +414,7 @@ class Config(_Frozen):
     access_log: AccessLogConfig = AccessLogConfig()
     shapes: ShapesConfig = ShapesConfig()
     security: SecurityConfig = SecurityConfig()
+    shedding: SheddingConfig = SheddingConfig()
     enforce: bool = True
     drain_timeout_s: float = Field(30.0, ge=0)
     plans: dict[str, Plan] = Field(min_length=1)
@@ -372,6 +428,9 @@ class Config(_Frozen):
     def tenant_enforced(self, name: str) -> bool:
         flag = self.tenants[name].enforce
         return self.enforce if flag is None else flag
+
+
+_TENANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 def _cross_checks(data: dict) -> list[tuple[str, str]]:
@@ -390,6 +449,9 @@ def _cross_checks(data: dict) -> list[tuple[str, str]]:
         if not isinstance(tenant, dict):
             continue
         base = f"tenants.{name}"
+        if not _TENANT_NAME.fullmatch(str(name)):
+            # the name leads the X-Opaque-Id forwarded to the cluster, up to the first ';' (proxy/opaque.py)
+            errors.append((base, "tenant names are letters, digits, '.', '_' and '-' (they lead X-Opaque-Id)"))
         plan = tenant.get("plan")
         if isinstance(plans, dict) and plans and isinstance(plan, str) and plan not in plans:
             errors.append((f"{base}.plan", f"unknown plan {plan!r} (plans: {', '.join(sorted(map(str, plans)))})"))

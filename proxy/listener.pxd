@@ -22,6 +22,7 @@ cdef class Request:
     cdef public object content_encoding
     cdef public object content_length
     cdef public object forwarded_for
+    cdef public object opaque_id
     cdef public bytes passed_fields
     cdef public bint expect_continue
     cdef public bint keep_alive

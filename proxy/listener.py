@@ -49,10 +49,11 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: statuses whose responses have no body (and no Content-Length)
 _NO_BODY = frozenset((100, 101, 102, 103, 204, 304))
 #: the request headers the listener reads by name (lower-case), and what it does with them
-_AUTHORIZATION, _CONTENT_TYPE, _CONTENT_ENCODING, _HOST, _CONTENT_LENGTH, _EXPECT, _FORWARDED_FOR = range(1, 8)
+_AUTHORIZATION, _CONTENT_TYPE, _CONTENT_ENCODING, _HOST, _CONTENT_LENGTH, _EXPECT, _FORWARDED_FOR, _OPAQUE_ID = range(1, 9)
 _NAMED = {
     b"authorization": _AUTHORIZATION, b"content-type": _CONTENT_TYPE, b"content-encoding": _CONTENT_ENCODING,
     b"host": _HOST, b"content-length": _CONTENT_LENGTH, b"expect": _EXPECT, b"x-forwarded-for": _FORWARDED_FOR,
+    b"x-opaque-id": _OPAQUE_ID,
 }
 #: the end of a response head: whether the connection stays open, as HTTP/1.1 and HTTP/1.0 say it
 _KEEP_1_1, _KEEP_1_0, _CLOSE = b"\r\n", b"Connection: keep-alive\r\n\r\n", b"Connection: close\r\n\r\n"
@@ -98,7 +99,8 @@ class Request:
 
     __slots__ = (
         "method", "target", "version", "headers", "client", "scheme", "certificate", "authorization", "content_type",
-        "content_encoding", "content_length", "forwarded_for", "passed_fields", "expect_continue", "keep_alive",
+        "content_encoding", "content_length", "forwarded_for", "opaque_id", "passed_fields", "expect_continue",
+        "keep_alive",
         "complete", "body_size", "too_large", "refusal", "responded", "_chunks", "_conn", "_waiter", "_streaming",
         "_chunked",
     )
@@ -121,6 +123,8 @@ class Request:
         self.content_length: int | None = None
         #: the X-Forwarded-For the client sent (several joined), or None
         self.forwarded_for: bytes | None = None
+        #: the client's own X-Opaque-Id (the first), or None: see proxy/opaque.py
+        self.opaque_id: bytes | None = None
         #: the header lines to pass on ("Name: value\r\n" each): all but the listener's `forward_drop`
         self.passed_fields = b""
         self.expect_continue = False
@@ -529,6 +533,9 @@ class ClientConnection:
                 elif named == _FORWARDED_FOR:
                     prior = request.forwarded_for
                     request.forwarded_for = value if prior is None else prior + b", " + value
+                elif named == _OPAQUE_ID:
+                    if request.opaque_id is None:
+                        request.opaque_id = value
             if lname not in drop:
                 passed += (name, b": ", value, b"\r\n")
         limits = self.limits

@@ -32,6 +32,7 @@ from .redis_limiter import RedisLimiter
 from .shapes import ShapeBook
 from .shared_costs import learned_costs
 from .shared_shapes import ShapeSharer
+from .runaway import Runaway
 from .upstream import REQUEST_DROP, Upstream
 
 log = logging.getLogger("sluicegate")
@@ -117,6 +118,7 @@ class Worker:
             metrics=self.metrics,
             access_log=self.access_log,
             shapes=self.shapes,
+            runaway=Runaway(self.metrics),
         )
         self.cockpit = Cockpit(self)  # the status page's samples and reports
         self.metrics.set_config(1, digest)
@@ -178,6 +180,8 @@ class Worker:
         await self.upstream.start()
         await self.cluster_health.start()
         await self.cockpit.start()
+        self._configure_shedding(config)
+        self.proxy.runaway.start()  # the sweep that cancels requests past their plan's limits
         # The listener's TLS context is passed once; a SIGHUP loads a new certificate into that same
         # context (tls.ListenerTLS.reload), so the server need not be re-created to rotate it.
         self._proxy_server = await _bind(asyncio.get_running_loop().create_server(
@@ -201,6 +205,19 @@ class Worker:
             self.worker_index, config.listen, " (TLS)" if self.listener_tls is not None else "",
             self.admin_socket or config.admin_listen, ", ".join(config.upstream.nodes),
         )
+
+    def _configure_shedding(self, config) -> None:
+        """Overload shedding reads the gate's reason for its limit as the cluster's distress signal."""
+        runaway = self.proxy.runaway
+        runaway.shedding = config.shedding
+        gate = self.admission.gate
+
+        def distress(now: float) -> str | None:
+            why = gate.reason(self.admission.clock())
+            return why if why in runaway.shedding.signals else None
+
+        runaway.distress = distress
+        runaway.weights = lambda: {name: view.plan.weight for name, view in self.proxy.snapshot.directory.tenants.items()}
 
     @property
     def running_listen(self):
@@ -243,6 +260,7 @@ class Worker:
         if self.shape_sharer is not None:
             self.shape_sharer.interval_s = config.shapes.publish_interval_s
         self.proxy.snapshot = snapshot
+        self.proxy.runaway.shedding = config.shedding
         self.metrics.forget_tenants(set(config.tenants))
         self.metrics.set_config(snapshot.generation, digest)
         self.metrics.config_reloads.inc()
@@ -282,6 +300,7 @@ class Worker:
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         await self.cockpit.close()
+        await self.proxy.runaway.close()
         await self.cluster_health.close()
         await self.upstream.close()
         if self.shape_sharer is not None:

@@ -39,8 +39,10 @@ from .upstream_http import (
 log = logging.getLogger("sluicegate.upstream")
 
 #: client request headers never forwarded: hop-by-hop ones, the client's credentials, what the proxy sets itself
+#: (X-Opaque-Id is forwarded with the tenant in front: proxy/opaque.py)
 REQUEST_DROP = HOP_BY_HOP | {
     b"authorization", b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
+    b"x-opaque-id",
 }
 
 
@@ -156,10 +158,11 @@ class Upstream:
         return b"%sX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n%s" % (passed, ip, proto, self._auth_field)
 
     async def send(
-        self, method: str, target: str, fields: bytes, body: bytes | None, retry_after_send: bool
+        self, method: str, target: str, fields: bytes, body: bytes | None, retry_after_send: bool, trace=None
     ) -> UpstreamResponse:
         """Send one request (`fields`: its header lines, see forward_fields); the response once its head
-        has arrived, body not yet read (`response.node` is the node that answered).
+        has arrived, body not yet read (`response.node` is the node that answered). `trace.sent_to`, if
+        given, is set to each node's URL as the request is sent to it (for /inflight).
 
         Raises UpstreamFailure: 503 when no node is usable, 502 when nodes failed, 504 on timeout.
         The caller must `release()` the response.
@@ -173,6 +176,8 @@ class Upstream:
             if node is None:
                 break
             head = request_head(method, target, node.host_header, fields, body_length)
+            if trace is not None:
+                trace.sent_to = node.url
             conn = node.pool.take_idle()
             try:
                 if conn is None:

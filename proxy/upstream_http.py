@@ -26,7 +26,8 @@ HOP_BY_HOP = frozenset((
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"proxy-connection",
 ))
-NOT_RELAYED = HOP_BY_HOP | {b"content-length", b"date", b"server"}
+#: X-Opaque-Id too: the node echoes the tenant-prefixed one, the client gets its own back (proxy/opaque.py)
+NOT_RELAYED = HOP_BY_HOP | {b"content-length", b"date", b"server", b"x-opaque-id"}
 _NOT_RELAYED = NOT_RELAYED  # what _parse_head reads (a C-typed frozenset when compiled)
 
 

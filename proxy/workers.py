@@ -29,7 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .admin import admin_error, limit_param, page_routes, since_param
+from .admin import admin_error, inflight_params, limit_param, merge_inflight, page_routes, since_param
 from .cockpit import merge_shapes, merge_status
 from .config import ConfigError, load_config
 
@@ -179,8 +179,28 @@ class Supervisor:
                 return admin_error(503, "proxy_upstream_exception", "no worker answered")
             return _json(merge_shapes([orjson.loads(body) for _, body in answers], limit))
 
+        async def inflight(request: web.Request) -> web.Response:
+            params = inflight_params(request)
+            if isinstance(params, web.Response):
+                return params
+            answers = await self.ask_all("GET", "/inflight?" + urlencode(request.query))
+            reports = [orjson.loads(a[1]) for a in answers if a is not None and a[0] == 200]
+            return _json(merge_inflight(reports, *params))
+
+        async def cancel(request: web.Request) -> web.Response:
+            name = request.match_info["name"]
+            answers = [a for a in await self.ask_all("POST", f"/tenants/{quote(name, safe='')}/cancel") if a is not None]
+            for code, body in answers:
+                if code != 200:  # an unknown tenant: every worker says the same
+                    return web.Response(body=body, status=code, content_type="application/json")
+            reports = [orjson.loads(body) for _, body in answers]
+            return _json({"tenant": name, "cancelled": sum(r["cancelled"] for r in reports),
+                          "requests": [row for r in reports for row in r["requests"]]})
+
         app = web.Application()
         page_routes(app)
+        app.router.add_get("/inflight", inflight)
+        app.router.add_post("/tenants/{name}/cancel", cancel)
         app.router.add_get("/status", status)
         app.router.add_get("/tenants/{name}/shapes", shapes)
         app.router.add_get("/health", health)
