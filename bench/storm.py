@@ -235,7 +235,7 @@ def tenants_report(admin: str) -> dict:
 
 
 GATE_KEYS = ("limit", "reason", "search_threads", "search_threads_max", "data_nodes", "inflight", "queued",
-             "capacity", "capacity_headroom", "contended", "inflight_cost", "threads_per_request")
+             "capacity", "capacity_headroom", "contended", "inflight_cost", "threads_per_request", "fan_out")
 
 
 async def sample_cluster(world, t0: float, stop: asyncio.Event, groups: dict[str, list[int]],

@@ -19,6 +19,13 @@ all it asks for: in flight and queued) is admitted only while the gate is within
 `capacity_headroom` of both limits; the rest is kept for tenants under their share, so a quiet
 tenant's cheap request never waits behind a storm, at the gate or in the cluster's thread pools.
 
+**Fan-out.** A search holds a search thread per shard it runs on, all at once, however little its cost
+says it holds on average (threads per request is measured on the mix, mostly cheap requests whose
+round trip is more than their shard time). So the over-share room in requests is also at most the live
+threads ÷ the widest fan-out seen lately (shards per search, from responses; it fades over
+`FAN_OUT_MEMORY_S`), × headroom: a storm's first wave, its cost not yet learned, cannot take every
+thread and make a quiet tenant's shards queue in the nodes.
+
 **Overdue requests.** A request counts at the gate as its estimated (or learned) cost. One that stays
 in flight well past what that cost implies (elapsed × threads per request, over `OVERDUE_SLACK` × its
 count) was under-priced, and the cluster is still spending on it: it counts as what it has spent so
@@ -104,6 +111,8 @@ CONTENDED_HOLD_S = 5.0
 PRESENCE_S = 5.0
 #: ... renewed at most this often per tenant (seconds), so presence costs nothing per request
 PRESENCE_REFRESH_S = 0.5
+#: the widest fan-out seen (shards a search runs on at once) fades back toward narrower ones over this long (s)
+FAN_OUT_MEMORY_S = 60.0
 
 
 # ============================================================================================
@@ -214,6 +223,9 @@ class Gate:
         self.data_nodes_max = 0
         self.threads = 0  # live search threads of data nodes; 0 = not known
         self.threads_max = 0
+        # the widest fan-out seen lately: search threads one request can hold at once (its shards)
+        self.fan_out = 1.0
+        self._fan_out_at = 0.0
         # learned from completions: sums that fade with time (MEMORY_S), not with the number of samples,
         # so a burst of cheap requests does not wash out what the expensive ones say
         self._lat_cost = 0.0  # Σ cost × latency_ms
@@ -294,6 +306,16 @@ class Gate:
         return max(self.min_limit, self.adaptive * self.node_ratio)
 
     @property
+    def over_share_limit(self) -> float:
+        """Requests in flight, over-share ones included, below which an over-share request may go: the
+        limit, and no more than the live search threads hold requests of the widest fan-out seen lately
+        (a search holds a thread per shard at once, however little its cost says it holds on average)."""
+        limit = self.limit
+        if self.threads:
+            limit = min(limit, self.threads * self.share / self.fan_out)
+        return limit * self.headroom
+
+    @property
     def capacity_cost(self) -> float | None:
         """Cost units the live search threads hold in flight without queueing (None: threads unknown)."""
         if not self.threads:
@@ -365,7 +387,7 @@ class Gate:
         capacity = self.capacity_cost
         counted = self.counted(cost)
         if not reserve:
-            if self.inflight + 1 > max(1.0, math.floor(limit * headroom + 1e-9)):
+            if self.inflight + 1 > max(1.0, math.floor(self.over_share_limit + 1e-9)):
                 return False
             if capacity is None or self.inflight_cost <= 0.0:
                 return True
@@ -425,6 +447,9 @@ class Gate:
         if observed is not None and observed > 0:
             self._observed += observed
             self._lat_obs += latency_ms
+            shards = getattr(observed, "shards", 0)  # an Observed search cost knows its fan-out
+            if shards:
+                self._note_fan_out(shards, now)
         if self._w_start is None:
             self._w_start = now
         self._w_n += 1
@@ -433,6 +458,12 @@ class Gate:
         if (self._w_n >= max(WINDOW_MIN_SAMPLES, self._w_peak)
                 and now - self._w_start >= max(WINDOW_MIN_S, self.horizon_ms / 1000.0)):
             self._close_window(now)
+
+    def _note_fan_out(self, shards: int, now: float) -> None:
+        """A search ran on `shards` shards: the widest fan-out jumps up to it, or fades toward it."""
+        fade = math.exp(min(0.0, self._fan_out_at - now) / FAN_OUT_MEMORY_S)
+        self.fan_out = max(float(shards), 1.0 + (self.fan_out - 1.0) * fade)
+        self._fan_out_at = now
 
     def _close_window(self, now: float) -> None:
         if self.target_ms is not None:
@@ -984,6 +1015,7 @@ class Admission:
             "capacity_per_s": gate.capacity_per_s,
             "horizon_ms": round(gate.horizon_ms, 2),
             "threads_per_request": round(gate.threads_per_request, 3),
+            "fan_out": round(gate.fan_out, 2),
             "data_nodes": gate.data_nodes,
             "data_nodes_max": gate.data_nodes_max,
             "search_threads": gate.threads,

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from proxy.admission import CONTENDED_HOLD_S, REASONS, Admission, ClusterReading, Ticket, Waiter
 from proxy.config import hash_secret, parse_config
+from proxy.cost_observed import Observed
 from proxy.errors import Throttled
 from proxy.tenants import Directory
 
@@ -345,6 +346,49 @@ def test_the_count_limit_binds_over_share_tenants_at_headroom_and_others_at_the_
     assert len(quiet) == 5 and adm.gate.inflight == 10  # the quiet tenant goes on to the full limit
     for ticket in storm + quiet:
         adm.leave(ticket)
+
+
+def searched(cost: float, shards: int) -> float:
+    """An observed search cost as the proxy reads it from a response: it knows how many shards it ran on."""
+    observed = Observed(cost)
+    observed.took_ms, observed.shards, observed.queue_passes = cost / shards, shards, 2
+    return observed
+
+
+def test_over_share_requests_never_hold_more_threads_than_headroom_at_the_widest_fan_out_seen():
+    adm = admission({"storm": {"weight": 1}, "quiet": {"weight": 100}}, threads=24, capacity_headroom=0.5)
+    learn_horizon(adm, 100.0)  # 1 thread per request on average: the limit is 24, 12 with over-share ones
+
+    def storm_until_queued(now: float) -> list[Ticket]:
+        tickets = []
+        while isinstance(got := adm.request("storm", 50, now), Ticket):
+            tickets.append(got)
+        adm.withdraw(got, now)
+        return tickets
+
+    quiet = granted(adm, "quiet", 10)
+    storm = storm_until_queued(0.0)
+    assert len(storm) == 11
+    for ticket in storm:
+        adm.leave(ticket, now=0.0)
+    # Searches seen running on 4 shards at once hold 4 threads each: 24 / 4 × 0.5 in flight with over-share ones.
+    adm.leave(granted(adm, "quiet", 10), 200, 0.01, searched(10, 4), now=1.0)
+    assert adm.gate.fan_out == 4 and adm.report(now=1.0)["fan_out"] == 4
+    storm = storm_until_queued(1.0)
+    assert len(storm) == 2
+    more_quiet = [granted(adm, "quiet", 10, 1.0) for _ in range(8)]  # tenants under their share are not bound by it
+    for ticket in storm + more_quiet + [quiet]:
+        adm.leave(ticket, now=1.0)
+    # Narrower searches since: the widest fan-out fades back toward them, and the room with it.
+    for k in range(1, 300):
+        adm.leave(granted(adm, "quiet", 10, 1.0 + k), 200, 0.01, searched(10, 1), now=1.0 + k)
+    assert adm.gate.fan_out < 1.05
+    quiet = granted(adm, "quiet", 10, 300.0)
+    storm = storm_until_queued(300.0)
+    assert len(storm) == 10  # floor(24 / 1.0x × 0.5) in flight, the quiet tenant's one included
+    for ticket in storm + [quiet]:
+        adm.leave(ticket, now=300.0)
+    assert_idle(adm)
 
 
 # ============================================================================================
