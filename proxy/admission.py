@@ -402,7 +402,10 @@ class Gate:
             return False
         if capacity is None or self.inflight_cost <= 0.0:
             return True
-        return self.inflight_cost + counted <= capacity + 1e-9
+        # Over-share cost counts here as at most its room: what went in when the room was wider (or under
+        # share, since moved out of the kept room; or before the capacity shrank) does not take the rest.
+        over = self.inflight_cost - self.reserve_cost
+        return min(over, capacity * headroom) + self.reserve_cost + counted <= capacity + 1e-9
 
     def take(self, counted: float, reserve: bool) -> None:
         self.inflight += 1

@@ -509,6 +509,22 @@ def test_losing_a_data_node_shrinks_limit_and_capacity_in_proportion_and_both_co
     assert adm.gate.limit == pytest.approx(limit) and adm.report(now=2.0)["reason"] == "capacity"
 
 
+def test_the_room_kept_for_quiet_tenants_stays_theirs_when_capacity_shrinks_under_over_share_work():
+    adm = admission({"storm": {"weight": 1}, "quiet": {"weight": 100}}, threads=10, capacity_headroom=0.5)
+    learn_horizon(adm, 100.0)  # capacity 1000 cost units in flight, 500 of them for over-share work
+    quiet = [granted(adm, "quiet", 10)]
+    storm = [granted(adm, "storm", 240), granted(adm, "storm", 240)]
+    # A node is lost: capacity 500, and the storm's 480 in flight is over its room of 250.
+    adm.observe_cluster(ClusterReading(data_nodes=2, search_threads=5), now=1.0)
+    assert adm.gate.capacity_cost == pytest.approx(500)
+    waiting = queued(adm, "storm", 240, now=1.0)  # no more over-share work until it drains ...
+    quiet.append(granted(adm, "quiet", 20, now=1.0))  # ... and the quiet tenant still has its room
+    adm.withdraw(waiting, now=1.0)
+    for ticket in storm + quiet:
+        adm.leave(ticket, now=1.0)
+    assert_idle(adm)
+
+
 def test_search_queues_and_rejections_shrink_the_limit_in_proportion():
     adm = admission({"acme": {}}, threads=24)
     learn_horizon(adm, 10.0)
