@@ -46,6 +46,7 @@ import argparse
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -420,6 +421,14 @@ def selected_modes(args: argparse.Namespace, world) -> list[Mode]:
 
 
 def make_world(args: argparse.Namespace):
+    world = make_cluster_world(args)
+    changes = {k: v for k, v in (("steady_rate", args.good_rate), ("burst", args.burst)) if v is not None}
+    if changes:
+        world.load = dataclasses.replace(world.load, **changes)
+    return world
+
+
+def make_cluster_world(args: argparse.Namespace):
     if args.cluster == "sim":
         return SimWorld(all_tenants(), STORMING)
     return RealWorld(args.cluster, all_tenants(), STORMING, heap=args.heap, threads_per_node=args.search_threads,
@@ -449,6 +458,10 @@ def main() -> None:
     real.add_argument("--keep-cluster", action="store_true", help="leave the cluster running at the end")
     real.add_argument("--setup-only", action="store_true", help="start or attach the cluster, load its corpus, probe "
                       "its capacity, and stop there")
+    real.add_argument("--good-rate", type=float, default=None, help="searches/s of each steady good tenant "
+                      "(default: the world's, 2 on a real cluster)")
+    real.add_argument("--burst", type=int, default=None, help="the dashboard's parallel searches every ~2 s "
+                      "(default: the world's, 5 on a real cluster)")
     real.add_argument("--heap", default="512m", help="JVM heap per node")
     real.add_argument("--search-threads", type=int, default=2, help="search pool size per node")
     real.add_argument("--search-queue", type=int, default=None, help="search queue per node (default: the cluster's, 1000)")
