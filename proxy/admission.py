@@ -26,6 +26,14 @@ threads ÷ the widest fan-out seen lately (shards per search, from responses; it
 `FAN_OUT_MEMORY_S`), × headroom: a storm's first wave, its cost not yet learned, cannot take every
 thread and make a quiet tenant's shards queue in the nodes.
 
+**A share is at least one request.** On a small cluster shared by many tenants, a weighted share of
+the gate can be less than one cheap search (14 tenants on 6 threads: ~70 units in flight each,
+against 40-160 for a term query on a busy node). Then every tenant is over its share, the kept
+room serves nobody, and the quiet tenants wait behind the storm for the over-share room. So a tenant
+asking for no more than one average request (`Gate.mean_cost`: Σ cost ÷ requests, completed over the
+last ~`MEMORY_S`) is within its share whatever the weights say; a storming tenant's backlog, or one
+of its searches alone, is not (they cost many times the average).
+
 **Overdue requests.** A request counts at the gate as its estimated (or learned) cost. One that stays
 in flight well past what that cost implies (elapsed × threads per request, over `OVERDUE_SLACK` × its
 count) was under-priced, and the cluster is still spending on it: it counts as what it has spent so
@@ -230,6 +238,7 @@ class Gate:
         # so a burst of cheap requests does not wash out what the expensive ones say
         self._lat_cost = 0.0  # Σ cost × latency_ms
         self._cost = 0.0  # Σ cost
+        self._count = 0.0  # Σ 1 (completions)
         self._observed = 0.0  # Σ observed cost
         self._lat_obs = 0.0  # Σ latency_ms of requests with an observed cost
         self._faded_at = 0.0
@@ -271,6 +280,11 @@ class Gate:
         if self._cost > 0:
             return max(HORIZON_FLOOR_MS, self._lat_cost / self._cost)
         return max(HORIZON_FLOOR_MS, self.target_ms or DEFAULT_HORIZON_MS)
+
+    @property
+    def mean_cost(self) -> float:
+        """Cost units of an average request completed lately (0 before any)."""
+        return self._cost / self._count if self._count > 0 else 0.0
 
     @property
     def threads_per_request(self) -> float:
@@ -442,11 +456,13 @@ class Gate:
             fade = math.exp((self._faded_at - now) / MEMORY_S)
             self._lat_cost *= fade
             self._cost *= fade
+            self._count *= fade
             self._observed *= fade
             self._lat_obs *= fade
             self._faded_at = now
         self._lat_cost += cost * latency_ms
         self._cost += cost
+        self._count += 1.0
         if observed is not None and observed > 0:
             self._observed += observed
             self._lat_obs += latency_ms
@@ -955,7 +971,7 @@ class Admission:
 
     def _under_share(self, slots: TenantSlots, extra: float | None = None) -> bool:
         """Is all the tenant asks for — in flight, queued, and a request of `extra` cost units — within its
-        weighted share of the gate (in cost)? A tenant with a backlog beyond its share is over it for
+        weighted share of the gate (in cost), or within one average request? A tenant with a backlog beyond its share is over it for
         every request, its first included: the room kept back is for tenants that ask for little."""
         gate = self.gate
         if not gate.enabled:
@@ -967,7 +983,9 @@ class Admission:
             asked_count = slots.inflight + len(slots.waiters) + (0 if extra is None else 1)
             return asked_count <= gate.limit * gate.headroom * fraction
         asked = slots.inflight_cost + slots.queued_cost + (extra or 0.0)
-        return asked <= capacity * gate.headroom * fraction
+        # ... and never less than one average request: on a small cluster shared by many tenants, a fair
+        # share can be less than one cheap search
+        return asked <= max(capacity * gate.headroom * fraction, gate.mean_cost)
 
     def _admit(self, slots: TenantSlots, cost: float, now: float, waited: float, reserve: bool) -> Ticket:
         start = max(self.vtime, slots.finish)

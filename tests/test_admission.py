@@ -318,6 +318,33 @@ def test_tenants_that_came_first_do_not_keep_the_room_kept_for_quiet_tenants():
         adm.leave(ticket, now=1.0)
 
 
+def test_a_tenants_share_is_never_less_than_one_average_request():
+    """Fourteen tenants on six threads: a fair share (64 units in flight) is less than one cheap search
+    (150). A tenant asking for no more than one average request (300 units here) is still within its
+    share; asking for more than that in all, or one costlier request alone, is not."""
+    adm = admission({f"t{i}": {} for i in range(13)} | {"good": {}}, threads=6, capacity_headroom=0.5)
+    learn_horizon(adm, 300.0)  # requests of 300 units: capacity 1,800 units in flight, 64 per tenant's share
+    for i in range(13):
+        adm.leave(granted(adm, f"t{i}", 1), now=0.0)  # everyone present
+    first, second = granted(adm, "good", 150), granted(adm, "good", 100)
+    expensive = granted(adm, "t0", 400)
+    assert first.in_reserve and second.in_reserve and not expensive.in_reserve
+    third = queued(adm, "good", 100)  # over its share now: it waits for the over-share room (3 requests)
+    adm.withdraw(third, now=0.0)
+    for ticket in (first, second, expensive):
+        adm.leave(ticket, now=0.0)
+    # Lately the average request costs 10 units: the same lone search is over a share now.
+    for _ in range(100):
+        adm.leave(granted(adm, "good", 10, now=20.0), 200, 0.01, 10, now=20.0)
+    assert adm.gate.mean_cost == pytest.approx(10, rel=0.01)
+    for i in range(13):
+        adm.leave(granted(adm, f"t{i}", 1, now=20.0), now=20.0)  # everyone still present
+    alone = granted(adm, "t0", 150, now=20.0)
+    assert not alone.in_reserve
+    adm.leave(alone, now=20.0)
+    assert_idle(adm)
+
+
 def test_a_request_costing_more_than_the_whole_capacity_is_admitted_alone():
     adm = admission({"acme": {}, "globex": {}}, threads=2, capacity_headroom=0.8)
     learn_horizon(adm, 200.0)  # capacity: 2 x 200 = 400 units in flight
