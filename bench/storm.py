@@ -7,7 +7,8 @@ Every mode runs the same five phases, one mode after the other in this one invoc
 figure of a cluster is side by side:
 
   baseline   the good tenants alone: three steady tenants sending cheap searches as open-loop Poisson
-             arrivals, and a dashboard tenant firing 10 parallel cheap searches every ~2 s;
+             arrivals, and a dashboard tenant firing parallel cheap searches every ~2 s (simulator:
+             15/s each and bursts of 10; a real cluster: 2/s and 5, a third of a fair share each there);
   storm      plus ten storming tenants, four closed-loop workers each, sending expensive searches
              (leading wildcards, 10,000-bucket terms aggregations, percentiles, nested aggregations,
              deep pagination, scripts where the cluster has painless) and retrying at once on 429 as
