@@ -8,6 +8,11 @@ DEMO_STAMP := $(VENV)/.installed-demo
 # playwright-core, pinned in tests/browser/package-lock.json: drives Debian's Chromium, downloads no browser
 BROWSER_STAMP := tests/browser/node_modules/.package-lock.json
 EXT    := $(shell ls proxy/_ratelimit*.so 2>/dev/null | head -n1)
+# The unit suites of the modules compiled from .py (setup.py's COMPILED), run again against the .py twins.
+PURE_TESTS := tests/test_listener.py tests/test_upstream.py tests/test_admission.py tests/test_flow.py \
+              tests/test_limiter.py tests/test_metrics.py tests/test_cost_estimate.py tests/test_cost_learned.py \
+              tests/test_cost_observed.py tests/test_tenants.py \
+              tests/test_esapi.py tests/test_idbinding.py tests/test_shapes.py tests/test_accesslog.py
 
 .PHONY: demo test test-fast bench bench-accuracy bench-storm build redis-server nginx jdk clusters clients browser browser-tools screenshot lint clean
 
@@ -15,18 +20,20 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# Editable install compiles proxy/_ratelimit.pyx in place; re-run when the build inputs change.
+# Editable install compiles the Cython parts in place; re-run when the build inputs change.
 $(STAMP): $(PY) pyproject.toml setup.py proxy/_ratelimit.pyx
 	$(PIP) install -q -e '.[test,bench]'
 	touch $(STAMP) $(DEMO_STAMP)
 
 # The demo needs the package and nothing else (no test or bench extras); -qq keeps pip's build chatter out.
-$(DEMO_STAMP): $(PY) pyproject.toml setup.py proxy/_ratelimit.pyx
+# Reinstalled when any proxy source changes: the compiled modules are built from them (setup.py's COMPILED).
+$(DEMO_STAMP): $(PY) pyproject.toml setup.py $(wildcard proxy/*.pyx proxy/*.pxd proxy/*.py)
 	$(PIP) install -qq -e .
 	touch $(DEMO_STAMP)
 
+# Recompiles what changed (proxy/_ratelimit.pyx, and each module in setup.py's COMPILED with its .pxd).
 build: $(STAMP)
-	$(PY) setup.py -q build_ext --inplace
+	$(PY) setup.py -q build_ext --inplace --parallel 2
 
 redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { \
@@ -104,11 +111,15 @@ demo: $(DEMO_STAMP)
 # pytest exits 5 when it collects nothing; that is not a failure of the code.
 # `make test` runs everything, real OpenSearch and Elasticsearch clusters included (CI=true or not:
 # a missing JDK, Maven or distribution fails). `make test-fast` is the quick loop without them.
-test: $(STAMP) redis-server clusters clients browser
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
+# Both then run the compiled modules' unit suites again against their pure-Python twins
+# (SLUICEGATE_PURE=1, tests/builds.py).
+test: build redis-server clusters clients browser
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; [ $$rc -eq 0 ] || exit $$rc; \
+	  [ -n "$(PYTEST_ARGS)" ] || SLUICEGATE_PURE=1 $(PY) -m pytest -q -p no:cacheprovider $(PURE_TESTS)
 
-test-fast: $(STAMP) redis-server browser
-	$(PY) -m pytest -m "not real_cluster" $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
+test-fast: build redis-server browser
+	$(PY) -m pytest -m "not real_cluster" $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; [ $$rc -eq 0 ] || exit $$rc; \
+	  [ -n "$(PYTEST_ARGS)" ] || SLUICEGATE_PURE=1 $(PY) -m pytest -q -p no:cacheprovider $(PURE_TESTS)
 
 # Refresh docs/cockpit.png: the status page during a storm, by the browser test itself (about a minute).
 screenshot: $(STAMP) browser
@@ -118,7 +129,7 @@ lint: $(STAMP)
 	$(VENV)/bin/hadolint Dockerfile
 
 # Every bench, side by side; storm.py and overhead.py rewrite their sections of bench/RESULTS.md.
-bench: $(STAMP) redis-server nginx
+bench: build redis-server nginx
 	$(PY) bench/limiter.py
 	$(PY) bench/cost.py
 	$(PY) bench/redis_mode.py
@@ -141,4 +152,4 @@ bench-storm: $(STAMP) redis-server nginx clusters
 	$(PY) bench/storm.py --cluster elasticsearch --storm-docs 60000 $(STORM_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info proxy/_ratelimit.c proxy/_ratelimit*.so tests/clients/node_modules tests/browser/node_modules
+	rm -rf $(VENV) build *.egg-info proxy/*.c proxy/*.so tests/clients/node_modules tests/browser/node_modules

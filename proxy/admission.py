@@ -123,6 +123,10 @@ PRESENCE_REFRESH_S = 0.5
 FAN_OUT_MEMORY_S = 60.0
 
 
+#: "not computed yet": a derived value the caller did not pass (None is a value: capacity not known)
+UNKNOWN: object = type("Unknown", (), {"__repr__": lambda self: "UNKNOWN", "__slots__": ()})()
+
+
 # ============================================================================================
 # Adaptive limit algorithms: pure, one update per latency window
 # ============================================================================================
@@ -201,6 +205,15 @@ class Gate:
     the configured limits. Everything is in requests, cost units, milliseconds (latencies) and
     seconds (`now`).
     """
+
+    __slots__ = (
+        "enabled", "headroom", "base_headroom", "contended_headroom", "contended_until", "min_limit", "max_limit",
+        "max_queue", "poll_s", "target_ms", "share", "algorithm", "adaptive", "inflight", "inflight_cost",
+        "reserve_inflight", "reserve_cost", "overdue_cost", "queued", "data_nodes", "data_nodes_max", "threads",
+        "threads_max", "fan_out", "_fan_out_at", "_lat_cost", "_cost", "_count", "_observed", "_lat_obs", "_faded_at",
+        "baseline", "_baseline_peak",
+        "_w_n", "_w_lat", "_w_cost", "_w_peak", "_w_start", "_w_backed_off", "_pressure", "_pressure_at", "backoffs",
+    )
 
     def __init__(self) -> None:
         self.enabled = True
@@ -383,25 +396,33 @@ class Gate:
             self.headroom = self.base_headroom
 
     # ---- admission checks ----
-    def counted(self, cost: float) -> float:
+    def counted(self, cost: float, capacity: float | None | object = UNKNOWN) -> float:
         """The cost a request is counted as in flight: a request above the whole over-share budget counts
-        as that budget, so it is admitted alone among the over-share ones and never deadlocks."""
-        capacity = self.capacity_cost
+        as that budget, so it is admitted alone among the over-share ones and never deadlocks.
+        `capacity`: `capacity_cost` if the caller has it already."""
+        if capacity is UNKNOWN:
+            capacity = self.capacity_cost
         if capacity is None:
             return cost
-        return min(cost, capacity * self.headroom)
+        return min(cost, capacity * self.headroom)  # type: ignore[operator]
 
-    def fits(self, cost: float, reserve: bool) -> bool:
+    def fits(self, cost: float, reserve: bool, capacity: float | None | object = UNKNOWN,
+             limit: float | object = UNKNOWN) -> bool:
         """Room for one more request of `cost` units. `reserve`: the tenant is under its fair share and
-        may use the headroom; otherwise only `capacity_headroom` of the limit and capacity."""
+        may use the headroom; otherwise only `capacity_headroom` of the limit and capacity. `capacity`
+        and `limit`: `capacity_cost` and `limit` if the caller has them already (once per request)."""
         if not self.enabled:
             return True
         headroom = self.headroom
-        limit = self.limit
-        capacity = self.capacity_cost
-        counted = self.counted(cost)
+        if limit is UNKNOWN:
+            limit = self.limit
+        if capacity is UNKNOWN:
+            capacity = self.capacity_cost
+        counted = self.counted(cost, capacity)
         if not reserve:
-            if self.inflight + 1 > max(1.0, math.floor(self.over_share_limit + 1e-9)):
+            threads = self.threads  # over-share requests hold no more than headroom of the threads (fan-out)
+            over_limit = min(limit, threads * self.share / self.fan_out) if threads else limit
+            if self.inflight + 1 > max(1.0, math.floor(over_limit * headroom + 1e-9)):
                 return False
             if capacity is None or self.inflight_cost <= 0.0:
                 return True
@@ -452,29 +473,31 @@ class Gate:
             return  # never answered (cancelled, unreachable) or failed: no latency to learn from
         latency_ms = upstream_s * 1000.0
         cost = max(cost, 0.01)
+        lat_cost, total, count, spent, lat_obs = self._lat_cost, self._cost, self._count, self._observed, self._lat_obs
         if now > self._faded_at:
             fade = math.exp((self._faded_at - now) / MEMORY_S)
-            self._lat_cost *= fade
-            self._cost *= fade
-            self._count *= fade
-            self._observed *= fade
-            self._lat_obs *= fade
+            lat_cost *= fade
+            total *= fade
+            count *= fade
+            spent *= fade
+            lat_obs *= fade
             self._faded_at = now
-        self._lat_cost += cost * latency_ms
-        self._cost += cost
-        self._count += 1.0
+        self._lat_cost = lat_cost + cost * latency_ms
+        self._cost = total + cost
+        self._count = count + 1.0
         if observed is not None and observed > 0:
-            self._observed += observed
-            self._lat_obs += latency_ms
+            spent += observed
+            lat_obs += latency_ms
             shards = getattr(observed, "shards", 0)  # an Observed search cost knows its fan-out
             if shards:
                 self._note_fan_out(shards, now)
+        self._observed, self._lat_obs = spent, lat_obs
         if self._w_start is None:
             self._w_start = now
-        self._w_n += 1
+        n = self._w_n = self._w_n + 1
         self._w_lat += latency_ms
         self._w_cost += cost
-        if (self._w_n >= max(WINDOW_MIN_SAMPLES, self._w_peak)
+        if (n >= max(WINDOW_MIN_SAMPLES, self._w_peak)
                 and now - self._w_start >= max(WINDOW_MIN_S, self.horizon_ms / 1000.0)):
             self._close_window(now)
 
@@ -641,6 +664,9 @@ class Waiter:
 class Admission:
     """Tenant slots + the gate + the fair queue. Pure apart from `enter`; `clock` gives seconds."""
 
+    __slots__ = ("clock", "tenants", "gate", "vtime", "_backlog", "_reserve_holders", "_held", "_overdue", "_overdue_at",
+                 "_active_weight", "_active_count", "_seq", "_quiet", "_presence")
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.tenants: dict[str, TenantSlots] = {}
@@ -686,10 +712,16 @@ class Admission:
         full) or "queue_timeout" (waited max_wait_ms). Shadow requests never wait and are never
         refused; `Ticket.waited` < 0 says enforcement would have queued or refused them.
         """
-        got = self.request(tenant.name, cost, self.clock(), shadow)
-        if isinstance(got, Ticket):
-            return got
-        waiter = got
+        got = self.try_enter(tenant.name, cost, shadow)
+        return got if type(got) is Ticket else await self.wait(got)  # type: ignore[arg-type]
+
+    def try_enter(self, tenant: str, cost: float, shadow: bool = False) -> Ticket | Waiter:
+        """`enter` without waiting: a Ticket when admitted at once (the common case), else the Waiter
+        queued for it, to `await wait(waiter)`. Raises Throttled as `enter` does."""
+        return self.request(tenant, cost, self.clock(), shadow)
+
+    async def wait(self, waiter: Waiter) -> Ticket:
+        """Wait, up to the tenant's max_wait_ms, for a queued request to be admitted (see `enter`)."""
         future: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
 
         def granted(ticket: Ticket) -> None:
@@ -729,13 +761,16 @@ class Admission:
         gate = self.gate
         if now - self._overdue_at >= OVERDUE_TICK_S:
             self.refresh_overdue(now)
-        gate.uncontend(now)
+        if gate.contended_until is not None:
+            gate.uncontend(now)
         self.expire_presence(now)
         if slots.present_until - now < PRESENCE_S - PRESENCE_REFRESH_S:
             slots.present_until = now + PRESENCE_S
             self._presence.append((slots.present_until, slots))
             self._activate(slots)
-        under = self._under_share(slots, cost)
+        # The gate's derived limits, once for this request: nothing below changes them.
+        capacity, limit = gate.capacity_cost, gate.limit
+        under = self._under_share(slots, cost, capacity, limit)
         if under:
             self._seen_quiet(slots, now)
         else:
@@ -743,12 +778,13 @@ class Admission:
             if seen is not None:  # a tenant over its share while others ask for little: keep them their room now
                 gate.contend(seen + CONTENDED_HOLD_S)
         if shadow:
-            would = bool(slots.waiters) or slots.inflight >= slots.max_concurrent or not self._fits(cost, under)
+            would = (bool(slots.waiters) or slots.inflight >= slots.max_concurrent
+                     or not self._fits(cost, under, capacity, limit))
             if would:
                 slots.would_throttle += 1
-            return self._admit(slots, cost, now, -1.0 if would else 0.0, under)
-        if not self._backlog and slots.inflight < slots.max_concurrent and self._fits(cost, under):
-            return self._admit(slots, cost, now, 0.0, under)  # nobody waits anywhere: the common case
+            return self._admit(slots, cost, now, -1.0 if would else 0.0, under, capacity)
+        if not self._backlog and slots.inflight < slots.max_concurrent and self._fits(cost, under, capacity, limit):
+            return self._admit(slots, cost, now, 0.0, under, capacity)  # nobody waits anywhere: the common case
         self._seq += 1
         waiter = Waiter(slots, cost, now, self._seq)
         slots.waiters.append(waiter)
@@ -845,7 +881,7 @@ class Admission:
         slots.inflight -= 1
         slots.inflight_cost = slots.inflight_cost - ticket.cost if slots.inflight else 0.0
         gate = self.gate
-        in_reserve = ticket.in_reserve
+        in_reserve = ticket.reserve and ticket.epoch == slots.reserve_epoch  # Ticket.in_reserve
         del self._held[ticket]
         if ticket.overdue:
             self._overdue = max(0.0, self._overdue - ticket.overdue) if self._held else 0.0  # no float dust below 0
@@ -859,8 +895,10 @@ class Admission:
             if not slots.reserve_inflight:
                 self._reserve_holders.pop(slots, None)
         gate.observe(now, ticket.cost, status, upstream_s, observed)
-        self._deactivate(slots, now)
-        self.pump(now)
+        if slots.active and not slots.inflight and not slots.waiters and slots.present_until <= now:
+            self._deactivate(slots, now)
+        if self._backlog:
+            self.pump(now)
 
     def upstream_error(self, kind: str, now: float | None = None) -> None:
         """The upstream layer's failures ("timeout", "unreachable", "protocol") inform the gate."""
@@ -950,14 +988,18 @@ class Admission:
             return over[2], False
         return under[2], True
 
-    def _fits(self, cost: float, under: bool) -> bool:
-        return self._fits_reserve(cost) if under else self.gate.fits(cost, reserve=False)
+    def _fits(self, cost: float, under: bool, capacity: float | None | object = UNKNOWN,
+              limit: float | object = UNKNOWN) -> bool:
+        if under:
+            return self._fits_reserve(cost, capacity, limit)
+        return self.gate.fits(cost, False, capacity, limit)
 
-    def _fits_reserve(self, cost: float) -> bool:
+    def _fits_reserve(self, cost: float, capacity: float | None | object = UNKNOWN,
+                      limit: float | object = UNKNOWN) -> bool:
         """Room for an under-share request; if the kept room looks full, first move out of it the requests
         of tenants that have since gone over their share (a tenant alone at first gets it all)."""
         gate = self.gate
-        if gate.fits(cost, reserve=True):
+        if gate.fits(cost, True, capacity, limit):
             return True
         reclaimed = False
         for slots in list(self._reserve_holders):
@@ -969,30 +1011,34 @@ class Admission:
                 reclaimed = True
         return reclaimed and gate.fits(cost, reserve=True)
 
-    def _under_share(self, slots: TenantSlots, extra: float | None = None) -> bool:
+    def _under_share(self, slots: TenantSlots, extra: float | None = None, capacity: float | None | object = UNKNOWN,
+                     limit: float | object = UNKNOWN) -> bool:
         """Is all the tenant asks for — in flight, queued, and a request of `extra` cost units — within its
-        weighted share of the gate (in cost), or within one average request? A tenant with a backlog beyond its share is over it for
-        every request, its first included: the room kept back is for tenants that ask for little."""
+        weighted share of the gate (in cost), or within one average request? A tenant with a backlog beyond
+        its share is over it for every request, its first included: the room kept back is for tenants that
+        ask for little."""
         gate = self.gate
         if not gate.enabled:
             return True
         weights = self._active_weight + (0.0 if slots.active else slots.weight)
         fraction = slots.weight / weights if weights > 0 else 1.0
-        capacity = gate.capacity_cost
+        if capacity is UNKNOWN:
+            capacity = gate.capacity_cost
         if capacity is None:
             asked_count = slots.inflight + len(slots.waiters) + (0 if extra is None else 1)
-            return asked_count <= gate.limit * gate.headroom * fraction
+            return asked_count <= (gate.limit if limit is UNKNOWN else limit) * gate.headroom * fraction  # type: ignore[operator]
         asked = slots.inflight_cost + slots.queued_cost + (extra or 0.0)
         # ... and never less than one average request: on a small cluster shared by many tenants, a fair
         # share can be less than one cheap search
         return asked <= max(capacity * gate.headroom * fraction, gate.mean_cost)
 
-    def _admit(self, slots: TenantSlots, cost: float, now: float, waited: float, reserve: bool) -> Ticket:
+    def _admit(self, slots: TenantSlots, cost: float, now: float, waited: float, reserve: bool,
+               capacity: float | None | object = UNKNOWN) -> Ticket:
         start = max(self.vtime, slots.finish)
         slots.finish = start + max(cost, MIN_TAG_COST) / slots.weight
         self.vtime = start
         gate = self.gate
-        counted = gate.counted(cost)
+        counted = gate.counted(cost, capacity)
         gate.take(counted, reserve)
         if reserve:
             slots.reserve_inflight += 1

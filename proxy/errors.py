@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 
 import orjson
-from aiohttp import web
 
-_JSON = "application/json; charset=UTF-8"
-_PRODUCT = {"X-Elastic-Product": "Elasticsearch"}
+#: the header lines every refusal carries
+_FIELDS = b"Content-Type: application/json; charset=UTF-8\r\nX-Elastic-Product: Elasticsearch\r\n"
 
 
 def error_body(status: int, etype: str, reason: str, caused_by: dict | None = None) -> bytes:
@@ -53,14 +52,18 @@ class Refusal(Exception):
         refusal.status, refusal.etype, refusal.label = 500, "proxy_internal_exception", "internal"
         return refusal
 
-    def response(self) -> web.Response:
-        headers = {**_PRODUCT, **self.headers} if self.headers else dict(_PRODUCT)
-        headers["Content-Type"] = _JSON
+    def fields(self) -> bytes:
+        """The response's header lines (each ending in CRLF), as `listener.Request.respond` takes them."""
+        if not self.headers:
+            return _FIELDS
+        extra = "".join(f"{name}: {value}\r\n" for name, value in self.headers.items())
+        return _FIELDS + extra.encode("utf-8")
+
+    def body(self) -> bytes:
+        """The JSON body: ES-shaped (with ES's `caused_by` where it names one), or flat as ES's REST layer answers."""
         if self.flat:
-            body = flat_error_body(self.status, self.reason)
-        else:
-            body = error_body(self.status, self.etype, self.reason, self.caused_by)
-        return web.Response(status=self.status, body=body, headers=headers)
+            return flat_error_body(self.status, self.reason)
+        return error_body(self.status, self.etype, self.reason, self.caused_by)
 
 
 class Unauthorized(Refusal):

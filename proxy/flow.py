@@ -4,9 +4,12 @@
     → budget (token bucket) → slot (tenant concurrency, global gate) → forward to a node
     → stream the response back → settle the bill with the observed cost → metrics and log
 
-`Proxy.handle` is that path as one coroutine. Every refusal along the way is a `Refusal`
-exception that knows its own ES-shaped response; `handle` is the one boundary where it becomes
-a status, a counter and a log line. Each request takes one config snapshot and uses it to the end.
+`Proxy.handle` is that path as one coroutine, from the request the listener parsed to the response
+written back through it. The steps that usually decide at once are plain calls: the budget
+(`try_acquire`) and the slot (`try_enter`) have an `await` only for a request that must wait, and
+the node is awaited once. Every refusal along the way is a `Refusal` exception that knows its own
+ES-shaped response; `handle` is the one boundary where it becomes a status, a counter and a log
+line. Each request takes one config snapshot and uses it to the end.
 """
 from __future__ import annotations
 
@@ -15,29 +18,29 @@ import logging
 import time
 import zlib
 
-from aiohttp import hdrs, web
-from aiohttp.web_request import BaseRequest
+import cython
 
 from . import esapi
 from .accesslog import AccessLog
-from .admission import Admission
-from .config import Config
+from .admission import Admission, Ticket
+from .config import Config, HardLimits
 from .cost import CostModel, Estimate, IndexSizes, LearnedCosts, observed_cost
-from .errors import BodyTooLarge, Refusal, RequestTimeout, Throttled, UpstreamFailure
+from .errors import BodyTooLarge, Refusal, Throttled, UpstreamFailure
 from .idbinding import IdBinder, Rebound, binding_key
 from .limiter import Decision, Limiter
-from .listener import check_head
+from .listener import ClientGone, Request
 from .metrics import Metrics
 from .shapes import ShapeBook
 from .tenants import Directory, TenantView, authorize
-from .upstream import Upstream, response_headers
-from .upstream_http import UpstreamResponse
+from .upstream import Upstream, passed_fields
+from .upstream_http import UpstreamProtocolError, UpstreamResponse
 
 #: responses up to this size are read whole and sent in one write; larger ones are streamed
 SMALL_RESPONSE = 256 * 1024
 #: how much of a response body the cost observer looks at
 HEAD_BYTES = 512
-_COST_HEADER = "X-Sluicegate-Cost"
+#: resource classes whose requests are safe to send again to another node after a failure
+_RETRYABLE = frozenset(("search", "read"))
 #: Requests sent again byte for byte (a dashboard's refresh, a health check's search) are not decoded,
 #: grant-checked or costed again: per config snapshot, this many bodies that passed their tenant's
 #: grant check and this many estimates are remembered, for bodies (and targets) up to MEMO_BYTES.
@@ -45,6 +48,7 @@ _COST_HEADER = "X-Sluicegate-Cost"
 BODY_MEMO = 128
 ESTIMATE_MEMO = 512
 MEMO_BYTES = 4096
+COST_FIELDS_MEMO = 256
 
 log = logging.getLogger("sluicegate.flow")
 
@@ -161,196 +165,226 @@ class Proxy:
         self.shapes = shapes if shapes is not None else ShapeBook()  # the costliest query shapes, for the cockpit
         self.index_sizes: IndexSizes | None = None  # documents per index, swapped in by the cluster poller
         self.inflight = 0
-        self.draining = False  # set on SIGTERM: answer what is in flight, close each connection after
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self.draining = False  # set on SIGTERM (the listener closes each connection after its response)
+        self._idle: asyncio.Future[None] | None = None  # what wait_idle awaits, while anyone does
+        #: the X-Sluicegate-Cost header line per (estimated, charged): most requests repeat a few pairs
+        self._cost_fields = Memo(COST_FIELDS_MEMO)
 
-    async def handle(self, request: BaseRequest) -> web.StreamResponse:
+    async def wait_idle(self) -> None:
+        """Until no request is in flight."""
+        if self.inflight:
+            if self._idle is None:
+                self._idle = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._idle)
+
+    @cython.locals(request=Request, snap=Snapshot, trace=Trace, ticket=Ticket, upstream=UpstreamResponse)  # C types, compiled
+    async def handle(self, request: Request) -> None:
+        """Serve one request the listener parsed, and answer it through `request`."""
         snap = self.snapshot  # one config snapshot for the whole request
         trace = Trace(time.monotonic())
         self.inflight += 1
-        self.idle.clear()
         try:
-            response = await self._serve(request, snap, trace)
+            limits = snap.config.limits
+
+            # 1. Who is asking, and what for?
+            method, target = request.method, request.target
+            tenant = snap.directory.identify(request.authorization, target, request.certificate)  # mutual TLS: its names
+            name = trace.tenant = tenant.name
+            call = trace.call = esapi.parse_call(method, target)
+            resource = call.resource
+
+            # 2. May they? The path is checked before the body is read; the body (bounded in bytes and
+            #    time) is parsed only where cost or grants need it. A request this tenant sent byte for
+            #    byte before under this config (a dashboard's refresh) passed both: it is not checked again.
+            content_type, encoding = request.content_type, request.content_encoding
+            body = None
+            if request.complete and not request.too_large and request.body_size <= limits.max_body_bytes:
+                raw = request.body  # the usual case: it came with the head
+                sent = (name, method, target, content_type, encoding, raw)
+                body = snap.granted_body(sent)
+            if body is None:
+                authorize(tenant, call, None)
+                if not request.complete or request.too_large or request.body_size > limits.max_body_bytes:
+                    raw = await read_body(request, limits)
+                    sent = (name, method, target, content_type, encoding, raw)
+                body = esapi.decode_body(call, raw, content_type, encoding, limits)
+                authorize(tenant, call, body or esapi.NO_BODY)
+                snap.granted(sent, body)
+            trace.bytes_in = len(raw)
+            trace.body = body
+            # Scroll, point-in-time and async-search ids are bound to the tenant that opened them.
+            rebound = snap.ids.rebind(name, call, body, target)
+
+            # 3. What will it cost the cluster? The learned cost of this shape wins over the estimate.
+            estimate = snap.estimate(method, target, content_type, call, body, self.index_sizes)
+            estimated = trace.estimated = estimate.cost
+            fingerprint = trace.fingerprint = estimate.fingerprint
+            learn = snap.config.cost.learn
+            learned = self.learned.get(name, fingerprint) if learn else None
+            cost = estimated if learned is None else learned
+            # A shape new to this tenant is not assumed cheap at the gate if it cost others more (never billed so).
+            shape = self.learned.shape(fingerprint) if learned is None and learn else None
+
+            # 4. Budget: the tenant's token bucket for this resource class; usually decided at once,
+            #    else the request waits for its tokens (up to max_wait_ms).
+            shadow = not tenant.enforce
+            decision = self.limiter.try_acquire(name, resource, cost, shadow)
+            if decision is None:
+                decision = await self.limiter.acquire(name, resource, cost, shadow)
+            charged = trace.charged = decision.charged
+            if not decision.admitted:
+                if not shadow:
+                    raise budget_exhausted(tenant, resource, cost, decision)
+                trace.decision, trace.reason = "would_throttle", "budget"
+            elif not shadow:  # shadow never sleeps
+                trace.queued_s = decision.wait
+
+            # 5. Concurrency: a tenant slot, then the global gate; usually at once, else in the fair
+            #    queue. Whatever fails from here on before the request reaches a node is refunded.
+            try:
+                gate_cost = charged if shape is None or shape <= charged else shape
+                entry = self.admission.try_enter(name, gate_cost, shadow)
+                ticket = entry if type(entry) is Ticket else await self.admission.wait(entry)  # type: ignore[arg-type]
+            except BaseException:
+                self.limiter.settle(name, resource, charged, 0.0)
+                raise
+            if ticket.waited < 0:
+                trace.decision, trace.reason = "would_throttle", "concurrency"
+            else:
+                trace.queued_s += ticket.waited
+
+            # 6. Forward to a node, and send its answer back: a small one whole, in one write; a large
+            #    one streamed as it arrives, the node read no faster than the client reads.
+            try:
+                forward, forwarded, passed = target, raw or None, request.passed_fields
+                if rebound is not None:  # the node gets its own ids back
+                    forward, forwarded = rebound.request(raw)
+                    passed = passed_fields(request.headers, rebound.dropped_headers)
+                fields = self.upstream.forward_fields(passed, request.forwarded_for, request.client, request.scheme)
+                sent_at = time.monotonic()
+                upstream = await self.upstream.send(
+                    method, forward, fields, forwarded, retry_after_send=resource in _RETRYABLE
+                )
+                try:
+                    trace.node = upstream.node.url  # type: ignore[attr-defined]
+                    trace.upstream_s = time.monotonic() - sent_at
+                    self.metrics.observe_upstream(resource, trace.upstream_s)
+                    trace.status = upstream.status
+                    fields = upstream.relayed + self._cost_field(estimated, charged)
+                    length = upstream.content_length
+                    if method == "HEAD" or (length is not None and length <= SMALL_RESPONSE):
+                        data = upstream.read_now() if upstream.complete else await upstream.read()
+                        self._respond(request, upstream, data, fields, trace, rebound)
+                    else:
+                        await self._stream(request, upstream, fields, trace, rebound)
+                finally:
+                    upstream.release()
+            except BaseException as exc:
+                # An upstream failure's own status (502/503/504) tells the gate's adaptive limit what happened.
+                status = exc.status if isinstance(exc, UpstreamFailure) else trace.status
+                self.admission.leave(ticket, status, trace.upstream_s, None)
+                if trace.node == "":  # never reached a node: the cluster spent nothing
+                    self.limiter.settle(name, resource, charged, 0.0)
+                raise
+            self.admission.leave(ticket, trace.status, trace.upstream_s, trace.observed)
+
+            # 7. Settle: true the bill up to what the cluster reported spending.
+            self._settle(tenant, call, decision, fingerprint, trace)
         except Refusal as refusal:
             trace.status = refusal.status
             if trace.decision == "admitted":
                 trace.decision = "throttled" if isinstance(refusal, Throttled) else "refused"
             trace.reason = refusal.label
-            response = refusal.response()
-            trace.bytes_out = len(response.body)
-        except asyncio.CancelledError:
+            if request.started:  # cannot happen before a node answers; never send two responses
+                request.abort()
+            else:
+                answer = refusal.body()
+                trace.bytes_out = len(answer)
+                request.respond(refusal.status, refusal.fields(), answer)
+        except (asyncio.CancelledError, ClientGone) as exc:
+            # The client went away: its request is abandoned, and the node's connection with it.
             trace.status, trace.decision, trace.reason = 499, "cancelled", "client_closed"
             self._record(request, trace)
-            raise
-        except Exception:
-            log.exception("unexpected error serving %s %s", request.method, request.path)
-            trace.status, trace.decision, trace.reason = 500, "error", "internal"
-            response = Refusal.internal().response()
-            trace.bytes_out = len(response.body)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        except Exception as exc:
+            if request.started:  # the node failed mid-response, or a bug: the client sees the response cut short
+                if isinstance(exc, UpstreamProtocolError):
+                    log.warning("%s %s: cut short: %s", request.method, request.target[:200], exc)
+                else:
+                    log.exception("unexpected error relaying %s %s", request.method, request.target[:200])
+                trace.decision, trace.reason = "error", "upstream" if isinstance(exc, UpstreamProtocolError) else "internal"
+                request.abort()
+            else:
+                log.exception("unexpected error serving %s %s", request.method, request.target[:200])
+                trace.status, trace.decision, trace.reason = 500, "error", "internal"
+                refusal = Refusal.internal()
+                answer = refusal.body()
+                trace.bytes_out = len(answer)
+                request.respond(refusal.status, refusal.fields(), answer)
         finally:
             self.inflight -= 1
-            if not self.inflight:
-                self.idle.set()
-        if self.draining:
-            response.force_close()
+            if not self.inflight and self._idle is not None:
+                self._idle.set_result(None)
+                self._idle = None
         self._record(request, trace)
-        return response
 
-    async def _serve(self, request: BaseRequest, snap: Snapshot, trace: Trace) -> web.StreamResponse:
-        limits = snap.config.limits
-        check_head(request, limits)  # 414 / 431, exactly, whatever the parser's limits were
-
-        # 1. Who is asking, and what are they asking for?
-        tenant = snap.directory.identify(request.headers.get(hdrs.AUTHORIZATION), request.path)
-        trace.tenant = tenant.name
-        call = esapi.parse_call(request.method, request.raw_path)
-        trace.call = call
-        authorize(tenant, call, None)
-
-        # 2. The body, bounded in bytes and time, parsed only where cost or grants need it.
-        raw = await read_body(request, limits.max_body_bytes, limits.body_timeout_s)
-        trace.bytes_in = len(raw)
-        content_type, encoding = request.headers.get(hdrs.CONTENT_TYPE), request.headers.get(hdrs.CONTENT_ENCODING)
-        sent = (tenant.name, request.method, request.raw_path, content_type, encoding, raw)
-        body = snap.granted_body(sent)
-        if body is None:  # not seen byte for byte since the config loaded: decode it, check what it names
-            body = esapi.decode_body(call, raw, content_type, encoding, limits)
-            authorize(tenant, call, body or esapi.NO_BODY)
-            snap.granted(sent, body)
-        trace.body = body
-        # Scroll, point-in-time and async-search ids are bound to the tenant that opened them.
-        rebound = snap.ids.rebind(tenant.name, call, body, request.raw_path)
-
-        # 3. What will it cost the cluster? The learned cost of this shape wins over the estimate.
-        estimate = snap.estimate(request.method, request.raw_path, content_type, call, body, self.index_sizes)
-        trace.estimated = estimate.cost
-        trace.fingerprint = estimate.fingerprint
-        learned = self.learned.get(tenant.name, estimate.fingerprint) if snap.config.cost.learn else None
-        cost = estimate.cost if learned is None else learned
-        # A shape new to this tenant is not assumed cheap at the gate if it cost others more (never billed so).
-        shape = self.learned.shape(estimate.fingerprint) if learned is None and snap.config.cost.learn else None
-
-        # 4. Budget: the tenant's token bucket for this resource class (may wait up to max_wait_ms).
-        decision = await self.limiter.acquire(tenant.name, call.resource, cost, shadow=not tenant.enforce)
-        trace.charged = decision.charged
-        trace.queued_s = decision.wait if decision.admitted and tenant.enforce else 0.0  # shadow never sleeps
-        if not decision.admitted:
-            if tenant.enforce:
-                raise budget_exhausted(tenant, call.resource, cost, decision)
-            trace.decision, trace.reason = "would_throttle", "budget"
-
-        # 5. Concurrency: a tenant slot, then the global gate. Whatever fails from here on
-        #    before the request reaches a node gets its charge refunded.
-        try:
-            gate_cost = decision.charged if shape is None or shape <= decision.charged else shape
-            ticket = await self.admission.enter(tenant, gate_cost, shadow=not tenant.enforce)
-        except BaseException:
-            self.limiter.settle(tenant.name, call.resource, decision.charged, 0.0)
-            raise
-        if ticket.waited < 0:
-            trace.decision, trace.reason = "would_throttle", "concurrency"
-        else:
-            trace.queued_s += ticket.waited
-
-        # 6. Forward to a node and stream its answer back.
-        try:
-            response = await self._forward(request, raw, call, tenant, decision, estimate.cost, trace, rebound)
-        except BaseException as exc:
-            # An upstream failure's own status (502/503/504) tells the gate's adaptive limit what happened.
-            status = exc.status if isinstance(exc, UpstreamFailure) else trace.status
-            self.admission.leave(ticket, status, trace.upstream_s, None)
-            if trace.node == "":  # never reached a node: the cluster spent nothing
-                self.limiter.settle(tenant.name, call.resource, decision.charged, 0.0)
-            raise
-        self.admission.leave(ticket, trace.status, trace.upstream_s, trace.observed)
-
-        # 7. Settle: true the bill up to what the cluster reported spending.
-        self._settle(tenant, call, decision, estimate.fingerprint, trace)
-        return response
-
-    async def _forward(
-        self,
-        request: BaseRequest,
-        raw: bytes,
-        call: esapi.EsCall,
-        tenant: TenantView,
-        decision: Decision,
-        estimated: float,
-        trace: Trace,
-        rebound: Rebound | None,
-    ) -> web.StreamResponse:
-        headers = self.upstream.forward_headers(request.headers, request.remote, request.scheme)
-        target, body = request.raw_path, raw or None
-        if rebound is not None:  # the node gets its own ids back
-            target, body, headers = rebound.request(raw, headers)
-        sent_at = time.monotonic()
-        node, upstream = await self.upstream.send(
-            request.method, target, headers, body, retry_after_send=call.resource in ("search", "read")
-        )
-        trace.node = node.url
-        trace.upstream_s = time.monotonic() - sent_at
-        self.metrics.observe_upstream(call.resource, trace.upstream_s)
-        trace.status = upstream.status
-        try:
-            headers = response_headers(upstream)
-            headers.append((_COST_HEADER, f"estimated={estimated:.1f}; charged={decision.charged:.1f}"))
-            length = upstream.content_length
-            if request.method == "HEAD" or (length is not None and length <= SMALL_RESPONSE):
-                # Small: usually whole already (it came with the head), answered in one write.
-                data = await upstream.read()
-                return self._respond(request, upstream, data, headers, trace, rebound)
-            return await self._stream(request, upstream, headers, trace, rebound)
-        finally:
-            upstream.release()
+    def _cost_field(self, estimated: float, charged: float) -> bytes:
+        """The X-Sluicegate-Cost header line: what the request was estimated at and charged (cost units)."""
+        key = (estimated, charged)
+        field = self._cost_fields.get(key)
+        if field is None:
+            field = b"X-Sluicegate-Cost: estimated=%.1f; charged=%.1f\r\n" % key
+            self._cost_fields.keep(key, field)
+        return field
 
     def _respond(
-        self, request: BaseRequest, upstream: UpstreamResponse, data: bytes, headers: list, trace: Trace,
+        self, request: Request, upstream: UpstreamResponse, data: bytes, fields: bytes, trace: Trace,
         rebound: Rebound | None,
-    ) -> web.Response:
-        """The client's response to a small node response read whole.
+    ) -> None:
+        """Answer with a small node response read whole, in one write.
 
         A response that carries a scroll, point-in-time or async-search id gets it wrapped for the tenant.
         """
         encoding = upstream.content_encoding
-        trace.observed = _observe(data[:HEAD_BYTES], encoding, upstream.status)
-        if request.method == "HEAD":
-            if upstream.content_length is not None:  # the length a GET would get, as the node said
-                headers.append((hdrs.CONTENT_LENGTH, str(upstream.content_length)))
-        elif rebound is not None and rebound.wraps(upstream.status, encoding):
+        trace.observed = _observe(data, encoding, upstream.status)
+        if request.method == "HEAD":  # the length a GET would get, as the node said
+            request.respond(upstream.status, fields, b"", upstream.content_length)
+            return
+        if rebound is not None and rebound.wraps(upstream.status, encoding):
             data = rebound.wrap_response(data)
         trace.bytes_out = len(data)
-        return web.Response(status=upstream.status, headers=headers, body=data or None)
+        request.respond(upstream.status, fields, data)
 
     async def _stream(
-        self, request: BaseRequest, upstream: UpstreamResponse, headers: list, trace: Trace, rebound: Rebound | None
-    ) -> web.StreamResponse:
-        """Relay a large or unknown-length node response to the client as it arrives (bounded memory)."""
+        self, request: Request, upstream: UpstreamResponse, fields: bytes, trace: Trace, rebound: Rebound | None
+    ) -> None:
+        """Relay a large or unknown-length node response to the client as it arrives (bounded memory:
+        while the client reads slowly, the node's connection is not read)."""
         encoding = upstream.content_encoding
         length = upstream.content_length
         wraps = rebound is not None and rebound.wraps(upstream.status, encoding)
         chunks = upstream.iter_chunks()
         first, grew = await rebound.wrap_stream_head(chunks) if wraps else (b"", 0)  # type: ignore[union-attr]
-        response = web.StreamResponse(status=upstream.status, headers=headers)
-        if length is not None:
-            response.content_length = length + grew
-        await response.prepare(request)
+        request.begin(upstream.status, fields, None if length is None else length + grew, source=upstream)
         head = b""
         if first:
             head = first[:HEAD_BYTES]
             trace.bytes_out += len(first)
-            await response.write(first)
+            request.send(first)
         async for chunk in chunks:
             if len(head) < HEAD_BYTES:
                 head += chunk[: HEAD_BYTES - len(head)]
             trace.bytes_out += len(chunk)
-            await response.write(chunk)
+            request.send(chunk)
+            if request.writing_paused:
+                await request.drain()
         observed = _observe(head, encoding, upstream.status)
-        await response.write_eof()
+        request.end()
         # Only now: a client gone during the last write is billed the charge, as one gone mid-stream is;
         # set before, the access log would book a cost the bucket was never settled to.
         trace.observed = observed
-        return response
 
     def _settle(self, tenant: TenantView, call: esapi.EsCall, decision: Decision, fingerprint: int, trace: Trace) -> None:
         observed = trace.observed
@@ -363,7 +397,7 @@ class Proxy:
             # The cluster refused it without doing the work: give the tenant its budget back.
             self.limiter.settle(tenant.name, call.resource, decision.charged, 0.0)
 
-    def _record(self, request: BaseRequest, trace: Trace) -> None:
+    def _record(self, request: Request, trace: Trace) -> None:
         call = trace.call
         resource = call.resource if call is not None else "-"
         metrics = self.metrics
@@ -376,7 +410,7 @@ class Proxy:
         if trace.fingerprint:  # it got as far as a cost estimate: count it under its query shape
             self.shapes.record(trace.tenant, trace.fingerprint, trace.started, trace.estimated, trace.charged,
                                trace.observed, trace.decision == "throttled" or trace.decision == "would_throttle",
-                               request.method, request.raw_path, call, trace.body)
+                               request.method, request.target, call, trace.body)
         log = self.access_log
         if log.wants(refused=trace.decision != "admitted"):
             log.write({
@@ -416,37 +450,22 @@ def budget_exhausted(tenant: TenantView, resource: str, cost: float, decision: D
     )
 
 
-async def read_body(request: BaseRequest, max_bytes: int, timeout_s: float) -> bytes:
-    """The request body, at most `max_bytes` (413 beyond) and within `timeout_s` (408 beyond)."""
-    if not request.body_exists:
-        return b""
+async def read_body(request: Request, limits: HardLimits) -> bytes:
+    """The request body, at most `limits.max_body_bytes` (413 beyond) and within `limits.body_timeout_s`
+    (408 beyond) once asked for; `100 Continue` is sent first to a client that waits for it."""
+    max_bytes = limits.max_body_bytes
     length = request.content_length
     if length is not None and length > max_bytes:
         raise BodyTooLarge(f"request body is {length} bytes, over the limit of {max_bytes} bytes")
-    content = request.content
-    if content.is_eof():  # the whole body came with the head (most requests): no waiting, no timer
-        data = content.read_nowait(-1)
-        if len(data) > max_bytes:
-            raise BodyTooLarge(f"request body is over the limit of {max_bytes} bytes")
-        return data
-    if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    buf = bytearray()
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in content.iter_any():
-                buf += chunk
-                if len(buf) > max_bytes:
-                    raise BodyTooLarge(f"request body is over the limit of {max_bytes} bytes")
-    except TimeoutError:
-        raise RequestTimeout(f"request body not received within {timeout_s}s") from None
-    return bytes(buf)
+    return await request.read_body(max_bytes, limits.body_timeout_s)
 
 
 def _observe(head: bytes, encoding: str | None, status: int) -> float | None:
-    """Observed cost from the first bytes of a 2xx response (inflating them if the node compressed)."""
+    """Observed cost from the first bytes (HEAD_BYTES) of a 2xx response (inflating them if the node compressed)."""
     if status >= 300 or not head:
         return None
+    if len(head) > HEAD_BYTES:
+        head = head[:HEAD_BYTES]
     if encoding and encoding != "identity":
         try:
             wbits = 47 if encoding == "gzip" else 15 if encoding == "deflate" else 0

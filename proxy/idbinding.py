@@ -66,6 +66,11 @@ def binding_key(config: Config) -> bytes:
     return digest.digest()
 
 
+_DROP_ENCODING = frozenset({b"content-encoding"})
+_DROP_ACCEPT = frozenset({b"accept-encoding"})
+_DROP_BOTH = _DROP_ENCODING | _DROP_ACCEPT
+
+
 @dataclass(frozen=True, slots=True)
 class Rebound:
     """How one request is forwarded and its response relayed, given the ids it carries or gets back."""
@@ -79,16 +84,20 @@ class Rebound:
     #: the first key of a 2xx response that holds an id to wrap for this tenant, or empty
     response_fields: tuple[bytes, ...]
 
-    def request(self, raw: bytes, headers: list[tuple[str, str]]) -> tuple[str, bytes | None, list[tuple[str, str]]]:
-        """(target, body, headers) for the node."""
-        drop = set()
-        if self.body is not None:
-            drop.add("content-encoding")  # the proxy re-serialised the body, uncompressed
-        if self.response_fields:
-            drop.add("accept-encoding")  # the response's id is rewritten in its first bytes: ask for them plain
-        if drop:
-            headers = [(k, v) for k, v in headers if k.lower() not in drop]
-        return self.target, self.body if self.body is not None else (raw or None), headers
+    def request(self, raw: bytes) -> tuple[str, bytes | None]:
+        """(target, body) for the node."""
+        return self.target, self.body if self.body is not None else (raw or None)
+
+    @property
+    def dropped_headers(self) -> frozenset[bytes]:
+        """Client headers (lower-case names) the node must not get with this request."""
+        if self.body is not None:  # the proxy re-serialised the body, uncompressed
+            if self.response_fields:
+                return _DROP_BOTH
+            return _DROP_ENCODING
+        if self.response_fields:  # the response's id is rewritten in its first bytes: ask for them plain
+            return _DROP_ACCEPT
+        return frozenset()
 
     def wraps(self, status: int, encoding: str | None) -> bool:
         """Whether a response with this status and Content-Encoding has an id to wrap."""

@@ -38,6 +38,11 @@ class Limiter(Protocol):
         """(Re)apply every tenant x resource bucket of `config`; keep the levels of buckets that
         still exist, drop the buckets of tenants (or resources) that are gone."""
 
+    def try_acquire(self, tenant: str, resource: str, cost: float, shadow: bool = False) -> Decision | None:
+        """`acquire`'s decision when it can be made without waiting (admitted at once, refused at once,
+        any shadow request); None when the request may have to wait: then `await acquire(...)` decides.
+        Nothing is charged when it returns None."""
+
     async def acquire(self, tenant: str, resource: str, cost: float, shadow: bool = False) -> Decision:
         """Charge `cost` units to the tenant's bucket for `resource`, waiting up to the plan's
         max_wait_ms. `shadow`: never wait or refuse, only account (the caller forwards anyway)."""
@@ -122,15 +127,10 @@ class LocalLimiter:
             table.configure(budget.key, budget.rate, budget.burst, now, budget.max_debt)
         self._budgets = budgets
 
-    async def acquire(self, tenant: str, resource: str, cost: float, shadow: bool = False) -> Decision:
-        """Charge min(cost, burst) units now, or after a wait of at most the plan's max_wait_ms.
-
-        A cost above the whole burst is admitted from a full bucket; `settle` books the rest as
-        debt. Refused (reason "budget", wait = retry-after seconds) when the wait would be longer;
-        a refusal charges nothing. If the task is cancelled while waiting, the charge is given
-        back. `shadow` keeps the same books but never sleeps; it reports admitted=False where
-        enforcement would refuse. KeyError for a tenant or resource that is not configured.
-        """
+    def try_acquire(self, tenant: str, resource: str, cost: float, shadow: bool = False) -> Decision | None:
+        """`acquire`, when it decides without sleeping: admitted from the bucket now, refused (the wait
+        would be longer than max_wait_ms), or a shadow request (never sleeps). None when an enforced
+        request must wait for its tokens; then nothing was charged and `acquire` waits."""
         budget = self._budgets[(tenant, resource)]
         charge = budget.burst if cost > budget.burst else cost  # a NaN cost stays NaN: the table refuses it
         table = self._table
@@ -144,15 +144,41 @@ class LocalLimiter:
             return Decision(True, 0.0, table.last_level, budget.burst, budget.window, None, charge)
         if wait > budget.max_wait:
             return Decision(False, wait, table.last_level, budget.burst, budget.window, "budget", 0.0)
+        if not shadow:
+            return None
+        # Reserve now, as an enforced request would, so later arrivals see the same books.
+        remaining = table.force_charge(budget.key, charge, now)
+        return Decision(True, wait, remaining, budget.burst, budget.window, None, charge)
+
+    async def acquire(self, tenant: str, resource: str, cost: float, shadow: bool = False) -> Decision:
+        """Charge min(cost, burst) units now, or after a wait of at most the plan's max_wait_ms.
+
+        A cost above the whole burst is admitted from a full bucket; `settle` books the rest as
+        debt. Refused (reason "budget", wait = retry-after seconds) when the wait would be longer;
+        a refusal charges nothing. If the task is cancelled while waiting, the charge is given
+        back. `shadow` keeps the same books but never sleeps; it reports admitted=False where
+        enforcement would refuse. KeyError for a tenant or resource that is not configured.
+        """
+        decision = self.try_acquire(tenant, resource, cost, shadow)
+        if decision is not None:
+            return decision
+        budget = self._budgets[(tenant, resource)]
+        charge = budget.burst if cost > budget.burst else cost
+        table = self._table
+        now = self._clock()
+        wait = table.try_acquire(budget.key, charge, now)  # again: time moved since (this path is rare)
+        if wait == 0.0:
+            return Decision(True, 0.0, table.last_level, budget.burst, budget.window, None, charge)
+        if wait > budget.max_wait:
+            return Decision(False, wait, table.last_level, budget.burst, budget.window, "budget", 0.0)
         # Reserve now, so whoever arrives next queues behind this request (FIFO by reservation).
         remaining = table.force_charge(budget.key, charge, now)
-        if not shadow:
-            try:
-                await asyncio.sleep(wait)
-            except asyncio.CancelledError:
-                # The client went away while queued: it takes nothing from the budget.
-                self._apply(tenant, resource, charge, debit=False)
-                raise
+        try:
+            await asyncio.sleep(wait)
+        except asyncio.CancelledError:
+            # The client went away while queued: it takes nothing from the budget.
+            self._apply(tenant, resource, charge, debit=False)
+            raise
         return Decision(True, wait, remaining, budget.burst, budget.window, None, charge)
 
     def settle(self, tenant: str, resource: str, charged: float, observed: float) -> None:

@@ -1,235 +1,796 @@
-"""The proxy's HTTP listener: aiohttp's low-level server with the hard limits enforced at the HTTP layer.
+"""The proxy's HTTP listener: one `asyncio.Protocol` per client connection, parsing with httptools (llhttp).
 
-What aiohttp's parser refuses is answered Elasticsearch-shaped, as ES itself would: a request
-line too long is 414 `too_long_http_line_exception`, a header too large or too many headers is
-431 `too_long_http_header_exception`, anything else malformed is 400. A client must finish its
-request head within `limits.header_timeout_s` (from the moment the connection opens, or from the
-first byte of the next request on a kept-alive one), or it is sent a 408 and disconnected: the
-slowloris defence. And one client address holds at most `limits.max_connections_per_client`
-connections at once; a connection beyond that is closed as soon as it is accepted.
+The parser's callbacks fill a small `Request` (method, raw target, raw headers, body, peer) and the
+listener hands each one to the application (`flow.Proxy.handle`), one at a time per connection:
+pipelined requests wait in order behind the one being served, and reading pauses while they do.
+The application answers through the request: `respond` writes a small response (head and body) in
+one write; `begin` / `send` / `end` stream a large one, and `pause_writing` on a client that reads
+slowly pauses the stream's source (the node's connection) until the client catches up.
 
-`check_head` applies the URL and header limits to each parsed request again, so they hold
-exactly even when the parser's own limits (fixed per connection when it opened) are looser, for
-example after a reload lowered them. `flow` calls it first thing.
+The hard limits are enforced while the head is parsed, with the limits in force when each request
+began: a target longer than `limits.max_url_bytes` is 414 `too_long_http_line_exception`; more
+than `max_headers` headers, or more than `max_header_bytes` of them in all, is 431
+`too_long_http_header_exception`; anything else malformed is 400 `parse_exception`, as ES answers.
+A client must finish its request head within `limits.header_timeout_s` (from the moment the
+connection opens, or from the first byte of the next request on a kept-alive one), or it is sent
+a 408 and disconnected: the slowloris defence. Its body must arrive within `body_timeout_s` once
+the application asks for it. An idle kept-alive connection is closed after `keepalive_timeout_s`.
+Each connection has one timer for all three, re-armed by moving its deadline. One client address
+holds at most `limits.max_connections_per_client` connections at once; a connection beyond that is
+closed as soon as it is accepted.
+
+Transport-agnostic: TLS comes in through `loop.create_server(..., ssl=context)` unchanged. The one
+thing the listener reads of it is, once per connection, the names of the client's certificate
+(mutual TLS, `tls.peer_names`), which each request carries as `certificate` for tenant identification.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
+import time
+from collections import deque
+from email.utils import formatdate
+from collections.abc import Callable, Coroutine
+from http import HTTPStatus
+from typing import Any, Protocol
 
-from aiohttp import hdrs, web
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
+import httptools
 
+from . import tls
 from .config import HardLimits
-from .errors import BadRequest, HeadersTooLarge, Refusal, RequestTimeout, UpstreamFailure, UriTooLong, error_body
+from .errors import BadRequest, HeadersTooLarge, Refusal, RequestTimeout, UriTooLong
+from .upstream_http import HOP_BY_HOP
 
 log = logging.getLogger("sluicegate.listener")
 
+#: b"HTTP/1.1 200 OK\r\n" and the like, built once
+_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: statuses whose responses have no body (and no Content-Length)
+_NO_BODY = frozenset((100, 101, 102, 103, 204, 304))
+#: the request headers the listener reads by name (lower-case), and what it does with them
+_AUTHORIZATION, _CONTENT_TYPE, _CONTENT_ENCODING, _HOST, _CONTENT_LENGTH, _EXPECT, _FORWARDED_FOR = range(1, 8)
+_NAMED = {
+    b"authorization": _AUTHORIZATION, b"content-type": _CONTENT_TYPE, b"content-encoding": _CONTENT_ENCODING,
+    b"host": _HOST, b"content-length": _CONTENT_LENGTH, b"expect": _EXPECT, b"x-forwarded-for": _FORWARDED_FOR,
+}
+#: the end of a response head: whether the connection stays open, as HTTP/1.1 and HTTP/1.0 say it
+_KEEP_1_1, _KEEP_1_0, _CLOSE = b"\r\n", b"Connection: keep-alive\r\n\r\n", b"Connection: close\r\n\r\n"
+#: the second the Date line below is for, and that line before each of the three ends (rebuilt once a second):
+#: a proxy dates what it relays (RFC 9110 §6.6.1; the node's own Date is not relayed)
+_date_second = -1
+_date_ends = (_KEEP_1_1, _KEEP_1_0, _CLOSE)
 
-def check_head(request: BaseRequest, limits: HardLimits) -> None:
-    """Refuse a request whose target is longer than max_url_bytes (414) or whose headers are more than
-    max_headers or larger than max_header_bytes in total (431)."""
-    if len(request.raw_path) > limits.max_url_bytes:
-        raise UriTooLong(f"An HTTP line is larger than {limits.max_url_bytes} bytes (limits.max_url_bytes)")
-    raw = request.raw_headers
-    if len(raw) > limits.max_headers:
-        raise HeadersTooLarge(f"the request has {len(raw)} headers, more than {limits.max_headers} (limits.max_headers)")
-    size = 0
-    for name, value in raw:
-        size += len(name) + len(value) + 4  # "name: value\r\n"
-    if size > limits.max_header_bytes:
-        raise HeadersTooLarge(f"HTTP header is larger than {limits.max_header_bytes} bytes (limits.max_header_bytes)")
+
+def _dated_ends() -> tuple:
+    """(keep-alive 1.1, keep-alive 1.0, close) head ends, each after this second's Date line."""
+    global _date_second, _date_ends
+    second = int(time.time())
+    if second != _date_second:
+        date = b"Date: %s\r\n" % formatdate(second, usegmt=True).encode()
+        _date_ends = (date + _KEEP_1_1, date + _KEEP_1_0, date + _CLOSE)
+        _date_second = second
+    return _date_ends
+#: a response body up to this size is joined to its head and sent in one write (larger: one writev)
+_JOIN_BYTES = 16 * 1024
+#: the timer's jobs
+_HEAD, _IDLE, _BODY = 1, 2, 3
 
 
-def parser_limits(limits: HardLimits) -> dict[str, Any]:
-    """aiohttp's own parser limits for a new connection.
+class ClientGone(ConnectionError):
+    """The client closed its connection before its response was written."""
 
-    Its request-line limit counts the target only, like max_url_bytes. Its field limit is per header;
-    the total is check_head's. The two must differ so that a LineTooLong says which one was hit.
+
+class Source(Protocol):
+    """What streams a response body (the node's response): the listener pauses it while the client reads slowly."""
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+class Request:
+    """One request: what `flow` needs of it, and the way to answer it.
+
+    `target` is the raw request target as sent (path and query, still percent-encoded); `headers`
+    the raw (name, value) byte pairs in order. `body` is whole once `complete`; `read_body` waits for it.
     """
-    field = limits.max_header_bytes + (1 if limits.max_header_bytes == limits.max_url_bytes else 0)
-    return {
-        "max_line_size": limits.max_url_bytes,
-        "max_field_size": field,
-        "max_headers": limits.max_headers,
-        "auto_decompress": False,  # esapi inflates, bounded; the node gets the bytes as they were sent
-        "keepalive_timeout": limits.keepalive_timeout_s,
-    }
+
+    __slots__ = (
+        "method", "target", "version", "headers", "client", "scheme", "certificate", "authorization", "content_type",
+        "content_encoding", "content_length", "forwarded_for", "passed_fields", "expect_continue", "keep_alive",
+        "complete", "body_size", "too_large", "refusal", "responded", "_chunks", "_conn", "_waiter", "_streaming",
+        "_chunked",
+    )
+
+    def __init__(self, conn: ClientConnection):
+        self._conn = conn
+        self.method = ""
+        self.target = ""
+        self.version = "1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        #: the client's IP address, and "http" or "https"
+        self.client: str | None = conn.client
+        self.scheme = conn.scheme
+        #: the names of the client's certificate (mutual TLS), or None
+        self.certificate: tuple[str, ...] | None = conn.certificate
+        self.authorization: str | None = None
+        self.content_type: str | None = None
+        self.content_encoding: str | None = None
+        #: the Content-Length header's value; None for a chunked body or none at all
+        self.content_length: int | None = None
+        #: the X-Forwarded-For the client sent (several joined), or None
+        self.forwarded_for: bytes | None = None
+        #: the header lines to pass on ("Name: value\r\n" each): all but the listener's `forward_drop`
+        self.passed_fields = b""
+        self.expect_continue = False
+        self.keep_alive = True
+        #: the whole message is in (head and body)
+        self.complete = False
+        #: body bytes received so far (counted past max_body_bytes, kept only up to it)
+        self.body_size = 0
+        self.too_large = False
+        #: set instead of serving: the listener answers this itself (malformed HTTP, a head limit)
+        self.refusal: Refusal | None = None
+        self.responded = False
+        self._chunks: list[bytes] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._streaming = False
+        self._chunked = False
+
+    # ---- the body ----
+    @property
+    def body(self) -> bytes:
+        """The body received so far (all of it once `complete`)."""
+        chunks = self._chunks
+        if len(chunks) == 1:
+            return chunks[0]
+        data = b"".join(chunks)
+        self._chunks = [data] if data else []
+        return data
+
+    async def read_body(self, max_bytes: int, timeout_s: float) -> bytes:
+        """The whole body, waiting for it at most `timeout_s` seconds (408 beyond); 413 past `max_bytes`.
+        Sends `100 Continue` first if the client asked for it and has sent nothing yet."""
+        conn = self._conn
+        if self.expect_continue and not self.body_size:
+            self.expect_continue = False
+            conn.write(_CONTINUE)
+        conn.arm_body_timer(timeout_s)
+        try:
+            while not self.complete and not self.too_large:
+                if self.refusal is not None:
+                    raise self.refusal
+                self._waiter = conn.loop.create_future()
+                await self._waiter
+        finally:
+            self._waiter = None
+            conn.disarm_body_timer()
+        if self.too_large or self.body_size > max_bytes:
+            raise body_too_large(max_bytes)
+        return self.body
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # ---- the response ----
+    def respond(self, status: int, fields: bytes, body: bytes = b"", length: int | None = None) -> None:
+        """Answer in one write: the status line, `fields` (header lines, each ending in CRLF, without
+        Content-Length or Connection), the framing headers, and `body` (none to a HEAD request). `length`
+        is the Content-Length to state when it is not len(body): a HEAD response states the length a GET
+        would get."""
+        self.responded = True
+        conn = self._conn
+        transport = conn.transport
+        if transport is None or transport.is_closing():  # nobody to answer: its end cancels the request's task
+            return
+        line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
+        end = conn.head_end(self, False)
+        if status in _NO_BODY:
+            head = b"%s%s%s" % (line, fields, end)
+            body = b""
+        elif self.method == "HEAD":  # the length a GET would get, if known; never a body
+            if length is None and not body:
+                head = b"%s%s%s" % (line, fields, end)
+            else:
+                head = b"%s%sContent-Length: %d\r\n%s" % (line, fields, len(body) if length is None else length, end)
+            body = b""
+        else:
+            size = len(body) if length is None else length
+            if size <= _JOIN_BYTES:
+                transport.write(b"%s%sContent-Length: %d\r\n%s%s" % (line, fields, size, end, body))
+                conn.response_done(self)
+                return
+            head = b"%s%sContent-Length: %d\r\n%s" % (line, fields, size, end)
+        if body:
+            transport.writelines((head, body))
+        else:
+            transport.write(head)
+        conn.response_done(self)
+
+    def begin(self, status: int, fields: bytes, length: int | None, source: Source | None = None) -> None:
+        """Start a streamed response: `length` bytes to follow through `send`, or chunked (close-delimited
+        for an HTTP/1.0 client) when None. While the client reads slower than `source` produces, `source`
+        is paused."""
+        conn = self._conn
+        head = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
+        head += fields
+        close_delimited = False
+        if self.method == "HEAD" or status in (204, 304):
+            if length is not None:
+                head += b"Content-Length: %d\r\n" % length
+        elif length is not None:
+            head += b"Content-Length: %d\r\n" % length
+        elif self.version == "1.1":
+            head += b"Transfer-Encoding: chunked\r\n"
+            self._chunked = True
+        else:
+            close_delimited = True
+        head += conn.head_end(self, close_delimited)
+        self._streaming = True
+        conn.write(head)
+        conn.stream_source = source
+        if source is not None and conn.writing_paused:
+            source.pause()
+
+    def send(self, chunk: bytes) -> None:
+        """One piece of a streamed body (nothing for a HEAD request). Raises ClientGone if the client left."""
+        if not chunk or self.method == "HEAD":
+            return
+        conn = self._conn
+        if self._chunked:
+            conn.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        else:
+            conn.write(chunk)
+
+    @property
+    def writing_paused(self) -> bool:
+        """True while the client's socket buffer is full: `await drain()` before sending more."""
+        return self._conn.writing_paused
+
+    async def drain(self) -> None:
+        """Wait until the client has read enough of what was sent. Raises ClientGone if it left."""
+        await self._conn.drain()
+
+    def end(self) -> None:
+        """Finish a streamed response."""
+        conn = self._conn
+        if self._chunked and self.method != "HEAD":
+            conn.write(b"0\r\n\r\n")
+        conn.stream_source = None
+        self.responded = True
+        conn.response_done(self)
+
+    def abort(self) -> None:
+        """Cut the connection: a response that began cannot be finished (the client sees it short)."""
+        self.responded = True
+        self._conn.abort()
+
+    @property
+    def started(self) -> bool:
+        """Some of the response is on its way: an error can no longer be sent instead of it."""
+        return self._streaming or self.responded
 
 
-class ProxyRequest(BaseRequest):
-    """A request whose response goes out with the node's headers only: aiohttp adds its own `Server`
-    (naming Python's and aiohttp's versions), which Elasticsearch and OpenSearch never send."""
+def body_too_large(max_bytes: int) -> Refusal:
+    from .errors import BodyTooLarge
 
-    async def _prepare_hook(self, response: web.StreamResponse) -> None:
-        response.headers.popall(hdrs.SERVER, None)
+    return BodyTooLarge(f"request body is over the limit of {max_bytes} bytes")
 
 
-class Listener(web.Server):
-    """`web.Server` whose connections enforce the hard limits. `limits` is read when a connection opens."""
+class _Refused(Exception):
+    """Raised inside a parser callback to stop parsing; the refusal is on the connection."""
 
-    def __init__(self, handler: Callable, *, limits: Callable[[], HardLimits], metrics: Any = None, **kwargs: Any):
-        super().__init__(handler, **kwargs)
+
+App = Callable[[Request], Coroutine[Any, Any, None]]
+
+
+class Listener:
+    """The protocol factory for `loop.create_server`: its connections, their limits and counters."""
+
+    def __init__(self, app: App, *, limits: HardLimits, metrics: Any = None, forward_drop: frozenset[bytes] = HOP_BY_HOP):
+        #: called once per request, the coroutine run as the request's task; it answers through the request
+        self.app = app
+        #: request headers (lower-case names) left out of `Request.passed_fields`; hop-by-hop ones at least
+        self.forward_drop = forward_drop | HOP_BY_HOP
+        #: the hard limits in force: read when each request begins (a reload swaps in new ones)
         self.limits = limits
         self.metrics = metrics
         #: open connections per client address
         self.per_client: dict[str, int] = {}
+        self.connections: set[ClientConnection] = set()
         self.refused_connections = 0
         self.header_timeouts = 0
+        #: set on SIGTERM: each connection closes after the response it is writing, idle ones at once
+        self.draining = False
 
-    def _make_request(self, message, payload, protocol, writer, task) -> BaseRequest:  # noqa: ANN001 - aiohttp's
-        return ProxyRequest(message, payload, protocol, writer, task, self._loop)
-
-    def __call__(self) -> RequestHandler:
-        limits = self.limits()
-        kwargs = {**self._kwargs, **parser_limits(limits)}
-        return LimitedConnection(self, limits, loop=self._loop, **kwargs)
+    def __call__(self) -> ClientConnection:
+        return ClientConnection(self)
 
     def count(self, status: int, label: str) -> None:
-        """A refusal made before any request reached flow (parser errors, slowloris)."""
+        """A refusal made before any request reached the application (parser errors, slowloris)."""
         if self.metrics is not None:
             self.metrics.count_request("-", "-", "refused", label)
             if status:
                 self.metrics.count_response("-", status)
 
+    def drain(self) -> None:
+        """Stop keeping connections alive: idle ones close now, busy ones after their response."""
+        self.draining = True
+        for conn in list(self.connections):
+            conn.close_if_idle()
 
-class LimitedConnection(RequestHandler):
-    """One client connection: aiohttp's request handler plus the header timeout and per-client count."""
+    def close_all(self) -> None:
+        """After the drain: close what is idle (what it has written is still sent), abort what is not."""
+        for conn in list(self.connections):
+            if conn.busy:
+                conn.abort()
+            else:
+                conn.close_if_idle()
 
-    __slots__ = ("_limits", "_client", "_refused", "_idle", "_head_deadline", "_head_timer", "_head_started")
 
-    def __init__(self, manager: Listener, limits: HardLimits, **kwargs: Any):
-        super().__init__(manager, **kwargs)
-        self._limits = limits
-        self._client: str | None = None
-        self._refused = False
-        #: between requests on a kept-alive connection: the next byte starts the head timer
-        self._idle = False
-        #: when the request head being waited for must be complete (loop time), or None when not waiting
-        self._head_deadline: float | None = None
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._head_started = False
+class ClientConnection:
+    """One client connection: the parser, the requests in order, the timer, and the write side's flow
+    control. An asyncio protocol (compiled to a C type from listener.pxd, so not a subclass of
+    asyncio.Protocol)."""
+
+    __slots__ = (
+        "listener", "loop", "transport", "parser", "client", "scheme", "limits", "writing_paused", "stream_source",
+        "_parsing", "_in_head", "_url", "_headers", "_max_headers", "_trailers", "_head_bytes", "_queue", "_current",
+        "_task", "_refusal", "_closing", "_stopped", "_counted", "_reading_paused", "_idle", "_head_started",
+        "_drainer", "_timer", "_timer_at", "_deadline", "_timer_job", "certificate",
+    )
+
+    def __init__(self, listener: Listener):
+        self.listener = listener
+        self.loop = asyncio.get_event_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client: str | None = None
+        self.scheme = "http"
+        #: the names the client's certificate answers to (mutual TLS), read once per connection; None: none shown
+        self.certificate: tuple[str, ...] | None = None
+        self.limits: HardLimits = listener.limits
+        self.writing_paused = False
+        #: what the response being streamed reads from (paused while the client is slow)
+        self.stream_source: Source | None = None
+        self._parsing: Request | None = None  # the request whose message is being parsed
+        self._in_head = False  # ... and its head is not complete yet
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []  # where on_header puts what it gets
+        self._max_headers = self.limits.max_headers
+        self._trailers: list[tuple[bytes, bytes]] = []  # a chunked body's trailer: counted, then dropped
+        self._head_bytes = 0  # bytes received that certainly belong to the head being parsed
+        self._queue: deque[Request] = deque()  # complete heads waiting behind the one being served
+        self._current: Request | None = None
+        self._task: asyncio.Task | None = None
+        self._refusal: Refusal | None = None
+        self._closing = False  # no request after those already in: close once they are answered
+        self._stopped = False  # nothing more is parsed (a refusal, an upgrade)
+        self._counted = False  # counted in listener.per_client
+        self._reading_paused = False
+        self._idle = False  # between requests on a kept-alive connection
+        self._head_started = False  # a byte of the awaited head has arrived
+        self._drainer: asyncio.Future[None] | None = None
+        # one timer per connection: the head, idle keep-alive or body deadline, re-armed by moving it
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._deadline: float | None = None
+        self._timer_job = 0
 
     # ---- connection life ----
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        manager: Listener = self._manager  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]
+        listener = self.listener
         peer = transport.get_extra_info("peername")
         client = peer[0] if isinstance(peer, tuple) and peer else None
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+            # The handshake is done by now (TLS protocols are told of the connection after it).
+            self.certificate = tls.peer_names(transport)
         if client is not None:
-            count = manager.per_client.get(client, 0)
-            if count >= self._limits.max_connections_per_client:
+            count = listener.per_client.get(client, 0)
+            if count >= self.limits.max_connections_per_client:
                 # Closed at once, before reading anything: no request was made, so none is answered.
-                self._refused = True
-                self._force_close = True
-                manager.refused_connections += 1
-                manager.count(0, "too_many_connections")
+                self._closing = True
+                listener.refused_connections += 1
+                listener.count(0, "too_many_connections")
                 transport.close()
                 return
-            manager.per_client[client] = count + 1
-            self._client = client
-        super().connection_made(transport)
-        self._await_head()
+            listener.per_client[client] = count + 1
+            self._counted = True
+            self.client = client
+        listener.connections.add(self)
+        if listener.draining:
+            self._closing = True
+        self._arm(_HEAD, self.limits.header_timeout_s)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-        self._head_deadline = None
-        if self._refused:
-            return
-        client = self._client
-        if client is not None:
-            self._client = None
-            manager: Listener | None = self._manager  # type: ignore[assignment]
-            if manager is not None:
-                left = manager.per_client.get(client, 1) - 1
-                if left > 0:
-                    manager.per_client[client] = left
-                else:
-                    manager.per_client.pop(client, None)
-        super().connection_lost(exc)
-
-    # ---- the head timer: one per connection, re-armed by moving its deadline ----
-
-    def _await_head(self) -> None:
-        self._head_deadline = self._loop.time() + self._limits.header_timeout_s
-        self._head_started = False
-        if self._head_timer is None:
-            self._head_timer = self._loop.call_at(self._head_deadline, self._head_timeout)
-
-    def _head_timeout(self) -> None:
-        self._head_timer = None
-        deadline = self._head_deadline
-        if deadline is None or self._force_close or self.transport is None:
-            return
-        if self._loop.time() < deadline:  # re-armed since this was scheduled
-            self._head_timer = self._loop.call_at(deadline, self._head_timeout)
-            return
-        manager: Listener = self._manager  # type: ignore[assignment]
-        manager.header_timeouts += 1
-        manager.count(408, "header_timeout")
-        if self._head_started:  # a request was under way: say why it ends (a silent new connection just closes)
-            timeout = self._limits.header_timeout_s
-            reason = f"request headers not received within {timeout}s (limits.header_timeout_s)"
-            body = error_body(408, RequestTimeout.etype, reason)
-            self.transport.write(
-                b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json; charset=UTF-8\r\n"
-                b"X-Elastic-Product: Elasticsearch\r\nConnection: close\r\n"
-                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-            )
-        self.force_close()
+        self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        listener = self.listener
+        listener.connections.discard(self)
+        if self._counted:
+            self._counted = False
+            client = self.client
+            left = listener.per_client.get(client, 1) - 1  # type: ignore[arg-type]
+            if left > 0:
+                listener.per_client[client] = left  # type: ignore[index]
+            else:
+                listener.per_client.pop(client, None)  # type: ignore[arg-type]
+        self._closing = True
+        self._queue.clear()
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()  # the client went away: its request is abandoned (and the node's connection with it)
+        drainer = self._drainer
+        if drainer is not None and not drainer.done():
+            drainer.set_exception(ClientGone("the client closed the connection"))
+        self.stream_source = None
 
     def data_received(self, data: bytes) -> None:
-        if self._idle and data:
+        if self._stopped:
+            return
+        if self._idle:
             self._idle = False  # the first byte of the next request on a kept-alive connection
-            self._await_head()
-        before = self._request_count
-        super().data_received(data)
-        if self._request_count != before:
-            self._head_deadline = None  # a whole head (or a parse error) is in: the request is being served
-        elif data and self._head_deadline is not None:
-            self._head_started = True
-
-    async def finish_response(self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None):
-        result = await super().finish_response(request, resp, start_time)
-        if not self._messages:
-            self._idle = True  # idle keep-alive time is keepalive_timeout's; the next byte starts the head timer
-        return result
-
-    # ---- aiohttp's own errors, ES-shaped ----
-
-    def handle_error(
-        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
-    ) -> web.StreamResponse:
-        refusal = self._refusal(status, exc, message)
-        if refusal.status >= 500:
-            self.log_exception("error handling a request from %s", request.remote, exc_info=exc)
+            self._arm(_HEAD, self.limits.header_timeout_s)
+        in_head = self._parsing if self._in_head else None
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # An Upgrade or CONNECT request: answered as an ordinary one, then the connection closes.
+            self._closing = self._stopped = True
+        except httptools.HttpParserCallbackError:
+            self._refuse(self._refusal or Refusal.internal())
+        except httptools.HttpParserError as exc:
+            text = (str(exc) or "malformed request").strip().splitlines()[0]
+            self._refuse(BadRequest(f"the request is not valid HTTP/1.1: {text[:200]}"))
         else:
-            log.debug("refused a malformed request from %s: %s", request.remote, refusal.reason)
-        if request.writer.output_size > 0:
-            raise ConnectionError("the response had started; the error cannot be sent")
-        manager: Listener | None = self._manager  # type: ignore[assignment]
-        if manager is not None:
-            manager.count(refusal.status, refusal.label)
-        response = refusal.response()
-        response.force_close()
-        return response
+            if self._in_head:
+                self._head_started = True
+                if in_head is not None and self._parsing is in_head:
+                    # Whole reads inside one head: bounds a header line that never ends (no callback sees it).
+                    self._head_bytes += len(data)
+                    limits = self.limits
+                    if self._head_bytes > limits.max_url_bytes + limits.max_header_bytes + 16 * limits.max_headers + 1024:
+                        self._refuse(HeadersTooLarge(
+                            f"HTTP header is larger than {limits.max_header_bytes} bytes (limits.max_header_bytes)"))
+        if self._current is None and self._queue:
+            self._serve_next()
+        if self._queue and not self._reading_paused:
+            self._reading_paused = True  # a request waits behind the one being served: read no further for now
+            self.transport.pause_reading()  # type: ignore[union-attr]
 
-    def _refusal(self, status: int, exc: BaseException | None, message: str | None) -> Refusal:
-        if isinstance(exc, LineTooLong):
-            if exc.args[1:2] == (self.max_line_size,):
-                return UriTooLong(f"An HTTP line is larger than {self.max_line_size} bytes (limits.max_url_bytes)")
-            return HeadersTooLarge(f"HTTP header is larger than {self._limits.max_header_bytes} bytes (limits.max_header_bytes)")
-        if isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:
-            return HeadersTooLarge(f"the request has more than {self._limits.max_headers} headers (limits.max_headers)")
-        if status == 504:
-            return UpstreamFailure(504, "the request timed out")
-        if status >= 500:
-            return Refusal.internal()
-        text = (getattr(exc, "message", None) or message or "malformed request").strip().splitlines()[0]
-        return BadRequest(f"the request is not valid HTTP/1.1: {text[:200]}")
+    def eof_received(self) -> bool | None:
+        return None  # the client is gone (or half-closed): close, which cancels what it asked for
+
+    # ---- parser callbacks (httptools) ----
+    def on_message_begin(self) -> None:
+        limits = self.limits = self.listener.limits  # per request: a reload applies from the next request on
+        request = self._parsing = Request(self)
+        self._headers = request.headers
+        self._max_headers = limits.max_headers
+        self._in_head = True
+        self._url = b""
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        url = self._url = self._url + url
+        if len(url) > self.limits.max_url_bytes:
+            limit = self.limits.max_url_bytes
+            self._refusal = UriTooLong(f"An HTTP line is larger than {limit} bytes (limits.max_url_bytes)")
+            raise _Refused
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        headers.append((name, value))
+        if len(headers) > self._max_headers:  # the rest is checked once the head is in
+            self._refusal = HeadersTooLarge(
+                f"the request has more than {self._max_headers} headers (limits.max_headers)")
+            raise _Refused
+
+    def on_headers_complete(self) -> None:
+        request = self._parsing
+        assert request is not None
+        parser = self.parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            self._refusal = BadRequest(f"the request is not valid HTTP/1.1: HTTP/{version} is not supported")
+            raise _Refused
+        # One pass over the headers: their size, the ones read by name, and the lines to pass on.
+        drop = self.listener.forward_drop
+        size = 0
+        has_host = False
+        passed: list[bytes] = []
+        for name, value in request.headers:
+            size += len(name) + len(value) + 4  # "name: value\r\n"
+            lname = name.lower()
+            named = _NAMED.get(lname)
+            if named is not None:
+                if named == _HOST:
+                    has_host = True
+                elif named == _AUTHORIZATION:
+                    if request.authorization is None:
+                        request.authorization = value.decode("utf-8", "surrogateescape")
+                elif named == _CONTENT_TYPE:
+                    if request.content_type is None:
+                        request.content_type = value.decode("utf-8", "surrogateescape")
+                elif named == _CONTENT_LENGTH:
+                    request.content_length = int(value)  # llhttp checked it is digits
+                elif named == _CONTENT_ENCODING:
+                    if request.content_encoding is None:
+                        request.content_encoding = value.decode("utf-8", "surrogateescape")
+                elif named == _EXPECT:
+                    request.expect_continue = value.lower() == b"100-continue" and version == "1.1"
+                elif named == _FORWARDED_FOR:
+                    prior = request.forwarded_for
+                    request.forwarded_for = value if prior is None else prior + b", " + value
+            if lname not in drop:
+                passed += (name, b": ", value, b"\r\n")
+        limits = self.limits
+        if size > limits.max_header_bytes:
+            self._refusal = HeadersTooLarge(
+                f"HTTP header is larger than {limits.max_header_bytes} bytes (limits.max_header_bytes)")
+            raise _Refused
+        if not has_host and version == "1.1":
+            self._refusal = BadRequest("the request is not valid HTTP/1.1: it has no Host header")
+            raise _Refused
+        request.passed_fields = b"".join(passed)
+        request.version = version
+        request.method = parser.get_method().decode("ascii")
+        request.target = self._url.decode("utf-8", "surrogateescape")
+        request.keep_alive = parser.should_keep_alive()
+        trailers = self._headers = self._trailers
+        trailers.clear()
+        self._in_head = False
+        self._head_started = False
+        if self._timer_job == _HEAD:
+            self._disarm()
+        self._queue.append(request)
+
+    def on_body(self, body: bytes) -> None:
+        request = self._parsing
+        assert request is not None
+        request.body_size += len(body)
+        if request.body_size > self.limits.max_body_bytes:
+            if not request.too_large:
+                request.too_large = True
+                request._chunks = []  # read on (the stream stays in step), kept no longer
+                request._wake()
+            return
+        request._chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        request = self._parsing
+        assert request is not None
+        request.complete = True
+        self._parsing = None
+        request._wake()
+
+    # ---- serving, in order ----
+    def _serve_next(self) -> None:
+        request = self._queue.popleft()
+        self._current = request
+        if request.refusal is not None:
+            self._answer_refusal(request)
+            return
+        self._task = self.loop.create_task(self._serve(request))
+
+    async def _serve(self, request: Request) -> None:
+        """Run the application for `request`. If it fails and leaves the request unanswered (a bug), the
+        client gets a 500, or the connection ends if a response had begun: never a hang."""
+        try:
+            await self.listener.app(request)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            log.exception("unexpected error serving %s %s", request.method, request.target[:200])
+        if not request.responded and not self.gone:
+            if request.started:
+                self.abort()  # a response had begun: it can be neither finished nor replaced
+            else:
+                refusal = Refusal.internal()
+                request.respond(refusal.status, refusal.fields(), refusal.body())
+
+    def response_done(self, request: Request) -> None:
+        """The response to `request` is written: close, or go on with the next request."""
+        if self._current is request:
+            self._current = None
+        if not request.keep_alive:
+            self._close()
+        elif self._queue:
+            self._serve_next()
+        elif self._closing:
+            self._close()
+        else:
+            if self._reading_paused:
+                self._reading_paused = False
+                self.transport.resume_reading()  # type: ignore[union-attr]
+            if self._in_head:
+                self._arm(_HEAD, self.limits.header_timeout_s)  # a head that came in meanwhile: its clock starts now
+            else:
+                self._idle = True
+                self._arm(_IDLE, self.limits.keepalive_timeout_s)
+
+    def head_end(self, request: Request, close_delimited: bool) -> bytes:
+        """The end of a response head: the Date, whether the connection stays open after it (decided here,
+        noted on `request`) and the Connection header that says so, then the blank line."""
+        ends = _dated_ends()
+        if (request.keep_alive and request.complete and not close_delimited and not request.too_large
+                and not (self._closing and not self._queue) and not self.listener.draining):
+            return ends[0] if request.version == "1.1" else ends[1]
+        request.keep_alive = False
+        return ends[2]
+
+    # ---- refusals the listener makes itself ----
+    def _refuse(self, refusal: Refusal) -> None:
+        """Stop parsing; answer `refusal` in turn, after the requests before it, and close."""
+        self._refusal = None
+        self._closing = self._stopped = True
+        self._in_head = False
+        if self._timer_job == _HEAD:
+            self._disarm()
+        request = self._parsing or Request(self)
+        self._parsing = None
+        request.refusal = refusal
+        request._wake()  # a body being read ends here
+        if request not in self._queue and request is not self._current:
+            self._queue.append(request)
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _answer_refusal(self, request: Request) -> None:
+        refusal = request.refusal
+        assert refusal is not None
+        if refusal.status >= 500:
+            log.error("error parsing a request from %s: %s", self.client, refusal.reason)
+        else:
+            log.debug("refused a malformed request from %s: %s", self.client, refusal.reason)
+        self.listener.count(refusal.status, refusal.label)
+        request.keep_alive = False
+        request.respond(refusal.status, refusal.fields(), refusal.body())
+
+    # ---- the timer ----
+    def _arm(self, job: int, seconds: float) -> None:
+        now = self.loop.time()
+        deadline = now + seconds
+        self._deadline = deadline
+        self._timer_job = job
+        timer = self._timer
+        if timer is None or deadline < self._timer_at:
+            if timer is not None:
+                timer.cancel()
+            self._schedule(now, deadline)
+
+    def _schedule(self, now: float, deadline: float) -> None:
+        # Never later than a head deadline armed from now on, so that arming one (every request on a
+        # kept-alive connection) only moves the deadline: the timer is scheduled anew at most once a tick.
+        tick = now + self.limits.header_timeout_s
+        at = self._timer_at = deadline if deadline < tick else tick
+        self._timer = self.loop.call_at(at, self._on_timer)
+
+    def _disarm(self) -> None:
+        self._deadline = None
+        self._timer_job = 0
+
+    def arm_body_timer(self, seconds: float) -> None:
+        self._arm(_BODY, seconds)
+
+    def disarm_body_timer(self) -> None:
+        if self._timer_job == _BODY:
+            self._disarm()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None or self.transport is None:
+            return
+        now = self.loop.time()
+        if now < deadline:  # moved on since this was scheduled
+            self._schedule(now, deadline)
+            return
+        job = self._timer_job
+        self._disarm()
+        if job == _IDLE:
+            if self._current is None and not self._queue and not self._in_head:
+                self._close()
+        elif job == _BODY:
+            request = self._current
+            if request is not None and not request.complete:
+                timeout = self.limits.body_timeout_s
+                request.refusal = RequestTimeout(f"request body not received within {timeout}s (limits.body_timeout_s)")
+                request._wake()
+        elif job == _HEAD:
+            self._head_timeout()
+
+    def _head_timeout(self) -> None:
+        if self._current is not None or self._queue:
+            return  # a request is being answered; the head behind it is timed once it is
+        listener = self.listener
+        listener.header_timeouts += 1
+        listener.count(408, "header_timeout")
+        self._closing = True
+        if self._head_started or self._in_head:  # a request was under way: say why it ends
+            timeout = self.limits.header_timeout_s
+            refusal = RequestTimeout(f"request headers not received within {timeout}s (limits.header_timeout_s)")
+            request = Request(self)
+            request.keep_alive = False
+            self._current = request
+            request.respond(refusal.status, refusal.fields(), refusal.body())
+        else:  # a silent new connection just closes
+            self._close()
+
+    # ---- writing ----
+    @property
+    def gone(self) -> bool:
+        """The connection is closed or closing: nothing more can be written."""
+        transport = self.transport
+        return transport is None or transport.is_closing()
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ClientGone("the client closed the connection")
+        transport.write(data)
+
+    def writelines(self, parts) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ClientGone("the client closed the connection")
+        transport.writelines(parts)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        source = self.stream_source
+        if source is not None:
+            source.pause()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        drainer = self._drainer
+        if drainer is not None:
+            self._drainer = None
+            if not drainer.done():
+                drainer.set_result(None)
+        source = self.stream_source
+        if source is not None:
+            source.resume()
+
+    async def drain(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ClientGone("the client closed the connection")
+        if not self.writing_paused:
+            return
+        drainer = self._drainer
+        if drainer is None:
+            drainer = self._drainer = self.loop.create_future()
+        await drainer
+
+    # ---- closing ----
+    def _close(self) -> None:
+        self._closing = True
+        self._disarm()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()  # what is buffered is still sent
+
+    @property
+    def busy(self) -> bool:
+        """A request is being answered, or waits its turn."""
+        return self._current is not None or bool(self._queue)
+
+    def close_if_idle(self) -> None:
+        """Draining: close now unless a request is being answered or waits (those close after their response)."""
+        self._closing = True
+        if self._current is None and not self._queue:
+            self._close()
+
+    def abort(self) -> None:
+        self._closing = True
+        self._disarm()
+        if self.transport is not None:
+            self.transport.abort()

@@ -302,18 +302,13 @@ class RedisLimiter:
                 held, lease.held = lease.held, 0.0
                 self._book(lease, -held)
 
-    async def acquire(self, tenant: str, resource: str, cost: float, shadow: bool = False) -> Decision:
-        """Charge min(cost, burst) units to the tenant's shared bucket, or after a wait of at most
-        the plan's max_wait_ms; the same contract as `LocalLimiter.acquire`.
-
-        Paid from this instance's lease when it holds enough (no Redis); otherwise decided by one
-        script call shared with the other requests of this tick, or refused at once when the shared
-        bucket's last reported level cannot have the tokens in time. Never waits on Redis longer than
-        timeout_ms: a slow or failed Redis decides the request locally (and switches to fallback).
-        """
+    def try_acquire(self, tenant: str, resource: str, cost: float, shadow: bool = False) -> Decision | None:
+        """`acquire`, when it decides without Redis or a wait: paid from this instance's lease, refused
+        because the shared bucket's last known level cannot have the tokens in time, or decided by the
+        local fallback without sleeping. None when Redis must be asked (or the fallback must wait)."""
         lease = self._leases[(tenant, resource)]
         if not self._shared:
-            return await self._local.acquire(tenant, resource, cost, shadow)
+            return self._local.try_acquire(tenant, resource, cost, shadow)
         charge = lease.burst if cost > lease.burst else cost
         now = self._clock()
         lease.used = now
@@ -327,7 +322,32 @@ class RedisLimiter:
             return Decision(True, 0.0, held + shared, lease.burst, lease.window, None, charge)
         if not charge >= 0.0:
             raise ValueError(f"cost must be a number >= 0, got {cost!r}")
-        return await self._acquire_shared(tenant, resource, cost, lease, charge, now, shadow)
+        shared = lease.estimate(now)
+        need = charge - held
+        if need > shared and (need - shared) / lease.rate > lease.max_wait:
+            # Not in time even if no other instance took a token since Redis last reported: refuse
+            # without asking. The retry-after is a lower bound, like LocalLimiter's.
+            wait = (need - shared) / lease.rate
+            return Decision(False, wait, held + shared, lease.burst, lease.window, "budget", 0.0)
+        return None
+
+    async def acquire(self, tenant: str, resource: str, cost: float, shadow: bool = False) -> Decision:
+        """Charge min(cost, burst) units to the tenant's shared bucket, or after a wait of at most
+        the plan's max_wait_ms; the same contract as `LocalLimiter.acquire`.
+
+        Paid from this instance's lease when it holds enough (no Redis); otherwise decided by one
+        script call shared with the other requests of this tick, or refused at once when the shared
+        bucket's last reported level cannot have the tokens in time. Never waits on Redis longer than
+        timeout_ms: a slow or failed Redis decides the request locally (and switches to fallback).
+        """
+        decision = self.try_acquire(tenant, resource, cost, shadow)
+        if decision is not None:
+            return decision
+        if not self._shared:
+            return await self._local.acquire(tenant, resource, cost, shadow)
+        lease = self._leases[(tenant, resource)]
+        charge = lease.burst if cost > lease.burst else cost
+        return await self._acquire_shared(tenant, resource, cost, lease, charge, self._clock(), shadow)
 
     def settle(self, tenant: str, resource: str, charged: float, observed: float) -> None:
         """Book observed - charged cost units (debt if positive, credit if negative) on the shared

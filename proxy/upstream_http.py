@@ -10,6 +10,7 @@ reading when the client downstream is slower than the node (bounded memory).
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_module
 from collections import deque
 
 #: stop reading from the node while this much body is buffered for a slow client
@@ -19,6 +20,14 @@ LOW_WATER = 1 << 18
 #: (~225 bytes) per search phase of every batch of a by-query call or scroll: a delete_by_query of 30,000
 #: docs in batches of 100 answers with a 134 KB head, one of a million docs at the default batch size ~450 KB.
 MAX_HEAD = 1 << 20
+#: headers that describe one hop, never relayed as they are (RFC 9110 §7.6.1), plus the framing and
+#: the node's own Date and Server: whoever relays a response frames it, and speaks for itself
+HOP_BY_HOP = frozenset((
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"proxy-connection",
+))
+NOT_RELAYED = HOP_BY_HOP | {b"content-length", b"date", b"server"}
+_NOT_RELAYED = NOT_RELAYED  # what _parse_head reads (a C-typed frozenset when compiled)
 
 
 class UpstreamProtocolError(Exception):
@@ -37,13 +46,17 @@ class UpstreamResponse:
     """A node's response: the parsed head, and the body as it arrives."""
 
     __slots__ = (
-        "status", "headers", "content_length", "keep_alive", "_conn", "_chunks", "_buffered",
-        "_waiter", "complete", "_error", "_released", "read_timeout", "content_encoding",
+        "status", "raw_headers", "relayed", "content_length", "keep_alive", "_conn", "_chunks", "_buffered",
+        "_waiter", "complete", "_error", "_released", "read_timeout", "content_encoding", "_held",
     )
 
-    def __init__(self, conn: NodeConnection, status: int, headers: list[tuple[str, str]], content_length: int | None, keep_alive: bool):
+    def __init__(self, conn: NodeConnection, status: int, raw_headers: list[tuple[bytes, bytes]],
+                 content_length: int | None, keep_alive: bool, relayed: bytes = b""):
         self.status = status
-        self.headers = headers
+        #: the header (name, value) byte pairs as the node sent them
+        self.raw_headers = raw_headers
+        #: the header lines a proxy relays to its client as they are (NOT_RELAYED left out), each ending in CRLF
+        self.relayed = relayed
         self.content_length = content_length
         self.keep_alive = keep_alive
         self._conn = conn
@@ -56,13 +69,29 @@ class UpstreamResponse:
         self.read_timeout: float | None = None
         #: the Content-Encoding header's value (None without one), noted while the head was parsed
         self.content_encoding: str | None = None
+        self._held = False  # paused by whoever relays it (its client reads slowly)
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The headers as text (decoded as Latin-1, as HTTP/1.1 header bytes are)."""
+        return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.raw_headers]
 
     def header(self, name: str) -> str | None:
-        lname = name.lower()
-        for key, value in self.headers:
+        lname = name.lower().encode("latin-1")
+        for key, value in self.raw_headers:
             if key.lower() == lname:
-                return value
+                return value.decode("latin-1")
         return None
+
+    @property
+    def connection(self) -> NodeConnection:
+        """The connection to the node this response is read from."""
+        return self._conn
+
+    @property
+    def node(self) -> object:
+        """Whatever owns the pool this response came through (`upstream.Node`), or None."""
+        return self._conn.pool.owner
 
     # ---- fed by the protocol ----
     def _feed(self, data: bytes) -> None:
@@ -103,8 +132,13 @@ class UpstreamResponse:
             if self._error is not None:
                 raise self._error
             await self._wait()
-        data = b"".join(self._chunks)
-        self._chunks.clear()
+        return self.read_now()
+
+    def read_now(self) -> bytes:
+        """The whole body of a `complete` response, without waiting (most small ones come with their head)."""
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
         self._buffered = 0
         return data
 
@@ -115,7 +149,7 @@ class UpstreamResponse:
             if chunks:
                 chunk = chunks.popleft()
                 self._buffered -= len(chunk)
-                if self._buffered < LOW_WATER:
+                if self._buffered < LOW_WATER and not self._held:
                     self._conn.resume()
                 yield chunk
             elif self.complete:
@@ -124,6 +158,26 @@ class UpstreamResponse:
                 raise self._error
             else:
                 await self._wait()
+
+    def pause(self) -> None:
+        """Stop reading from the node until `resume` (the client downstream reads slowly)."""
+        self._held = True
+        self._conn.pause()
+
+    def resume(self) -> None:
+        self._held = False
+        if self._buffered < LOW_WATER:
+            self._conn.resume()
+
+    @property
+    def reading_paused(self) -> bool:
+        """True while the node's connection is not being read."""
+        return self._conn._paused
+
+    @property
+    def buffered(self) -> int:
+        """Body bytes received from the node and not yet taken, in bytes."""
+        return self._buffered
 
     def release(self) -> None:
         """Return the connection to its node's pool if the response was read to the end, else close it."""
@@ -137,8 +191,9 @@ class UpstreamResponse:
             conn.close()
 
 
-class NodeConnection(asyncio.Protocol):
-    """One keep-alive connection to a node, carrying one request at a time."""
+class NodeConnection:
+    """One keep-alive connection to a node, carrying one request at a time: an asyncio protocol
+    (compiled to a C type from upstream_http.pxd, so not a subclass of asyncio.Protocol)."""
 
     def __init__(self, pool: ConnectionPool):
         self.pool = pool
@@ -172,7 +227,9 @@ class NodeConnection(asyncio.Protocol):
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             cls = UpstreamProtocolError if self._received_any else ConnectionLostEarly
-            waiter.set_exception(cls(f"connection to {self.pool.label} closed before the response head"))
+            error = cls(f"connection to {self.pool.label} closed before the response head" + (f": {exc}" if exc else ""))
+            error.__cause__ = exc  # a TLS alert (say, the node wanted a client certificate) says why
+            waiter.set_exception(error)
         response = self._response
         if response is not None and not response.complete:
             if self._remaining is None and not self._chunked:
@@ -184,15 +241,23 @@ class NodeConnection(asyncio.Protocol):
         self._received_any = True
         if self._response is None:
             buf = self._buf
-            buf += data
-            end = buf.find(b"\r\n\r\n", max(0, len(buf) - len(data) - 3))  # only where the new bytes could end it
+            if buf:  # the head came in pieces: its end can only be where the new bytes are
+                start = len(buf) - 3 if len(buf) > 3 else 0
+                buf += data
+                end = buf.find(b"\r\n\r\n", start)
+            else:
+                end = data.find(b"\r\n\r\n")
+                if end < 0 or end > MAX_HEAD:
+                    buf += data
             if end < 0 or end > MAX_HEAD:  # the limit holds however the head was split into reads
                 if len(buf) > MAX_HEAD:
                     self._protocol_error(f"response head larger than {MAX_HEAD} bytes")
                 return
-            head = bytes(self._buf[:end])
-            rest = bytes(self._buf[end + 4:])
-            self._buf.clear()
+            if buf:
+                data = bytes(buf)
+                buf.clear()
+            head = data[:end]
+            rest = data[end + 4:]
             try:
                 response = self._parse_head(head)
             except (ValueError, IndexError):
@@ -227,7 +292,8 @@ class NodeConnection(asyncio.Protocol):
         status = int(status_line[9:12])
         if 100 <= status < 200:
             return None
-        headers: list[tuple[str, str]] = []
+        headers: list[tuple[bytes, bytes]] = []
+        relayed = []
         length: int | None = None
         chunked = False
         encoding: str | None = None
@@ -236,20 +302,23 @@ class NodeConnection(asyncio.Protocol):
             name, _, value = line.partition(b":")
             value = value.strip()
             lname = name.lower()
-            if lname == b"content-length":
+            if lname not in _NOT_RELAYED:
+                relayed.append(line)
+                if lname == b"content-encoding" and encoding is None:  # the first, as header() finds it
+                    encoding = value.decode("latin-1")
+            elif lname == b"content-length":
                 length = int(value)
             elif lname == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
-            elif lname == b"content-encoding" and encoding is None:  # the first, as header() finds it
-                encoding = value.decode("latin-1")
             elif lname == b"connection":
                 token = value.lower()
                 if b"close" in token:
                     keep_alive = False
                 elif b"keep-alive" in token:
                     keep_alive = True
-            headers.append((name.decode("latin-1"), value.decode("latin-1")))
-        response = UpstreamResponse(self, status, headers, length, keep_alive)
+            headers.append((name, value))
+        relayed.append(b"")
+        response = UpstreamResponse(self, status, headers, length, keep_alive, b"\r\n".join(relayed))
         response.content_encoding = encoding
         if self._head_request or status in (204, 304):
             response.content_length = length if self._head_request else 0
@@ -402,20 +471,30 @@ class NodeConnection(asyncio.Protocol):
 
 
 class ConnectionPool:
-    """Keep-alive connections to one node. Idle ones are reused most-recent first (warm)."""
+    """Keep-alive connections to one node. Idle ones are reused most-recent first (warm).
 
-    def __init__(self, host: str, port: int, max_idle: int, loop: asyncio.AbstractEventLoop | None = None):
+    With `ssl` (an https:// node) each connection is TLS, verified against `server_hostname`; the
+    handshake counts in the connect timeout, and a kept-alive connection pays it only once."""
+
+    def __init__(self, host: str, port: int, max_idle: int, loop: asyncio.AbstractEventLoop | None = None,
+                 owner: object = None, ssl: ssl_module.SSLContext | None = None, server_hostname: str | None = None):
         self.host = host
         self.port = port
         self.label = f"{host}:{port}"
+        #: what the connections' responses name as their `node`
+        self.owner = owner
         self.max_idle = max_idle
         self.loop = loop or asyncio.get_event_loop()
+        self.ssl = ssl
+        self.server_hostname = (server_hostname or host) if ssl is not None else None
         self._idle: deque[NodeConnection] = deque()
         self.open = 0
 
     async def connect(self, timeout: float) -> NodeConnection:
         async with asyncio.timeout(timeout):
-            _, conn = await self.loop.create_connection(lambda: NodeConnection(self), self.host, self.port)
+            _, conn = await self.loop.create_connection(
+                lambda: NodeConnection(self), self.host, self.port, ssl=self.ssl, server_hostname=self.server_hostname
+            )
         self.open += 1
         return conn  # type: ignore[return-value]
 
@@ -442,14 +521,17 @@ class ConnectionPool:
             self._idle.pop().close()
 
 
-def request_head(method: str, target: str, host: str, headers: dict[str, str] | list[tuple[str, str]], body_length: int) -> bytes:
-    """Serialise a request line and headers. Content-Length is always explicit (no chunked upload)."""
-    parts = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
-    items = headers.items() if isinstance(headers, dict) else headers
-    for name, value in items:
-        parts.append(f"{name}: {value}\r\n")
+def request_head(method: str, target: str, host: str | bytes, fields: bytes | dict[str, str] | list[tuple[str, str]],
+                 body_length: int) -> bytes:
+    """Serialise a request line and headers: `fields` are header lines (each ending in CRLF) or (name, value)
+    pairs. Content-Length is always explicit (no chunked upload)."""
+    if not isinstance(fields, bytes):
+        items = fields.items() if isinstance(fields, dict) else fields
+        fields = "".join(f"{name}: {value}\r\n" for name, value in items).encode("utf-8", "surrogateescape")
+    if isinstance(host, str):
+        host = host.encode("latin-1")
+    # Text came off the wire as UTF-8 with surrogateescape: this gives back the same bytes.
+    line = f"{method} {target} HTTP/1.1\r\nHost: ".encode("utf-8", "surrogateescape")
     if body_length or method in ("POST", "PUT", "PATCH"):
-        parts.append(f"Content-Length: {body_length}\r\n")
-    parts.append("\r\n")
-    # Header text came off the wire as UTF-8 with surrogateescape: this gives back the same bytes.
-    return "".join(parts).encode("utf-8", "surrogateescape")
+        return b"%s%s\r\n%sContent-Length: %d\r\n\r\n" % (line, host, fields, body_length)
+    return b"%s%s\r\n%s\r\n" % (line, host, fields)

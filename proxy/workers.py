@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -272,7 +273,14 @@ async def _supervise(config_path: str, workers: int) -> int:
         watchers = [asyncio.create_task(supervisor.watch(child)) for child in supervisor.children]
         runner = web.AppRunner(supervisor.admin_app(), handle_signals=False, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, config.admin_listen.host, config.admin_listen.port).start()
+        try:
+            await web.TCPSite(runner, config.admin_listen.host, config.admin_listen.port).start()
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else exc
+            print(f"sluicegate: cannot listen on {config.admin_listen} (admin_listen): {reason}",
+                  file=sys.stderr)
+            await supervisor.stop()
+            return 1
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, supervisor.reload_signal)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -287,8 +295,10 @@ async def _supervise(config_path: str, workers: int) -> int:
 
 def supervise(config_path: str, workers: int) -> int:
     """Run `workers` worker processes and the admin listener until SIGTERM. Returns the exit code."""
+    from .server import load_checked
+
     try:
-        load_config(config_path)
+        load_checked(config_path)  # the TLS files and secrets too: refuse before starting any worker
     except ConfigError as exc:
         for path, message in exc.errors:
             print(f"{path or '<file>'}: {message}", file=sys.stderr)

@@ -1,7 +1,7 @@
-"""The HTTP listener's hard limits (proxy/listener.py), over real sockets.
+"""The HTTP listener (proxy/listener.py) over real sockets: hard limits, timeouts, keep-alive, pipelining.
 
-A Listener runs in the test's event loop with a small handler that does what flow does first
-(check_head); clients are raw sockets, so every byte on the wire is the test's choice.
+A Listener runs in the test's event loop with a small application that answers with what it
+received (`echo`); clients are raw sockets, so every byte on the wire is the test's choice.
 """
 from __future__ import annotations
 
@@ -10,45 +10,40 @@ import gzip
 
 import orjson
 import pytest
-from aiohttp import web
 
 from proxy.config import HardLimits
 from proxy.errors import Refusal
-from proxy.listener import Listener, check_head
+from proxy.listener import Listener, Request
 
 #: a guard against a test hanging, never an assertion about time
 GUARD_S = 10.0
 
 
-def _handler(current):
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        try:
-            check_head(request, current())  # as flow does first, with the limits in force now
-        except Refusal as refusal:
-            return refusal.response()
-        body = await request.read()
-        return web.json_response({"path": request.raw_path, "body_len": len(body), "gzip": body[:2] == b"\x1f\x8b"})
-
-    return handle
+async def echo(request: Request) -> None:
+    """Answer with the target, the body's length and whether it is gzip: what the application received."""
+    try:
+        body = request.body if request.complete else await request.read_body(1 << 20, 5.0)
+    except Refusal as refusal:
+        request.respond(refusal.status, refusal.fields(), refusal.body())
+        return
+    doc = {"path": request.target, "body_len": len(body), "gzip": body[:2] == b"\x1f\x8b", "method": request.method}
+    request.respond(200, b"Content-Type: application/json\r\n", orjson.dumps(doc))
 
 
 @pytest.fixture
 async def serve():
-    runners = []
+    started = []
 
-    async def start(limits: HardLimits) -> tuple[Listener, int]:
-        listener = Listener(None, limits=lambda: limits, handler_cancellation=True, access_log=None)
-        listener.request_handler = _handler(lambda: listener.limits())
-        runner = web.ServerRunner(listener, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        return listener, site._server.sockets[0].getsockname()[1]
+    async def start(limits: HardLimits, app=echo) -> tuple[Listener, int]:
+        listener = Listener(app, limits=limits)
+        server = await asyncio.get_running_loop().create_server(listener, "127.0.0.1", 0)
+        started.append((server, listener))
+        return listener, server.sockets[0].getsockname()[1]
 
     yield start
-    for runner in runners:
-        await runner.cleanup()
+    for server, listener in started:
+        server.close()
+        listener.close_all()
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
@@ -136,22 +131,26 @@ async def test_too_many_headers_is_431(serve):
     assert status == 431 and es_error(body)[0] == "too_long_http_header_exception"
 
 
-async def test_limits_hold_exactly_when_the_parsers_are_looser(serve):
-    # A connection's parser limits are fixed when it opens; a reload may lower them after.
+async def test_limits_in_force_when_a_request_begins_hold_on_connections_opened_before(serve):
+    # Limits are read when each request begins: a reload applies to the next request on an open connection.
     listener, port = await serve(HardLimits(max_url_bytes=8000, max_header_bytes=60000, max_headers=500))
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    opened = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
     try:
-        writer.write(request())
-        assert (await read_response(reader))[0] == 200  # the connection is open, with loose parser limits
-        listener.limits = lambda: LIMITS  # the "reload"
+        for reader, writer in opened:
+            writer.write(request("/acme-a/_search?q=" + "x" * 300))
+            assert (await read_response(reader))[0] == 200  # open, kept alive, under the loose limits
+        listener.limits = LIMITS  # the "reload"
+        (reader, writer), (reader2, writer2) = opened
         writer.write(request("/acme-a/_search?q=" + "x" * 300))
-        status, _, body = await read_response(reader)
+        status, headers, body = await read_response(reader)
         assert status == 414 and es_error(body)[0] == "too_long_http_line_exception"
-        writer.write(request(headers=[(f"X-H{i}", "1") for i in range(20)]))
-        status, _, body = await read_response(reader)
+        assert headers["connection"] == "close"  # the rest of that head was never read: the connection ends
+        writer2.write(request(headers=[(f"X-H{i}", "1") for i in range(20)]))
+        status, _, body = await read_response(reader2)
         assert status == 431 and "max_headers" in es_error(body)[1]
     finally:
-        writer.close()
+        for _, writer in opened:
+            writer.close()
 
 
 @pytest.mark.parametrize("data", [
@@ -175,7 +174,8 @@ async def test_gzip_bodies_reach_the_handler_as_sent(serve):
     _, port = await serve(LIMITS)
     payload = gzip.compress(b'{"query":{"match_all":{}}}')
     status, _, body = await exchange(port, request(headers=[("Content-Encoding", "gzip")], body=payload))
-    assert status == 200 and orjson.loads(body) == {"path": "/acme-a/_search", "body_len": len(payload), "gzip": True}
+    assert status == 200 and orjson.loads(body) == {"path": "/acme-a/_search", "body_len": len(payload), "gzip": True,
+                                                    "method": "POST"}
 
 
 # ---- slowloris --------------------------------------------------------------------------------
@@ -268,3 +268,409 @@ async def test_connections_beyond_the_per_client_limit_are_closed_at_once(serve)
     finally:
         for _, writer in held:
             writer.close()
+
+
+# ---- pipelining and splitting ------------------------------------------------------------------
+
+
+async def test_pipelined_requests_are_served_one_at_a_time_in_order(serve):
+    events: list[str] = []
+    release = asyncio.Event()
+
+    async def app(request: Request) -> None:
+        events.append("start " + request.target)
+        if request.target == "/slow":
+            await release.wait()  # the first request takes long; the second must still come second
+        events.append("end " + request.target)
+        request.respond(200, b"", request.target.encode())
+
+    _, port = await serve(LIMITS, app)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request("/slow") + request("/fast") + request("/last"))
+        async with asyncio.timeout(GUARD_S):
+            while not events:
+                await asyncio.sleep(0.01)
+        assert events == ["start /slow"]  # the ones behind it have not started
+        release.set()
+        bodies = [(await read_response(reader))[2] for _ in range(3)]
+    finally:
+        writer.close()
+    assert bodies == [b"/slow", b"/fast", b"/last"]
+    assert events == ["start /slow", "end /slow", "start /fast", "end /fast", "start /last", "end /last"]
+
+
+def _echo_all(seen: list):
+    async def app(request: Request) -> None:
+        body = request.body if request.complete else await request.read_body(1 << 20, 5.0)
+        seen.append((request.method, request.target, request.version, list(request.headers), body))
+        request.respond(200, b"X-Echo: yes\r\n", b"%s %s %d" % (request.method.encode(), request.target.encode(), len(body)))
+    return app
+
+
+#: three requests as one client might pipeline them: a body by Content-Length, a chunked body with an
+#: extension and a trailer, and a GET; every split point of these bytes must give the same three requests
+PIPELINE = (
+    b"POST /acme-a/_search?q=x%20y HTTP/1.1\r\nHost: sluicegate\r\nAuthorization: ApiKey acme-key\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 26\r\n\r\n{\"query\":{\"match_all\":{}}}"
+    b"POST /acme-a/_bulk HTTP/1.1\r\nHost: sluicegate\r\nContent-Type: application/x-ndjson\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+    b"b;ext=1\r\n{\"index\":{}\r\n8\r\n}\n{\"a\":1\r\n2\r\n}\n\r\n0\r\nX-Trailer: t\r\n\r\n"
+    b"GET /acme-a/_doc/1 HTTP/1.1\r\nHost: sluicegate\r\nAccept: */*\r\n\r\n"
+)
+EXPECTED = [
+    ("POST", "/acme-a/_search?q=x%20y", "1.1",
+     [(b"Host", b"sluicegate"), (b"Authorization", b"ApiKey acme-key"), (b"Content-Type", b"application/json"),
+      (b"Content-Length", b"26")], b'{"query":{"match_all":{}}}'),
+    ("POST", "/acme-a/_bulk", "1.1",
+     [(b"Host", b"sluicegate"), (b"Content-Type", b"application/x-ndjson"), (b"Transfer-Encoding", b"chunked")],
+     b'{"index":{}}\n{"a":1}\n'),
+    ("GET", "/acme-a/_doc/1", "1.1", [(b"Host", b"sluicegate"), (b"Accept", b"*/*")], b""),
+]
+
+
+async def _connected(listener: Listener):
+    """A real connection to `listener` over a socket pair: (the protocol, the client's end)."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    _, conn = await asyncio.get_running_loop().connect_accepted_socket(listener, ours)
+    reader, writer = await asyncio.open_connection(sock=theirs)
+    return conn, reader, writer
+
+
+async def _three_responses(reader) -> list[bytes]:
+    out = []
+    for _ in range(3):
+        status, headers, body = await read_response(reader)
+        assert status == 200 and headers["x-echo"] == "yes"
+        out.append(body)
+    return out
+
+
+@pytest.mark.parametrize("split", range(1, len(PIPELINE)))
+async def test_a_request_split_at_any_byte_is_the_same_request(split):
+    # The bytes reach the protocol exactly as split (as two reads would deliver them), then three answers come back.
+    seen: list = []
+    listener = Listener(_echo_all(seen), limits=LIMITS)
+    conn, reader, writer = await _connected(listener)
+    try:
+        conn.data_received(PIPELINE[:split])
+        conn.data_received(PIPELINE[split:])
+        bodies = await _three_responses(reader)
+    finally:
+        writer.close()
+        listener.close_all()
+    assert seen == EXPECTED
+    assert bodies == [b"POST /acme-a/_search?q=x%20y 26", b"POST /acme-a/_bulk 21", b"GET /acme-a/_doc/1 0"]
+
+
+async def test_a_request_fed_one_byte_at_a_time_is_the_same_request():
+    seen: list = []
+    listener = Listener(_echo_all(seen), limits=LIMITS)
+    conn, reader, writer = await _connected(listener)
+    try:
+        for i in range(len(PIPELINE)):
+            conn.data_received(PIPELINE[i:i + 1])
+            await asyncio.sleep(0)  # let a request whose body is still coming read what there is
+        await _three_responses(reader)
+    finally:
+        writer.close()
+        listener.close_all()
+    assert seen == EXPECTED
+
+
+async def test_a_pipelined_flood_is_not_read_while_requests_wait(serve):
+    release = asyncio.Event()
+
+    async def app(request: Request) -> None:
+        await release.wait()
+        request.respond(200, b"", b"")
+
+    listener, port = await serve(LIMITS, app)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request() * 3)
+        async with asyncio.timeout(GUARD_S):
+            while not listener.connections:
+                await asyncio.sleep(0.01)
+        (conn,) = listener.connections
+        async with asyncio.timeout(GUARD_S):
+            while not conn._reading_paused:
+                await asyncio.sleep(0.01)
+        assert not conn.transport.is_reading()  # requests wait behind the first: read no further
+        release.set()
+        for _ in range(3):
+            assert (await read_response(reader))[0] == 200
+        assert conn.transport.is_reading()
+    finally:
+        writer.close()
+
+
+# ---- HTTP features --------------------------------------------------------------------------------
+
+
+async def test_expect_100_continue_is_answered_before_the_body_is_sent(serve):
+    _, port = await serve(LIMITS)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        body = b'{"query":{}}'
+        writer.write(b"POST /acme-a/_search HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        async with asyncio.timeout(GUARD_S):
+            interim = await reader.readuntil(b"\r\n\r\n")
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        status, _, answer = await read_response(reader)
+    finally:
+        writer.close()
+    assert status == 200 and orjson.loads(answer)["body_len"] == len(body)
+
+
+async def test_http_1_0_closes_after_the_response_unless_asked_to_keep_alive(serve):
+    _, port = await serve(LIMITS)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /acme-a/_search HTTP/1.0\r\n\r\n")  # no Host needed in 1.0
+        status, headers, _ = await read_response(reader)
+        assert status == 200 and headers["connection"] == "close"
+        async with asyncio.timeout(GUARD_S):
+            assert await reader.read() == b""
+    finally:
+        writer.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for _ in range(2):
+            writer.write(b"GET /acme-a/_search HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            status, headers, _ = await read_response(reader)
+            assert status == 200 and headers["connection"] == "keep-alive"
+    finally:
+        writer.close()
+
+
+async def test_connection_close_from_the_client_is_honoured(serve):
+    _, port = await serve(LIMITS)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request(headers=[("Connection", "close")]) + request("/never/_search"))
+        status, headers, _ = await read_response(reader)
+        assert status == 200 and headers["connection"] == "close"
+        async with asyncio.timeout(GUARD_S):
+            assert await reader.read() == b""  # the request after it is not served
+    finally:
+        writer.close()
+
+
+async def test_head_gets_the_length_a_get_would_get_and_no_body(serve):
+    async def app(request: Request) -> None:
+        request.respond(200, b"Content-Type: application/json\r\n", b'{"found":true}')
+
+    _, port = await serve(LIMITS, app)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"HEAD /acme-a/_doc/1 HTTP/1.1\r\nHost: x\r\n\r\n" + request())
+        async with asyncio.timeout(GUARD_S):
+            head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: 14\r\n" in head
+        status, _, body = await read_response(reader)  # the next response follows at once: no body was sent
+        assert status == 200 and body == b'{"found":true}'
+    finally:
+        writer.close()
+
+
+def _streaming(pieces: list[bytes], length: int | None):
+    async def app(request: Request) -> None:
+        request.begin(200, b"Content-Type: application/json\r\n", length)
+        for piece in pieces:
+            request.send(piece)
+            if request.writing_paused:
+                await request.drain()
+        request.end()
+    return app
+
+
+async def test_a_streamed_response_of_unknown_length_is_chunked_and_the_connection_kept(serve):
+    pieces = [b'{"hits":[', b"1,2,3", b"]}"]
+    _, port = await serve(LIMITS, _streaming(pieces, None))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for _ in range(2):
+            writer.write(request())
+            async with asyncio.timeout(GUARD_S):
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert b"Transfer-Encoding: chunked\r\n" in head
+                raw = await reader.readuntil(b"0\r\n\r\n")
+            assert raw == b"9\r\n{\"hits\":[\r\n5\r\n1,2,3\r\n2\r\n]}\r\n0\r\n\r\n"
+    finally:
+        writer.close()
+
+
+async def test_a_streamed_response_to_http_1_0_ends_with_the_connection(serve):
+    _, port = await serve(LIMITS, _streaming([b"abc", b"def"], None))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        async with asyncio.timeout(GUARD_S):
+            raw = await reader.read(-1)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"Connection: close" in head and b"chunked" not in head and body == b"abcdef"
+
+
+# ---- bodies: limits and timeouts ---------------------------------------------------------------
+
+
+async def test_a_body_over_the_limit_is_413_and_the_connection_closed(serve):
+    async def app(request: Request) -> None:
+        try:
+            body = request.body if request.complete and not request.too_large else await request.read_body(100, 5.0)
+        except Refusal as refusal:
+            request.respond(refusal.status, refusal.fields(), refusal.body())
+            return
+        request.respond(200, b"", body)
+
+    _, port = await serve(HardLimits(max_body_bytes=100), app)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + b"40\r\n" + b"x" * 64 + b"\r\n" + b"40\r\n" + b"y" * 64 + b"\r\n")  # 128 bytes and counting
+        status, headers, body = await read_response(reader)
+        assert status == 413 and es_error(body)[0] == "content_too_long_exception"
+        assert headers["connection"] == "close"
+        async with asyncio.timeout(GUARD_S):
+            assert await reader.read() == b""
+    finally:
+        writer.close()
+
+
+async def test_a_body_that_stops_coming_is_408_after_the_body_timeout(serve):
+    async def app(request: Request) -> None:
+        try:
+            await request.read_body(1 << 20, 0.3)
+        except Refusal as refusal:
+            request.respond(refusal.status, refusal.fields(), refusal.body())
+
+    _, port = await serve(LIMITS, app)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"query\":")
+        status, headers, body = await read_response(reader)
+    finally:
+        writer.close()
+    assert status == 408 and es_error(body)[0] == "request_timeout_exception"
+    assert headers["connection"] == "close"
+
+
+# ---- the application's failures, the client's departure, draining -----------------------------
+
+
+async def test_an_application_that_fails_gets_its_request_a_500_not_a_hang(serve):
+    async def app(request: Request) -> None:
+        raise RuntimeError("a bug")
+
+    _, port = await serve(LIMITS, app)
+    status, _, body = await exchange(port, request())
+    assert status == 500 and es_error(body)[0] == "proxy_internal_exception"
+
+
+async def test_a_client_that_leaves_cancels_its_request(serve):
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def app(request: Request) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    _, port = await serve(LIMITS, app)
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request())
+    async with asyncio.timeout(GUARD_S):
+        await started.wait()
+    writer.close()
+    async with asyncio.timeout(GUARD_S):
+        await cancelled.wait()
+
+
+async def test_draining_closes_idle_connections_now_and_busy_ones_after_their_response(serve):
+    release = asyncio.Event()
+
+    async def app(request: Request) -> None:
+        if request.target == "/slow":
+            await release.wait()
+        request.respond(200, b"", b"ok")
+
+    listener, port = await serve(LIMITS, app)
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+    busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        idle_writer.write(request())
+        assert (await read_response(idle_reader))[0] == 200
+        busy_writer.write(request("/slow"))
+        async with asyncio.timeout(GUARD_S):
+            while not any(conn.busy for conn in listener.connections):
+                await asyncio.sleep(0.01)
+        listener.drain()
+        async with asyncio.timeout(GUARD_S):
+            assert await idle_reader.read() == b""  # closed at once
+        release.set()
+        status, headers, body = await read_response(busy_reader)
+        assert (status, body, headers["connection"]) == (200, b"ok", "close")
+        async with asyncio.timeout(GUARD_S):
+            assert await busy_reader.read() == b""
+    finally:
+        idle_writer.close()
+        busy_writer.close()
+
+
+# ---- TLS: the listener is transport-agnostic ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1, made by the openssl command."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+async def test_the_listener_serves_over_tls_and_says_https(tls_files):
+    import ssl
+
+    cert, key = tls_files
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    client_side = ssl.create_default_context(cafile=str(cert))
+    schemes = []
+
+    async def app(request: Request) -> None:
+        schemes.append(request.scheme)
+        await echo(request)
+
+    listener = Listener(app, limits=LIMITS)
+    server = await asyncio.get_running_loop().create_server(listener, "127.0.0.1", 0, ssl=server_side)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_side)
+        try:
+            for path in ("/acme-a/_search", "/acme-b/_search"):  # kept alive across requests
+                writer.write(request(path, body=b'{"query":{}}'))
+                status, _, body = await read_response(reader)
+                assert status == 200 and orjson.loads(body)["path"] == path
+        finally:
+            writer.close()
+    finally:
+        server.close()
+        listener.close_all()
+    assert schemes == ["https", "https"]

@@ -51,6 +51,12 @@ def test_build_stage_command_makes_a_working_wheel(tmp_path):
     package_file, core_file, decision = probe.stdout.split()
     assert package_file.startswith(str(site)) and core_file.startswith(str(site)) and core_file.endswith(".so")
     assert float(decision) == 0.0
+    compiled = subprocess.run(  # the request path's modules are compiled in the wheel too
+        [sys.executable, "-c", "import proxy.listener, proxy.flow, proxy.admission, proxy.upstream_http as u; "
+         "print(all(m.__file__.endswith('.so') for m in (proxy.listener, proxy.flow, proxy.admission, u)))"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, check=True,
+    )
+    assert compiled.stdout.strip() == "True", compiled.stdout
     check = subprocess.run([sys.executable, "-m", "proxy", "check-config", str(REPO / "config" / "docker.yaml")],
                            capture_output=True, text=True, env=env, cwd=tmp_path)
     assert check.returncode == 0, check.stderr
@@ -62,3 +68,17 @@ def test_build_stage_command_makes_a_working_wheel(tmp_path):
     schema = subprocess.run([sys.executable, "-m", "proxy", "schema"], capture_output=True, env=env, cwd=tmp_path,
                             check=True)
     assert schema.stdout == (site / "proxy" / "sluicegate.schema.json").read_bytes()
+
+
+def test_the_tests_run_the_build_they_say():
+    """Compiled modules are the ones imported (SLUICEGATE_PURE=1: the .py twins), and are not stale."""
+    import importlib
+
+    from tests import builds
+
+    compiled = builds.compiled_modules()
+    assert {"listener", "upstream_http", "admission", "flow"} <= set(compiled)
+    assert builds.stale_modules() == []
+    for name in compiled:
+        module = importlib.import_module(f"proxy.{name}")
+        assert module.__file__.endswith(".py" if builds.PURE else str(compiled[name].name)), module.__file__

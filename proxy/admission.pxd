@@ -1,0 +1,136 @@
+# C types for proxy/admission.py when it is compiled (setup.py); the .py stays the pure-Python twin.
+# Every attribute stays visible from Python (reports, gauges and tests read them).
+
+cdef class TenantSlots
+cdef class Ticket
+
+
+cdef class Gate:
+    cdef public bint enabled
+    cdef public double headroom
+    cdef public double base_headroom
+    cdef public double contended_headroom
+    cdef public object contended_until
+    cdef public double min_limit
+    cdef public double max_limit
+    cdef public Py_ssize_t max_queue
+    cdef public double poll_s
+    cdef public object target_ms
+    cdef public double share
+    cdef public object algorithm
+    cdef public double adaptive
+    cdef public Py_ssize_t inflight
+    cdef public double inflight_cost
+    cdef public Py_ssize_t reserve_inflight
+    cdef public double reserve_cost
+    cdef public double overdue_cost
+    cdef public Py_ssize_t queued
+    cdef public Py_ssize_t data_nodes
+    cdef public Py_ssize_t data_nodes_max
+    cdef public Py_ssize_t threads
+    cdef public Py_ssize_t threads_max
+    cdef public double fan_out
+    cdef public double _fan_out_at
+    cdef public double _lat_cost
+    cdef public double _cost
+    cdef public double _count
+    cdef public double _observed
+    cdef public double _lat_obs
+    cdef public double _faded_at
+    cdef public object baseline
+    cdef public Py_ssize_t _baseline_peak
+    cdef public Py_ssize_t _w_n
+    cdef public double _w_lat
+    cdef public double _w_cost
+    cdef public Py_ssize_t _w_peak
+    cdef public object _w_start
+    cdef public bint _w_backed_off
+    cdef public object _pressure
+    cdef public double _pressure_at
+    cdef public Py_ssize_t backoffs
+
+    cpdef bint contend(self, double until)
+    cpdef uncontend(self, double now)
+    cpdef counted(self, double cost, capacity=*)
+    cpdef bint fits(self, double cost, bint reserve, capacity=*, limit=*)
+    cpdef take(self, double counted, bint reserve)
+    cpdef give_back(self, double counted, bint reserve)
+    cpdef leave_reserve(self, Py_ssize_t requests, double counted)
+    cpdef observe(self, double now, double cost, int status, double upstream_s, observed)
+
+
+cdef class TenantSlots:
+    cdef public object name
+    cdef public Py_ssize_t max_concurrent
+    cdef public Py_ssize_t max_queue
+    cdef public double max_wait_s
+    cdef public double weight
+    cdef public Py_ssize_t inflight
+    cdef public double inflight_cost
+    cdef public double queued_cost
+    cdef public Py_ssize_t reserve_inflight
+    cdef public double reserve_cost
+    cdef public Py_ssize_t reserve_epoch
+    cdef public object waiters
+    cdef public double finish
+    cdef public bint active
+    cdef public double present_until
+    cdef public Py_ssize_t admitted
+    cdef public Py_ssize_t throttled
+    cdef public Py_ssize_t would_throttle
+    cdef public Py_ssize_t abandoned
+
+
+cdef class Ticket:
+    cdef public object tenant
+    cdef public double cost
+    cdef public double waited
+    cdef public bint held
+    cdef public TenantSlots slots
+    cdef public double counted
+    cdef public bint reserve
+    cdef public Py_ssize_t epoch
+    cdef public double admitted_at
+    cdef public double overdue
+
+
+cdef class Waiter:
+    cdef public TenantSlots slots
+    cdef public double cost
+    cdef public double since
+    cdef public Py_ssize_t seq
+    cdef public Ticket ticket
+    cdef public object on_grant
+
+
+cdef class Admission:
+    cdef public object clock
+    cdef public dict tenants
+    cdef public Gate gate
+    cdef public double vtime
+    cdef readonly dict _backlog
+    cdef readonly dict _reserve_holders
+    cdef readonly dict _held
+    cdef readonly double _overdue
+    cdef double _overdue_at
+    cdef readonly double _active_weight
+    cdef readonly Py_ssize_t _active_count
+    cdef Py_ssize_t _seq
+    cdef readonly list _quiet
+    cdef readonly object _presence
+
+    cpdef try_enter(self, tenant, double cost, bint shadow=*)
+    cpdef request(self, tenant, double cost, double now, bint shadow=*)
+    cpdef withdraw(self, Waiter waiter, double now)
+    cpdef leave(self, Ticket ticket, int status=*, double upstream_s=*, observed=*, now=*)
+    cpdef refresh_overdue(self, double now)
+    cpdef pump(self, double now)
+    cpdef bint _fits(self, double cost, bint under, capacity=*, limit=*)
+    cpdef bint _fits_reserve(self, double cost, capacity=*, limit=*)
+    cpdef bint _under_share(self, TenantSlots slots, extra=*, capacity=*, limit=*)
+    cpdef Ticket _admit(self, TenantSlots slots, double cost, double now, double waited, bint reserve, capacity=*)
+    cpdef _activate(self, TenantSlots slots)
+    cpdef _deactivate(self, TenantSlots slots, double now)
+    cpdef expire_presence(self, double now)
+    cpdef _seen_quiet(self, TenantSlots slots, double now)
+    cpdef _quiet_other(self, TenantSlots slots, double now)

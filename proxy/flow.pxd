@@ -1,0 +1,61 @@
+# C types for proxy/flow.py when it is compiled (setup.py); the .py stays the pure-Python twin.
+
+from proxy.admission cimport Admission, Ticket
+from proxy.listener cimport Request
+from proxy.metrics cimport Metrics
+from proxy.upstream cimport Upstream
+from proxy.upstream_http cimport UpstreamResponse
+
+cdef class Snapshot:
+    cdef public object config
+    cdef public object generation
+    cdef public object digest
+    cdef public object directory
+    cdef public object cost_model
+    cdef public object ids
+    cdef public object granted_bodies
+    cdef readonly object _estimates
+    cdef object _sizes
+
+    cpdef granted_body(self, tuple sent)
+    cpdef estimate(self, method, target, content_type, call, body, sizes)
+
+
+cdef class Trace:
+    cdef public double started
+    cdef public object tenant
+    cdef public object call
+    cdef public double estimated
+    cdef public double charged
+    cdef public object observed
+    cdef public object fingerprint
+    cdef public str decision
+    cdef public str reason
+    cdef public int status
+    cdef public str node
+    cdef public double queued_s
+    cdef public double upstream_s
+    cdef public Py_ssize_t bytes_in
+    cdef public Py_ssize_t bytes_out
+    cdef public object body
+
+
+cdef class Proxy:
+    cdef public Snapshot snapshot
+    cdef public object limiter
+    cdef public object learned
+    cdef public Admission admission
+    cdef public Upstream upstream
+    cdef public Metrics metrics
+    cdef public object access_log
+    cdef public object shapes
+    cdef public object index_sizes
+    cdef public Py_ssize_t inflight
+    cdef public bint draining
+    cdef object _idle
+    cdef object _cost_fields
+
+    cpdef _respond(self, Request request, UpstreamResponse upstream, data, bytes fields, Trace trace, rebound)
+    cpdef _settle(self, tenant, call, decision, fingerprint, Trace trace)
+    cpdef _record(self, Request request, Trace trace)
+    cpdef bytes _cost_field(self, double estimated, double charged)

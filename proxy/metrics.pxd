@@ -1,0 +1,34 @@
+# C types for proxy/metrics.py when it is compiled (setup.py); the .py stays the pure-Python twin.
+
+cdef class _Histogram:
+    cdef public list counts
+    cdef public double total
+    cdef public Py_ssize_t count
+
+    cpdef observe(self, double value)
+
+
+cdef class Metrics:
+    cdef public object registry
+    cdef public object hot
+    cdef dict _requests
+    cdef dict _responses
+    cdef dict _estimated
+    cdef dict _charged
+    cdef dict _observed
+    cdef dict _queue_wait
+    cdef dict _upstream
+    cdef public object upstream_errors
+    cdef public object config_reloads
+    cdef public object config_reload_failures
+    cdef public object config_generation
+    cdef public object config_info
+    cdef public object redis_up
+    cdef public object redis_fallbacks
+    cdef public object live
+
+    cpdef count_request(self, tenant, resource, decision, reason)
+    cpdef count_response(self, tenant, status)
+    cpdef count_cost(self, tenant, resource, double estimated, double charged, observed)
+    cpdef observe_queue_wait(self, tenant, double seconds)
+    cpdef observe_upstream(self, resource, double seconds)
