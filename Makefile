@@ -14,7 +14,7 @@ PURE_TESTS := tests/test_listener.py tests/test_upstream.py tests/test_admission
               tests/test_cost_observed.py tests/test_tenants.py \
               tests/test_esapi.py tests/test_idbinding.py tests/test_shapes.py tests/test_accesslog.py
 
-.PHONY: demo test test-fast bench bench-accuracy build redis-server nginx jdk clusters clients browser browser-tools screenshot lint clean
+.PHONY: demo test test-fast bench bench-accuracy bench-storm build redis-server nginx jdk clusters clients browser browser-tools screenshot lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -141,6 +141,15 @@ bench: build redis-server nginx
 # ACCURACY_ARGS='--data-dir /var/tmp/sluicegate/accuracy'.
 bench-accuracy: $(STAMP) clusters
 	$(PY) bench/accuracy.py $(ACCURACY_ARGS)
+
+# The storm on the simulator and on real 3-node OpenSearch and Elasticsearch clusters (issue 20): each
+# rewrites its own section of bench/RESULTS.md. About 12 min for the simulator and 15-20 min per real
+# flavor (the corpus loads once into /var/tmp/sluicegate/storm-<flavor> and is kept). STORM_ARGS go to
+# every run (e.g. STORM_ARGS='--modes direct,sluicegate').
+bench-storm: $(STAMP) redis-server nginx clusters
+	$(PY) bench/storm.py --cluster sim $(STORM_ARGS)
+	$(PY) bench/storm.py --cluster opensearch $(STORM_ARGS)
+	$(PY) bench/storm.py --cluster elasticsearch --storm-docs 60000 $(STORM_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info proxy/*.c proxy/*.so tests/clients/node_modules tests/browser/node_modules

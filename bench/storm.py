@@ -1,29 +1,45 @@
-"""The headline scenario: well-behaved tenants on a shared cluster while ten tenants storm it.
+"""The headline scenario: well-behaved tenants on a shared cluster while ten tenants storm it, and a node dies.
 
-Run: .venv/bin/python bench/storm.py [--baseline 12 --storm 30 --recovery 12] [--modes a,b] [--report-only]
+Run: .venv/bin/python bench/storm.py [--cluster sim|opensearch|elasticsearch] [--modes a,b] [--report-only]
+                                     [--baseline 12 --storm 20 --node-down 15 --node-back 15 --recovery 12]
 
-Every mode runs the same three phases against a fresh simulated cluster (3 nodes × 4 search
-threads, a bounded search queue, 1M virtual docs per index, time_scale 1), one after the other in
-this one invocation, so every figure is side by side:
+Every mode runs the same five phases, one mode after the other in this one invocation, so every
+figure of a cluster is side by side:
 
-  baseline  the good tenants alone: three steady tenants sending cheap searches as open-loop
-            Poisson arrivals, and a dashboard tenant firing 10 parallel cheap searches every ~2 s;
-  storm     plus ten storming tenants, four closed-loop workers each, sending expensive searches
-            (leading-wildcard query_string, 10,000-bucket terms aggregations, deep pagination,
-            script scoring) and retrying at once on 429 as elasticsearch-py does;
-  recovery  the good tenants alone again.
+  baseline   the good tenants alone: three steady tenants sending cheap searches as open-loop Poisson
+             arrivals, and a dashboard tenant firing parallel cheap searches every ~2 s (simulator:
+             15/s each and bursts of 10; a real cluster: 2/s and 5, a third of a fair share each there);
+  storm      plus ten storming tenants, four closed-loop workers each, sending expensive searches
+             (leading wildcards, 10,000-bucket terms aggregations, percentiles, nested aggregations,
+             deep pagination, scripts where the cluster has painless) and retrying at once on 429 as
+             elasticsearch-py does;
+  node down  one node of three is killed (kill -9 of its process group; on the simulator its listener
+             closes) and started again `--node-down` seconds later; the phase lasts until it has rejoined;
+  node back  the storm goes on with three nodes;
+  recovery   the good tenants alone again.
 
-Modes: direct to the cluster; nginx `limit_req` (20 r/s, burst 20, per API key) alone and with
-`limit_conn` 1, 2 and 4 per key; Sluicegate with local limits; two Sluicegate instances sharing
-Redis, each tenant's requests alternating between them. Every tenant is on the same plan, and the
-plans are oversubscribed as on a shared cluster: budgets sum to 3.5× the cluster's capacity,
-concurrency caps to 9× its search threads.
+Clusters (bench/storm_clusters.py): `sim`, a fresh simulated cluster per mode (3 nodes × 4 search
+threads, queue 16, 1M virtual docs per index); `opensearch` / `elasticsearch`, one real 3-node cluster
+kept for the whole run (bench/realcluster.py, data under /var/tmp/sluicegate/storm-<flavor>, so the
+corpus of one index per tenant loads once), the good and storm shapes of proxy/battery.py. Fair to
+every mode: the cluster runs on CPU 0 (taskset), this script and everything it starts — proxies,
+nginx, Redis, load generators — on CPU 1; /proc/loadavg is recorded before each mode.
 
-Measured client-side (bench/loadgen.py): good-tenant latency from the scheduled arrival time,
-errors (any non-2xx or failed connection; a 429 to a good tenant is an error). From the cluster
-(`/_sim/stats`, sampled every second): storming tenants' admitted cluster-ms per second (the
-search-thread time their indices consumed) and rejected shard tasks. Writes bench/out/storm.json,
-bench/out/storm_latency.png, bench/results/storm_latency.png and its section of bench/RESULTS.md.
+Modes: direct to the cluster (each tenant's client given every node, failing over as the official
+clients do); nginx `limit_req` (20 r/s, burst 20, per API key) alone and with `limit_conn` 1, 2 and 4
+per key; Sluicegate with local limits; two Sluicegate instances sharing Redis, each tenant's requests
+alternating between them. Every tenant is on the same plan, oversubscribed as a hosting provider
+sells it: search budgets sum to 3.5× the cluster's measured capacity, concurrency caps to many times
+its search threads.
+
+Measured client-side (bench/loadgen.py): good-tenant latency from the scheduled arrival time, errors
+(any non-2xx, failed connection, timeout or partial result; a 429 to a good tenant is an error) and
+who refused. From the cluster every second: each tenant's search-thread time (the simulator's
+per-index thread_ms; on real clusters the query + fetch time of `_nodes/stats/indices?level=indices`,
+per node, so a node that dies keeps what it counted), search rejections and queue, and the CPU of the
+cluster's processes. From each Sluicegate, every 0.25 s, its gate (limit, live search threads), to time
+how fast the limit follows the node's loss and return. Writes bench/out/storm-<cluster>.json, a
+latency-over-time PNG and its section of bench/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -31,11 +47,13 @@ import argparse
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import json
+import os
 import shutil
+import signal
 import sys
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,44 +64,27 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import report  # noqa: E402
+from bench import report, storm_report  # noqa: E402
 from bench.nginx import Nginx, proxy_server  # noqa: E402
-from tests.processes import (  # noqa: E402
-    PY, ProxyProcess, RedisServer, SimClusterProcess, free_port, http_get, http_post, make_config, tenant,
-)
+from bench.storm_clusters import LOAD_CPUS, RealWorld, SimWorld  # noqa: E402
+from tests.processes import PY, ProxyProcess, RedisServer, free_port, http_get, make_config, tenant  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 LOADGEN = REPO / "bench" / "loadgen.py"
 
-# --- the cluster -------------------------------------------------------------------------------
-NODES, THREADS, QUEUE = 3, 4, 16  # search threads and queue places per node (ES's default queue is 1000)
-VIRTUAL_DOCS = 1_000_000  # per index: expensive searches cost 0.2-1.2 s of thread time, cheap ones 1-7 ms
-SHARDS = 2
-CAPACITY = NODES * THREADS * 1000.0  # cluster-ms per second of search threads
-
 # --- the tenants ---------------------------------------------------------------------------------
 STEADY = ["shop", "billing", "support"]  # open-loop Poisson, cheap searches
-STEADY_RATE = 15.0  # requests per second each
-BURSTY = "dashboard"  # fires BURST parallel cheap searches every ~BURST_EVERY_S
-BURST, BURST_EVERY_S = 10, 2.0
+BURSTY = "dashboard"  # fires a burst of parallel cheap searches every ~2 s
 STORMING = [f"storm{i:02d}" for i in range(1, 11)]
-STORM_WORKERS = 4  # closed-loop workers per storming tenant
-CLIENT_TIMEOUT_S = 10.0  # elasticsearch-py's default request timeout
-SETTLE_S = 10.0  # also reported: the storm phase without its onset, to tell a transient from a steady state
+PHASES = ("baseline", "storm", "node down", "node back", "recovery")
 
 # --- what an operator would configure --------------------------------------------------------------
-# Sluicegate: one plan for everyone (nobody knows in advance who will storm), oversubscribed.
-PLAN = {
-    "search": {"rate": 3000, "burst": 6000},  # 14 tenants × 3000 = 3.5 × CAPACITY
-    "read": {"rate": 3000, "burst": 6000},
-    "write": {"rate": 100000, "burst": 1000000},
-    "admin": {"rate": 1000, "burst": 10000},
-    "max_concurrent": 8,  # 14 × 8 = 112 in flight for the cluster's 12 search threads: 9×
-    "max_queue": 64,
-    "max_wait_ms": 2000,
-}
-# nginx: a per-key rate that fits the busiest good tenant (15/s) and a burst that fits the dashboard.
+#: search budgets of all tenants together, as a multiple of the cluster's measured capacity
+OVERSUBSCRIBED = 3.5
+# nginx: a per-key rate that fits the busiest good tenant and a burst that fits the dashboard.
 NGINX_RATE, NGINX_BURST = 20, 20
+#: the proxy's health checks and cluster polls as shipped (upstream.health_interval_s, admission.health_poll_s)
+HEALTH_S = 2.0
 
 
 def all_tenants() -> list[str]:
@@ -92,6 +93,20 @@ def all_tenants() -> list[str]:
 
 def key_of(name: str) -> str:
     return f"{name}-key"  # tests.processes.tenant() hashes the same plaintext
+
+
+def plan_for(world) -> dict:
+    """One plan for everyone (nobody knows in advance who will storm), oversubscribed."""
+    rate = round(OVERSUBSCRIBED * world.measured_capacity / len(all_tenants()))
+    return {
+        "search": {"rate": rate, "burst": 2 * rate},
+        "read": {"rate": rate, "burst": 2 * rate},
+        "write": {"rate": 100000, "burst": 1000000},
+        "admin": {"rate": 1000, "burst": 10000},
+        "max_concurrent": 8,
+        "max_queue": 64,
+        "max_wait_ms": 2000,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,17 +127,17 @@ class Target:
 class Mode:
     name: str
     label: str
-    start: Callable[[contextlib.ExitStack, SimClusterProcess, Path], Target]
+    start: Callable[[contextlib.ExitStack, object, Path], Target]
 
 
-def start_direct(stack, cluster, workdir):
-    return Target(list(cluster.nodes))  # like a client configured with every node
+def start_direct(stack, world, workdir):
+    return Target(list(world.nodes))  # like a client configured with every node
 
 
 def start_nginx(conn: int | None):
-    def start(stack, cluster, workdir):
+    def start(stack, world, workdir):
         port = free_port()
-        upstreams = [n.removeprefix("http://") for n in cluster.nodes]
+        upstreams = [n.removeprefix("http://") for n in world.nodes]
         server = Nginx(workdir / "nginx", proxy_server(port, upstreams, rate=NGINX_RATE, burst=NGINX_BURST, conn=conn),
                        [port], workers=1)
         stack.callback(server.stop)
@@ -134,21 +149,23 @@ def start_nginx(conn: int | None):
 ADMISSION: dict = {}
 
 
-def sluicegate_config(cluster: SimClusterProcess) -> dict:
-    return make_config(cluster.nodes, tenants={name: tenant(name) for name in all_tenants()},
-                       plans={"standard": PLAN}, access_log={"path": None}, admission=dict(ADMISSION))
+def sluicegate_config(world) -> dict:
+    return make_config(world.nodes, tenants={name: tenant(name) for name in all_tenants()},
+                       plans={"standard": plan_for(world)}, access_log={"path": None},
+                       upstream={"health_interval_s": HEALTH_S, "node_cooldown_s": 5.0},
+                       admission={"health_poll_s": HEALTH_S, **ADMISSION})
 
 
-def start_sluicegate(stack, cluster, workdir):
-    proxy = ProxyProcess(sluicegate_config(cluster), workdir / "sluicegate")
+def start_sluicegate(stack, world, workdir):
+    proxy = ProxyProcess(sluicegate_config(world), workdir / "sluicegate")
     stack.callback(proxy.stop)
     return Target([proxy.url], [proxy.proc.pid], [proxy.admin])
 
 
-def start_sluicegate_redis(stack, cluster, workdir):
+def start_sluicegate_redis(stack, world, workdir):
     redis = RedisServer(workdir / "redis")
     stack.callback(redis.stop)
-    base = sluicegate_config(cluster)
+    base = sluicegate_config(world)
     base["redis"] = {"url": redis.url}
     target = Target([], [redis.proc.pid])
     for i in range(2):
@@ -171,49 +188,33 @@ MODES = [
     Mode("sluicegate", "Sluicegate (local limits)", start_sluicegate),
     Mode("sluicegate-redis", "Sluicegate ×2 sharing Redis", start_sluicegate_redis),
 ]
+#: on real clusters a mode takes minutes: the default set keeps one nginx setting of each kind
+REAL_MODES = ("direct", "nginx-req", "nginx-conn2", "sluicegate", "sluicegate-redis")
 
 
 # ---------------------------------------------------------------------------------------------
-# one mode, three phases
+# one mode, five phases
 # ---------------------------------------------------------------------------------------------
 
 
-def request(url: str, method: str, body: bytes = b"", content_type: str = "application/json") -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body or None, method=method, headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-def create_indices(cluster: SimClusterProcess) -> None:
-    """One index per tenant, named after it, with a few real documents (the virtual ones only cost)."""
-    services = ["checkout", "api", "search", "auth"]
-    for name in all_tenants():
-        status, body = request(f"{cluster.url}/{name}-logs", "PUT",
-                               orjson.dumps({"settings": {"number_of_shards": SHARDS}}))
-        assert status == 200, body
-        lines = []
-        for i in range(40):
-            lines.append(orjson.dumps({"index": {"_index": f"{name}-logs", "_id": str(i)}}))
-            lines.append(orjson.dumps({"@timestamp": "2025-01-01T00:00:00Z", "service": services[i % 4],
-                                       "message": f"connection reset by peer error {i}", "user": {"id": f"u-{1000 + i}"},
-                                       "bytes": 100 * i}))
-        status, body = request(f"{cluster.url}/_bulk?refresh=true", "POST", b"\n".join(lines) + b"\n",
-                               "application/x-ndjson")
-        assert status == 200, body
-
-
-def warm_up(targets: list[str]) -> None:
+def warm_up(targets: list[str], world) -> None:
     """A cheap search per good tenant through every target: proves the path works end to end."""
     for target in targets:
         for name in STEADY + [BURSTY]:
-            req = urllib.request.Request(f"{target}/{name}-logs/_search", data=b'{"query":{"match_all":{}}}',
-                                         method="POST", headers={"Content-Type": "application/json",
-                                                                 "Authorization": f"ApiKey {key_of(name)}"})
-            with urllib.request.urlopen(req, timeout=10) as r:
-                assert r.status == 200
+            path, body = world.requests(name)[0]
+            for attempt in range(30):
+                req = urllib.request.Request(f"{target}{path}", data=body.encode(), method="POST",
+                                             headers={"Content-Type": "application/json",
+                                                      "Authorization": f"ApiKey {key_of(name)}"})
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                time.sleep(1.0)  # a proxy's first health poll, a node still warming
+            else:
+                raise RuntimeError(f"warm-up through {target} failed for {name}")
 
 
 class Live:
@@ -235,59 +236,66 @@ def tenants_report(admin: str) -> dict:
     return orjson.loads(body) if status == 200 else {"error": status}
 
 
-async def sample_cluster(cluster: SimClusterProcess, t0: float, seconds: int, groups: dict[str, list[int]],
-                         samples: list[dict], boundaries: set[int], admins: list[str]) -> None:
-    """Every second from t0: cumulative thread_ms per index, rejections, CPU seconds per process group;
-    at phase boundaries also each Sluicegate's /tenants (bucket levels, slots, learned costs)."""
-    for k in range(seconds + 1):
+GATE_KEYS = ("limit", "reason", "search_threads", "search_threads_max", "data_nodes", "inflight", "queued",
+             "capacity", "capacity_headroom", "contended", "inflight_cost", "threads_per_request", "fan_out")
+
+
+async def sample_cluster(world, t0: float, stop: asyncio.Event, groups: dict[str, list[int]],
+                         samples: list[dict]) -> None:
+    """Every second from t0: the world's counters (thread ms per tenant, rejections, queue, live threads,
+    cluster CPU) and the CPU seconds of the bench's own process groups."""
+    k = 0
+    while not stop.is_set():
         delay = t0 + k - time.monotonic()
+        k += 1
         if delay > 0:
-            await asyncio.sleep(delay)
-        cpu = {group: sum(report.cpu_seconds(pid) for pid in pids) for group, pids in groups.items()}
-        try:
-            stats = await asyncio.to_thread(cluster.stats)
-        except (ValueError, OSError):  # an unanswered poll leaves a gap, not a failed run
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        taken = time.monotonic()
+        sample = await asyncio.to_thread(world.sample)
+        if sample is None:  # an unanswered poll leaves a gap, not a failed run
             continue
-        samples.append({
-            "t": time.monotonic() - t0,
-            "thread_ms": {name: entry["thread_ms"] for name, entry in stats["indices"].items()},
-            "rejected": stats["cluster"]["rejected"],
-            "total_thread_ms": stats["cluster"]["total_thread_ms"],
-            "cpu": cpu,
-        })
-        if k in boundaries and admins:
-            samples[-1]["tenants"] = [await asyncio.to_thread(tenants_report, admin) for admin in admins]
+        cpu = {group: sum(report.cpu_seconds(pid) for pid in pids) for group, pids in groups.items()}
+        cpu["cluster"] = sample.pop("cpu")
+        samples.append({"t": taken - t0, **sample, "cpu": cpu})
 
 
-async def run_mode(mode: Mode, args: argparse.Namespace, progress, task) -> dict:
-    workdir = OUT / "storm-work" / mode.name
+async def sample_gates(admins: list[str], t0: float, stop: asyncio.Event, gates: list[dict]) -> None:
+    """Every 0.25 s: each Sluicegate's gate (limit, live search threads, in flight, contended)."""
+    while admins and not stop.is_set():
+        taken = time.monotonic()
+        reports = await asyncio.gather(*(asyncio.to_thread(tenants_report, admin) for admin in admins))
+        gates.append({"t": taken - t0, "gates": [{k: r.get("gate", {}).get(k) for k in GATE_KEYS} for r in reports]})
+        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(0.0, taken + 0.25 - time.monotonic()))
+
+
+async def run_mode(mode: Mode, world, args: argparse.Namespace, progress, task) -> dict:
+    workdir = OUT / f"storm-work-{world.name}" / mode.name
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    phases = [("baseline", args.baseline), ("storm", args.storm), ("recovery", args.recovery)]
-    total = sum(seconds for _, seconds in phases)
+    expected = args.baseline + args.storm + args.node_down + args.node_back + args.recovery
     with contextlib.ExitStack() as stack:
+        progress.update(task, description=f"{mode.name}: cluster", total=expected, completed=0)
+        world.open(stack)
+        await asyncio.to_thread(world.before_mode)
+        loadavg = Path("/proc/loadavg").read_text().split()[:3]
         progress.update(task, description=f"{mode.name}: starting")
-        cluster = SimClusterProcess(NODES, threads=THREADS, queue=QUEUE, virtual_docs=VIRTUAL_DOCS, time_scale=1.0)
-        stack.callback(cluster.stop)
-        create_indices(cluster)
-        target = mode.start(stack, cluster, workdir)
+        target = mode.start(stack, world, workdir)
         targets = target.urls
-        warm_up(targets)
-        assert http_post(cluster.url + "/_sim/_reset_stats")[0] == 200
+        await asyncio.to_thread(warm_up, targets, world)
 
         t0 = time.monotonic() + 2.0  # room for the load generators to start
-        bounds, at = [], t0
-        for name, seconds in phases:
-            bounds.append((name, at, at + seconds))
-            at += seconds
-        storm_start, storm_end = bounds[1][1], bounds[1][2]
+        longest = expected + 900  # a safety end: phases end on the orchestrator's signals
         plan = {
-            "targets": targets, "seed": args.seed, "start": t0, "end": t0 + total,
-            "good": {"steady": [{"name": n, "key": key_of(n), "rate": STEADY_RATE} for n in STEADY],
-                     "bursty": {"name": BURSTY, "key": key_of(BURSTY), "burst": BURST, "every_s": BURST_EVERY_S},
-                     "timeout_s": CLIENT_TIMEOUT_S},
-            "storm": {"tenants": [{"name": n, "key": key_of(n)} for n in STORMING], "workers": STORM_WORKERS,
-                      "start": storm_start, "end": storm_end, "timeout_s": CLIENT_TIMEOUT_S},
+            "targets": targets, "seed": args.seed, "start": t0, "end": t0 + longest,
+            "good": {"steady": [{"name": n, "key": key_of(n), "rate": world.load.steady_rate} for n in STEADY],
+                     "bursty": {"name": BURSTY, "key": key_of(BURSTY), "burst": world.load.burst,
+                                "every_s": world.load.burst_every_s},
+                     "timeout_s": world.load.timeout_s},
+            "storm": {"tenants": [{"name": n, "key": key_of(n)} for n in STORMING], "workers": world.load.storm_workers,
+                      "start": t0 + args.baseline, "end": t0 + longest, "timeout_s": world.load.timeout_s},
+            "requests": {name: world.requests(name) for name in all_tenants()},
         }
         plan_path = workdir / "plan.json"
         plan_path.write_bytes(orjson.dumps(plan))
@@ -300,421 +308,191 @@ async def run_mode(mode: Mode, args: argparse.Namespace, progress, task) -> dict
             )
         followers = [asyncio.ensure_future(follow(roles["good"].stdout, live.good)),
                      asyncio.ensure_future(follow(roles["storm"].stdout, live.storm))]
-        groups = {"cluster": [cluster.proc.pid], "proxy": target.pids, "good load": [roles["good"].pid],
-                  "storm load": [roles["storm"].pid]}
+        groups = {"proxy": target.pids, "good load": [roles["good"].pid], "storm load": [roles["storm"].pid]}
         samples: list[dict] = []
-        edges = {0, args.baseline, args.baseline + args.storm, total}
-        sampler = asyncio.ensure_future(sample_cluster(cluster, t0, total, groups, samples, edges, target.admins))
+        gates: list[dict] = []
+        marks: list[dict] = []  # each Sluicegate's /tenants at the end of each phase
+        stop = asyncio.Event()
+        samplers = [asyncio.ensure_future(sample_cluster(world, t0, stop, groups, samples)),
+                    asyncio.ensure_future(sample_gates(target.admins, t0, stop, gates))]
+        events: dict[str, float] = {}
+        phase = ["starting"]
 
-        waiting = asyncio.gather(roles["good"].wait(), roles["storm"].wait())
-        while not waiting.done():
-            elapsed = time.monotonic() - t0
-            phase = next((name for name, start, end in bounds if start <= time.monotonic() < end),
-                         "starting" if elapsed < 0 else "draining")
-            good, storm = live.good, live.storm
-            progress.update(task, completed=min(max(elapsed, 0), total), description=f"{mode.name}: {phase}",
-                            status=f"good {good['ok']} ok / {good['failed']} err · storm {storm['sent']} sent, "
-                                   f"{storm['ok']} ok")
-            await asyncio.wait([waiting], timeout=0.25)
-        codes = waiting.result()
-        await sampler
-        for follower in followers:
-            follower.cancel()
+        async def until(t: float) -> None:
+            await asyncio.sleep(max(0.0, t - time.monotonic()))
+
+        async def mark(name: str) -> None:
+            events[name] = time.monotonic() - t0
+            if target.admins:
+                marks.append({"after": name, "t": events[name], "tenants": [
+                    await asyncio.to_thread(tenants_report, admin) for admin in target.admins]})
+
+        async def timeline() -> None:
+            await until(t0)
+            phase[0] = "baseline"
+            await mark("start")
+            await until(t0 + args.baseline)
+            phase[0] = "storm"
+            await mark("storm")
+            await until(t0 + args.baseline + args.storm)
+            await mark("kill")
+            await asyncio.to_thread(world.kill_node)  # returns once the node's processes are gone
+            events["killed"] = time.monotonic() - t0
+            phase[0] = "node down"
+            await until(t0 + events["killed"] + args.node_down)
+            events["restart"] = time.monotonic() - t0
+            phase[0] = "node down (restarting)"
+            await asyncio.to_thread(world.start_node)  # returns once it has rejoined
+            await mark("back")
+            phase[0] = "node back"
+            await until(t0 + events["back"] + args.node_back)
+            roles["storm"].send_signal(signal.SIGUSR1)
+            await mark("storm_end")
+            phase[0] = "recovery"
+            await until(t0 + events["storm_end"] + args.recovery)
+            roles["good"].send_signal(signal.SIGUSR1)
+            await mark("end")
+            phase[0] = "draining"
+            await roles["good"].wait()
+            roles["storm"].send_signal(signal.SIGUSR2)
+            await roles["storm"].wait()
+
+        running = asyncio.ensure_future(timeline())
+        try:
+            while not running.done():
+                elapsed = time.monotonic() - t0
+                good, storm = live.good, live.storm
+                progress.update(task, completed=min(max(elapsed, 0), expected), description=f"{mode.name}: {phase[0]}",
+                                status=f"good {good['ok']} ok / {good['failed']} err · storm {storm['sent']} sent, "
+                                       f"{storm['ok']} ok")
+                await asyncio.wait([running], timeout=0.25)
+            running.result()
+        finally:
+            stop.set()
+            await asyncio.gather(*samplers, return_exceptions=True)
+            for follower in followers:
+                follower.cancel()
+            for proc in roles.values():
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+        codes = [roles["good"].returncode, roles["storm"].returncode]
         if any(codes):
             raise RuntimeError(f"{mode.name}: load generator exited {codes}; see {workdir}/*.stderr")
-        progress.update(task, completed=total, description=f"{mode.name}: done")
+        await asyncio.to_thread(world.after_mode)
+        progress.update(task, completed=expected, description=f"{mode.name}: done")
+        bounds = [0.0, events["storm"], events["killed"], events["back"], events["storm_end"], events["end"]]
         return {
-            "mode": mode.name, "label": mode.label, "targets": targets, "t0": t0,
-            "phases": [(name, start - t0, end - t0) for name, start, end in bounds],
+            "mode": mode.name, "label": mode.label, "targets": targets, "t0": t0, "loadavg": loadavg,
+            "phases": [(name, bounds[i], bounds[i + 1]) for i, name in enumerate(PHASES)],
+            "events": events,
             "good": orjson.loads((workdir / "good.json").read_bytes()),
             "storm": orjson.loads((workdir / "storm.json").read_bytes()),
-            "samples": samples,
+            "samples": samples, "gates": gates, "marks": marks,
         }
 
 
-# ---------------------------------------------------------------------------------------------
-# figures
-# ---------------------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    import numpy
-
-    return float(numpy.percentile(values, q))
-
-
-def at_time(samples: list[dict], t: float) -> dict:
-    """The sample taken closest to t seconds after t0."""
-    return min(samples, key=lambda s: abs(s["t"] - t))
-
-
-def summarize(result: dict) -> list[dict]:
-    """One row per phase: the good tenants' latency and errors, the storm's share of the cluster."""
-    good, samples = result["good"], result["samples"]
-    t0 = result["t0"]
-    bursty = good["bursty"]
-    cause_of = dict(good["cause"])
-    rows = []
-    for name, start, end in result["phases"]:
-        ok, steady_errors, bursty_errors, steady_total, bursty_total, lags = [], 0, 0, 0, 0, []
-        late: list[float] = []  # 2xx latencies after the phase's first SETTLE_S seconds
-        causes: dict[str, int] = {}
-        for i, (tenant_i, scheduled, latency, status, lag) in enumerate(
-                zip(good["tenant"], good["scheduled"], good["latency"], good["status"], good["lag"])):
-            if not start <= scheduled - t0 < end:
-                continue
-            lags.append(lag)
-            success = 200 <= status < 300
-            if not success:
-                cause = cause_of.get(i, f"HTTP {status}")
-                causes[cause] = causes.get(cause, 0) + 1
-            if tenant_i == bursty:
-                bursty_total += 1
-                bursty_errors += not success
-            else:
-                steady_total += 1
-                steady_errors += not success
-            if success:
-                ok.append(latency)
-                if scheduled - t0 >= start + SETTLE_S:
-                    late.append(latency)
-        first, last = at_time(samples, start), at_time(samples, end)
-        seconds = max(last["t"] - first["t"], 1e-9)
-        storm_ms = sum(last["thread_ms"].get(f"{n}-logs", 0.0) - first["thread_ms"].get(f"{n}-logs", 0.0)
-                       for n in STORMING)
-        good_ms = sum(last["thread_ms"].get(f"{n}-logs", 0.0) - first["thread_ms"].get(f"{n}-logs", 0.0)
-                      for n in STEADY + [BURSTY])
-        cpu = {group: (last["cpu"][group] - first["cpu"][group]) / seconds * 100 for group in last["cpu"]}
-        rows.append({
-            "phase": name, "p50": percentile(ok, 50), "p99": percentile(ok, 99), "n": len(ok) + steady_errors + bursty_errors,
-            "steady_errors": steady_errors, "steady_total": steady_total,
-            "bursty_errors": bursty_errors, "bursty_total": bursty_total,
-            "storm_ms_per_s": storm_ms / seconds, "good_ms_per_s": good_ms / seconds,
-            "rejected": last["rejected"] - first["rejected"], "lag_p99": percentile(lags, 99), "cpu": cpu,
-            "causes": causes, "p99_late": percentile(late, 99),
-        })
-    return rows
-
-
-def ms(value: float | None) -> str:
-    return "—" if value is None else f"{value * 1000:.1f}" if value < 1 else f"{value * 1000:,.0f}"
-
-
-def tables(results: list[dict], args: argparse.Namespace) -> list[report.Table]:
-    main = report.Table(
-        "Good tenants per mode and phase (latency of 2xx responses, from the scheduled arrival)",
-        ["mode", "phase", "good p50 ms", "good p99 ms", "p99 / baseline", "steady errors", "bursty errors",
-         "storm cluster-ms/s", "cluster rejected shard tasks", "who refused the good tenants"],
-        right={2, 3, 4, 5, 6, 7, 8},
-    )
-    storm_t = report.Table(
-        f"Storming tenants during the storm ({len(STORMING)} tenants × {STORM_WORKERS} closed-loop workers), "
-        "and CPU (% of one core)",
-        ["mode", "attempts/s", "2xx/s", "429/s", "429 reasons", "calls failed", "cluster-ms/s (% of capacity)",
-         "CPU cluster", "CPU proxy", "CPU good load", "CPU storm load", "good lag p99 ms"],
-    )
-    summaries = {}
-    for result in results:
-        rows = summarize(result)
-        summaries[result["mode"]] = rows
-        base_p99 = rows[0]["p99"]
-        for i, row in enumerate(rows):
-            ratio = "—" if not (row["p99"] and base_p99) else f"{row['p99'] / base_p99:.2f}×"
-            main.add(result["label"] if i == 0 else "", row["phase"], ms(row["p50"]), ms(row["p99"]), ratio,
-                     f"{row['steady_errors']} / {row['steady_total']}", f"{row['bursty_errors']} / {row['bursty_total']}",
-                     f"{row['storm_ms_per_s']:,.0f}", f"{row['rejected']:,}", causes_text(row["causes"]))
-        main.rule()
-        storm_row = rows[1]
-        seconds = args.storm
-        counts = result["storm"]["tenants"].values()
-        attempts = sum(c["attempts"] for c in counts)
-        oks = sum(c["ok"] for c in counts)
-        rejected = sum(c["rejected"] for c in counts)
-        reasons: dict[str, int] = {}
-        for c in counts:
-            for reason, n in c["reasons"].items():
-                reasons[reason] = reasons.get(reason, 0) + n
-        failed = sum(c["failed_calls"] for c in counts)
-        reason_text = ", ".join(f"{k} {v / seconds:,.0f}/s" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
-        cpu = storm_row["cpu"]
-        storm_t.add(result["label"], f"{attempts / seconds:,.0f}", f"{oks / seconds:,.1f}", f"{rejected / seconds:,.0f}",
-                    reason_text or "—", f"{failed:,}",
-                    f"{storm_row['storm_ms_per_s']:,.0f} ({storm_row['storm_ms_per_s'] / CAPACITY * 100:.0f}%)",
-                    *(f"{cpu.get(g, 0):.0f}%" for g in ("cluster", "proxy", "good load", "storm load")),
-                    ms(storm_row["lag_p99"]))
-    tables_ = [main, verdicts(summaries, results), storm_t]
-    view = sluicegate_view(results)
-    if view.rows:
-        tables_.append(view)
-    costs = cost_view(results)
-    if costs is not None:
-        tables_.append(costs)
-    return tables_ + [goals(summaries, results)]
-
-
-def verdicts(summaries: dict[str, list[dict]], results: list[dict]) -> report.Table:
-    """The question an operator asks of each setting: are the good tenants protected from the storm,
-    and is the dashboard's legitimate burst still served?"""
-    table = report.Table(
-        "Does a setting protect the good tenants from the storm without refusing the dashboard's bursts?",
-        ["mode", "good p99 storm / baseline", f"… after the storm's first {SETTLE_S:g} s", "steady errors (storm)",
-         "dashboard errors (all phases)", "storm held to (% of capacity)", "protects steady tenants",
-         "serves the dashboard"],
-        right={1, 2, 3, 4, 5},
-    )
-    for result in results:
-        base, storm, recovery = summaries[result["mode"]]
-        ratio = storm["p99"] / base["p99"] if storm["p99"] and base["p99"] else None
-        bursty = base["bursty_errors"] + storm["bursty_errors"] + recovery["bursty_errors"]
-        protects = ratio is not None and ratio <= 1.2 and storm["steady_errors"] == 0
-        late = storm["p99_late"] / base["p99"] if storm["p99_late"] and base["p99"] else None
-        table.add(result["label"], "—" if ratio is None else f"{ratio:.1f}×", "—" if late is None else f"{late:.1f}×",
-                  storm["steady_errors"], bursty,
-                  f"{storm['storm_ms_per_s'] / CAPACITY * 100:.0f}%", "yes" if protects else "no",
-                  "yes" if bursty == 0 else "no")
-    return table
-
-
-def cost_view(results: list[dict]) -> report.Table | None:
-    """Each query shape's cost three ways: Sluicegate's estimate before it has seen one, what it
-    learned from the responses (median over tenants, at the end of the run), and what the simulated
-    cluster's service-time model actually spends on it (cluster-ms, all shards, fetch aside)."""
-    try:
-        from bench.loadgen import CHEAP, EXPENSIVE
-        from bench.simcluster import SearchRequest
-        from proxy.config import HardLimits
-        from proxy.cost import CostModel, IndexSizes, Weights
-        from proxy.esapi import decode_body, parse_call
-    except ImportError:
-        return None
-    import numpy
-
-    learned: dict[str, dict[str, float]] = {}  # fingerprint -> tenant -> cost, from the last /tenants of each mode
-    for result in results:
-        marks = [s for s in result["samples"] if "tenants" in s]
-        for instance in marks[-1]["tenants"] if marks else []:
-            for name, info in instance.get("tenants", {}).items():
-                for entry in info.get("learned_costs", []):
-                    learned.setdefault(entry["fingerprint"], {})[f"{result['mode']}/{name}"] = entry["cost"]
-    if not learned:
-        return None
-    model, limits = CostModel(Weights()), HardLimits()
-    per_shard = VIRTUAL_DOCS / SHARDS
-    # what the proxy's _stats/docs poll sees: the virtual docs and the 40 real ones per index
-    sizes = IndexSizes({f"{name}-logs": VIRTUAL_DOCS + 40 for name in all_tenants()})
-    table = report.Table("What each query costs: Sluicegate's first estimate (index size unknown, and polled), "
-                         "what it learned, and the cluster's own model (cost units ≈ cluster-ms)",
-                         ["query", "tenants", "estimate, size unknown", "estimate, size polled", "learned (median)",
-                          "simulated cluster-ms"])
-    for kind, bodies, names in (("storm", EXPENSIVE, STORMING), ("good", CHEAP, STEADY + [BURSTY])):
-        for body in bodies:
-            raw = orjson.dumps(body)
-            costs, estimate, sized = [], None, None
-            for name in names:
-                call = parse_call("POST", f"/{name}-logs/_search")
-                body_ = decode_body(call, raw, "application/json", None, limits)
-                estimate = model.estimate(call, body_)
-                sized = model.estimate(call, body_, sizes)
-                costs += learned.get(f"{estimate.fingerprint:016x}", {}).values()
-            search = SearchRequest(body, {})
-            simulated = SHARDS * search.shard_ms(per_shard, search.matches(0, per_shard, per_shard), 0)
-            table.add(f"`{raw.decode()[:70]}{'…' if len(raw) > 70 else ''}`", kind, f"{estimate.cost:,.1f}",
-                      f"{sized.cost:,.1f}", f"{numpy.median(costs):,.1f}" if costs else "—", f"{simulated:,.1f}")
-    return table
-
-
-def causes_text(causes: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(causes.items(), key=lambda kv: -kv[1])) or "—"
-
-
-def sluicegate_view(results: list[dict]) -> report.Table:
-    """What Sluicegate believed at each phase end: learned costs and bucket levels, good vs storming."""
-    table = report.Table(
-        "Sluicegate's view at the end of each phase (/tenants; cost units ≈ cluster-ms)",
-        ["mode", "at the end of", "good: learned cost, max", "good: search bucket, min", "good: in flight + queued",
-         "storm: learned cost, median", "storm: search bucket, median"],
-    )
-    import numpy
-
-    for result in results:
-        marks = [s for s in result["samples"] if "tenants" in s]
-        for (phase, _, end), sample in zip(result["phases"], marks[1:]):
-            good_cost, good_level, good_busy, storm_cost, storm_level = [], [], 0, [], []
-            for instance in sample["tenants"]:
-                for name, info in instance.get("tenants", {}).items():
-                    costs = [c["cost"] for c in info.get("learned_costs", [])]
-                    level = info.get("buckets", {}).get("search", {}).get("level")
-                    if name in STORMING:
-                        storm_cost += costs
-                        storm_level += [] if level is None else [level]
-                    else:
-                        good_cost += costs
-                        good_level += [] if level is None else [level]
-                        good_busy += info.get("in_flight", 0) + info.get("queued", 0)
-            table.add(result["label"], phase, f"{max(good_cost, default=0):,.0f}", f"{min(good_level, default=0):,.0f}",
-                      good_busy, f"{numpy.median(storm_cost) if storm_cost else 0:,.0f}",
-                      f"{numpy.median(storm_level) if storm_level else 0:,.0f}")
-        table.rule()
-    return table
-
-
-def goals(summaries: dict[str, list[dict]], results: list[dict]) -> report.Table:
-    table = report.Table("Goals (bench targets)", ["goal", "measured", "target", ""], right={1, 2})
-    nginx_storm = {r["label"]: summaries[r["mode"]][1]["p99"] for r in results if r["mode"].startswith("nginx")}
-    for mode in ("sluicegate", "sluicegate-redis"):
-        rows = summaries.get(mode)
-        if not rows:
-            continue
-        label = next(r["label"] for r in results if r["mode"] == mode)
-        base, storm = rows[0]["p99"], rows[1]["p99"]
-        errors = sum(r["steady_errors"] + r["bursty_errors"] for r in rows)
-        ratio = storm / base if storm and base else None
-        table.add(f"{label}: good p99 under storm / baseline", "—" if ratio is None else f"{ratio:.2f}×", "≤ 1.2×",
-                  mark(ratio is not None and ratio <= 1.2))
-        table.add(f"{label}: good-tenant errors, all phases", f"{errors}", "0", mark(errors == 0))
-        if nginx_storm and storm:
-            worst = min(nginx_storm.items(), key=lambda kv: kv[1] or float("inf"))
-            better = (worst[1] or 0) / storm
-            table.add(f"{label}: storm p99 vs the best nginx setting ({worst[0]})", f"{better:.1f}× better", "≥ 5×",
-                      mark(better >= 5))
-    return table
-
-
-def mark(ok: bool) -> str:
-    return "met" if ok else "MISSED"
-
-
-def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy
-
-    fig, axes = plt.subplots(len(results), 1, figsize=(12, 2.3 * len(results)), sharex=True, sharey=True,
-                             squeeze=False)
-    for ax, result in zip(axes[:, 0], results):
-        good, t0 = result["good"], result["t0"]
-        t = numpy.array(good["scheduled"]) - t0
-        latency = numpy.array(good["latency"]) * 1000
-        status = numpy.array(good["status"])
-        tenant_i = numpy.array(good["tenant"])
-        ok = (status >= 200) & (status < 300)
-        bursty = tenant_i == good["bursty"]
-        for name, start, end in result["phases"]:
-            if name == "storm":
-                ax.axvspan(start, end, color="tab:red", alpha=0.07, lw=0)
-        ax.scatter(t[ok & ~bursty], latency[ok & ~bursty], s=3, color="tab:blue", alpha=0.5, label="steady tenants")
-        ax.scatter(t[ok & bursty], latency[ok & bursty], s=3, color="tab:green", alpha=0.5, label="dashboard")
-        if (~ok).any():
-            ax.scatter(t[~ok], numpy.full((~ok).sum(), 20000.0), marker="x", s=12, color="tab:red",
-                       label=f"errors ({(~ok).sum()})")
-        edges = numpy.arange(0, result["phases"][-1][2] + 1, 1.0)
-        p99 = [numpy.percentile(latency[ok & (t >= a) & (t < a + 1)], 99) if (ok & (t >= a) & (t < a + 1)).any()
-               else numpy.nan for a in edges[:-1]]
-        ax.step(edges[:-1], p99, where="post", color="black", lw=1, label="p99 per second")
-        samples = result["samples"]
-        if len(samples) > 1:
-            twin = ax.twinx()
-            ts = [s["t"] for s in samples]
-            storm_ms = [sum(s["thread_ms"].get(f"{n}-logs", 0.0) for n in STORMING) for s in samples]
-            rate = numpy.diff(storm_ms) / numpy.diff(ts) / CAPACITY * 100
-            twin.plot(ts[1:], rate, color="tab:orange", lw=1, alpha=0.8)
-            twin.set_ylim(0, 110)
-            twin.set_ylabel("storm % of\ncluster", color="tab:orange", fontsize=7)
-            twin.tick_params(labelsize=7, colors="tab:orange")
-        ax.set_yscale("log")
-        ax.set_ylim(0.5, 40000)
-        ax.set_title(result["label"], fontsize=9, loc="left")
-        ax.set_ylabel("latency ms", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(True, which="major", alpha=0.3)
-    axes[0, 0].legend(loc="upper left", fontsize=7, ncol=4, markerscale=3)
-    axes[-1, 0].set_xlabel("seconds (storm phase shaded; errors drawn at 20 s)")
-    fig.suptitle("Good-tenant latency over time per mode (orange: storming tenants' admitted share of the cluster)",
-                 fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-async def run_all(args: argparse.Namespace) -> list[dict]:
+async def run_all(world, args: argparse.Namespace) -> list[dict]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    modes = [m for m in MODES if not args.modes or m.name in args.modes.split(",")]
-    total = args.baseline + args.storm + args.recovery
+    modes = selected_modes(args, world)
     results = []
-    columns = [TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.completed:>4.0f}/{task.total:.0f}"),
+    columns = [TextColumn("{task.description:<32}"), BarColumn(), TextColumn("{task.completed:>4.0f}/{task.total:.0f}"),
                TimeElapsedColumn(), TextColumn("{task.fields[status]}")]
     with Progress(*columns, refresh_per_second=4) as progress:
-        overall = progress.add_task("all modes", total=len(modes), status="")
+        overall = progress.add_task(f"{world.name}: all modes", total=len(modes), status="")
         for mode in modes:
-            task = progress.add_task(mode.name, total=total, status="")
-            results.append(await run_mode(mode, args, progress, task))
+            task = progress.add_task(mode.name, total=1, status="")
+            results.append(await run_mode(mode, world, args, progress, task))
             progress.advance(overall)
     return results
 
 
+def selected_modes(args: argparse.Namespace, world) -> list[Mode]:
+    if args.modes:
+        wanted = args.modes.split(",")
+    elif world.name == "sim":
+        wanted = [m.name for m in MODES]
+    else:
+        wanted = list(REAL_MODES)
+    unknown = set(wanted) - {m.name for m in MODES}
+    if unknown:
+        raise SystemExit(f"unknown modes: {', '.join(sorted(unknown))}")
+    return [m for m in MODES if m.name in wanted]
+
+
+def make_world(args: argparse.Namespace):
+    world = make_cluster_world(args)
+    changes = {k: v for k, v in (("steady_rate", args.good_rate), ("burst", args.burst)) if v is not None}
+    if changes:
+        world.load = dataclasses.replace(world.load, **changes)
+    return world
+
+
+def make_cluster_world(args: argparse.Namespace):
+    if args.cluster == "sim":
+        return SimWorld(all_tenants(), STORMING)
+    return RealWorld(args.cluster, all_tenants(), STORMING, heap=args.heap, threads_per_node=args.search_threads,
+                     queue=args.search_queue, good_docs=args.good_docs, storm_docs=args.storm_docs,
+                     attach=args.attach, keep=args.keep_cluster)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", type=int, default=12, help="seconds of the baseline phase")
-    parser.add_argument("--storm", type=int, default=30, help="seconds of the storm phase")
-    parser.add_argument("--recovery", type=int, default=12, help="seconds of the recovery phase")
+    parser.add_argument("--cluster", choices=("sim", "opensearch", "elasticsearch"), default="sim")
+    parser.add_argument("--baseline", type=float, default=12, help="seconds of the baseline phase")
+    parser.add_argument("--storm", type=float, default=20, help="seconds of storm before a node is killed")
+    parser.add_argument("--node-down", type=float, default=15, help="seconds from the kill until the node is started "
+                        "again (the phase lasts until it has rejoined)")
+    parser.add_argument("--node-back", type=float, default=15, help="seconds of storm after the node rejoined")
+    parser.add_argument("--recovery", type=float, default=12, help="seconds of the recovery phase")
     parser.add_argument("--modes", default="", help="comma-separated subset of: " + ", ".join(m.name for m in MODES))
     parser.add_argument("--seed", type=int, default=1, help="seed of the good tenants' arrival schedules")
     parser.add_argument("--storm-nice", type=int, default=10,
                         help="nice level of the storming load generator (its clients would be other machines)")
-    parser.add_argument("--report-only", action="store_true", help="redo tables and figure from bench/out/storm.json")
+    parser.add_argument("--report-only", action="store_true", help="redo tables and figure from bench/out/storm-*.json")
     parser.add_argument("--no-results", action="store_true", help="do not touch bench/RESULTS.md or bench/results/")
     parser.add_argument("--headroom", type=float, default=None,
                         help="Sluicegate's admission.capacity_headroom (default: the proxy's default)")
+    real = parser.add_argument_group("real clusters")
+    real.add_argument("--attach", help="use a running cluster (the state file of `bench/realcluster.py start`)")
+    real.add_argument("--keep-cluster", action="store_true", help="leave the cluster running at the end")
+    real.add_argument("--setup-only", action="store_true", help="start or attach the cluster, load its corpus, probe "
+                      "its capacity, and stop there")
+    real.add_argument("--good-rate", type=float, default=None, help="searches/s of each steady good tenant "
+                      "(default: the world's, 2 on a real cluster)")
+    real.add_argument("--burst", type=int, default=None, help="the dashboard's parallel searches every ~2 s "
+                      "(default: the world's, 5 on a real cluster)")
+    real.add_argument("--heap", default="512m", help="JVM heap per node")
+    real.add_argument("--search-threads", type=int, default=2, help="search pool size per node")
+    real.add_argument("--search-queue", type=int, default=None, help="search queue per node (default: the cluster's, 1000)")
+    real.add_argument("--good-docs", type=int, default=50_000, help="documents in each good tenant's index")
+    real.add_argument("--storm-docs", type=int, default=150_000, help="documents in each storming tenant's index")
     args = parser.parse_args()
     if args.headroom is not None:
         ADMISSION["capacity_headroom"] = args.headroom
-    raw_path = OUT / "storm.json"
+    raw_path = OUT / f"storm-{args.cluster}.json"
     if args.report_only:
         saved = json.loads(raw_path.read_text())
-        results, facts, elapsed, command = saved["results"], saved["machine"], saved["elapsed_s"], saved["command"]
-        args.baseline, args.storm, args.recovery = saved["phases"]
     else:
+        os.sched_setaffinity(0, {int(c) for c in LOAD_CPUS.split(",")})  # the cluster gets the other core
+        world = make_world(args)
         facts, command = report.machine(), report.command_line()
         started = time.monotonic()
-        results = asyncio.run(run_all(args))
-        elapsed = time.monotonic() - started
+        try:
+            world.setup(lambda line: print(f"[{args.cluster}] {line}", flush=True))
+            if args.setup_only:
+                return
+            results = asyncio.run(run_all(world, args))
+        finally:
+            world.close()
+        saved = {"results": results, "machine": facts, "elapsed_s": time.monotonic() - started, "command": command,
+                 "cluster": args.cluster, "world": storm_report.world_facts(world, plan_for(world)),
+                 "phases": {k: getattr(args, k) for k in ("baseline", "storm", "node_down", "node_back", "recovery")},
+                 "storm_nice": args.storm_nice}
         OUT.mkdir(parents=True, exist_ok=True)
-        raw_path.write_bytes(orjson.dumps({"results": results, "machine": facts, "elapsed_s": elapsed, "command": command,
-                                           "phases": [args.baseline, args.storm, args.recovery]}))
-    rendered = tables(results, args)
-    for table in rendered:
-        table.print()
-    figure = OUT / "storm_latency.png"
-    plot(results, figure)
-    print(f"figure: {figure.relative_to(REPO)}; raw results: {raw_path.relative_to(REPO)}")
-    if args.no_results:
-        return
-    report.FIGURES.mkdir(parents=True, exist_ok=True)
-    shutil.copy(figure, report.FIGURES / "storm_latency.png")
-    report.update_section("storm", "\n\n".join([
-        "### Storm: good tenants on a shared cluster while ten tenants storm it",
-        f"Command: `{command}` — {len(results)} modes, phases {args.baseline} s baseline / {args.storm} s storm / "
-        f"{args.recovery} s recovery each, {elapsed / 60:.1f} min in all.",
-        report.machine_markdown(facts),
-        f"Cluster: {NODES} simulated nodes × {THREADS} search threads, queue {QUEUE} per node, {VIRTUAL_DOCS:,} "
-        f"virtual docs per index in {SHARDS} shards: capacity {CAPACITY:,.0f} cluster-ms/s. "
-        f"Good tenants: {len(STEADY)} steady at {STEADY_RATE:g} req/s Poisson + a dashboard firing {BURST} parallel "
-        f"searches every ~{BURST_EVERY_S:g} s. Storm: {len(STORMING)} tenants × {STORM_WORKERS} closed-loop workers, "
-        f"immediate retries on 429 (3, as elasticsearch-py), load generator at nice {args.storm_nice}. "
-        f"Sluicegate plan for every tenant: search {PLAN['search']['rate']}/s burst {PLAN['search']['burst']}, "
-        f"max_concurrent {PLAN['max_concurrent']}, max_queue {PLAN['max_queue']}, max_wait_ms {PLAN['max_wait_ms']}.",
-        *(f"**{t.title}**\n\n{t.markdown()}" for t in rendered),
-        "![good-tenant latency over time per mode](results/storm_latency.png)",
-    ]))
+        raw_path.write_bytes(orjson.dumps(saved))
+    storm_report.publish(saved, write_results=not args.no_results)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,11 @@ cdef class Gate:
     cdef public Py_ssize_t data_nodes_max
     cdef public Py_ssize_t threads
     cdef public Py_ssize_t threads_max
+    cdef public double fan_out
+    cdef public double _fan_out_at
     cdef public double _lat_cost
     cdef public double _cost
+    cdef public double _count
     cdef public double _observed
     cdef public double _lat_obs
     cdef public double _faded_at

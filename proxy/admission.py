@@ -19,6 +19,21 @@ all it asks for: in flight and queued) is admitted only while the gate is within
 `capacity_headroom` of both limits; the rest is kept for tenants under their share, so a quiet
 tenant's cheap request never waits behind a storm, at the gate or in the cluster's thread pools.
 
+**Fan-out.** A search holds a search thread per shard it runs on, all at once, however little its cost
+says it holds on average (threads per request is measured on the mix, mostly cheap requests whose
+round trip is more than their shard time). So the over-share room in requests is also at most the live
+threads ÷ the widest fan-out seen lately (shards per search, from responses; it fades over
+`FAN_OUT_MEMORY_S`), × headroom: a storm's first wave, its cost not yet learned, cannot take every
+thread and make a quiet tenant's shards queue in the nodes.
+
+**A share is at least one request.** On a small cluster shared by many tenants, a weighted share of
+the gate can be less than one cheap search (14 tenants on 6 threads: ~70 units in flight each,
+against 40-160 for a term query on a busy node). Then every tenant is over its share, the kept
+room serves nobody, and the quiet tenants wait behind the storm for the over-share room. So a tenant
+asking for no more than one average request (`Gate.mean_cost`: Σ cost ÷ requests, completed over the
+last ~`MEMORY_S`) is within its share whatever the weights say; a storming tenant's backlog, or one
+of its searches alone, is not (they cost many times the average).
+
 **Overdue requests.** A request counts at the gate as its estimated (or learned) cost. One that stays
 in flight well past what that cost implies (elapsed × threads per request, over `OVERDUE_SLACK` × its
 count) was under-priced, and the cluster is still spending on it: it counts as what it has spent so
@@ -104,6 +119,8 @@ CONTENDED_HOLD_S = 5.0
 PRESENCE_S = 5.0
 #: ... renewed at most this often per tenant (seconds), so presence costs nothing per request
 PRESENCE_REFRESH_S = 0.5
+#: the widest fan-out seen (shards a search runs on at once) fades back toward narrower ones over this long (s)
+FAN_OUT_MEMORY_S = 60.0
 
 
 #: "not computed yet": a derived value the caller did not pass (None is a value: capacity not known)
@@ -193,7 +210,8 @@ class Gate:
         "enabled", "headroom", "base_headroom", "contended_headroom", "contended_until", "min_limit", "max_limit",
         "max_queue", "poll_s", "target_ms", "share", "algorithm", "adaptive", "inflight", "inflight_cost",
         "reserve_inflight", "reserve_cost", "overdue_cost", "queued", "data_nodes", "data_nodes_max", "threads",
-        "threads_max", "_lat_cost", "_cost", "_observed", "_lat_obs", "_faded_at", "baseline", "_baseline_peak",
+        "threads_max", "fan_out", "_fan_out_at", "_lat_cost", "_cost", "_count", "_observed", "_lat_obs", "_faded_at",
+        "baseline", "_baseline_peak",
         "_w_n", "_w_lat", "_w_cost", "_w_peak", "_w_start", "_w_backed_off", "_pressure", "_pressure_at", "backoffs",
     )
 
@@ -226,10 +244,14 @@ class Gate:
         self.data_nodes_max = 0
         self.threads = 0  # live search threads of data nodes; 0 = not known
         self.threads_max = 0
+        # the widest fan-out seen lately: search threads one request can hold at once (its shards)
+        self.fan_out = 1.0
+        self._fan_out_at = 0.0
         # learned from completions: sums that fade with time (MEMORY_S), not with the number of samples,
         # so a burst of cheap requests does not wash out what the expensive ones say
         self._lat_cost = 0.0  # Σ cost × latency_ms
         self._cost = 0.0  # Σ cost
+        self._count = 0.0  # Σ 1 (completions)
         self._observed = 0.0  # Σ observed cost
         self._lat_obs = 0.0  # Σ latency_ms of requests with an observed cost
         self._faded_at = 0.0
@@ -273,6 +295,11 @@ class Gate:
         return max(HORIZON_FLOOR_MS, self.target_ms or DEFAULT_HORIZON_MS)
 
     @property
+    def mean_cost(self) -> float:
+        """Cost units of an average request completed lately (0 before any)."""
+        return self._cost / self._count if self._count > 0 else 0.0
+
+    @property
     def threads_per_request(self) -> float:
         """Search threads a request in flight holds on average: Σ observed cost / Σ latency (1 until measured)."""
         if self._lat_obs > 0 and self._observed > 0:
@@ -304,6 +331,16 @@ class Gate:
     def limit(self) -> float:
         """Requests in flight the gate allows now: the adaptive limit, × the live node ratio."""
         return max(self.min_limit, self.adaptive * self.node_ratio)
+
+    @property
+    def over_share_limit(self) -> float:
+        """Requests in flight, over-share ones included, below which an over-share request may go: the
+        limit, and no more than the live search threads hold requests of the widest fan-out seen lately
+        (a search holds a thread per shard at once, however little its cost says it holds on average)."""
+        limit = self.limit
+        if self.threads:
+            limit = min(limit, self.threads * self.share / self.fan_out)
+        return limit * self.headroom
 
     @property
     def capacity_cost(self) -> float | None:
@@ -383,7 +420,9 @@ class Gate:
             capacity = self.capacity_cost
         counted = self.counted(cost, capacity)
         if not reserve:
-            if self.inflight + 1 > max(1.0, math.floor(limit * headroom + 1e-9)):
+            threads = self.threads  # over-share requests hold no more than headroom of the threads (fan-out)
+            over_limit = min(limit, threads * self.share / self.fan_out) if threads else limit
+            if self.inflight + 1 > max(1.0, math.floor(over_limit * headroom + 1e-9)):
                 return False
             if capacity is None or self.inflight_cost <= 0.0:
                 return True
@@ -398,7 +437,10 @@ class Gate:
             return False
         if capacity is None or self.inflight_cost <= 0.0:
             return True
-        return self.inflight_cost + counted <= capacity + 1e-9
+        # Over-share cost counts here as at most its room: what went in when the room was wider (or under
+        # share, since moved out of the kept room; or before the capacity shrank) does not take the rest.
+        over = self.inflight_cost - self.reserve_cost
+        return min(over, capacity * headroom) + self.reserve_cost + counted <= capacity + 1e-9
 
     def take(self, counted: float, reserve: bool) -> None:
         self.inflight += 1
@@ -431,19 +473,24 @@ class Gate:
             return  # never answered (cancelled, unreachable) or failed: no latency to learn from
         latency_ms = upstream_s * 1000.0
         cost = max(cost, 0.01)
-        lat_cost, total, spent, lat_obs = self._lat_cost, self._cost, self._observed, self._lat_obs
+        lat_cost, total, count, spent, lat_obs = self._lat_cost, self._cost, self._count, self._observed, self._lat_obs
         if now > self._faded_at:
             fade = math.exp((self._faded_at - now) / MEMORY_S)
             lat_cost *= fade
             total *= fade
+            count *= fade
             spent *= fade
             lat_obs *= fade
             self._faded_at = now
         self._lat_cost = lat_cost + cost * latency_ms
         self._cost = total + cost
+        self._count = count + 1.0
         if observed is not None and observed > 0:
             spent += observed
             lat_obs += latency_ms
+            shards = getattr(observed, "shards", 0)  # an Observed search cost knows its fan-out
+            if shards:
+                self._note_fan_out(shards, now)
         self._observed, self._lat_obs = spent, lat_obs
         if self._w_start is None:
             self._w_start = now
@@ -453,6 +500,12 @@ class Gate:
         if (n >= max(WINDOW_MIN_SAMPLES, self._w_peak)
                 and now - self._w_start >= max(WINDOW_MIN_S, self.horizon_ms / 1000.0)):
             self._close_window(now)
+
+    def _note_fan_out(self, shards: int, now: float) -> None:
+        """A search ran on `shards` shards: the widest fan-out jumps up to it, or fades toward it."""
+        fade = math.exp(min(0.0, self._fan_out_at - now) / FAN_OUT_MEMORY_S)
+        self.fan_out = max(float(shards), 1.0 + (self.fan_out - 1.0) * fade)
+        self._fan_out_at = now
 
     def _close_window(self, now: float) -> None:
         if self.target_ms is not None:
@@ -961,8 +1014,9 @@ class Admission:
     def _under_share(self, slots: TenantSlots, extra: float | None = None, capacity: float | None | object = UNKNOWN,
                      limit: float | object = UNKNOWN) -> bool:
         """Is all the tenant asks for — in flight, queued, and a request of `extra` cost units — within its
-        weighted share of the gate (in cost)? A tenant with a backlog beyond its share is over it for
-        every request, its first included: the room kept back is for tenants that ask for little."""
+        weighted share of the gate (in cost), or within one average request? A tenant with a backlog beyond
+        its share is over it for every request, its first included: the room kept back is for tenants that
+        ask for little."""
         gate = self.gate
         if not gate.enabled:
             return True
@@ -974,7 +1028,9 @@ class Admission:
             asked_count = slots.inflight + len(slots.waiters) + (0 if extra is None else 1)
             return asked_count <= (gate.limit if limit is UNKNOWN else limit) * gate.headroom * fraction  # type: ignore[operator]
         asked = slots.inflight_cost + slots.queued_cost + (extra or 0.0)
-        return asked <= capacity * gate.headroom * fraction
+        # ... and never less than one average request: on a small cluster shared by many tenants, a fair
+        # share can be less than one cheap search
+        return asked <= max(capacity * gate.headroom * fraction, gate.mean_cost)
 
     def _admit(self, slots: TenantSlots, cost: float, now: float, waited: float, reserve: bool,
                capacity: float | None | object = UNKNOWN) -> Ticket:
@@ -1026,6 +1082,7 @@ class Admission:
             "capacity_per_s": gate.capacity_per_s,
             "horizon_ms": round(gate.horizon_ms, 2),
             "threads_per_request": round(gate.threads_per_request, 3),
+            "fan_out": round(gate.fan_out, 2),
             "data_nodes": gate.data_nodes,
             "data_nodes_max": gate.data_nodes_max,
             "search_threads": gate.threads,

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from proxy.admission import CONTENDED_HOLD_S, REASONS, Admission, ClusterReading, Ticket, Waiter
 from proxy.config import hash_secret, parse_config
+from proxy.cost_observed import Observed
 from proxy.errors import Throttled
 from proxy.tenants import Directory
 
@@ -317,6 +318,33 @@ def test_tenants_that_came_first_do_not_keep_the_room_kept_for_quiet_tenants():
         adm.leave(ticket, now=1.0)
 
 
+def test_a_tenants_share_is_never_less_than_one_average_request():
+    """Fourteen tenants on six threads: a fair share (64 units in flight) is less than one cheap search
+    (150). A tenant asking for no more than one average request (300 units here) is still within its
+    share; asking for more than that in all, or one costlier request alone, is not."""
+    adm = admission({f"t{i}": {} for i in range(13)} | {"good": {}}, threads=6, capacity_headroom=0.5)
+    learn_horizon(adm, 300.0)  # requests of 300 units: capacity 1,800 units in flight, 64 per tenant's share
+    for i in range(13):
+        adm.leave(granted(adm, f"t{i}", 1), now=0.0)  # everyone present
+    first, second = granted(adm, "good", 150), granted(adm, "good", 100)
+    expensive = granted(adm, "t0", 400)
+    assert first.in_reserve and second.in_reserve and not expensive.in_reserve
+    third = queued(adm, "good", 100)  # over its share now: it waits for the over-share room (3 requests)
+    adm.withdraw(third, now=0.0)
+    for ticket in (first, second, expensive):
+        adm.leave(ticket, now=0.0)
+    # Lately the average request costs 10 units: the same lone search is over a share now.
+    for _ in range(100):
+        adm.leave(granted(adm, "good", 10, now=20.0), 200, 0.01, 10, now=20.0)
+    assert adm.gate.mean_cost == pytest.approx(10, rel=0.01)
+    for i in range(13):
+        adm.leave(granted(adm, f"t{i}", 1, now=20.0), now=20.0)  # everyone still present
+    alone = granted(adm, "t0", 150, now=20.0)
+    assert not alone.in_reserve
+    adm.leave(alone, now=20.0)
+    assert_idle(adm)
+
+
 def test_a_request_costing_more_than_the_whole_capacity_is_admitted_alone():
     adm = admission({"acme": {}, "globex": {}}, threads=2, capacity_headroom=0.8)
     learn_horizon(adm, 200.0)  # capacity: 2 x 200 = 400 units in flight
@@ -345,6 +373,49 @@ def test_the_count_limit_binds_over_share_tenants_at_headroom_and_others_at_the_
     assert len(quiet) == 5 and adm.gate.inflight == 10  # the quiet tenant goes on to the full limit
     for ticket in storm + quiet:
         adm.leave(ticket)
+
+
+def searched(cost: float, shards: int) -> float:
+    """An observed search cost as the proxy reads it from a response: it knows how many shards it ran on."""
+    observed = Observed(cost)
+    observed.took_ms, observed.shards, observed.queue_passes = cost / shards, shards, 2
+    return observed
+
+
+def test_over_share_requests_never_hold_more_threads_than_headroom_at_the_widest_fan_out_seen():
+    adm = admission({"storm": {"weight": 1}, "quiet": {"weight": 100}}, threads=24, capacity_headroom=0.5)
+    learn_horizon(adm, 100.0)  # 1 thread per request on average: the limit is 24, 12 with over-share ones
+
+    def storm_until_queued(now: float) -> list[Ticket]:
+        tickets = []
+        while isinstance(got := adm.request("storm", 50, now), Ticket):
+            tickets.append(got)
+        adm.withdraw(got, now)
+        return tickets
+
+    quiet = granted(adm, "quiet", 10)
+    storm = storm_until_queued(0.0)
+    assert len(storm) == 11
+    for ticket in storm:
+        adm.leave(ticket, now=0.0)
+    # Searches seen running on 4 shards at once hold 4 threads each: 24 / 4 × 0.5 in flight with over-share ones.
+    adm.leave(granted(adm, "quiet", 10), 200, 0.01, searched(10, 4), now=1.0)
+    assert adm.gate.fan_out == 4 and adm.report(now=1.0)["fan_out"] == 4
+    storm = storm_until_queued(1.0)
+    assert len(storm) == 2
+    more_quiet = [granted(adm, "quiet", 10, 1.0) for _ in range(8)]  # tenants under their share are not bound by it
+    for ticket in storm + more_quiet + [quiet]:
+        adm.leave(ticket, now=1.0)
+    # Narrower searches since: the widest fan-out fades back toward them, and the room with it.
+    for k in range(1, 300):
+        adm.leave(granted(adm, "quiet", 10, 1.0 + k), 200, 0.01, searched(10, 1), now=1.0 + k)
+    assert adm.gate.fan_out < 1.05
+    quiet = granted(adm, "quiet", 10, 300.0)
+    storm = storm_until_queued(300.0)
+    assert len(storm) == 10  # floor(24 / 1.0x × 0.5) in flight, the quiet tenant's one included
+    for ticket in storm + [quiet]:
+        adm.leave(ticket, now=300.0)
+    assert_idle(adm)
 
 
 # ============================================================================================
@@ -463,6 +534,22 @@ def test_losing_a_data_node_shrinks_limit_and_capacity_in_proportion_and_both_co
     assert report["detail"].startswith("2 of 3 data nodes, 16 of 24 search threads")
     adm.observe_cluster(ClusterReading(data_nodes=3, search_threads=24), now=2.0)
     assert adm.gate.limit == pytest.approx(limit) and adm.report(now=2.0)["reason"] == "capacity"
+
+
+def test_the_room_kept_for_quiet_tenants_stays_theirs_when_capacity_shrinks_under_over_share_work():
+    adm = admission({"storm": {"weight": 1}, "quiet": {"weight": 100}}, threads=10, capacity_headroom=0.5)
+    learn_horizon(adm, 100.0)  # capacity 1000 cost units in flight, 500 of them for over-share work
+    quiet = [granted(adm, "quiet", 10)]
+    storm = [granted(adm, "storm", 240), granted(adm, "storm", 240)]
+    # A node is lost: capacity 500, and the storm's 480 in flight is over its room of 250.
+    adm.observe_cluster(ClusterReading(data_nodes=2, search_threads=5), now=1.0)
+    assert adm.gate.capacity_cost == pytest.approx(500)
+    waiting = queued(adm, "storm", 240, now=1.0)  # no more over-share work until it drains ...
+    quiet.append(granted(adm, "quiet", 20, now=1.0))  # ... and the quiet tenant still has its room
+    adm.withdraw(waiting, now=1.0)
+    for ticket in storm + quiet:
+        adm.leave(ticket, now=1.0)
+    assert_idle(adm)
 
 
 def test_search_queues_and_rejections_shrink_the_limit_in_proportion():
