@@ -555,7 +555,7 @@ def decode_body(
         return None
     must_parse = call.kind in _JSON_KINDS or call.kind in _NDJSON_KINDS
     _check_content_type(call, content_type, must_parse)
-    data = _inflate(raw, content_encoding, limits.max_inflated_bytes, must_parse) if content_encoding else raw
+    data = _inflate(raw, content_encoding, limits, must_parse) if content_encoding else raw
     if not must_parse or (content_type is not None and _media_type(content_type) in _OTHER_XCONTENT):
         return Body(raw, data, None, None, 0)
     return _parse(call, raw, data, limits)
@@ -584,18 +584,28 @@ def _check_content_type(call: EsCall, content_type: str | None, must_parse: bool
     raise NotAcceptable(f"Content-Type header [{_clip(content_type)}] is not supported")
 
 
-def _inflate(raw: bytes, content_encoding: str, limit: int, must_parse: bool) -> bytes:
-    """Undo Content-Encoding (gzip / deflate / identity, applied right to left), never past `limit` bytes."""
+#: a compressed body may always inflate to this many bytes, whatever limits.max_inflate_ratio says
+_INFLATE_FLOOR = 1 << 20
+
+
+def _inflate(raw: bytes, content_encoding: str, limits: HardLimits, must_parse: bool) -> bytes:
+    """Undo Content-Encoding (gzip / deflate / identity, applied right to left), never past
+    limits.max_inflated_bytes, nor past limits.max_inflate_ratio times the body's size (1 MiB at least)."""
+    limit = limits.max_inflated_bytes
+    by_ratio = max(_INFLATE_FLOOR, int(len(raw) * limits.max_inflate_ratio))
+    ratio = by_ratio < limit
+    if ratio:
+        limit = by_ratio
     data = raw
     for coding in reversed([c.strip().lower() for c in content_encoding.split(",")]):
         if coding in ("", "identity"):
             continue
         if coding in ("gzip", "x-gzip"):
-            data = _inflate_stream(data, 31, limit, "gzip")
+            data = _inflate_stream(data, 31, limit, "gzip", ratio)
         elif coding in ("deflate", "x-deflate"):
             # RFC 9110 deflate is zlib-wrapped, but many clients send raw deflate: the header tells them apart.
             wrapped = len(data) >= 2 and data[0] & 0x0F == 8 and ((data[0] << 8) | data[1]) % 31 == 0
-            data = _inflate_stream(data, 15 if wrapped else -15, limit, "deflate")
+            data = _inflate_stream(data, 15 if wrapped else -15, limit, "deflate", ratio)
         elif must_parse:
             raise BadRequest(f"Content-Encoding [{_clip(coding)}] is not supported: send gzip, deflate or identity")
         else:
@@ -603,7 +613,7 @@ def _inflate(raw: bytes, content_encoding: str, limit: int, must_parse: bool) ->
     return data
 
 
-def _inflate_stream(data: bytes, wbits: int, limit: int, name: str) -> bytes:
+def _inflate_stream(data: bytes, wbits: int, limit: int, name: str, ratio: bool = False) -> bytes:
     out: list[bytes] = []
     total = 0
     pending = data
@@ -616,9 +626,11 @@ def _inflate_stream(data: bytes, wbits: int, limit: int, name: str) -> bytes:
                 if chunk:
                     total += len(chunk)
                     if total > limit:
-                        raise BodyTooLarge(
-                            f"the {name} request body inflates to more than {limit} bytes (limits.max_inflated_bytes)"
-                        )
+                        refusal = BodyTooLarge(
+                            f"the {name} request body inflates to more than {limit} bytes "
+                            + ("(limits.max_inflate_ratio times its size)" if ratio else "(limits.max_inflated_bytes)"))
+                        refusal.inflated = total  # type: ignore[attr-defined]  # the work done, for the tenant's bill
+                        raise refusal
                     out.append(chunk)
                 elif not pending:
                     break

@@ -10,6 +10,7 @@ reading when the client downstream is slower than the node (bounded memory).
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 
 #: stop reading from the node while this much body is buffered for a slow client
@@ -34,7 +35,17 @@ class UpstreamProtocolError(Exception):
 
 
 class ConnectionLostEarly(UpstreamProtocolError):
-    """The connection closed before any byte of the response: a stale keep-alive connection."""
+    """The connection closed before any byte of the response. The request may have been read and acted on:
+    only a request that is safe to repeat may be sent again."""
+
+
+class NodeStoppedAnswering(UpstreamProtocolError):
+    """The node failed its health check while this request waited for its response head: a read goes to
+    another node, anything else is answered as of unknown outcome (the node may yet act on it)."""
+
+
+class RequestNotSent(ConnectionError):
+    """No byte of the request was written: the connection had closed before it. Any method may go elsewhere."""
 
 
 class HeadTimeout(Exception):
@@ -46,7 +57,7 @@ class UpstreamResponse:
 
     __slots__ = (
         "status", "raw_headers", "relayed", "content_length", "keep_alive", "_conn", "_chunks", "_buffered",
-        "_waiter", "complete", "_error", "_released", "read_timeout", "content_encoding", "_held",
+        "_waiter", "complete", "_error", "_released", "read_timeout", "content_encoding", "_held", "high_water",
     )
 
     def __init__(self, conn: NodeConnection, status: int, raw_headers: list[tuple[bytes, bytes]],
@@ -69,6 +80,8 @@ class UpstreamResponse:
         #: the Content-Encoding header's value (None without one), noted while the head was parsed
         self.content_encoding: str | None = None
         self._held = False  # paused by whoever relays it (its client reads slowly)
+        #: body bytes buffered (not yet taken) beyond which the node's connection is not read
+        self.high_water = HIGH_WATER
 
     @property
     def headers(self) -> list[tuple[str, str]]:
@@ -96,7 +109,7 @@ class UpstreamResponse:
     def _feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._buffered > HIGH_WATER:
+        if self._buffered > self.high_water:
             self._conn.pause()
         self._wake()
 
@@ -214,12 +227,20 @@ class NodeConnection:
         self._chunk_left = 0  # bytes left in the current chunk, then its CRLF
         self._chunk_state = 0  # 0: size line, 1: data, 2: CRLF after data, 3: trailers
         self._paused = False
+        self._peek: socket.socket | None = None
 
     # ---- asyncio.Protocol ----
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # a view of the same descriptor (never closes it: detached when the connection ends)
+            self._peek = socket.socket(fileno=sock.fileno())
 
     def connection_lost(self, exc: Exception | None) -> None:
+        peek = self._peek
+        if peek is not None:
+            self._peek = None
+            peek.detach()
         self.closed = True
         self._stop_head_timer()
         self.pool.forget(self)
@@ -279,6 +300,16 @@ class NodeConnection:
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost finishes a close-delimited body
+
+    def abandon(self, exc: BaseException) -> bool:
+        """If a request on this connection waits for its response head, fail it with `exc` and close. True if so."""
+        waiter = self._head_waiter
+        if waiter is None or waiter.done():
+            return False
+        self._head_waiter = None
+        waiter.set_exception(exc)
+        self.close()
+        return True
 
     # ---- framing ----
     def _parse_head(self, head: bytes) -> UpstreamResponse | None:
@@ -440,6 +471,20 @@ class NodeConnection:
             waiter.set_exception(HeadTimeout())
         self.close()
 
+    def _closed_by_node(self) -> bool:
+        """An idle keep-alive connection the node has closed (its FIN is in, the loop has not seen it yet): one
+        non-blocking peek proves that the request about to be sent would not be carried."""
+        peek = self._peek
+        if peek is None:
+            return False
+        try:
+            peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # EOF, or bytes nobody asked for: not reusable
+            return True
+        except BlockingIOError:
+            return False  # open, nothing pending: the usual case
+        except OSError:
+            return True  # reset
+
     def close(self) -> None:
         self._stop_head_timer()
         if not self.closed:
@@ -452,7 +497,10 @@ class NodeConnection:
         """Write one request; the future resolves to the response once its head has arrived,
         or fails with HeadTimeout after `timeout` seconds (no timeout context, and no timer per request:
         the connection's timer is re-armed by moving its deadline)."""
-        assert self.transport is not None
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing() or (self.uses and self._closed_by_node()):
+            self.close()
+            raise RequestNotSent(f"connection to {self.pool.label} closed before the request was written")
         self.uses += 1
         self._head_request = is_head
         self._received_any = False
@@ -481,11 +529,15 @@ class ConnectionPool:
         self.loop = loop or asyncio.get_event_loop()
         self._idle: deque[NodeConnection] = deque()
         self.open = 0
+        #: every open connection, idle or busy (what abandon_waiting looks through)
+        self.conns: set[NodeConnection] = set()
 
     async def connect(self, timeout: float) -> NodeConnection:
         async with asyncio.timeout(timeout):
             _, conn = await self.loop.create_connection(lambda: NodeConnection(self), self.host, self.port)
         self.open += 1
+        if not conn.closed:  # type: ignore[attr-defined]
+            self.conns.add(conn)  # type: ignore[arg-type]
         return conn  # type: ignore[return-value]
 
     def take_idle(self) -> NodeConnection | None:
@@ -503,8 +555,14 @@ class ConnectionPool:
             self._idle.append(conn)
 
     def forget(self, conn: NodeConnection) -> None:
+        self.conns.discard(conn)
         if conn in self._idle:
             self._idle.remove(conn)
+
+    def abandon_waiting(self, exc: BaseException) -> int:
+        """Fail every request waiting for a response head from this node with `exc` (closing its connection);
+        how many there were."""
+        return sum(1 for conn in list(self.conns) if conn.abandon(exc))
 
     def close(self) -> None:
         while self._idle:
