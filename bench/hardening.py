@@ -139,7 +139,7 @@ async def slow(repo: Path, python: str, new: bool) -> dict:
     try:
         await load(cluster.url, "acme-big", 25, 200_000)  # ~5 MB per search of all
         await load(cluster.url, "globex-a", 3, 10)
-        proxy = Proxy(repo, python, make_config(cluster.nodes, plans=plans(), cost={"learn": False}))
+        proxy = Proxy(repo, python, make_config(cluster.nodes, plans=plans(max_wait_ms=500), cost={"learn": False}))
         for _ in range(64):
             sockets.append(await slow_socket(proxy, search_head("acme-big", "acme", 25)))
         await asyncio.sleep(1.0)  # the slow searches are answered by the nodes meanwhile
