@@ -33,7 +33,7 @@ from .listener import ClientGone, Request
 from .metrics import Metrics
 from .shapes import ShapeBook
 from .tenants import Directory, TenantView, authorize
-from .upstream import Upstream, passed_fields
+from .upstream import Upstream, hedge_after, passed_fields
 from .upstream_http import UpstreamProtocolError, UpstreamResponse
 
 #: responses up to this size are read whole and sent in one write; larger ones are streamed
@@ -316,8 +316,10 @@ class Proxy:
                     passed = passed_fields(request.headers, rebound.dropped_headers)
                 fields = self.upstream.forward_fields(passed, request.forwarded_for, request.client, request.scheme)
                 sent_at = time.monotonic()
+                retryable = resource in _RETRYABLE
                 upstream = await self.upstream.send(
-                    method, forward, fields, forwarded, retry_after_send=resource in _RETRYABLE
+                    method, forward, fields, forwarded, retryable,
+                    hedge_after(gate_cost, self.admission.gate.threads_per_request) if retryable else 0.0,
                 )
                 try:
                     trace.node = upstream.node.url  # type: ignore[attr-defined]

@@ -27,6 +27,7 @@ from .upstream_http import (
     ConnectionPool,
     HeadTimeout,
     NodeStoppedAnswering,
+    Overdue,
     RequestNotSent,
     UpstreamProtocolError,
     UpstreamResponse,
@@ -34,6 +35,19 @@ from .upstream_http import (
 )
 
 log = logging.getLogger("sluicegate.upstream")
+
+#: how often reads waiting for their response head are checked against their hedge time, seconds
+HEDGE_TICK_S = 0.25
+#: a read is re-sent to another node once it has waited HEDGE_MIN_S + HEDGE_FACTOR × its expected time
+HEDGE_MIN_S = 2.0
+HEDGE_FACTOR = 10.0
+
+
+def hedge_after(cost: float, threads_per_request: float) -> float:
+    """Seconds a read (`cost` in cost units, thread-milliseconds, spread over `threads_per_request` threads)
+    may wait for its response head before it is re-sent elsewhere: far past what it should take, so a slow
+    node's long search is not sent twice, while a stuck node's cheap one is. Past request_timeout_s: never."""
+    return HEDGE_MIN_S + HEDGE_FACTOR * cost / (1000.0 * max(1.0, threads_per_request))
 
 #: The client request headers forwarded to the nodes (lower-case names), and no others: what describes the
 #: body, content negotiation, the request's id and its trace context. An allow-list, not a deny-list: a node
@@ -81,16 +95,21 @@ class Upstream:
         self._auth_field = _auth_field(self._auth)
         self._next = 0
         self._health_task: asyncio.Task | None = None
+        self._hedge_task: asyncio.Task | None = None
+        #: reads re-sent to another node because the first waited past their hedge time
+        self.hedged = 0
 
     async def start(self) -> None:
         self.nodes = [Node(url, self.config.pool_per_node) for url in self.config.nodes]
         await self.check_health()
         self._health_task = asyncio.create_task(self._health_loop(), name="upstream-health")
+        self._hedge_task = asyncio.create_task(self._hedge_loop(), name="upstream-hedge")
 
     async def close(self) -> None:
-        if self._health_task:
-            self._health_task.cancel()
-            await asyncio.gather(self._health_task, return_exceptions=True)
+        for task in (self._health_task, self._hedge_task):
+            if task:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for node in self.nodes:
             node.pool.close()
 
@@ -130,10 +149,13 @@ class Upstream:
         return b"%sX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n%s" % (passed, ip, proto, self._auth_field)
 
     async def send(
-        self, method: str, target: str, fields: bytes, body: bytes | None, retry_after_send: bool
+        self, method: str, target: str, fields: bytes, body: bytes | None, retry_after_send: bool,
+        hedge_after_s: float = 0.0,
     ) -> UpstreamResponse:
         """Send one request (`fields`: its header lines, see forward_fields); the response once its head
-        has arrived, body not yet read (`response.node` is the node that answered).
+        has arrived, body not yet read (`response.node` is the node that answered). A read
+        (`retry_after_send`) with `hedge_after_s` still waiting for its head after that many seconds is
+        re-sent to another node (see hedge_after).
 
         Raises UpstreamFailure: 503 when no node is usable, 502 when nodes failed, 504 on timeout.
         The caller must `release()` the response.
@@ -155,7 +177,8 @@ class Upstream:
             try:
                 if conn is None:
                     conn = await node.pool.connect(self.config.connect_timeout_s)
-                response = await conn.send(head, body, is_head, timeout)  # type: ignore[union-attr]
+                response = await conn.send(head, body, is_head, timeout,  # type: ignore[union-attr]
+                                           hedge_after_s if retry_after_send else 0.0)
             except HeadTimeout:
                 conn.close()  # type: ignore[union-attr]
                 self.on_error(node.url, "timeout")
@@ -172,6 +195,10 @@ class Upstream:
                 continue
             except UpstreamProtocolError as exc:
                 conn.close()  # type: ignore[union-attr]
+                if isinstance(exc, Overdue):  # far past its expected time: the next node gets it (a read)
+                    self.hedged += 1
+                    last_error, status = f"node {node.url} sent no response head within {hedge_after_s:.1f}s", 504
+                    continue
                 if reused and stale_retry and isinstance(exc, ConnectionLostEarly):
                     # A keep-alive connection the node had closed; a read goes again on a fresh one.
                     stale_retry = False
@@ -293,6 +320,15 @@ class Upstream:
             if abandoned:
                 log.warning("upstream node %s: %d requests waiting on it re-sent or answered", node.url, abandoned)
         node.healthy = ok
+
+    async def _hedge_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(HEDGE_TICK_S)
+            now = loop.time()
+            for node in self.nodes:
+                if node.pool.abandon_overdue(now):
+                    log.info("upstream node %s: reads past their hedge time re-sent to another node", node.url)
 
     async def _health_loop(self) -> None:
         while True:

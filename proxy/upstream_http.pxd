@@ -54,6 +54,7 @@ cdef class NodeConnection:
     cdef int _chunk_state
     cdef readonly bint _paused
     cdef object _peek
+    cdef public double hedge_at
 
     cpdef _parse_head(self, bytes head)
     cpdef _body(self, data)
@@ -65,7 +66,7 @@ cdef class NodeConnection:
     cpdef _stop_head_timer(self)
     cpdef bint _closed_by_node(self)
     cpdef close(self)
-    cpdef send(self, head, body, bint is_head, timeout)
+    cpdef send(self, head, body, bint is_head, timeout, double hedge_after=*)
 
 
 cdef class ConnectionPool:

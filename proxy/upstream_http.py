@@ -44,6 +44,11 @@ class NodeStoppedAnswering(UpstreamProtocolError):
     another node, anything else is answered as of unknown outcome (the node may yet act on it)."""
 
 
+class Overdue(UpstreamProtocolError):
+    """A read that waited for its response head far longer than its cost implies: it goes to another node
+    (the hedge), and this connection, whose state is now unknown, is closed."""
+
+
 class RequestNotSent(ConnectionError):
     """No byte of the request was written: the connection had closed before it. Any method may go elsewhere."""
 
@@ -228,6 +233,8 @@ class NodeConnection:
         self._chunk_state = 0  # 0: size line, 1: data, 2: CRLF after data, 3: trailers
         self._paused = False
         self._peek: socket.socket | None = None
+        #: loop time after which a read still waiting for its head is overdue (0: never; see send)
+        self.hedge_at = 0.0
 
     # ---- asyncio.Protocol ----
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -493,10 +500,12 @@ class NodeConnection:
                 self.transport.close()
         self.pool.forget(self)
 
-    def send(self, head: bytes, body: bytes | None, is_head: bool, timeout: float) -> asyncio.Future[UpstreamResponse]:
+    def send(self, head: bytes, body: bytes | None, is_head: bool, timeout: float,
+             hedge_after: float = 0.0) -> asyncio.Future[UpstreamResponse]:
         """Write one request; the future resolves to the response once its head has arrived,
         or fails with HeadTimeout after `timeout` seconds (no timeout context, and no timer per request:
-        the connection's timer is re-armed by moving its deadline)."""
+        the connection's timer is re-armed by moving its deadline). With `hedge_after` (seconds; reads
+        only), `ConnectionPool.abandon_overdue` may fail it with Overdue once that has passed."""
         transport = self.transport
         if self.closed or transport is None or transport.is_closing() or (self.uses and self._closed_by_node()):
             self.close()
@@ -505,7 +514,9 @@ class NodeConnection:
         self._head_request = is_head
         self._received_any = False
         waiter = self._head_waiter = self.loop.create_future()
-        self._head_deadline = self.loop.time() + timeout
+        now = self.loop.time()
+        self.hedge_at = now + hedge_after if hedge_after else 0.0
+        self._head_deadline = now + timeout
         if self._head_timer is None:
             self._head_timer = self.loop.call_at(self._head_deadline, self._head_timed_out)
         if body:
@@ -558,6 +569,15 @@ class ConnectionPool:
         self.conns.discard(conn)
         if conn in self._idle:
             self._idle.remove(conn)
+
+    def abandon_overdue(self, now: float) -> int:
+        """Fail every read still waiting for its head past its hedge time (loop time `now`) with Overdue;
+        how many there were."""
+        overdue = 0
+        for conn in list(self.conns):
+            if conn.hedge_at and now >= conn.hedge_at:
+                overdue += conn.abandon(Overdue(f"node {self.label} sent no response head within the read's hedge time"))
+        return overdue
 
     def abandon_waiting(self, exc: BaseException) -> int:
         """Fail every request waiting for a response head from this node with `exc` (closing its connection);
