@@ -10,7 +10,8 @@ BROWSER_STAMP := tests/browser/node_modules/.package-lock.json
 EXT    := $(shell ls proxy/_ratelimit*.so 2>/dev/null | head -n1)
 # The unit suites of the modules compiled from .py (setup.py's COMPILED), run again against the .py twins.
 PURE_TESTS := tests/test_listener.py tests/test_upstream.py tests/test_admission.py tests/test_flow.py \
-              tests/test_limiter.py tests/test_metrics.py tests/test_cost.py tests/test_tenants.py \
+              tests/test_limiter.py tests/test_metrics.py tests/test_cost_estimate.py tests/test_cost_learned.py \
+              tests/test_cost_observed.py tests/test_tenants.py \
               tests/test_esapi.py tests/test_idbinding.py tests/test_shapes.py tests/test_accesslog.py
 
 .PHONY: demo test test-fast bench bench-accuracy build redis-server nginx jdk clusters clients browser browser-tools screenshot lint clean

@@ -590,7 +590,9 @@ class RealCluster:
             (conf / name).write_bytes(data)
         user = _node_user()
         if user is not None:
-            subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(self.run_dir)], check=True)
+            # Only this node's directory: the other nodes are live and their segment files come and go under a walk.
+            subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(node.directory)], check=True)
+            os.chown(self.run_dir, user.pw_uid, user.pw_gid)
             os.chmod(self.run_dir, 0o755)
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",

@@ -63,7 +63,7 @@ def test_a_cheap_shapes_learned_cost_stays_near_its_unsaturated_cost_while_the_p
     url = real_queued_pool.url
     index, storm_index = unique_index("acme"), unique_index("storm")
     bulk_load(url, index, 5_000, shards=2)
-    bulk_load(url, storm_index, 20_000, shards=2)
+    bulk_load(url, storm_index, 40_000, shards=2)
 
     def config(service_time: bool) -> dict:
         return make_config([url], tenants={"acme": tenant("acme")}, admission={"health_poll_s": 0.25},
@@ -85,7 +85,7 @@ def test_a_cheap_shapes_learned_cost_stays_near_its_unsaturated_cost_while_the_p
                                     body=orjson.dumps(SLOW), headers={"Content-Type": "application/json"})
             storm_statuses.append(response.status)
 
-    hammers = [threading.Thread(target=storm, daemon=True) for _ in range(6)]
+    hammers = [threading.Thread(target=storm, daemon=True) for _ in range(12)]
     for hammer in hammers:
         hammer.start()
     try:

@@ -166,6 +166,8 @@ def test_losing_one_node_of_three_under_load(procs, real_cluster):
     # The gate followed the cluster down and back up.
     assert shrunk[1]["search_threads"] < before["search_threads"] and shrunk[1]["limit"] < before["limit"]
     assert shrunk[1]["reason"] == "data_nodes"
-    assert recovered[1]["limit"] == pytest.approx(before["limit"], rel=0.25)
+    # Back to the whole cluster: no node ratio left on the limit. The adaptive part may have moved meanwhile
+    # (latency is its other input), so the limit is only held to not staying below where it started.
+    assert recovered[1]["reason"] != "data_nodes" and recovered[1]["limit"] >= 0.75 * before["limit"]
     # Nobody waited past the request timeout (the client's own timeout would have shown as status 0).
     assert all(r[1] != 0 for r in load.reads) and all(w[1] != 0 for w in load.writes)
