@@ -50,8 +50,8 @@ BODY_MEMO = 128
 ESTIMATE_MEMO = 512
 MEMO_BYTES = 4096
 COST_FIELDS_MEMO = 256
-#: a compressed body larger than this is inflated (and parsed) in a worker thread, off the event loop
-INFLATE_IN_THREAD_BYTES = 8 * 1024
+#: a compressed body larger than this is inflated in steps, other requests served between them
+INFLATE_IN_STEPS_BYTES = 8 * 1024
 #: what inflating costs the tenant's budget, in cost units (thread-milliseconds) per inflated byte: ~2 ms a MiB
 INFLATE_COST_PER_BYTE = 2.0 / (1 << 20)
 
@@ -255,7 +255,7 @@ class Proxy:
                         held = size
                     raw = await read_body(request, limits)
                     sent = (name, method, target, content_type, encoding, raw)
-                if encoding is None or len(raw) <= INFLATE_IN_THREAD_BYTES:
+                if encoding is None or len(raw) <= INFLATE_IN_STEPS_BYTES:
                     body = esapi.decode_body(call, raw, content_type, encoding, limits)
                 else:
                     body = await self._inflate(name, call, raw, content_type, encoding, limits)
@@ -390,10 +390,19 @@ class Proxy:
 
     async def _inflate(self, tenant: str, call: esapi.EsCall, raw: bytes, content_type: str | None, encoding: str,
                        limits: HardLimits) -> esapi.Body | None:
-        """decode_body in a worker thread (zlib lets go of the GIL), so a big compressed body cannot stall the loop.
+        """decode_body, inflating in 256 KiB steps with the loop free between them, so a big compressed body
+        cannot stall other requests (a worker thread would: the GIL convoy costs the loop up to 5 ms a switch).
         A body refused for inflating too far still costs its tenant the inflating done."""
+        steps = esapi.inflate_steps(call, raw, content_type, encoding, limits)
         try:
-            return await asyncio.to_thread(esapi.decode_body, call, raw, content_type, encoding, limits)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    inflated = done.value
+                    break
+                await asyncio.sleep(0)
+            return esapi.decode_body(call, raw, content_type, encoding, limits, inflated)
         except BodyTooLarge as refusal:
             inflated = getattr(refusal, "inflated", 0)
             if inflated:
