@@ -18,8 +18,7 @@ the application asks for it. An idle kept-alive connection is closed after `keep
 Each connection has one timer for all three, re-armed by moving its deadline. A client that leaves
 what is written to it unread (its socket full, no progress) for `client_write_timeout_s` is cut:
 whatever it was sent, or is being streamed, it cannot hold the proxy's memory or a node's answer.
-A body that does not come with its head is read only once the application asks for it (it may
-refuse the request first, the memory ceiling among the reasons). One client address holds at
+One client address holds at
 most `limits.max_connections_per_client` connections at once; a connection beyond that is closed
 as soon as it is accepted.
 
@@ -465,12 +464,6 @@ class ClientConnection:
                             f"HTTP header is larger than {limits.max_header_bytes} bytes (limits.max_header_bytes)"))
         if self._current is None and self._queue:
             self._serve_next()
-        parsing = self._parsing
-        if parsing is not None and not self._in_head and not parsing.body_wanted and not self._reading_paused:
-            # A body still coming is read only once the application asks for it (it may refuse it first:
-            # the memory ceiling, a grant, a budget), so a body it refuses never fills the proxy's memory.
-            self._reading_paused = True
-            self.transport.pause_reading()  # type: ignore[union-attr]
         if self._queue and not self._reading_paused:
             self._reading_paused = True  # a request waits behind the one being served: read no further for now
             self.transport.pause_reading()  # type: ignore[union-attr]

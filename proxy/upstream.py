@@ -166,9 +166,12 @@ class Upstream:
         timeout = self.config.request_timeout_s
         stale_retry = retry_after_send  # a read may go again over a fresh connection when a pooled one was stale
         attempts = max(1, len(self.nodes))
+        avoid = None  # the node a read was overdue on
         while attempts:
             attempts -= 1
             node = self._pick()
+            if node is not None and node is avoid:
+                node = self._pick()
             if node is None:
                 break
             head = request_head(method, target, node.host_header, fields, body_length)
@@ -195,9 +198,11 @@ class Upstream:
                 continue
             except UpstreamProtocolError as exc:
                 conn.close()  # type: ignore[union-attr]
-                if isinstance(exc, Overdue):  # far past its expected time: the next node gets it (a read)
+                if isinstance(exc, Overdue):  # far past its expected time: the next node gets it (a read), once
                     self.hedged += 1
-                    last_error, status = f"node {node.url} sent no response head within {hedge_after_s:.1f}s", 504
+                    hedge_after_s = 0.0  # a cost misjudged is not a stuck node: the re-sent read waits its time
+                    attempts += 1
+                    avoid = node
                     continue
                 if reused and stale_retry and isinstance(exc, ConnectionLostEarly):
                     # A keep-alive connection the node had closed; a read goes again on a fresh one.
