@@ -83,9 +83,11 @@ class Request:
 class Client:
     """One tenant's application: keep-alive connections to each target, requests alternating between them."""
 
-    def __init__(self, targets: list[str], api_key: str, timeout_s: float):
+    def __init__(self, targets: list[str], api_key: str, timeout_s: float, ssl_context=None):
         self.hosts = [urlsplit(t).netloc for t in targets]
-        self.pools = [ConnectionPool(urlsplit(t).hostname, urlsplit(t).port, max_idle=1024) for t in targets]
+        # https:// targets need `ssl_context` (an ssl.SSLContext that trusts their certificate)
+        self.pools = [ConnectionPool(urlsplit(t).hostname, urlsplit(t).port, max_idle=1024,
+                                     ssl=ssl_context if t.startswith("https:") else None) for t in targets]
         self.headers = [("Authorization", f"ApiKey {api_key}"), ("Content-Type", "application/json")]
         self.timeout_s = timeout_s
         self.busy: set = set()  # connections with a request in flight

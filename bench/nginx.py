@@ -85,9 +85,18 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def static_server(port: int, body: bytes, routes: dict[str, bytes] | None = None) -> str:
+def tls_listen(port: int, tls: tuple[str, str] | None) -> str:
+    """The `listen` line (and certificate) of a server block: plain, or `ssl` with (cert_file, key_file)."""
+    if tls is None:
+        return f"listen 127.0.0.1:{port} reuseport backlog=4096;"
+    cert, key = tls
+    return (f"listen 127.0.0.1:{port} ssl reuseport backlog=4096; ssl_certificate {cert}; ssl_certificate_key {key}; "
+            f"ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL_{port}:10m;")
+
+
+def static_server(port: int, body: bytes, routes: dict[str, bytes] | None = None, tls: tuple[str, str] | None = None) -> str:
     """Answers every request, any method, with `body` as JSON (the instant backend); a path in
-    `routes` (exact match, any query string) gets its own body instead."""
+    `routes` (exact match, any query string) gets its own body instead. `tls`: (cert, key) to serve HTTPS."""
     def answer(data: bytes) -> str:
         text = data.decode()
         if "'" in text or "\\" in text:
@@ -98,7 +107,7 @@ def static_server(port: int, body: bytes, routes: dict[str, bytes] | None = None
     exact = "".join(f"\n    location = {path} {{ {answer(data)} }}" for path, data in (routes or {}).items())
     return f"""
   server {{
-    listen 127.0.0.1:{port} reuseport backlog=4096;{exact}
+    {tls_listen(port, tls)}{exact}
     location / {{ {answer(body)} }}
   }}"""
 
@@ -111,9 +120,13 @@ def proxy_server(
     burst: int = 0,
     conn: int | None = None,
     key: str = "$http_authorization",
+    tls: tuple[str, str] | None = None,
+    upstream_ca: str | None = None,
 ) -> str:
     """`proxy_pass` to `upstreams` (host:port) over keep-alive connections, with optional per-key
-    `limit_req` (rate in requests/s, burst, nodelay) and `limit_conn`; both refuse with 429."""
+    `limit_req` (rate in requests/s, burst, nodelay) and `limit_conn`; both refuse with 429.
+    `tls`: (cert, key) to listen with `ssl`; `upstream_ca`: the upstreams speak HTTPS, verified against
+    this CA (`proxy_ssl_verify on`, sessions reused) — what Sluicegate's upstream.tls does."""
     zones, limits = [], []
     if rate is not None:
         zones.append(f"limit_req_zone {key} zone=perkey_req_{port}:10m rate={int(rate)}r/s;")
@@ -122,15 +135,18 @@ def proxy_server(
         zones.append(f"limit_conn_zone {key} zone=perkey_conn_{port}:10m;")
         limits.append(f"limit_conn perkey_conn_{port} {conn}; limit_conn_status 429;")
     servers = " ".join(f"server {u} max_fails=0;" for u in upstreams)
+    upstream_ssl = ("" if upstream_ca is None else
+                    f"\n      proxy_ssl_trusted_certificate {upstream_ca}; proxy_ssl_verify on; proxy_ssl_name localhost;"
+                    " proxy_ssl_server_name on; proxy_ssl_session_reuse on; proxy_ssl_protocols TLSv1.2 TLSv1.3;")
     return f"""
   {' '.join(zones)}
   upstream backend_{port} {{ {servers} keepalive 256; keepalive_requests 10000000; keepalive_timeout 300s; }}
   server {{
-    listen 127.0.0.1:{port} reuseport backlog=4096;
+    {tls_listen(port, tls)}
     client_max_body_size 100m;
     location / {{
       {' '.join(limits)}
-      proxy_pass http://backend_{port};
+      proxy_pass {"https" if upstream_ca else "http"}://backend_{port};{upstream_ssl}
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Authorization "";

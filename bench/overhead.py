@@ -22,6 +22,12 @@ the API key (limits far above the load); no-logic proxies forwarding every reque
 Sluicegate's own upstream client (proxy/upstream_http.py): on aiohttp's server, on a raw
 asyncio.Protocol parsing with httptools (the floor under Sluicegate's logic), and behind Sluicegate's
 own listener (proxy/listener.py); Sluicegate with 1 worker and with 2 workers.
+
+TLS modes (1 worker each, every one beside nginx doing the same): a TLS listener (Sluicegate's
+`listen_tls`, nginx `listen ... ssl`), an HTTPS upstream verified against the bench's CA (Sluicegate's
+`upstream.tls`, nginx `proxy_ssl_verify on` with sessions reused), and both; plus direct over TLS.
+Certificates: ECDSA P-256 from a CA made for the run (tests/pki.py); both ends negotiate TLS 1.3.
+Clients keep their connections alive, so what is measured is the cost of encrypting, not of handshakes.
 """
 from __future__ import annotations
 
@@ -202,11 +208,14 @@ class NoopProxy:
 # ---------------------------------------------------------------------------------------------
 
 
-async def latency_client(url: str, rate: float, seconds: float, out: str) -> None:
-    """Send at a fixed rate whatever the responses do; record each request's latency in seconds."""
+async def latency_client(url: str, rate: float, seconds: float, out: str, ca: str | None = None) -> None:
+    """Send at a fixed rate whatever the responses do; record each request's latency in seconds.
+    `ca`: the CA file an https:// `url` is verified against."""
+    import ssl
+
     from bench.loadgen import Client
 
-    client = Client([url], API_KEY, 10.0)
+    client = Client([url], API_KEY, 10.0, ssl_context=ssl.create_default_context(cafile=ca) if ca else None)
     request = client.prepare(PATH, orjson.loads(QUERY))
     for _ in range(200):  # warm the connections and both ends' code paths
         await client.send(request)
@@ -247,7 +256,8 @@ def run_latency(url: str, rate: float, seconds: float, workdir: Path) -> dict:
     import numpy
 
     out = workdir / "latency.json"
-    subprocess.run([PY, __file__, "--latency-client", url, str(rate), str(seconds), str(out)], check=True)
+    ca = ["--latency-ca", str(TLS.ca)] if url.startswith("https:") and TLS is not None else []
+    subprocess.run([PY, __file__, "--latency-client", url, str(rate), str(seconds), str(out), *ca], check=True)
     data = orjson.loads(out.read_bytes())
     values = numpy.array(data["latencies"])
     return {"p50": float(numpy.percentile(values, 50)), "p90": float(numpy.percentile(values, 90)),
@@ -295,11 +305,13 @@ class Mode:
     workers: int
     start: Callable[[contextlib.ExitStack, str, Path], tuple[str, int]]  # → (url, pid to profile or 0)
     latency: bool = True  # measured at the fixed rate too
+    peer: str | None = None  # the nginx mode it is compared with; None: nginx with as many workers
 
 
-def backend_block(port: int) -> str:
+def backend_block(port: int, tls: TlsSetup | None = None) -> str:
     return static_server(port, SEARCH_RESPONSE, {"/_cluster/health": CLUSTER_HEALTH,
-                                                 "/_nodes/stats/thread_pool": NODES_STATS})
+                                                 "/_nodes/stats/thread_pool": NODES_STATS},
+                         tls=(str(tls.cert), str(tls.key)) if tls is not None else None)
 
 
 def start_direct(stack, backend, workdir):
@@ -349,6 +361,78 @@ def ready(admin: str) -> bool:
     return http_get(admin + "/ready")[0] == 200
 
 
+# ---- TLS ----
+
+
+@dataclass
+class TlsSetup:
+    """The run's certificates (a CA, one server certificate for localhost) and the backend's HTTPS URL."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    backend: str
+
+
+#: set by main() before any mode starts
+TLS: TlsSetup | None = None
+
+
+def make_certificates(workdir: Path) -> tuple[Path, Path, Path]:
+    from tests.pki import Pki
+
+    pki = Pki(workdir / "pki", "Sluicegate Bench CA")
+    issued = pki.server("bench", "localhost")
+    return pki.ca_file, issued.cert_file, issued.key_file
+
+
+def start_direct_tls(stack, backend, workdir):
+    assert TLS is not None
+    return TLS.backend, 0
+
+
+def start_nginx_tls(listener: bool, upstream: bool):
+    def start(stack, backend, workdir):
+        assert TLS is not None
+        port = free_port()
+        target = (TLS.backend if upstream else backend).split("://", 1)[1]
+        block = proxy_server(port, [target], rate=1_000_000, burst=1_000_000,
+                             tls=(str(TLS.cert), str(TLS.key)) if listener else None,
+                             upstream_ca=str(TLS.ca) if upstream else None)
+        server = Nginx(workdir / f"nginx-tls-{port}", block, [port], 1)
+        stack.callback(server.stop)
+        return f"{'https' if listener else 'http'}://127.0.0.1:{port}", server.pid
+    return start
+
+
+def start_sluicegate_tls(listener: bool, upstream: bool):
+    def start(stack, backend, workdir):
+        assert TLS is not None
+        config = sluicegate_config(TLS.backend if upstream else backend)
+        if upstream:
+            config["upstream"]["tls"] = {"ca_file": str(TLS.ca)}
+        if listener:
+            config["listen_tls"] = {"cert_file": str(TLS.cert), "key_file": str(TLS.key)}
+        proxy = ProxyProcess(config, workdir / f"sluicegate-tls-{int(listener)}{int(upstream)}")
+        stack.callback(proxy.stop)
+        wait_until(lambda: ready(proxy.admin), what="sluicegate /ready")
+        return proxy.url, proxy.proc.pid
+    return start
+
+
+#: TLS variant → (TLS listener, HTTPS upstream)
+TLS_VARIANTS = {"tls-listener": (True, False), "https-upstream": (False, True), "tls-both": (True, True)}
+TLS_LABELS = {"tls-listener": "TLS listener", "https-upstream": "HTTPS upstream", "tls-both": "both"}
+TLS_MODES = [Mode("direct-tls", "direct over TLS (nginx static backend, ssl)", 1, start_direct_tls)]
+for _variant, (_listener, _upstream) in TLS_VARIANTS.items():
+    TLS_MODES += [
+        Mode(f"nginx-1-{_variant}", f"nginx, {TLS_LABELS[_variant]}, 1 worker", 1, start_nginx_tls(_listener, _upstream),
+             peer=f"nginx-1-{_variant}"),
+        Mode(f"sluicegate-1-{_variant}", f"Sluicegate, {TLS_LABELS[_variant]}, 1 worker", 1,
+             start_sluicegate_tls(_listener, _upstream), peer=f"nginx-1-{_variant}"),
+    ]
+
+
 MODES = [
     Mode("direct", "direct (nginx static backend)", 1, start_direct),
     Mode("nginx-1", "nginx proxy_pass + limit_req, 1 worker", 1, start_nginx(1)),
@@ -360,6 +444,7 @@ MODES = [
     Mode("sluicegate-1", "Sluicegate, 1 worker", 1, start_sluicegate(1)),
     Mode("nginx-2", "nginx proxy_pass + limit_req, 2 workers", 2, start_nginx(2), latency=False),
     Mode("sluicegate-2", "Sluicegate, 2 workers", 2, start_sluicegate(2)),
+    *TLS_MODES,
 ]
 
 
@@ -430,9 +515,13 @@ def main() -> None:
     parser.add_argument("--profile-seconds", type=int, default=10)
     parser.add_argument("--modes", default="", help="comma-separated subset of: " + ", ".join(m.name for m in MODES))
     parser.add_argument("--no-results", action="store_true", help="do not touch bench/RESULTS.md or bench/results/")
+    parser.add_argument("--interleave", action="store_true",
+                        help="start every mode at once and measure them in turn, one round per repeat (fairer ratios "
+                             "on a noisy machine; the proxies stay idle, polling only, while the others are measured)")
     parser.add_argument("--report-only", action="store_true", help="redo the tables from bench/out/overhead.json")
     parser.add_argument("--noop-proxy", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--latency-client", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--latency-ca", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.noop_proxy:
         import uvloop
@@ -447,7 +536,7 @@ def main() -> None:
         import uvloop
 
         url, rate, seconds, out = args.latency_client
-        uvloop.run(latency_client(url, float(rate), float(seconds), out))
+        uvloop.run(latency_client(url, float(rate), float(seconds), out, args.latency_ca))
         return
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -473,25 +562,55 @@ def main() -> None:
     latency: dict[str, list[dict]] = {}
     flames: dict[str, dict] = {}
     started = time.monotonic()
-    backend_port = free_port()
+    backend_port, backend_tls_port = free_port(), free_port()
+    global TLS
+    ca, cert, key = make_certificates(workdir)
+    TLS = TlsSetup(ca, cert, key, f"https://127.0.0.1:{backend_tls_port}")
     columns = [TextColumn("{task.description:<44}"), BarColumn(), TextColumn("{task.completed:>3.0f}/{task.total:.0f}"),
                TimeElapsedColumn(), TextColumn("{task.fields[status]}")]
     steps = sum(args.repeats * (1 + m.latency) + (m.name in PROFILED) for m in modes)
     with contextlib.ExitStack() as outer, Progress(*columns) as progress:
-        backend_server = Nginx(workdir / "backend", backend_block(backend_port), [backend_port], workers=1)
+        backend_server = Nginx(workdir / "backend", backend_block(backend_port) + backend_block(backend_tls_port, TLS),
+                               [backend_port, backend_tls_port], workers=1)
         outer.callback(backend_server.stop)
         backend = f"http://127.0.0.1:{backend_port}"
         overall = progress.add_task("overhead", total=steps, status="")
-        for mode in modes:
+        def measure(mode: Mode, url: str, pid: int, i: int, latency_too: bool) -> None:
+            progress.update(overall, description=f"{mode.name}: wrk run {i + 1}/{args.repeats}")
+            result = run_wrk(url, args.seconds, script, pid=pid or backend_server.pid)
+            throughput.setdefault(mode.name, []).append(result)
+            progress.update(overall, advance=1, status=f"{result['rps']:,.0f} req/s")
+            if latency_too and mode.latency:
+                progress.update(overall, description=f"{mode.name}: {args.latency_rate:,.0f} req/s, run {i + 1}")
+                result = run_latency(url, args.latency_rate, args.latency_seconds, workdir)
+                latency.setdefault(mode.name, []).append(result)
+                progress.update(overall, advance=1, status=f"p50 {result['p50'] * 1e3:.3f} ms")
+
+        if args.interleave:
+            # Every mode started at once and measured in turn, round after round: a noisy neighbour's
+            # burst then lands on every mode's runs alike instead of on one mode's.
+            with contextlib.ExitStack() as stack:
+                started_modes = []
+                for mode in modes:
+                    progress.update(overall, description=f"{mode.name}: starting", status="")
+                    url, pid = mode.start(stack, backend, workdir)
+                    run_wrk(url, 2, script)  # warm-up, not kept
+                    started_modes.append((mode, url, pid))
+                for i in range(args.repeats):
+                    for mode, url, pid in started_modes:
+                        measure(mode, url, pid, i, latency_too=True)
+                for mode, url, pid in started_modes:
+                    if mode.name in PROFILED:
+                        progress.update(overall, description=f"{mode.name}: py-spy under wrk")
+                        flames[mode.name] = profile(url, pid, args.profile_seconds, script, workdir / PROFILED[mode.name])
+                        progress.update(overall, advance=1)
+        for mode in modes if not args.interleave else ():
             with contextlib.ExitStack() as stack:
                 progress.update(overall, description=f"{mode.name}: starting", status="")
                 url, pid = mode.start(stack, backend, workdir)
                 run_wrk(url, 2, script)  # warm-up, not kept
                 for i in range(args.repeats):
-                    progress.update(overall, description=f"{mode.name}: wrk run {i + 1}/{args.repeats}")
-                    result = run_wrk(url, args.seconds, script, pid=pid or backend_server.pid)
-                    throughput.setdefault(mode.name, []).append(result)
-                    progress.update(overall, advance=1, status=f"{result['rps']:,.0f} req/s")
+                    measure(mode, url, pid, i, latency_too=False)
                 if mode.latency:
                     for i in range(args.repeats):
                         progress.update(overall, description=f"{mode.name}: {args.latency_rate:,.0f} req/s, run {i + 1}")
@@ -525,10 +644,14 @@ def publish(args, modes, throughput, latency, flames, facts, command, elapsed, w
         "### Overhead: throughput and added latency against an instant backend",
         f"Command: `{command}` — {elapsed / 60:.1f} min. wrk: `{wrk_command}` with `search.lua` setting "
         f"`Authorization: ApiKey …` and `Content-Type`, POSTing `{QUERY.decode()}`; best of {args.repeats} runs "
-        f"per mode, after a 2 s warm-up. Latency: our open-loop client at {args.latency_rate:,.0f} requests/s for "
+        f"per mode, after a 2 s warm-up{'; every mode started at once and measured in turn, one round per run' if getattr(args, 'interleave', False) else ''}. "
+        f"Latency: our open-loop client at {args.latency_rate:,.0f} requests/s for "
         f"{args.latency_seconds:g} s (better p50 of {args.repeats} runs). Backend: nginx (1 worker) answering a "
         f"{len(SEARCH_RESPONSE)}-byte static search response. Nothing pinned: wrk, the backend and the proxy share "
-        "the machine's cores.",
+        "the machine's cores."
+        + (" TLS rows: ECDSA P-256 certificates from a CA made for the run, TLS 1.3 negotiated on every leg, "
+           "connections kept alive (the cost of encrypting, not of handshakes)." if any(n.endswith(tuple(TLS_VARIANTS))
+                                                                                         for n in throughput) else ""),
         report.machine_markdown(facts),
         *(f"**{t.title}**\n\n{t.markdown()}" for t in rendered),
         "Flame graphs under wrk: " + ", ".join(f"[{by_name[n].label}](results/{PROFILED[n]})" for n in flames)
@@ -561,6 +684,43 @@ def best(runs: list[dict], key: str, high: bool = True) -> dict:
     return (max if high else min)(runs, key=lambda r: r[key])
 
 
+def tls_ratios(tops: dict, latency: dict) -> report.Table | None:
+    """Each TLS variant: Sluicegate beside nginx doing the same, and what TLS costs each against its own
+    plain mode (throughput, and CPU per request); added latency over direct (plain), or over direct
+    over TLS where the client speaks TLS (then the client's own TLS is not counted as the proxy's)."""
+    rows = [v for v in TLS_VARIANTS if f"sluicegate-1-{v}" in tops and f"nginx-1-{v}" in tops]
+    if not rows:
+        return None
+    table = report.Table(
+        "TLS: Sluicegate beside nginx doing the same, 1 worker each (throughput: best wrk run; latency: better p50 "
+        "run at the fixed rate)",
+        ["TLS on", "Sluicegate req/s", "nginx req/s", "Sluicegate / nginx", "TLS / plain: Sluicegate", "TLS / plain: nginx",
+         "CPU µs/req TLS adds: Sluicegate / nginx", "added p50 ms: Sluicegate / nginx", "added p50: Sluicegate ÷ nginx",
+         "added p99 ms: Sluicegate / nginx"], right=set(range(1, 10)))
+
+    def added(name: str, baseline: str, key: str) -> float | None:
+        if not latency.get(name) or not latency.get(baseline):
+            return None
+        return (best(latency[name], "p50", False)[key] - best(latency[baseline], "p50", False)[key]) * 1e3
+
+    plain_sg, plain_ng = tops.get("sluicegate-1"), tops.get("nginx-1")
+    for variant in rows:
+        sg, ng = tops[f"sluicegate-1-{variant}"], tops[f"nginx-1-{variant}"]
+        baseline = "direct-tls" if TLS_VARIANTS[variant][0] else "direct"
+        p50 = [added(f"{who}-1-{variant}", baseline, "p50") for who in ("sluicegate", "nginx")]
+        p99 = [added(f"{who}-1-{variant}", baseline, "p99") for who in ("sluicegate", "nginx")]
+        cpu = ("—" if not (plain_sg and plain_ng) else
+               f"{sg['cpu_us_per_request'] - plain_sg['cpu_us_per_request']:+.0f} / "
+               f"{ng['cpu_us_per_request'] - plain_ng['cpu_us_per_request']:+.0f}")
+        table.add(TLS_LABELS[variant], f"{sg['rps']:,.0f}", f"{ng['rps']:,.0f}", f"{sg['rps'] / ng['rps']:.2f}×",
+                  f"{sg['rps'] / plain_sg['rps']:.2f}×" if plain_sg else "—",
+                  f"{ng['rps'] / plain_ng['rps']:.2f}×" if plain_ng else "—", cpu,
+                  "—" if None in p50 else f"{p50[0]:.3f} / {p50[1]:.3f}",
+                  "—" if None in p50 or p50[1] <= 0 else f"{p50[0] / p50[1]:.1f}×",
+                  "—" if None in p99 else f"{p99[0]:.3f} / {p99[1]:.3f}")
+    return table
+
+
 def tables(modes, throughput, latency, flames, args) -> list[report.Table]:
     by = {m.name: m for m in modes}
     t = report.Table("Throughput (wrk -t1 -c32, best run) and the proxy's CPU per request",
@@ -572,8 +732,8 @@ def tables(modes, throughput, latency, flames, args) -> list[report.Table]:
     for name, runs in throughput.items():
         mode = by[name]
         top = tops[name]
-        nginx = tops.get(f"nginx-{mode.workers}")
-        proxied = name != "direct"
+        nginx = tops.get(mode.peer or f"nginx-{mode.workers}")
+        proxied = not name.startswith("direct")
         above = "—"
         if floor and proxied and not name.startswith("nginx") and name != "protocol-raw" and mode.workers == 1:
             above = f"{top['cpu_us_per_request'] - floor['cpu_us_per_request']:+.0f}"
@@ -615,6 +775,9 @@ def tables(modes, throughput, latency, flames, args) -> list[report.Table]:
         goals.add(f"Sluicegate added p50 at {args.latency_rate:,.0f} req/s", f"{added:.3f} ms", "≤ 0.2 ms",
                   "met" if added <= 0.2 else "MISSED")
     out.append(goals)
+    tls_table = tls_ratios(tops, latency)
+    if tls_table is not None:
+        out.append(tls_table)
     flame = flames.get("sluicegate-1")
     if flame:
         samples = flame["samples"] or 1

@@ -39,6 +39,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -321,12 +322,19 @@ def free_port() -> int:
             return port
 
 
-def http_json(url: str, method: str = "GET", body: dict | None = None, timeout: float = 10.0) -> tuple[int, dict]:
-    """One request to a node; (status, decoded JSON object or {}). Status 0: no answer."""
+def http_json(
+    url: str, method: str = "GET", body: dict | None = None, timeout: float = 10.0, *,
+    context: ssl.SSLContext | None = None, authorization: str | None = None,
+) -> tuple[int, dict]:
+    """One request to a node; (status, decoded JSON object or {}). Status 0: no answer.
+    `context` verifies an https node (and may carry a client certificate); `authorization` is sent as is."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if authorization:
+        headers["Authorization"] = authorization
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as e:
         try:
@@ -347,10 +355,11 @@ class NodeProcess:
     transport_port: int
     directory: Path
     pid: int | None = None
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
 
 class RealCluster:
@@ -361,6 +370,12 @@ class RealCluster:
     `cpus` pins every node to those CPUs (`taskset -c`), for benches that keep the cluster off the
     load generator's core. `data_dir` keeps the cluster's data between runs (the corpus, say): the
     same directory with the same node count comes back as the same cluster.
+
+    A secured cluster: `settings` turn security and HTTP TLS on (the node URLs are then https when
+    `xpack.security.http.ssl.enabled` or `plugins.security.ssl.http.enabled` is true), `keystore`
+    holds secure settings such as `bootstrap.password` (written with the distribution's own
+    `elasticsearch-keystore`, as the node user), and `client_context` / `authorization` are how this
+    class's own health checks reach such a node.
     """
 
     def __init__(
@@ -377,6 +392,9 @@ class RealCluster:
         cpus: str | None = None,
         data_dir: str | Path | None = None,
         name: str | None = None,
+        keystore: dict[str, str] | None = None,
+        client_context: ssl.SSLContext | None = None,
+        authorization: str | None = None,
     ):
         if flavor not in FLAVORS:
             raise ClusterError(f"unknown flavor {flavor!r}: opensearch or elasticsearch")
@@ -387,7 +405,12 @@ class RealCluster:
         self.search_threads = search_threads
         self.search_queue = search_queue
         self.settings = settings or {}
-        self.config_files = config_files or {}
+        self.config_files = dict(config_files or {})
+        self.keystore = keystore or {}
+        self.client_context = client_context
+        self.authorization = authorization
+        self.scheme = "https" if any(self.settings.get(key) in (True, "true") for key in (
+            "xpack.security.http.ssl.enabled", "plugins.security.ssl.http.enabled")) else "http"
         self.cpus = cpus
         self.keep = data_dir is not None
         self.name = name or f"sg-{flavor}-{os.getpid()}-{int(time.time() * 1000) % 100000}"
@@ -424,6 +447,8 @@ class RealCluster:
         """Fetch if needed, start every node, and wait until the cluster is green with all of them."""
         self.home = fetch(self.flavor, self.version)
         self.java = java_home(self.flavor)
+        if self.keystore and "elasticsearch.keystore" not in self.config_files:
+            self.config_files["elasticsearch.keystore"] = make_keystore(self.home, self.java, self.keystore)
         try:
             for node in self.nodes:
                 self._spawn(node)
@@ -494,7 +519,8 @@ class RealCluster:
 
     def health(self, via: NodeProcess | None = None, **params: str) -> dict:
         query = "&".join(f"{k}={v}" for k, v in params.items())
-        status, body = http_json(f"{(via or self._any_live()).url}/_cluster/health?{query}", timeout=30)
+        status, body = http_json(f"{(via or self._any_live()).url}/_cluster/health?{query}", timeout=30,
+                                 context=self.client_context, authorization=self.authorization)
         return body if status == 200 else {}
 
     def wait_green(self, nodes: int, timeout: float, via: NodeProcess | None = None, status: str = "green") -> None:
@@ -510,7 +536,8 @@ class RealCluster:
                     raise ClusterError(f"{node.name} exited while starting:\n{tail}")
             target = via or self._any_live()
             code, body = http_json(
-                f"{target.url}/_cluster/health?wait_for_status={want}&wait_for_nodes={nodes}&timeout=2s", timeout=10
+                f"{target.url}/_cluster/health?wait_for_status={want}&wait_for_nodes={nodes}&timeout=2s", timeout=10,
+                context=self.client_context, authorization=self.authorization,
             )
             if code == 200 and not body.get("timed_out") and body.get("number_of_nodes") == nodes:
                 return
@@ -526,13 +553,13 @@ class RealCluster:
             saved = json.loads(state.read_text())
             if len(saved["nodes"]) == count and saved.get("flavor") == self.flavor:
                 self.name = saved["name"]
-                return [NodeProcess(i, n["name"], n["http_port"], n["transport_port"], Path(n["directory"]))
-                        for i, n in enumerate(saved["nodes"])]
+                return [NodeProcess(i, n["name"], n["http_port"], n["transport_port"], Path(n["directory"]),
+                                    scheme=self.scheme) for i, n in enumerate(saved["nodes"])]
         self.run_dir.mkdir(parents=True, exist_ok=True)
         nodes: list[NodeProcess] = []
         self.nodes = nodes
         for i in range(count):
-            nodes.append(NodeProcess(i, f"node-{i}", *self._new_ports(), self.run_dir / f"node-{i}"))
+            nodes.append(NodeProcess(i, f"node-{i}", *self._new_ports(), self.run_dir / f"node-{i}", scheme=self.scheme))
         return nodes
 
     def _new_ports(self) -> tuple[int, int]:
@@ -661,6 +688,10 @@ class RealCluster:
         cluster.search_queue = saved["search_queue"]
         cluster.settings = saved.get("settings") or {}
         cluster.config_files = {}
+        cluster.keystore = {}
+        cluster.client_context = None
+        cluster.authorization = None
+        cluster.scheme = "http"
         cluster.cpus = saved.get("cpus")
         cluster.keep = True  # the starting process owns the run directory
         cluster.name = saved["name"]
@@ -670,6 +701,43 @@ class RealCluster:
         cluster.nodes = [NodeProcess(i, n["name"], n["http_port"], n["transport_port"], Path(n["directory"]), n["pid"])
                          for i, n in enumerate(saved["nodes"])]
         return cluster
+
+
+def es_tools(home: Path, java: Path, steps: list[tuple[str, list[str], str]], keep: tuple[str, ...],
+             config_files: dict[str, bytes] | None = None) -> tuple[dict[str, bytes], list[str]]:
+    """Run the distribution's own config tools (`elasticsearch-keystore`, `elasticsearch-users`,
+    `elasticsearch-service-tokens`: each step is (tool, arguments, stdin)) in a scratch config directory,
+    as the node user, like the node itself. Returns the bytes of the files in `keep` they wrote there
+    (to hand to RealCluster's `config_files`) and each step's stdout."""
+    user = _node_user()
+    work = Path(tempfile.mkdtemp(prefix="sg-es-tools-", dir=_mkdir(_run_root())))
+    try:
+        conf = work / "config"
+        shutil.copytree(home / "config", conf)
+        for name, data in (config_files or {}).items():
+            (conf / name).write_bytes(data)
+        if user is not None:
+            subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(work)], check=True)
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(work), "LANG": "C.UTF-8",
+               "ES_JAVA_HOME": str(java), "ES_PATH_CONF": str(conf)}
+        outputs = []
+        for tool, args, stdin in steps:
+            done = subprocess.run([str(home / "bin" / tool), *args], input=stdin, env=env, cwd=work, capture_output=True,
+                                  text=True, user=user.pw_uid if user else None, group=user.pw_gid if user else None,
+                                  extra_groups=[] if user else None, timeout=120)
+            if done.returncode != 0:
+                raise ClusterError(f"{tool} {' '.join(args[:1])} failed: {done.stdout}{done.stderr}")
+            outputs.append(done.stdout)
+        return {name: (conf / name).read_bytes() for name in keep}, outputs
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def make_keystore(home: Path, java: Path, entries: dict[str, str]) -> bytes:
+    """An `elasticsearch.keystore` holding `entries` (secure settings such as `bootstrap.password`)."""
+    steps = [("elasticsearch-keystore", ["create"], "")]
+    steps += [("elasticsearch-keystore", ["add", "--stdin", "--force", key], value) for key, value in entries.items()]
+    return es_tools(home, java, steps, ("elasticsearch.keystore",))[0]["elasticsearch.keystore"]
 
 
 def _run_root() -> Path:

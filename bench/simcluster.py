@@ -1621,6 +1621,7 @@ class Node:
         self.http: web.Server | None = None
         #: set while the node is hung (like a SIGSTOPped process): it accepts and reads, answers nothing
         self.hung: asyncio.Event | None = None
+        self.scheme = "http"
 
     def new_pools(self) -> dict[str, ThreadPool]:
         """Fresh pools: a restarted node's counters start at zero, like a restarted ES node's."""
@@ -1628,7 +1629,7 @@ class Node:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def describe(self) -> dict:
         """The node's entry in `_nodes` info."""
@@ -1708,11 +1709,17 @@ class SimCluster:
 
     def __init__(self, nodes: int = 3, threads: int = 4, queue: int = 100, write_threads: int = 4,
                  write_queue: int = 1000, virtual_docs: int = 0, time_scale: float = 1.0, instant: bool = False,
-                 host: str = "127.0.0.1", port: int = 0, jitter: float = 0.02, seed: int = 1):
+                 host: str = "127.0.0.1", port: int = 0, jitter: float = 0.02, seed: int = 1,
+                 ssl_context: Any = None, authorization: str | None = None):
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         pool_sizes = {"search": (threads, queue), "write": (write_threads, write_queue)}
         self.nodes = [Node(i, host, port + i if port else 0, pool_sizes) for i in range(nodes)]
+        #: HTTPS on every node (an ssl.SSLContext), and the one Authorization value every request must carry
+        self.ssl_context = ssl_context
+        self.authorization = authorization
+        for node in self.nodes:
+            node.scheme = "https" if ssl_context is not None else "http"
         self.catalog = Catalog(virtual_docs)
         self.time_scale = time_scale
         self.instant = instant
@@ -1766,7 +1773,8 @@ class SimCluster:
             return BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=MAX_BODY_BYTES)
 
         node.http = web.Server(functools.partial(self.handle, node), request_factory=make_request, access_log=None)
-        node.server = await loop.create_server(node.http, node.host, node.port, reuse_address=True, backlog=2048)
+        node.server = await loop.create_server(node.http, node.host, node.port, reuse_address=True, backlog=2048,
+                                               ssl=self.ssl_context)
         node.port = node.server.sockets[0].getsockname()[1]
         node.live = True
         self._live = [n for n in self.nodes if n.live]
@@ -2080,6 +2088,10 @@ class SimCluster:
         started = time.monotonic()
         method = request.method
         try:
+            if self.authorization is not None and request.headers.get("Authorization") != self.authorization:
+                raise EsError(401, "security_exception", "unable to authenticate user for REST request "
+                              f"[{request.path}]" if "Authorization" in request.headers
+                              else f"missing authentication credentials for REST request [{request.path}]")
             status, payload = await self.dispatch(node, request, method, started)
         except EsError as error:
             status, payload = error.status, error.body()
@@ -2895,14 +2907,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--instant", action="store_true", help="zero service time, no pool accounting")
     parser.add_argument("--jitter", type=float, default=0.02, help="± fraction of deterministic service-time jitter")
     parser.add_argument("--seed", type=int, default=1, help="seed of the jitter")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (and --tls-key)")
+    parser.add_argument("--tls-key", help="the certificate's PEM key")
+    parser.add_argument("--tls-client-ca", help="require client certificates signed by this CA (PEM)")
+    parser.add_argument("--require-authorization", help="answer 401 to a request without exactly this Authorization value")
     return parser.parse_args(argv)
 
 
 async def serve(args: argparse.Namespace) -> int:
     """Start the nodes, print one JSON line with their URLs, serve until SIGTERM/SIGINT."""
+    context = None
+    if args.tls_cert:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.tls_client_ca:
+            context.load_verify_locations(cafile=args.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
     cluster = SimCluster(nodes=args.nodes, threads=args.threads, queue=args.queue, write_threads=args.write_threads,
                          write_queue=args.write_queue, virtual_docs=args.virtual_docs, time_scale=args.time_scale,
-                         instant=args.instant, host=args.host, port=args.port, jitter=args.jitter, seed=args.seed)
+                         instant=args.instant, host=args.host, port=args.port, jitter=args.jitter, seed=args.seed,
+                         ssl_context=context, authorization=args.require_authorization)
     await cluster.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.resources
 import math
+import time
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .errors import error_body
+from .runaway import SORT_KEYS
 
 if TYPE_CHECKING:
     from .server import Worker
@@ -83,6 +85,26 @@ def limit_param(request: web.Request) -> int | None | web.Response:
         return admin_error(400, "illegal_argument_exception", f"limit must be a whole number from 1 to 1000, "
                            f"got [{raw[:64]}]")
     return int(raw)
+
+
+def inflight_params(request: web.Request) -> tuple[str, int] | web.Response:
+    """`GET /inflight?sort=age_s|charged|estimated&limit=1..10000` (age_s and 100 without them)."""
+    sort = request.query.get("sort", "age_s")
+    if sort not in SORT_KEYS:
+        return admin_error(400, "illegal_argument_exception", f"sort must be one of {', '.join(SORT_KEYS)}, "
+                           f"got [{sort[:64]}]")
+    raw = request.query.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+        return admin_error(400, "illegal_argument_exception", f"limit must be a whole number from 1 to 10000, "
+                           f"got [{raw[:64]}]")
+    return sort, int(raw)
+
+
+def merge_inflight(reports: list[dict], sort: str, limit: int) -> dict:
+    """One /inflight view of several workers' (or a worker's own): sorted again, limited again."""
+    rows = [row for report in reports for row in report.get("inflight", ())]
+    rows.sort(key=lambda row: row[sort], reverse=True)
+    return {"total": sum(report.get("total", 0) for report in reports), "sort": sort, "inflight": rows[:limit]}
 
 
 def tenants_report(worker: Worker) -> dict:
@@ -171,8 +193,26 @@ def admin_app(worker: Worker) -> web.Application:
             return limit
         return _json(await worker.cockpit.shapes(name, limit))
 
+    async def inflight(request: web.Request) -> web.Response:
+        params = inflight_params(request)
+        if isinstance(params, web.Response):
+            return params
+        sort, limit = params
+        runaway = worker.proxy.runaway
+        rows = runaway.listing(time.monotonic(), sort, limit, request.query.get("tenant"))
+        return _json({"total": len(runaway.running), "sort": sort, "inflight": rows})
+
+    async def cancel(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in worker.proxy.snapshot.directory.tenants:
+            return admin_error(404, "resource_not_found_exception", f"no tenant [{name[:128]}] in the config")
+        done = worker.proxy.runaway.cancel_tenant(name)
+        return _json({"tenant": name, "cancelled": len(done), "requests": done})
+
     app = web.Application()
     page_routes(app)
+    app.router.add_get("/inflight", inflight)
+    app.router.add_post("/tenants/{name}/cancel", cancel)
     app.router.add_get("/status", status)
     app.router.add_get("/tenants/{name}/shapes", shapes)
     app.router.add_get("/health", health)

@@ -137,14 +137,21 @@ def hash_key(argument: str | None) -> int:
 
 
 def check_config(path: str) -> int:
+    """Would `run` start with this file, here? The file itself, then every certificate, key, CA and
+    secret file (or variable) it names, read and checked as `run` would."""
+    from .tls import preflight
+
     try:
         config, digest = load_config(path)
+        errors, warnings = preflight(config)
+        if errors:
+            raise ConfigError(errors)
     except ConfigError as exc:
         for key_path, message in exc.errors:
             print(f"{key_path or '<file>'}: {message}", file=sys.stderr)
         print(f"{path}: {len(exc.errors)} error(s)", file=sys.stderr)
         return 1
-    for key_path, message in config_warnings(config):
+    for key_path, message in config_warnings(config) + warnings:
         print(f"warning: {key_path}: {message}", file=sys.stderr)
     tenants, plans = len(config.tenants), len(config.plans)
     print(f"{path}: ok ({tenants} tenant{'s' * (tenants != 1)}, {plans} plan{'s' * (plans != 1)}, hash {digest})")

@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .certnames import certificate_name
 from .cost import Weights
 
 RESOURCES = ("search", "read", "write", "admin")
+#: the oldest TLS version either side may negotiate ("TLSv1.2" or "TLSv1.3")
+TlsVersion = Literal["TLSv1.2", "TLSv1.3"]
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -51,28 +54,110 @@ def _parse_address(value: Any) -> Any:
     return {"host": host, "port": int(port)}
 
 
+#: the secrets `upstream.auth` can hold, each of which may instead come from a file or an environment variable
+SECRETS = ("password", "api_key", "bearer")
+
+
 class UpstreamAuth(_Frozen):
-    """The proxy's own credentials to the cluster. The client's Authorization is never forwarded."""
+    """The proxy's own credentials to the cluster: HTTP Basic (`username` and a password), an API key,
+    or a bearer token (an Elasticsearch service-account or OAuth token). Each secret is given once:
+    in the YAML (`password`), in a file (`password_file`: its content, one trailing newline dropped)
+    or in an environment variable (`password_env`), so that the config itself can be committed.
+    The client's Authorization header is never forwarded: the cluster sees only these credentials."""
 
-    api_key: str | None = None
-    username: str | None = None
-    password: str | None = None
+    username: str | None = Field(None, min_length=1)
+    password: str | None = Field(None, min_length=1)
+    password_file: str | None = Field(None, min_length=1)
+    password_env: str | None = Field(None, min_length=1)
+    #: Elasticsearch's `encoded` form (base64 of "id:api_key"), or "id:api_key" itself
+    api_key: str | None = Field(None, min_length=1)
+    api_key_file: str | None = Field(None, min_length=1)
+    api_key_env: str | None = Field(None, min_length=1)
+    bearer: str | None = Field(None, min_length=1)
+    bearer_file: str | None = Field(None, min_length=1)
+    bearer_env: str | None = Field(None, min_length=1)
 
-    def header(self) -> str | None:
-        """The Authorization header value to send upstream, or None for an open cluster."""
-        if self.api_key:
-            return f"ApiKey {self.api_key}"
+    def sources(self, secret: str) -> list[str]:
+        """The keys that give `secret` ("password", "api_key" or "bearer"), e.g. ["password_file"]."""
+        return [key for key in (secret, f"{secret}_file", f"{secret}_env") if getattr(self, key) is not None]
+
+    @property
+    def scheme(self) -> Literal["basic", "api_key", "bearer"] | None:
+        """Which credentials these are; None for a cluster without security."""
         if self.username is not None:
-            import base64
-
-            raw = f"{self.username}:{self.password or ''}".encode()
-            return "Basic " + base64.b64encode(raw).decode()
+            return "basic"
+        if self.sources("api_key"):
+            return "api_key"
+        if self.sources("bearer"):
+            return "bearer"
         return None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> UpstreamAuth:
+        kinds = [name for name, given in (("username/password", self.username is not None or self.sources("password")),
+                                          ("api_key", self.sources("api_key")), ("bearer", self.sources("bearer")))
+                 if given]
+        if len(kinds) > 1:
+            raise ValueError(f"give one kind of credentials, not {' and '.join(kinds)}")
+        for secret in SECRETS:
+            given = self.sources(secret)
+            if len(given) > 1:
+                raise ValueError(f"{' and '.join(given)} both give the {secret}: keep one")
+        if self.username is not None and not self.sources("password"):
+            raise ValueError("username needs a password, password_file or password_env")
+        if self.username is None and self.sources("password"):
+            raise ValueError("a password needs a username")
+        return self
+
+
+class UpstreamTLS(_Frozen):
+    """How the proxy checks https:// nodes and, when the cluster asks for one, the certificate it shows them."""
+
+    #: check each node's certificate (chain and name); false is for throwaway clusters only, and is logged at every load
+    verify: bool = True
+    #: PEM bundle of the CA(s) that signed the nodes' certificates; unset: the system's CA store
+    ca_file: str | None = Field(None, min_length=1)
+    #: PEM certificate (and chain) and unencrypted key the proxy presents to nodes that require client certificates
+    client_cert: str | None = Field(None, min_length=1)
+    client_key: str | None = Field(None, min_length=1)
+    #: the name sent as SNI and checked against each node's certificate; unset: each node's host from `nodes`
+    server_name: str | None = Field(None, min_length=1)
+    min_version: TlsVersion = "TLSv1.2"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UpstreamTLS:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together")
+        if not self.verify and self.ca_file is not None:
+            raise ValueError("ca_file is set but verify is false, so it would never be used: drop one")
+        return self
+
+
+class ListenTLS(_Frozen):
+    """TLS on the proxy listener (`listen`). Certificate and key are re-read on every reload (SIGHUP)."""
+
+    #: PEM certificate, with its intermediates after it
+    cert_file: str = Field(min_length=1)
+    #: PEM private key, unencrypted (protect it with file permissions)
+    key_file: str = Field(min_length=1)
+    min_version: TlsVersion = "TLSv1.2"
+    #: PEM bundle of the CA(s) whose client certificates are accepted: turns on mutual TLS
+    client_ca_file: str | None = Field(None, min_length=1)
+    #: with client_ca_file: "required" refuses a handshake without a valid client certificate; "optional"
+    #: also lets clients without one in (they identify with an Authorization header)
+    client_authentication: Literal["required", "optional"] = "required"
+
+    @model_validator(mode="after")
+    def _needs_ca(self) -> ListenTLS:
+        if "client_authentication" in self.model_fields_set and self.client_ca_file is None:
+            raise ValueError("client_authentication needs client_ca_file (the CA that issues client certificates)")
+        return self
 
 
 class UpstreamConfig(_Frozen):
     nodes: list[str] = Field(min_length=1)
     auth: UpstreamAuth = UpstreamAuth()
+    tls: UpstreamTLS | None = None
     connect_timeout_s: float = Field(2.0, gt=0)
     request_timeout_s: float = Field(120.0, gt=0)
     pool_per_node: int = Field(256, ge=1)
@@ -86,9 +171,16 @@ class UpstreamConfig(_Frozen):
         out = []
         for node in nodes:
             if not re.match(r"^https?://[^/\s]+/?$", node):
-                raise ValueError(f"node {node!r} must look like http://host:port")
+                raise ValueError(f"node {node!r} must look like http://host:port or https://host:port")
             out.append(node.rstrip("/"))
+        schemes = {node.partition(":")[0] for node in out}
+        if len(schemes) > 1:
+            raise ValueError("mixes http:// and https:// nodes: a cluster speaks one or the other on its HTTP port")
         return out
+
+    @property
+    def https(self) -> bool:
+        return self.nodes[0].startswith("https:")
 
 
 class RedisConfig(_Frozen):
@@ -200,6 +292,45 @@ class ShapesConfig(_Frozen):
 class Bucket(_Frozen):
     rate: float = Field(gt=0, description="cost units per second")
     burst: float = Field(gt=0, description="bucket size in cost units")
+    max_duration_s: float | None = Field(
+        None, gt=0, description="seconds a request of this class may run at the cluster before the proxy cancels it "
+        "(runaway control); None: no limit")
+
+
+GUARDRAIL_NAMES = ("max_size", "max_from", "max_terms_agg_size", "timeout", "terminate_after",
+                   "allow_leading_wildcards", "allow_scripts", "allow_regexp")
+
+
+class GuardrailsConfig(_Frozen):
+    """What one search of the plan may ask of the cluster (proxy/guardrails.py). None / true: no bound."""
+
+    mode: Literal["cap", "refuse"] = Field("cap", description="cap: rewrite the request within bounds (response "
+                                           "header X-Sluicegate-Degraded); refuse: 400 naming the guardrail")
+    modes: dict[str, Literal["cap", "refuse"]] = Field({}, description="the mode of single guardrails, by name")
+    shadow: bool = Field(False, description="count what the guardrails would cap or refuse, change nothing")
+    max_size: int | None = Field(None, ge=0)
+    max_from: int | None = Field(None, ge=0)
+    max_terms_agg_size: int | None = Field(None, ge=1)
+    timeout: str | None = Field(None, pattern=r"^\s*\d+\s*(nanos|micros|ms|s|m|h|d)\s*$",
+                                description="search timeout injected into every search, and the most one may ask")
+    terminate_after: int | None = Field(None, ge=1)
+    allow_leading_wildcards: bool = True
+    allow_scripts: bool = True
+    allow_regexp: bool = True
+
+    @field_validator("modes")
+    @classmethod
+    def _known(cls, modes: dict[str, str]) -> dict[str, str]:
+        for name in modes:
+            if name not in GUARDRAIL_NAMES:
+                raise ValueError(f"unknown guardrail {name!r} (guardrails: {', '.join(GUARDRAIL_NAMES)})")
+        return modes
+
+    @property
+    def active(self) -> bool:
+        return (self.max_size is not None or self.max_from is not None or self.max_terms_agg_size is not None
+                or self.timeout is not None or self.terminate_after is not None or not self.allow_leading_wildcards
+                or not self.allow_scripts or not self.allow_regexp)
 
 
 class Plan(_Frozen):
@@ -212,6 +343,10 @@ class Plan(_Frozen):
     max_wait_ms: float = Field(2000, ge=0)
     weight: float = Field(1.0, gt=0, description="share of the global gate under contention")
     resources: list[Literal["search", "read", "write", "admin"]] = list(RESOURCES)
+    guardrails: GuardrailsConfig = GuardrailsConfig()
+    max_cost_factor: float | None = Field(
+        None, gt=0, description="cancel a request whose time at the cluster (ms) exceeds this many times its charged "
+        "cost (cost units are thread-ms; one thread assumed, so the longest deadline); None: no limit")
     cluster_apis: list[str] = []
 
     def bucket(self, resource: str) -> Bucket:
@@ -222,8 +357,19 @@ class Tenant(_Frozen):
     plan: str
     api_keys: list[str] = []
     users: dict[str, str] = {}
+    #: client certificates (mutual TLS on the listener) that identify this tenant: a subject ("CN=app,O=Acme",
+    #: attributes in any order) or a subject alternative name ("DNS:app.acme.internal", "URI:spiffe://...",
+    #: "email:...", "IP:10.0.0.1")
+    client_cert_subjects: list[str] = []
     indices: list[str] = Field(min_length=1)
     enforce: bool | None = None  # None: follow the global `enforce`
+
+    @field_validator("client_cert_subjects")
+    @classmethod
+    def _certificate_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            certificate_name(name)  # ValueError says what is wrong with it
+        return names
 
     @field_validator("api_keys")
     @classmethod
@@ -260,8 +406,22 @@ class SecurityConfig(_Frozen):
     binding_secret: str | None = Field(None, min_length=16)
 
 
+class SheddingConfig(_Frozen):
+    """Overload shedding (proxy/runaway.py): while the gate's health signals say the cluster is in distress,
+    cancel the costliest requests in flight of tenants over their fair share, at a bounded rate."""
+
+    enabled: bool = False
+    max_per_s: float = Field(2.0, gt=0, description="requests shed per second at most (per worker)")
+    min_age_s: float = Field(0.5, ge=0, description="a request is shed only once it has been at the cluster this long")
+    signals: list[Literal["data_nodes", "search_rejections", "search_queue", "upstream_errors", "latency"]] = Field(
+        ["data_nodes", "search_rejections", "upstream_errors", "latency"],
+        description="the gate's reasons (sluicegate_gate_reason) that count as distress")
+
+
 class Config(_Frozen):
     listen: Address = Address(host="127.0.0.1", port=8080)
+    #: TLS on `listen` (HTTPS only on that port); None: plain HTTP
+    listen_tls: ListenTLS | None = None
     admin_listen: Address = Address(host="127.0.0.1", port=9901)
     upstream: UpstreamConfig
     redis: RedisConfig | None = None
@@ -271,6 +431,7 @@ class Config(_Frozen):
     access_log: AccessLogConfig = AccessLogConfig()
     shapes: ShapesConfig = ShapesConfig()
     security: SecurityConfig = SecurityConfig()
+    shedding: SheddingConfig = SheddingConfig()
     enforce: bool = True
     drain_timeout_s: float = Field(30.0, ge=0)
     plans: dict[str, Plan] = Field(min_length=1)
@@ -286,6 +447,9 @@ class Config(_Frozen):
         return self.enforce if flag is None else flag
 
 
+_TENANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
 def _cross_checks(data: dict) -> list[tuple[str, str]]:
     """Rules that span several keys, with the path of the key at fault. They read the decoded
     document, not a validated `Config`, so that they are reported alongside type errors in one pass;
@@ -295,16 +459,36 @@ def _cross_checks(data: dict) -> list[tuple[str, str]]:
     tenants = data.get("tenants")
     seen_keys: dict[str, str] = {}
     seen_users: dict[str, str] = {}
+    seen_names: dict[str, str] = {}
+    listen_tls = data.get("listen_tls")
+    mutual_tls = isinstance(listen_tls, dict) and listen_tls.get("client_ca_file") is not None
     for name, tenant in (tenants.items() if isinstance(tenants, dict) else ()):
         if not isinstance(tenant, dict):
             continue
         base = f"tenants.{name}"
+        if not _TENANT_NAME.fullmatch(str(name)):
+            # the name leads the X-Opaque-Id forwarded to the cluster, up to the first ';' (proxy/opaque.py)
+            errors.append((base, "tenant names are letters, digits, '.', '_' and '-' (they lead X-Opaque-Id)"))
         plan = tenant.get("plan")
         if isinstance(plans, dict) and plans and isinstance(plan, str) and plan not in plans:
             errors.append((f"{base}.plan", f"unknown plan {plan!r} (plans: {', '.join(sorted(map(str, plans)))})"))
         keys, users = tenant.get("api_keys") or [], tenant.get("users") or {}
-        if not keys and not users:
-            errors.append((base, "tenant has no api_keys and no users, so no request can ever identify it"))
+        subjects = tenant.get("client_cert_subjects") or []
+        if not keys and not users and not subjects:
+            errors.append((base, "tenant has no api_keys, users or client_cert_subjects, so no request can ever identify it"))
+        if subjects and not mutual_tls:
+            errors.append((f"{base}.client_cert_subjects", "needs listen_tls.client_ca_file: without mutual TLS no "
+                           "client presents a certificate"))
+        for i, subject in enumerate(subjects if isinstance(subjects, list) else ()):
+            try:
+                key = certificate_name(subject) if isinstance(subject, str) else None
+            except ValueError:
+                continue  # the field's own validator says what is wrong with it
+            if key is None:
+                continue
+            if key in seen_names:
+                errors.append((f"{base}.client_cert_subjects.{i}", f"same certificate name as tenant {seen_names[key]!r}"))
+            seen_names[key] = str(name)
         for i, key in enumerate(keys if isinstance(keys, list) else ()):
             if not isinstance(key, str):
                 continue
@@ -322,7 +506,26 @@ def _cross_checks(data: dict) -> list[tuple[str, str]]:
         high = admission.get("max_limit", fields["max_limit"].default)
         if type(low) is int and type(high) is int and low > high:
             errors.append(("admission.min_limit", "must not exceed admission.max_limit"))
+    try:
+        listen = Address(**_parse_address(data.get("listen", "127.0.0.1:8080")))
+        admin = Address(**_parse_address(data.get("admin_listen", "127.0.0.1:9901")))
+    except (ValueError, TypeError):
+        pass  # the schema reports an address it cannot read
+    else:
+        if _same_socket(listen, admin):
+            errors.append(("admin_listen", f"{admin} is also the proxy's listen address: give each its own port"))
+    upstream = data.get("upstream")
+    if isinstance(upstream, dict) and upstream.get("tls") is not None:
+        nodes = upstream.get("nodes")
+        if isinstance(nodes, list) and nodes and all(isinstance(n, str) and n.startswith("http://") for n in nodes):
+            errors.append(("upstream.tls", "the nodes are http://: TLS settings apply to https:// nodes only"))
     return errors
+
+
+def _same_socket(a: Address, b: Address) -> bool:
+    """Whether binding both would collide: the same port (not 0) on the same host or on a wildcard address."""
+    wildcard = ("0.0.0.0", "::", "")
+    return a.port == b.port != 0 and (a.host == b.host or a.host in wildcard or b.host in wildcard)
 
 
 def patterns_overlap(a: str, b: str) -> bool:
@@ -352,6 +555,12 @@ def config_warnings(cfg: Config) -> list[tuple[str, str]]:
                          "bound with a key derived from the tenants' key digests: anyone who reads this file can "
                          "compute it, and every open scroll breaks when a key changes (see docs/SECURITY.md); set "
                          "a random secret of 16 or more characters"))
+    tls = cfg.upstream.tls
+    if tls is not None and not tls.verify:
+        warnings.append(("upstream.tls.verify", "false: the nodes' certificates are not checked, so anyone on the "
+                         "network path can pose as the cluster and read the proxy's credentials and every query"))
+    if cfg.upstream.auth.scheme is not None and not cfg.upstream.https:
+        warnings.append(("upstream.auth", "credentials go to http:// nodes in clear text; use https:// nodes"))
     tenants = list(cfg.tenants.items())
     for n, (name, tenant) in enumerate(tenants):
         for other, theirs in tenants[n + 1:]:

@@ -43,6 +43,14 @@ cdef class Trace:
     cdef public Py_ssize_t bytes_in
     cdef public Py_ssize_t bytes_out
     cdef public object body
+    cdef public bytes request_id
+    cdef public object task
+    cdef public double sent_at
+    cdef public str sent_to
+    cdef public double deadline
+    cdef public double limit_s
+    cdef public str limit_reason
+    cdef public str killed
 
 
 cdef class Proxy:
@@ -55,6 +63,7 @@ cdef class Proxy:
     cdef public object access_log
     cdef public object shapes
     cdef public object index_sizes
+    cdef public object runaway
     cdef public Py_ssize_t inflight
     cdef public bint draining
     cdef object _idle

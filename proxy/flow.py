@@ -27,10 +27,13 @@ from .admission import Admission, Ticket
 from .config import Config, HardLimits
 from .cost import CostModel, Estimate, IndexSizes, LearnedCosts, observed_cost
 from .errors import BodyTooLarge, Refusal, Throttled, UpstreamFailure
+from .guardrails import GUARDED, GuardrailRefused, guard
 from .idbinding import IdBinder, Rebound, binding_key
 from .limiter import Decision, Limiter
 from .listener import ClientGone, Request
 from .metrics import Metrics
+from .opaque import echoed_field, forwarded_field, new_request_id
+from .runaway import CLIENT_GONE, MAX_COST_FACTOR, MAX_DURATION, Runaway, cancelled
 from .shapes import ShapeBook
 from .tenants import Directory, TenantView, authorize
 from .upstream import Upstream, hedge_after, passed_fields
@@ -54,6 +57,9 @@ COST_FIELDS_MEMO = 256
 INFLATE_IN_STEPS_BYTES = 8 * 1024
 #: what inflating costs the tenant's budget, in cost units (thread-milliseconds) per inflated byte: ~2 ms a MiB
 INFLATE_COST_PER_BYTE = 2.0 / (1 << 20)
+#: the header a rewritten (guardrails) body no longer has
+_ENCODING = frozenset((b"content-encoding",))
+_JSON_TYPE = b"Content-Type: application/json\r\n"
 
 log = logging.getLogger("sluicegate.flow")
 
@@ -158,6 +164,7 @@ class Trace:
     __slots__ = (
         "started", "tenant", "call", "estimated", "charged", "observed", "fingerprint",
         "decision", "reason", "status", "node", "queued_s", "upstream_s", "bytes_in", "bytes_out", "body",
+        "request_id", "task", "sent_at", "sent_to", "deadline", "limit_s", "limit_reason", "killed",
     )
 
     def __init__(self, started: float):
@@ -177,6 +184,17 @@ class Trace:
         self.bytes_in = 0
         self.bytes_out = 0
         self.body: esapi.Body | None = None
+        #: what follows the tenant in the forwarded X-Opaque-Id: the client's own id, or one of the proxy's
+        self.request_id = b""
+        # runaway control (proxy/runaway.py), once the request is sent: the task serving it, when and where
+        # it was sent (monotonic s, node URL), when its plan's limit runs out (0: never), and why it was cancelled
+        self.task = None
+        self.sent_at = 0.0
+        self.sent_to = ""
+        self.deadline = 0.0
+        self.limit_s = 0.0
+        self.limit_reason = ""
+        self.killed = ""
 
 
 class Proxy:
@@ -193,6 +211,7 @@ class Proxy:
         metrics: Metrics,
         access_log: AccessLog,
         shapes: ShapeBook | None = None,
+        runaway: Runaway | None = None,
     ):
         self.snapshot = snapshot
         self.limiter = limiter
@@ -203,6 +222,7 @@ class Proxy:
         self.access_log = access_log
         self.shapes = shapes if shapes is not None else ShapeBook()  # the costliest query shapes, for the cockpit
         self.index_sizes: IndexSizes | None = None  # documents per index, swapped in by the cluster poller
+        self.runaway = runaway if runaway is not None else Runaway(metrics)  # the requests at the cluster
         self.inflight = 0
         self.draining = False  # set on SIGTERM (the listener closes each connection after its response)
         self._idle: asyncio.Future[None] | None = None  # what wait_idle awaits, while anyone does
@@ -231,8 +251,10 @@ class Proxy:
 
             # 1. Who is asking, and what for?
             method, target = request.method, request.target
-            tenant = snap.directory.identify(request.authorization, target)
+            tenant = snap.directory.identify(request.authorization, target, request.certificate)  # mutual TLS: its names
             name = trace.tenant = tenant.name
+            opaque = request.opaque_id
+            trace.request_id = opaque if opaque is not None else new_request_id()
             call = trace.call = esapi.parse_call(method, target)
             resource = call.resource
 
@@ -262,6 +284,17 @@ class Proxy:
                 authorize(tenant, call, body or esapi.NO_BODY)
                 snap.granted(sent, body)
             trace.bytes_in = len(raw)
+            # Guardrails: a search over its plan's bounds is degraded (rewritten) or refused (400), or in shadow
+            # only counted. Everything after (the estimate, the fingerprint, the node) sees what is forwarded.
+            degraded = b""
+            recoded = False  # the body forwarded is the proxy's (uncompressed), not the client's bytes
+            rails = tenant.plan.guardrails
+            if rails.active and call.kind in GUARDED:
+                guarded = self._guard(tenant, rails, call, target, raw, body)
+                if guarded is not None:
+                    recoded = guarded[2] is not raw
+                    call, target, raw, body, degraded = guarded
+                    trace.call = call
             trace.body = body
             # Scroll, point-in-time and async-search ids are bound to the tenant that opened them.
             rebound = snap.ids.rebind(name, call, body, target)
@@ -308,25 +341,33 @@ class Proxy:
 
             # 6. Forward to a node, and send its answer back: a small one whole, in one write; a large
             #    one streamed as it arrives. Once the node has answered, the request leaves its slot and
-            #    the gate: the cluster's work is done, and relaying to a slow client is the proxy's cost.
+            #    the gate: the cluster's work is done, and relaying to a slow client is the proxy's cost. From
+            #    here on the request is in flight at the cluster: the runaway sweep cancels it past its plan's limits.
+            self._in_flight(tenant, call, trace)
             try:
                 forward, forwarded, passed = target, raw or None, request.passed_fields
+                if recoded:
+                    if request.content_encoding is not None:
+                        passed = passed_fields(request.headers, _ENCODING)  # the rewritten body is not compressed
+                    if content_type is None:  # a body the client did not send (a timeout injected into a GET)
+                        passed += _JSON_TYPE
                 if rebound is not None:  # the node gets its own ids back
                     forward, forwarded = rebound.request(raw)
                     passed = passed_fields(request.headers, rebound.dropped_headers)
-                fields = self.upstream.forward_fields(passed, request.forwarded_for, request.client, request.scheme)
+                fields = self.upstream.forward_fields(passed, request.forwarded_for, request.client, request.scheme) \
+                    + forwarded_field(name, trace.request_id)  # the tenant on the cluster's task
                 sent_at = time.monotonic()
                 retryable = resource in _RETRYABLE
                 upstream = await self.upstream.send(
                     method, forward, fields, forwarded, retryable,
-                    hedge_after(gate_cost, self.admission.gate.threads_per_request) if retryable else 0.0,
+                    hedge_after(gate_cost, self.admission.gate.threads_per_request) if retryable else 0.0, trace,
                 )
                 try:
                     trace.node = upstream.node.url  # type: ignore[attr-defined]
                     trace.upstream_s = time.monotonic() - sent_at
                     self.metrics.observe_upstream(resource, trace.upstream_s)
                     trace.status = upstream.status
-                    fields = upstream.relayed + self._cost_field(estimated, charged)
+                    fields = upstream.relayed + self._cost_field(estimated, charged) + echoed_field(opaque) + degraded
                     length = upstream.content_length
                     if method == "HEAD" or (length is not None and length <= SMALL_RESPONSE):
                         data = upstream.read_now() if upstream.complete else await upstream.read()
@@ -339,7 +380,9 @@ class Proxy:
                 # An upstream failure's own status (502/503/504) tells the gate's adaptive limit what happened.
                 status = exc.status if isinstance(exc, UpstreamFailure) else trace.status
                 self.admission.leave(ticket, status, trace.upstream_s, None)
-                if trace.node == "":  # never reached a node: the cluster spent nothing
+                if isinstance(exc, (asyncio.CancelledError, ClientGone)):
+                    self._settle_abandoned(tenant, call, decision, fingerprint, trace)
+                elif trace.node == "":  # never reached a node: the cluster spent nothing
                     self.limiter.settle(name, resource, charged, 0.0)
                 raise
             self.admission.leave(ticket, trace.status, trace.upstream_s, trace.observed)
@@ -356,14 +399,31 @@ class Proxy:
             else:
                 answer = refusal.body()
                 trace.bytes_out = len(answer)
-                request.respond(refusal.status, refusal.fields(), answer)
+                request.respond(refusal.status, refusal.fields() + echoed_field(request.opaque_id), answer)
         except (asyncio.CancelledError, ClientGone) as exc:
-            # The client went away: its request is abandoned, and the node's connection with it.
-            trace.status, trace.decision, trace.reason = 499, "cancelled", "client_closed"
-            self._record(request, trace)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
+            why = trace.killed
+            if not why or not isinstance(exc, asyncio.CancelledError):
+                # The client went away: its request is abandoned, and the node's connection with it (closing
+                # it cancels the search on the cluster).
+                trace.status, trace.decision, trace.reason = 499, "cancelled", CLIENT_GONE
+                if trace.sent_at:
+                    self.metrics.cancelled.labels(trace.tenant, CLIENT_GONE).inc()
+                self._record(request, trace)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                return
+            # The proxy cancelled it (runaway sweep, operator, shedding): its client is still there.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            refusal = cancelled(why, trace.tenant, trace)
+            trace.status, trace.decision, trace.reason = refusal.status, "cancelled", why
+            self.metrics.cancelled.labels(trace.tenant, why).inc()
+            if request.started:  # cut short mid-response: the client sees it end early
+                request.abort()
+            else:
+                answer = refusal.body()
+                trace.bytes_out = len(answer)
+                request.respond(refusal.status, refusal.fields() + self._cost_field(trace.estimated, trace.charged)
+                                + echoed_field(request.opaque_id), answer)
         except Exception as exc:
             if request.started:  # the node failed mid-response, or a bug: the client sees the response cut short
                 if isinstance(exc, UpstreamProtocolError):
@@ -382,6 +442,8 @@ class Proxy:
         finally:
             if held:
                 self.held_bodies.give_back(name, held)
+            if trace.sent_at:
+                self.runaway.running.pop(trace, None)
             self.inflight -= 1
             if not self.inflight and self._idle is not None:
                 self._idle.set_result(None)
@@ -408,6 +470,63 @@ class Proxy:
             if inflated:
                 self.limiter.settle(tenant, call.resource, 0.0, inflated * INFLATE_COST_PER_BYTE)
             raise
+
+    def _guard(self, tenant: TenantView, rails, call: esapi.EsCall, target: str, raw: bytes, body: esapi.Body | None):
+        """The plan's guardrails on a search: None when nothing changes (none fired, or shadow), else
+        (call, target, raw body, body, X-Sluicegate-Degraded line) as rewritten. Raises GuardrailRefused."""
+        shadow = rails.shadow or not tenant.enforce
+        counter = self.metrics.degraded
+        try:
+            outcome = guard(rails, tenant.name, call.kind, target, call.params,
+                            body.json if body is not None else None, body.lines if body is not None else None)
+        except GuardrailRefused as refusal:
+            counter.labels(tenant.name, refusal.guardrail, "shadow_refuse" if shadow else "refuse").inc()
+            if shadow:
+                return None
+            raise
+        if outcome is None:
+            return None
+        for name in outcome.hits:
+            counter.labels(tenant.name, name, "shadow_cap" if shadow else "cap").inc()
+        if shadow:
+            return None
+        if outcome.target is not None:
+            target = outcome.target
+            call = esapi.parse_call(call.method, target)
+        if outcome.data is not None:
+            raw = outcome.data
+            body = esapi.Body(raw, raw, outcome.json, outcome.lines, body.ndjson_lines if body is not None else 0)
+        return call, target, raw, body, outcome.header()
+
+    def _in_flight(self, tenant: TenantView, call: esapi.EsCall, trace: Trace) -> None:
+        """Register a request about to be sent with the runaway sweep, with its plan's deadline."""
+        plan = tenant.plan
+        limit, why = plan.bucket(call.resource).max_duration_s, MAX_DURATION
+        factor = plan.max_cost_factor
+        if factor is not None and trace.charged > 0.0:
+            by_cost = factor * trace.charged / 1000.0  # cost units are thread-ms; one thread: the longest it may take
+            if limit is None or by_cost < limit:
+                limit, why = by_cost, MAX_COST_FACTOR
+        now = trace.sent_at = time.monotonic()
+        if limit is not None and tenant.enforce:  # a shadow tenant's requests run to the end
+            trace.deadline, trace.limit_s, trace.limit_reason = now + limit, limit, why
+        trace.task = asyncio.current_task()
+        self.runaway.running[trace] = None
+
+    def _settle_abandoned(self, tenant: TenantView, call: esapi.EsCall, decision: Decision, fingerprint: int,
+                          trace: Trace) -> None:
+        """Bill a request abandoned at the cluster (its client left, or the proxy cancelled it) for what the
+        cluster spent until then: the time it was there, one thread's worth (ms), unless the response had
+        already said. A request cancelled at its plan's limit teaches its shape that cost, so the next one is
+        charged it up front."""
+        spent = trace.observed
+        if spent is None:
+            # to 0.01 ms, as the access log books it: the bill and the log add up to the same
+            spent = trace.observed = round((time.monotonic() - trace.sent_at) * 1000.0, 2) if trace.sent_at else 0.0
+        if decision.charged:
+            self.limiter.settle(tenant.name, call.resource, decision.charged, spent)
+        if trace.killed in (MAX_DURATION, MAX_COST_FACTOR) and self.snapshot.config.cost.learn:
+            self.learned.observe(tenant.name, fingerprint, spent)
 
     def _cost_field(self, estimated: float, charged: float) -> bytes:
         """The X-Sluicegate-Cost header line: what the request was estimated at and charged (cost units)."""
@@ -516,6 +635,7 @@ class Proxy:
             log.write({
                 "time": time.time(),
                 "tenant": trace.tenant,
+                "request_id": trace.request_id.decode("latin-1") or None,
                 "method": request.method,
                 "kind": call.kind if call else None,
                 "index": ",".join(call.indices) if call else None,
@@ -527,7 +647,7 @@ class Proxy:
                 "decision": trace.decision,
                 "reason": trace.reason or None,
                 "status": trace.status,
-                "node": trace.node or None,
+                "node": trace.node or trace.sent_to or None,  # sent to, if it never answered
                 "queue_ms": round(trace.queued_s * 1000, 2),
                 "upstream_ms": round(trace.upstream_s * 1000, 2),
                 "duration_ms": round((time.monotonic() - trace.started) * 1000, 2),

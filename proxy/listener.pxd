@@ -16,11 +16,13 @@ cdef class Request:
     cdef public list headers
     cdef public object client
     cdef public str scheme
+    cdef public object certificate
     cdef public object authorization
     cdef public object content_type
     cdef public object content_encoding
     cdef public object content_length
     cdef public object forwarded_for
+    cdef public object opaque_id
     cdef public bytes passed_fields
     cdef public bint expect_continue
     cdef public bint keep_alive
@@ -64,6 +66,7 @@ cdef class ClientConnection:
     cdef object parser
     cdef public object client
     cdef public str scheme
+    cdef public object certificate
     cdef public object limits
     cdef public bint writing_paused
     cdef public object stream_source

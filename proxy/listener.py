@@ -22,7 +22,9 @@ One client address holds at
 most `limits.max_connections_per_client` connections at once; a connection beyond that is closed
 as soon as it is accepted.
 
-Transport-agnostic: TLS comes in through `loop.create_server(..., ssl=context)` unchanged.
+Transport-agnostic: TLS comes in through `loop.create_server(..., ssl=context)` unchanged. The one
+thing the listener reads of it is, once per connection, the names of the client's certificate
+(mutual TLS, `tls.peer_names`), which each request carries as `certificate` for tenant identification.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from typing import Any, Protocol
 
 import httptools
 
+from . import tls
 from .config import HardLimits
 from .errors import BadRequest, HeadersTooLarge, Refusal, RequestTimeout, UriTooLong
 from .upstream_http import HOP_BY_HOP
@@ -49,10 +52,11 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: statuses whose responses have no body (and no Content-Length)
 _NO_BODY = frozenset((100, 101, 102, 103, 204, 304))
 #: the request headers the listener reads by name (lower-case), and what it does with them
-_AUTHORIZATION, _CONTENT_TYPE, _CONTENT_ENCODING, _HOST, _CONTENT_LENGTH, _EXPECT, _FORWARDED_FOR = range(1, 8)
+_AUTHORIZATION, _CONTENT_TYPE, _CONTENT_ENCODING, _HOST, _CONTENT_LENGTH, _EXPECT, _FORWARDED_FOR, _OPAQUE_ID = range(1, 9)
 _NAMED = {
     b"authorization": _AUTHORIZATION, b"content-type": _CONTENT_TYPE, b"content-encoding": _CONTENT_ENCODING,
     b"host": _HOST, b"content-length": _CONTENT_LENGTH, b"expect": _EXPECT, b"x-forwarded-for": _FORWARDED_FOR,
+    b"x-opaque-id": _OPAQUE_ID,
 }
 #: the end of a response head: whether the connection stays open, as HTTP/1.1 and HTTP/1.0 say it
 _KEEP_1_1, _KEEP_1_0, _CLOSE = b"\r\n", b"Connection: keep-alive\r\n\r\n", b"Connection: close\r\n\r\n"
@@ -97,8 +101,9 @@ class Request:
     """
 
     __slots__ = (
-        "method", "target", "version", "headers", "client", "scheme", "authorization", "content_type",
-        "content_encoding", "content_length", "forwarded_for", "passed_fields", "expect_continue", "keep_alive",
+        "method", "target", "version", "headers", "client", "scheme", "certificate", "authorization", "content_type",
+        "content_encoding", "content_length", "forwarded_for", "opaque_id", "passed_fields", "expect_continue",
+        "keep_alive",
         "complete", "body_size", "too_large", "refusal", "responded", "_chunks", "_conn", "_waiter", "_streaming",
         "_chunked", "body_wanted",
     )
@@ -112,6 +117,8 @@ class Request:
         #: the client's IP address, and "http" or "https"
         self.client: str | None = conn.client
         self.scheme = conn.scheme
+        #: the names of the client's certificate (mutual TLS), or None
+        self.certificate: tuple[str, ...] | None = conn.certificate
         self.authorization: str | None = None
         self.content_type: str | None = None
         self.content_encoding: str | None = None
@@ -119,6 +126,8 @@ class Request:
         self.content_length: int | None = None
         #: the X-Forwarded-For the client sent (several joined), or None
         self.forwarded_for: bytes | None = None
+        #: the client's own X-Opaque-Id (the first), or None: see proxy/opaque.py
+        self.opaque_id: bytes | None = None
         #: the header lines to pass on ("Name: value\r\n" each): those named in the listener's `forwarded`
         self.passed_fields = b""
         self.expect_continue = False
@@ -344,7 +353,7 @@ class ClientConnection:
         "listener", "loop", "transport", "parser", "client", "scheme", "limits", "writing_paused", "stream_source",
         "_parsing", "_in_head", "_url", "_headers", "_max_headers", "_trailers", "_head_bytes", "_queue", "_current",
         "_task", "_refusal", "_closing", "_stopped", "_counted", "_reading_paused", "_idle", "_head_started",
-        "_drainer", "_timer", "_timer_at", "_deadline", "_timer_job", "_write_timer",
+        "_drainer", "_timer", "_timer_at", "_deadline", "_timer_job", "_write_timer", "certificate",
     )
 
     def __init__(self, listener: Listener):
@@ -354,6 +363,8 @@ class ClientConnection:
         self.parser = httptools.HttpRequestParser(self)
         self.client: str | None = None
         self.scheme = "http"
+        #: the names the client's certificate answers to (mutual TLS), read once per connection; None: none shown
+        self.certificate: tuple[str, ...] | None = None
         self.limits: HardLimits = listener.limits
         self.writing_paused = False
         #: what the response being streamed reads from (paused while the client is slow)
@@ -392,6 +403,8 @@ class ClientConnection:
         client = peer[0] if isinstance(peer, tuple) and peer else None
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
+            # The handshake is done by now (TLS protocols are told of the connection after it).
+            self.certificate = tls.peer_names(transport)
         if client is not None:
             count = listener.per_client.get(client, 0)
             if count >= self.limits.max_connections_per_client:
@@ -532,6 +545,9 @@ class ClientConnection:
                 elif named == _FORWARDED_FOR:
                     prior = request.forwarded_for
                     request.forwarded_for = value if prior is None else prior + b", " + value
+                elif named == _OPAQUE_ID:
+                    if request.opaque_id is None:
+                        request.opaque_id = value
             if lname in forwarded:
                 passed += (name, b": ", value, b"\r\n")
         limits = self.limits

@@ -26,6 +26,8 @@ cdef class Metrics:
     cdef public object redis_up
     cdef public object redis_fallbacks
     cdef public object live
+    cdef public object cancelled
+    cdef public object degraded
 
     cpdef count_request(self, tenant, resource, decision, reason)
     cpdef count_response(self, tenant, status)

@@ -124,6 +124,16 @@ class Metrics:
         self.redis_fallbacks = Counter(
             "sluicegate_redis_fallbacks", "Switches from Redis to local limits after a Redis failure", registry=r
         )
+        #: requests the proxy cancelled at the cluster (proxy/runaway.py): rare, so prometheus_client's own type
+        self.cancelled = Counter(
+            "sluicegate_cancelled", "Requests cancelled at the cluster, by tenant and reason (max_duration, "
+            "max_cost_factor, operator, shed, client_closed)", ["tenant", "reason"], registry=r,
+        )
+        #: guardrails that changed or refused a request, or would have in shadow (proxy/guardrails.py)
+        self.degraded = Counter(
+            "sluicegate_guardrail_hits", "Requests a guardrail capped, refused or would have (shadow), by tenant, "
+            "guardrail and action", ["tenant", "guardrail", "action"], registry=r,
+        )
         self.live = _LiveCollector()
         r.register(self.live)
 

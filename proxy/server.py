@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
+from . import credentials, tls
 from .accesslog import AccessLog
 from .admission import Admission
 from .cockpit import Cockpit
@@ -30,13 +32,29 @@ from .redis_limiter import RedisLimiter
 from .shapes import ShapeBook
 from .shared_costs import learned_costs
 from .shared_shapes import ShapeSharer
+from .runaway import Runaway
 from .upstream import FORWARDED_HEADERS, Upstream
 
 log = logging.getLogger("sluicegate")
 
 
-#: config sections a reload cannot apply (sockets already bound, the Redis client already built)
+#: config sections a reload cannot apply (sockets already bound, the Redis client already built); of
+#: `listen_tls`, only turning TLS on or off and the client CA settings wait for a restart
 RESTART_ONLY = ("listen", "admin_listen", "redis")
+
+
+class ListenError(Exception):
+    """A listener could not bind its address (in use, not permitted): one line for the operator."""
+
+
+def load_checked(path: str | Path) -> tuple[Config, str, list[tuple[str, str]]]:
+    """load_config, then what the config points at (TLS files, secrets): the config, its digest and
+    every warning to log. Raises ConfigError listing every problem with its key path."""
+    config, digest = load_config(path)
+    errors, warnings = tls.preflight(config)
+    if errors:
+        raise ConfigError(errors)
+    return config, digest, config_warnings(config) + warnings
 
 
 class Worker:
@@ -52,6 +70,10 @@ class Worker:
         workers: int = 1,
         admin_socket: str | None = None,
     ):
+        # TLS contexts and the cluster credentials first: built once per load, a ConfigError if they cannot be
+        self.listener_tls = tls.ListenerTLS(config.listen_tls) if config.listen_tls is not None else None
+        upstream_ssl = tls.upstream_context(config.upstream)
+        authorization = credentials.authorization(config.upstream.auth)
         self.config_path = Path(config_path)
         self.worker_index = worker_index
         self.workers = workers
@@ -73,7 +95,8 @@ class Worker:
         learned, self.cost_sharer = learned_costs(config, self.limiter, self.metrics)
         self.admission = Admission()
         self.admission.configure(config, share=self.share)
-        self.upstream = Upstream(config.upstream, on_error=self._count_upstream_error)
+        self.upstream = Upstream(config.upstream, on_error=self._count_upstream_error,
+                                 ssl_context=upstream_ssl, authorization=authorization)
         # the gate's capacity and pressure; the indices' sizes for the estimates
         self.cluster_health = ClusterHealth(
             self.upstream, self.admission, on_index_sizes=self._index_sizes,
@@ -95,6 +118,7 @@ class Worker:
             metrics=self.metrics,
             access_log=self.access_log,
             shapes=self.shapes,
+            runaway=Runaway(self.metrics),
         )
         self.cockpit = Cockpit(self)  # the status page's samples and reports
         self.metrics.set_config(1, digest)
@@ -164,22 +188,44 @@ class Worker:
         await self.upstream.start()
         await self.cluster_health.start()
         await self.cockpit.start()
-        self._proxy_server = await asyncio.get_running_loop().create_server(
-            self.listener, config.listen.host, config.listen.port, reuse_port=self.workers > 1 or None, backlog=2048
-        )
+        self._configure_shedding(config)
+        self.proxy.runaway.start()  # the sweep that cancels requests past their plan's limits
+        # The listener's TLS context is passed once; a SIGHUP loads a new certificate into that same
+        # context (tls.ListenerTLS.reload), so the server need not be re-created to rotate it.
+        self._proxy_server = await _bind(asyncio.get_running_loop().create_server(
+            self.listener, config.listen.host, config.listen.port, reuse_port=self.workers > 1 or None, backlog=2048,
+            ssl=self.listener_tls.context if self.listener_tls is not None else None,
+            # a client that never finishes its handshake is a slowloris too: the head timeout bounds it
+            ssl_handshake_timeout=config.limits.header_timeout_s if self.listener_tls is not None else None,
+        ), "listen", config.listen)
         from .admin import admin_app
 
         admin_runner = web.AppRunner(admin_app(self), handle_signals=False, access_log=None)
         await admin_runner.setup()
+        self._admin_runner = admin_runner  # cleaned up by drain, even if its address cannot be bound
         if self.admin_socket:
             await web.UnixSite(admin_runner, self.admin_socket).start()
         else:
-            await web.TCPSite(admin_runner, config.admin_listen.host, config.admin_listen.port).start()
-        self._admin_runner = admin_runner
+            await _bind(web.TCPSite(admin_runner, config.admin_listen.host, config.admin_listen.port).start(),
+                        "admin_listen", config.admin_listen)
         log.info(
-            "sluicegate worker %d listening on %s (admin %s), upstream %s",
-            self.worker_index, config.listen, self.admin_socket or config.admin_listen, ", ".join(config.upstream.nodes),
+            "sluicegate worker %d listening on %s%s (admin %s), upstream %s",
+            self.worker_index, config.listen, " (TLS)" if self.listener_tls is not None else "",
+            self.admin_socket or config.admin_listen, ", ".join(config.upstream.nodes),
         )
+
+    def _configure_shedding(self, config) -> None:
+        """Overload shedding reads the gate's reason for its limit as the cluster's distress signal."""
+        runaway = self.proxy.runaway
+        runaway.shedding = config.shedding
+        gate = self.admission.gate
+
+        def distress(now: float) -> str | None:
+            why = gate.reason(self.admission.clock())
+            return why if why in runaway.shedding.signals else None
+
+        runaway.distress = distress
+        runaway.weights = lambda: {name: view.plan.weight for name, view in self.proxy.snapshot.directory.tenants.items()}
 
     @property
     def running_listen(self):
@@ -195,20 +241,26 @@ class Worker:
     def reload(self) -> tuple[bool, str]:
         """Re-read the config file. A valid file is swapped in between requests; an invalid one changes
         nothing. Either way a file access log is reopened (logrotate sends SIGHUP after moving it)."""
+        old = self.proxy.snapshot
         try:
-            config, digest = load_config(self.config_path)
+            config, digest, warnings = load_checked(self.config_path)
+            upstream_ssl = tls.upstream_context(config.upstream)
+            authorization = credentials.authorization(config.upstream.auth)
+            # The last step that can fail, and the only one that touches live state: it proves the new
+            # certificate pair before loading it into the listener's context.
+            tls_pending = (self.listener_tls.reload(config.listen_tls)
+                           if self.listener_tls is not None and config.listen_tls is not None else [])
         except ConfigError as exc:
             self.access_log.reopen()
             self.metrics.config_reload_failures.inc()
             for path, message in exc.errors:
                 log.error("config reload refused, keeping the running config: %s: %s", path or "<file>", message)
             return False, str(exc)
-        old = self.proxy.snapshot
         snapshot = Snapshot(config, old.generation + 1, digest)
         # No await between these lines: no request can observe a half-applied config.
         self.limiter.configure(config)
         self.admission.configure(config, share=self.share)
-        self.upstream.reconfigure(config.upstream)
+        self.upstream.reconfigure(config.upstream, ssl_context=upstream_ssl, authorization=authorization)
         self.cluster_health.index_sizes_poll_s = config.cost.index_sizes_poll_s
         self.listener.limits = config.limits  # the HTTP layer's hard limits, from the next request on
         self.shapes.configure(config.shapes.window_s, config.shapes.top)
@@ -216,18 +268,22 @@ class Worker:
         if self.shape_sharer is not None:
             self.shape_sharer.interval_s = config.shapes.publish_interval_s
         self.proxy.snapshot = snapshot
+        self.proxy.runaway.shedding = config.shedding
         self.metrics.forget_tenants(set(config.tenants))
         self.metrics.set_config(snapshot.generation, digest)
         self.metrics.config_reloads.inc()
         self.config_loaded_at = time.time()
         log.info("config generation %d in force (%s)", snapshot.generation, digest)
-        _warn(config)
+        _warn(warnings)
         notes = [f"generation {snapshot.generation} ({digest}) in force"]
         log_problem = self.access_log.reconfigure(config.access_log)
         if log_problem:
             log.error("config: %s", log_problem)
             notes.append(log_problem)
-        pending = restart_notice(self.running, config)
+        also = [f"{name} to change" for name in tls_pending]
+        if (config.listen_tls is None) != (self.listener_tls is None):
+            also.append(f"listen_tls to turn TLS {'off' if config.listen_tls is None else 'on'} on {self.running['listen']}")
+        pending = restart_notice(self.running, config, also)
         if pending:
             log.warning("config: %s", pending)
             notes.append(pending)
@@ -252,6 +308,7 @@ class Worker:
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         await self.cockpit.close()
+        await self.proxy.runaway.close()
         await self.cluster_health.close()
         await self.upstream.close()
         if self.shape_sharer is not None:
@@ -263,9 +320,9 @@ class Worker:
         self.stopped.set()
 
 
-def restart_notice(running: dict, config: Config) -> str | None:
+def restart_notice(running: dict, config: Config, also: list[str] | tuple[str, ...] = ()) -> str | None:
     """A sentence naming what in `config` differs from the `running` values of the settings a reload
-    cannot apply (RESTART_ONLY), or None when nothing does."""
+    cannot apply (RESTART_ONLY, and the listener's TLS settings named in `also`), or None when nothing does."""
     phrases = []
     for name in ("listen", "admin_listen"):
         if getattr(config, name) != running[name]:
@@ -277,29 +334,44 @@ def restart_notice(running: dict, config: Config) -> str | None:
             phrases.append("removing the redis section to take effect (limits stay shared through Redis until then)")
         else:
             phrases.append("the changed redis section to take effect")
+    phrases += also
     if not phrases:
         return None
     listed = phrases[0] if len(phrases) == 1 else ", for ".join(phrases[:-1]) + " and for " + phrases[-1]
     return f"a restart is needed for {listed}; the rest of the file is in force"
 
 
-def _warn(config: Config) -> None:
-    for path, message in config_warnings(config):
+def _warn(warnings: list[tuple[str, str]]) -> None:
+    for path, message in warnings:
         log.warning("config: %s: %s", path, message)
 
 
-async def serve(config_path: str, worker_index: int = 0, workers: int = 1, admin_socket: str | None = None) -> int:
-    """Run one worker until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
+async def _bind(starting, key: str, address):
+    """Await a listener's start (what it returns); an address that cannot be bound becomes a ListenError naming the key."""
     try:
-        config, digest = load_config(config_path)
+        return await starting
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {address} ({key}): {os.strerror(exc.errno) if exc.errno else exc}") from None
+
+
+async def serve(config_path: str, worker_index: int = 0, workers: int = 1, admin_socket: str | None = None) -> int:
+    """Run one worker until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code: 1, after one line per
+    problem on stderr, when the config, a file it names or a listen address is not usable."""
+    try:
+        config, digest, warnings = load_checked(config_path)
+        if worker_index == 0:
+            _warn(warnings)
+        worker = Worker(config_path, config, digest, worker_index=worker_index, workers=workers, admin_socket=admin_socket)
     except ConfigError as exc:
         for path, message in exc.errors:
             print(f"{path or '<file>'}: {message}", file=sys.stderr)
         return 1
-    if worker_index == 0:
-        _warn(config)
-    worker = Worker(config_path, config, digest, worker_index=worker_index, workers=workers, admin_socket=admin_socket)
-    await worker.start()
+    try:
+        await worker.start()
+    except ListenError as exc:
+        print(f"sluicegate: {exc}", file=sys.stderr)
+        await worker.drain()
+        return 1
     settle_garbage_collector()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, worker.reload)

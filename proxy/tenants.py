@@ -4,6 +4,11 @@ Secrets are stored as sha256 digests. A presented API key is hashed and looked u
 Basic password is hashed and compared with hmac.compare_digest. Neither the config nor a timing
 side channel reveals a key. An Authorization value that identified a tenant is remembered, so a
 client's key is hashed once per config load rather than on every request; unknown ones never are.
+
+Over mutual TLS a client certificate can identify the tenant instead (`client_cert_subjects`): the
+listener hands over the names the certificate answers to, and a certificate that names a tenant
+is that tenant — the Authorization header is then not consulted. A certificate that names no
+tenant leaves identification to the Authorization header, as on a plain connection.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 import orjson
 
 from . import esapi
+from .certnames import certificate_name
 from .config import Config, Plan
 from .errors import Forbidden, Unauthorized
 
@@ -70,6 +76,10 @@ class Directory:
         self._known: dict[str, TenantView] = {}
         self._by_key_digest: dict[str, TenantView] = {}
         self._by_user: dict[str, tuple[str, TenantView]] = {}
+        #: certnames keys (subject or SAN) → the tenant whose client_cert_subjects list it
+        self._by_certificate: dict[str, TenantView] = {}
+        #: the names of a certificate already looked up → its tenant (None: names no tenant), bounded
+        self._certificates: dict[tuple[str, ...], TenantView | None] = {}
         for name, spec in config.tenants.items():
             view = TenantView(
                 name=name,
@@ -85,9 +95,21 @@ class Directory:
                 self._by_key_digest[digest[len("sha256:"):]] = view
             for user, digest in spec.users.items():
                 self._by_user[user] = (digest[len("sha256:"):], view)
+            for subject in spec.client_cert_subjects:
+                self._by_certificate[certificate_name(subject)] = view
 
-    def identify(self, authorization: str | None, path: str) -> TenantView:
-        """The tenant behind an Authorization header, or Unauthorized (401) naming no secret."""
+    def identify(self, authorization: str | None, path: str, certificate: tuple[str, ...] | None = None) -> TenantView:
+        """The tenant behind a client certificate's names (mutual TLS) or else an Authorization header,
+        or Unauthorized (401) naming no secret."""
+        if certificate:
+            view = self._certificates.get(certificate)
+            if view is None and certificate not in self._certificates:
+                view = self._certificate_tenant(certificate)
+            if view is not None:
+                return view
+            if not authorization:
+                raise Unauthorized(f"the client certificate is not mapped to a tenant and the request carries no "
+                                   f"credentials [{_clip(path)}]")
         if not authorization:
             raise Unauthorized(f"missing authentication credentials for REST request [{_clip(path)}]")
         known = self._known
@@ -98,6 +120,16 @@ class Directory:
                 if len(known) >= KNOWN_CREDENTIALS:
                     known.clear()  # many spellings of valid keys: start over, stay bounded
                 known[authorization] = view
+        return view
+
+    def _certificate_tenant(self, names: tuple[str, ...]) -> TenantView | None:
+        found = {self._by_certificate[name].name: self._by_certificate[name] for name in names if name in self._by_certificate}
+        if len(found) > 1:
+            raise Unauthorized(f"the client certificate names more than one tenant ({', '.join(sorted(found))})")
+        view = next(iter(found.values()), None)
+        if len(self._certificates) >= KNOWN_CREDENTIALS:
+            self._certificates.clear()
+        self._certificates[names] = view
         return view
 
     def _check(self, authorization: str) -> TenantView:

@@ -15,7 +15,10 @@ cdef class Upstream:
     cdef public object config
     cdef public object on_error
     cdef public list nodes
+    cdef public object _ssl
     cdef public object _auth
+    cdef public bint _auth_refused
+    cdef public bint _poll_forbidden
     cdef public bytes _auth_field
     cdef public Py_ssize_t _next
     cdef public object _health_task

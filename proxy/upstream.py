@@ -9,16 +9,25 @@ connection had closed before any byte of the request was written. Once a byte wa
 connection that fails before the response head may have delivered the request: a read (search,
 get) is sent again, being safe to repeat; anything else is answered with a 502 that says its
 outcome is unknown.
+
+https:// nodes are reached with one SSL context per config load (proxy/tls.py), which every
+call here uses: requests, health checks and the cluster polls of `get_json`. A node whose TLS
+handshake fails is down like one that refuses connections, and the log line says what to fix.
+A 401 from the cluster is about the proxy's own credentials (the client's are never forwarded):
+it is logged once with a hint, and the client gets a 502 that says so rather than a 401 that
+would tell it its own key is wrong.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from urllib.parse import urlsplit
 
 import orjson
 
+from . import credentials, tls
 from .config import UpstreamConfig
 from .errors import UpstreamFailure
 from .upstream_http import (
@@ -54,11 +63,12 @@ def hedge_after(cost: float, threads_per_request: float) -> float:
 #: trusts headers from the proxy it would never take from a tenant (es-security-runas-user, X-Found-Cluster,
 #: Cookie, Forwarded, Authorization); none of those, nor any header not named here, gets through. The one
 #: place the forwarded set is decided (docs/SECURITY.md lists it); the proxy adds Host, Content-Length,
-#: X-Forwarded-For/-Proto and its own Authorization itself.
+#: X-Forwarded-For/-Proto, its own Authorization and X-Opaque-Id (the client's, with the tenant in front:
+#: proxy/opaque.py) itself.
 FORWARDED_HEADERS = frozenset((
     b"content-type", b"content-encoding", b"content-language",
     b"accept", b"accept-encoding", b"accept-language", b"accept-charset",
-    b"x-opaque-id", b"traceparent", b"tracestate",
+    b"traceparent", b"tracestate",
     b"user-agent", b"x-elastic-client-meta",  # what client sent it: ES's deprecation log names it
 ))
 
@@ -68,13 +78,16 @@ class Node:
 
     __slots__ = ("url", "host_header", "pool", "down_until", "failures", "healthy")
 
-    def __init__(self, url: str, max_idle: int):
+    def __init__(self, url: str, max_idle: int, ssl_context: ssl.SSLContext | None = None, server_name: str | None = None):
         parts = urlsplit(url)
-        if parts.scheme != "http":
-            raise ValueError(f"only http:// upstream nodes are supported, got {url}")
+        https = parts.scheme == "https"
+        if https and ssl_context is None:
+            raise ValueError(f"{url} is an https:// node: it needs an SSL context")
+        host = parts.hostname or "127.0.0.1"
         self.url = url
         self.host_header = parts.netloc.encode("latin-1")
-        self.pool = ConnectionPool(parts.hostname or "127.0.0.1", parts.port or 80, max_idle, owner=self)
+        self.pool = ConnectionPool(host, parts.port or (443 if https else 80), max_idle, owner=self,
+                                   ssl=ssl_context if https else None, server_hostname=server_name or host)
         self.down_until = 0.0
         self.failures = 0
         self.healthy = True
@@ -83,24 +96,39 @@ class Node:
         return self.healthy and now >= self.down_until
 
 
-class Upstream:
-    """Forwards requests to the cluster's nodes and watches their health."""
+#: keyword default meaning "derive it from the config"
+_FROM_CONFIG: object = object()
 
-    def __init__(self, config: UpstreamConfig, on_error=None):
+
+class Upstream:
+    """Forwards requests to the cluster's nodes and watches their health.
+
+    `ssl_context` (https:// nodes) and `authorization` (the proxy's own credentials) are built once per
+    config load by the caller (proxy/tls.py, proxy/credentials.py); left out, they are built from `config`."""
+
+    def __init__(self, config: UpstreamConfig, on_error=None, *, ssl_context=_FROM_CONFIG, authorization=_FROM_CONFIG):
         self.config = config
         #: called as on_error(node_url, kind) for every failure: "unreachable", "timeout", "protocol"
         self.on_error = on_error or (lambda node, kind: None)
         self.nodes: list[Node] = []
-        self._auth = config.auth.header()
+        self._ssl: ssl.SSLContext | None = tls.upstream_context(config) if ssl_context is _FROM_CONFIG else ssl_context  # type: ignore[assignment]
+        self._auth: str | None = credentials.authorization(config.auth) if authorization is _FROM_CONFIG else authorization  # type: ignore[assignment]
         self._auth_field = _auth_field(self._auth)
+        #: the cluster answered 401 (or 403 to a poll) and nothing has succeeded since: logged once per streak
+        self._auth_refused = False
+        self._poll_forbidden = False
         self._next = 0
         self._health_task: asyncio.Task | None = None
         self._hedge_task: asyncio.Task | None = None
         #: reads re-sent to another node because the first waited past their hedge time
         self.hedged = 0
 
+    def _node(self, url: str, config: UpstreamConfig) -> Node:
+        host = urlsplit(url).hostname or "127.0.0.1"
+        return Node(url, config.pool_per_node, self._ssl, tls.server_hostname(config, host))
+
     async def start(self) -> None:
-        self.nodes = [Node(url, self.config.pool_per_node) for url in self.config.nodes]
+        self.nodes = [self._node(url, self.config) for url in self.config.nodes]
         await self.check_health()
         self._health_task = asyncio.create_task(self._health_loop(), name="upstream-health")
         self._hedge_task = asyncio.create_task(self._hedge_loop(), name="upstream-hedge")
@@ -113,15 +141,28 @@ class Upstream:
         for node in self.nodes:
             node.pool.close()
 
-    def reconfigure(self, config: UpstreamConfig) -> None:
-        """Adopt a reloaded upstream section; nodes that stay keep their pools and health state."""
+    def reconfigure(self, config: UpstreamConfig, *, ssl_context=_FROM_CONFIG, authorization=_FROM_CONFIG) -> None:
+        """Adopt a reloaded upstream section; nodes that stay keep their pools and health state. New
+        connections use the new SSL context; if the TLS settings changed, idle connections made under
+        the old ones are closed."""
+        self._ssl = tls.upstream_context(config) if ssl_context is _FROM_CONFIG else ssl_context  # type: ignore[assignment]
+        auth = credentials.authorization(config.auth) if authorization is _FROM_CONFIG else authorization
         known = {n.url: n for n in self.nodes}
         for url, node in known.items():
             if url not in config.nodes:
                 node.pool.close()
-        self.nodes = [known.get(url) or Node(url, config.pool_per_node) for url in config.nodes]
+        tls_changed = config.tls != self.config.tls
+        for url, node in known.items():
+            if node.pool.ssl is not None:
+                node.pool.ssl = self._ssl
+                node.pool.server_hostname = tls.server_hostname(config, node.pool.host)
+                if tls_changed:
+                    node.pool.close()
+        self.nodes = [known.get(url) or self._node(url, config) for url in config.nodes]
         self.config = config
-        self._auth = config.auth.header()
+        if auth != self._auth:
+            self._auth_refused = self._poll_forbidden = False  # new credentials: a refusal of them is news
+        self._auth = auth  # type: ignore[assignment]
         self._auth_field = _auth_field(self._auth)
 
     @property
@@ -150,12 +191,13 @@ class Upstream:
 
     async def send(
         self, method: str, target: str, fields: bytes, body: bytes | None, retry_after_send: bool,
-        hedge_after_s: float = 0.0,
+        hedge_after_s: float = 0.0, trace=None,
     ) -> UpstreamResponse:
         """Send one request (`fields`: its header lines, see forward_fields); the response once its head
         has arrived, body not yet read (`response.node` is the node that answered). A read
         (`retry_after_send`) with `hedge_after_s` still waiting for its head after that many seconds is
-        re-sent to another node (see hedge_after).
+        re-sent to another node (see hedge_after). `trace.sent_to`, if given, is set to each node's URL as
+        the request is sent to it (for /inflight).
 
         Raises UpstreamFailure: 503 when no node is usable, 502 when nodes failed, 504 on timeout.
         The caller must `release()` the response.
@@ -175,6 +217,8 @@ class Upstream:
             if node is None:
                 break
             head = request_head(method, target, node.host_header, fields, body_length)
+            if trace is not None:
+                trace.sent_to = node.url
             conn = node.pool.take_idle()
             reused = conn is not None
             try:
@@ -182,6 +226,11 @@ class Upstream:
                     conn = await node.pool.connect(self.config.connect_timeout_s)
                 response = await conn.send(head, body, is_head, timeout,  # type: ignore[union-attr]
                                            hedge_after_s if retry_after_send else 0.0)
+                if response.status == 401:
+                    response.release()
+                    self._credentials_refused(node)
+                    raise UpstreamFailure(502, "the cluster refused the proxy's own credentials (upstream.auth); "
+                                               "the proxy's log says more")
             except HeadTimeout:
                 conn.close()  # type: ignore[union-attr]
                 self.on_error(node.url, "timeout")
@@ -261,18 +310,40 @@ class Upstream:
         node.failures += 1
         node.down_until = time.monotonic() + self.config.node_cooldown_s
         if node.failures == 1:
-            log.warning("upstream node %s is down: %s", node.url, _describe(exc))
+            log.warning("upstream node %s is down: %s", node.url, self._explain(exc))
+
+    def _explain(self, exc: BaseException) -> str:
+        """The failure, and for a TLS one what to do about it (one log line)."""
+        hint = tls.explain_failure(exc, self.config)
+        return f"{_describe(exc)} — {hint}" if hint else _describe(exc)
+
+    def _credentials_refused(self, node: Node) -> None:
+        """A 401 from the cluster: logged once until something succeeds again, never per request."""
+        if self._auth_refused:
+            return
+        self._auth_refused = True
+        if self._auth is None:
+            hint = "the cluster requires authentication: give the proxy credentials in upstream.auth"
+        else:
+            hint = (f"check upstream.auth ({self.config.auth.scheme} credentials): the user, key or token may be wrong, "
+                    "expired or revoked; after fixing the file or variable, reload (SIGHUP)")
+        log.error("the cluster refused Sluicegate's own credentials (401 from %s): %s. Clients get 502 until then.",
+                  node.url, hint)
+
+    def _credentials_accepted(self) -> None:
+        if self._auth_refused:
+            self._auth_refused = False
+            log.warning("the cluster accepts Sluicegate's credentials again")
 
     async def get_json(self, path: str, timeout: float | None = None) -> dict | None:
         """GET `path` from a usable node with the proxy's credentials; the decoded JSON object of a 2xx
         answer, or None (no node answered within `timeout` seconds, an error status, not a JSON object).
         Tries each node once; it marks no node down (that is for the request path and health checks)."""
-        headers = [("Authorization", self._auth)] if self._auth else []
         for _ in range(max(1, len(self.nodes))):
             node = self._pick()
             if node is None:
                 return None
-            head = request_head("GET", path, node.host_header, headers, 0)
+            head = request_head("GET", path, node.host_header, self._auth_field, 0)
             try:
                 async with asyncio.timeout(timeout or self.config.connect_timeout_s):
                     response = await self._exchange(node, head, None, False)
@@ -282,8 +353,18 @@ class Upstream:
                         response.release()
             except (OSError, TimeoutError, HeadTimeout, UpstreamProtocolError):
                 continue
+            if response.status == 401:
+                self._credentials_refused(node)
+                return None
+            if response.status == 403:
+                if not self._poll_forbidden:
+                    self._poll_forbidden = True
+                    log.error("the cluster forbids Sluicegate's user to read %s (403): give it the `monitor` cluster "
+                              "privilege, or the gate cannot size itself to the cluster", path.partition("?")[0])
+                return None
             if not 200 <= response.status < 300:
                 return None
+            self._credentials_accepted()
             try:
                 value = orjson.loads(data)
             except orjson.JSONDecodeError:
@@ -296,19 +377,24 @@ class Upstream:
         await asyncio.gather(*(self._probe(node) for node in self.nodes))
 
     async def _probe(self, node: Node) -> None:
-        headers = [("Authorization", self._auth)] if self._auth else []
-        head = request_head("GET", "/", node.host_header, headers, 0)
+        head = request_head("GET", "/", node.host_header, self._auth_field, 0)
         ok = False
+        why = ""
         try:
             async with asyncio.timeout(self.config.connect_timeout_s):
                 response = await self._exchange(node, head, None, False)
                 try:
                     await response.read()
                     ok = response.status < 500
+                    why = f"HTTP {response.status}"
                 finally:
                     response.release()
-        except (OSError, HeadTimeout, UpstreamProtocolError):
-            ok = False
+            if response.status == 401:
+                self._credentials_refused(node)  # the node is up; the proxy's credentials are not accepted
+        except TimeoutError:
+            why = f"no answer within {self.config.connect_timeout_s}s"
+        except (OSError, HeadTimeout, UpstreamProtocolError) as exc:
+            why = self._explain(exc)
         if ok:
             if not node.healthy or node.down_until:
                 log.warning("upstream node %s is back", node.url)
@@ -316,7 +402,7 @@ class Upstream:
             node.failures = 0
         else:
             if node.healthy:
-                log.warning("upstream node %s failed its health check", node.url)
+                log.warning("upstream node %s failed its health check: %s", node.url, why)
             # A node that does not answer its health check (hung, stopped, partitioned) will not answer what
             # waits on it either: reads go elsewhere now, writes learn their outcome is unknown, and none of
             # them holds the gate until request_timeout_s, which stays for genuinely long requests.

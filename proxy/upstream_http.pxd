@@ -76,6 +76,8 @@ cdef class ConnectionPool:
     cdef public object owner
     cdef public Py_ssize_t max_idle
     cdef public object loop
+    cdef public object ssl
+    cdef public object server_hostname
     cdef object _idle
     cdef public Py_ssize_t open
     cdef public set conns

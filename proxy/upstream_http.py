@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl as ssl_module
 from collections import deque
 
 #: stop reading from the node while this much body is buffered for a slow client
@@ -26,7 +27,8 @@ HOP_BY_HOP = frozenset((
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"proxy-connection",
 ))
-NOT_RELAYED = HOP_BY_HOP | {b"content-length", b"date", b"server"}
+#: X-Opaque-Id too: the node echoes the tenant-prefixed one, the client gets its own back (proxy/opaque.py)
+NOT_RELAYED = HOP_BY_HOP | {b"content-length", b"date", b"server", b"x-opaque-id"}
 _NOT_RELAYED = NOT_RELAYED  # what _parse_head reads (a C-typed frozenset when compiled)
 
 
@@ -240,7 +242,9 @@ class NodeConnection:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
-        if sock is not None:  # a view of the same descriptor (never closes it: detached when the connection ends)
+        # A view of the same descriptor (never closes it: detached when the connection ends). Not under TLS, where
+        # bytes pending on an idle connection (a session ticket) prove nothing.
+        if sock is not None and transport.get_extra_info("sslcontext") is None:
             self._peek = socket.socket(fileno=sock.fileno())
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -254,7 +258,9 @@ class NodeConnection:
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             cls = UpstreamProtocolError if self._received_any else ConnectionLostEarly
-            waiter.set_exception(cls(f"connection to {self.pool.label} closed before the response head"))
+            error = cls(f"connection to {self.pool.label} closed before the response head" + (f": {exc}" if exc else ""))
+            error.__cause__ = exc  # a TLS alert (say, the node wanted a client certificate) says why
+            waiter.set_exception(error)
         response = self._response
         if response is not None and not response.complete:
             if self._remaining is None and not self._chunked:
@@ -527,10 +533,13 @@ class NodeConnection:
 
 
 class ConnectionPool:
-    """Keep-alive connections to one node. Idle ones are reused most-recent first (warm)."""
+    """Keep-alive connections to one node. Idle ones are reused most-recent first (warm).
+
+    With `ssl` (an https:// node) each connection is TLS, verified against `server_hostname`; the
+    handshake counts in the connect timeout, and a kept-alive connection pays it only once."""
 
     def __init__(self, host: str, port: int, max_idle: int, loop: asyncio.AbstractEventLoop | None = None,
-                 owner: object = None):
+                 owner: object = None, ssl: ssl_module.SSLContext | None = None, server_hostname: str | None = None):
         self.host = host
         self.port = port
         self.label = f"{host}:{port}"
@@ -538,6 +547,8 @@ class ConnectionPool:
         self.owner = owner
         self.max_idle = max_idle
         self.loop = loop or asyncio.get_event_loop()
+        self.ssl = ssl
+        self.server_hostname = (server_hostname or host) if ssl is not None else None
         self._idle: deque[NodeConnection] = deque()
         self.open = 0
         #: every open connection, idle or busy (what abandon_waiting looks through)
@@ -545,7 +556,9 @@ class ConnectionPool:
 
     async def connect(self, timeout: float) -> NodeConnection:
         async with asyncio.timeout(timeout):
-            _, conn = await self.loop.create_connection(lambda: NodeConnection(self), self.host, self.port)
+            _, conn = await self.loop.create_connection(
+                lambda: NodeConnection(self), self.host, self.port, ssl=self.ssl, server_hostname=self.server_hostname
+            )
         self.open += 1
         if not conn.closed:  # type: ignore[attr-defined]
             self.conns.add(conn)  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -30,7 +31,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .admin import admin_error, limit_param, page_routes, since_param
+from .admin import admin_error, inflight_params, limit_param, merge_inflight, page_routes, since_param
 from .cockpit import merge_shapes, merge_status
 from .config import ConfigError, load_config
 
@@ -195,8 +196,28 @@ class Supervisor:
                 return admin_error(503, "proxy_upstream_exception", "no worker answered")
             return _json(merge_shapes([orjson.loads(body) for _, body in answers], limit))
 
+        async def inflight(request: web.Request) -> web.Response:
+            params = inflight_params(request)
+            if isinstance(params, web.Response):
+                return params
+            answers = await self.ask_all("GET", "/inflight?" + urlencode(request.query))
+            reports = [orjson.loads(a[1]) for a in answers if a is not None and a[0] == 200]
+            return _json(merge_inflight(reports, *params))
+
+        async def cancel(request: web.Request) -> web.Response:
+            name = request.match_info["name"]
+            answers = [a for a in await self.ask_all("POST", f"/tenants/{quote(name, safe='')}/cancel") if a is not None]
+            for code, body in answers:
+                if code != 200:  # an unknown tenant: every worker says the same
+                    return web.Response(body=body, status=code, content_type="application/json")
+            reports = [orjson.loads(body) for _, body in answers]
+            return _json({"tenant": name, "cancelled": sum(r["cancelled"] for r in reports),
+                          "requests": [row for r in reports for row in r["requests"]]})
+
         app = web.Application()
         page_routes(app)
+        app.router.add_get("/inflight", inflight)
+        app.router.add_post("/tenants/{name}/cancel", cancel)
         app.router.add_get("/status", status)
         app.router.add_get("/tenants/{name}/shapes", shapes)
         app.router.add_get("/health", health)
@@ -289,7 +310,14 @@ async def _supervise(config_path: str, workers: int) -> int:
         watchers = [asyncio.create_task(supervisor.watch(child)) for child in supervisor.children]
         runner = web.AppRunner(supervisor.admin_app(), handle_signals=False, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, config.admin_listen.host, config.admin_listen.port).start()
+        try:
+            await web.TCPSite(runner, config.admin_listen.host, config.admin_listen.port).start()
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else exc
+            print(f"sluicegate: cannot listen on {config.admin_listen} (admin_listen): {reason}",
+                  file=sys.stderr)
+            await supervisor.stop()
+            return 1
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, supervisor.reload_signal)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -304,8 +332,10 @@ async def _supervise(config_path: str, workers: int) -> int:
 
 def supervise(config_path: str, workers: int) -> int:
     """Run `workers` worker processes and the admin listener until SIGTERM. Returns the exit code."""
+    from .server import load_checked
+
     try:
-        load_config(config_path)
+        load_checked(config_path)  # the TLS files and secrets too: refuse before starting any worker
     except ConfigError as exc:
         for path, message in exc.errors:
             print(f"{path or '<file>'}: {message}", file=sys.stderr)

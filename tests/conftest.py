@@ -63,6 +63,14 @@ def prefix() -> str:
     return "t" + uuid.uuid4().hex[:10]
 
 
+@pytest.fixture(scope="session")
+def pki():
+    """The session's test CA (tests/pki.py): issue server and client certificates with it."""
+    from tests.pki import session_pki
+
+    return session_pki()
+
+
 @pytest.fixture(scope="module")
 def redis_cluster(tmp_path_factory):
     """One real 3-master Redis Cluster per test module (redis-server --cluster-enabled + redis-cli --cluster create)."""
@@ -81,6 +89,7 @@ CLUSTER_FIXTURES = {
     "elasticsearch_cluster": ("elasticsearch", "three"),
     "opensearch_tiny_pool": ("opensearch", "tiny-pool"),
     "elasticsearch_tiny_pool": ("elasticsearch", "tiny-pool"),
+    "elasticsearch_secured": ("elasticsearch", "secured"),
 }
 #: fixture parametrised over both flavors → the kind of cluster it hands out
 _PARAMETRISED = {"real_cluster": "three", "real_tiny_pool": "tiny-pool", "real_queued_pool": "queued-pool"}
@@ -164,6 +173,13 @@ def opensearch_tiny_pool() -> RealCluster:
 def elasticsearch_tiny_pool() -> RealCluster:
     """A real 1-node Elasticsearch with a search pool of 1 thread and a queue of 1."""
     return _cluster(CLUSTER_FIXTURES["elasticsearch_tiny_pool"])
+
+
+@pytest.fixture(scope="session")
+def elasticsearch_secured() -> RealCluster:
+    """A real 1-node Elasticsearch with security on and HTTPS, requiring client certificates, its
+    certificates from the session's CA; `.access` (tests/realclusters.py SecuredAccess) says how to reach it."""
+    return _cluster(CLUSTER_FIXTURES["elasticsearch_secured"])
 
 
 @pytest.fixture(scope="session", params=["opensearch", "elasticsearch"])

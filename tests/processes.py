@@ -268,7 +268,7 @@ class ProxyProcess:
         self.write_config(config)
         self.stdout_path = workdir / "proxy.stdout"
         self.stderr_path = workdir / "proxy.stderr"
-        self.url = "http://" + config["listen"]
+        self.url = ("https://" if config.get("listen_tls") else "http://") + config["listen"]
         self.admin = "http://" + config["admin_listen"]
         self._stdout = open(self.stdout_path, "wb")
         self._stderr = open(self.stderr_path, "wb")

@@ -14,21 +14,97 @@ installs all three, so a skip would only hide a broken set-up.
 """
 from __future__ import annotations
 
+import base64
 import os
+import ssl
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from realcluster import ClusterError, RealCluster, http_json  # noqa: E402
+from realcluster import ClusterError, RealCluster, es_tools, fetch, http_json, java_home  # noqa: E402
 
-__all__ = ["ClusterError", "RealCluster", "http_json", "KINDS", "ClusterPool", "unique_index"]
+__all__ = ["ClusterError", "RealCluster", "http_json", "KINDS", "ClusterPool", "unique_index", "SecuredAccess"]
+
+
+@dataclass(frozen=True)
+class SecuredAccess:
+    """How to reach a secured cluster: its CA, the client certificate it requires, and its credentials."""
+
+    ca_file: Path
+    client_cert: Path
+    client_key: Path
+    elastic_password: str  # the reserved `elastic` superuser (keystore: bootstrap.password)
+    proxy_user: str  # a file-realm user with the role `sluicegate_proxy` (cluster monitor, all on every index)
+    proxy_password: str
+    service_token: str  # a file-backed service-account token (elastic/fleet-server): a bearer token
+
+    def context(self) -> ssl.SSLContext:
+        """A client context that verifies the node and presents the client certificate."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        context.load_cert_chain(self.client_cert, self.client_key)
+        return context
+
+    def basic(self, user: str = "elastic", password: str | None = None) -> str:
+        password = self.elastic_password if password is None else password
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+#: the role the proxy's own file-realm user has: what Sluicegate needs of a cluster (monitor for the gate's polls)
+PROXY_ROLE = b"""sluicegate_proxy:
+  cluster: [monitor]
+  indices:
+    - names: ["*"]
+      privileges: [all]
+"""
+
+
+def secured_elasticsearch() -> dict:
+    """RealCluster arguments for one Elasticsearch node with security on, HTTPS with a certificate from
+    the session's CA, client certificates required, and credentials of three kinds: the `elastic`
+    superuser, a file-realm user and a service-account token. The integ-test zip has no analysis-common
+    module, which the .security index's mapping needs: native users and API keys cannot be created on
+    it, so everything here lives in the node's config directory."""
+    from tests.pki import session_pki
+
+    pki = session_pki()
+    node = pki.server("es-secured-node", "es-secured-node")
+    client = pki.client("es-secured-client", "sluicegate-proxy", organization="Sluicegate")
+    home, java = fetch("elasticsearch"), java_home("elasticsearch")
+    access = dict(elastic_password="elastic-" + uuid.uuid4().hex[:12], proxy_user="sluicegate",
+                  proxy_password="proxy-" + uuid.uuid4().hex[:12])
+    files, outputs = es_tools(home, java, [
+        ("elasticsearch-keystore", ["create"], ""),
+        ("elasticsearch-keystore", ["add", "--stdin", "--force", "bootstrap.password"], access["elastic_password"]),
+        ("elasticsearch-users", ["useradd", access["proxy_user"], "-p", access["proxy_password"], "-r", "sluicegate_proxy"], ""),
+        ("elasticsearch-service-tokens", ["create", "elastic/fleet-server", "sluicegate"], ""),
+    ], keep=("elasticsearch.keystore", "users", "users_roles", "service_tokens"), config_files={"roles.yml": PROXY_ROLE})
+    token = outputs[-1].strip().rpartition(" = ")[2]
+    secured = SecuredAccess(pki.ca_file, client.cert_file, client.key_file, service_token=token, **access)
+    return {
+        "nodes": 1, "heap": "512m",
+        "settings": {
+            "xpack.security.enabled": True,
+            "xpack.security.http.ssl.enabled": True,
+            "xpack.security.http.ssl.certificate": "sg-node.crt",
+            "xpack.security.http.ssl.key": "sg-node.key",
+            "xpack.security.http.ssl.certificate_authorities": ["sg-ca.pem"],
+            "xpack.security.http.ssl.client_authentication": "required",
+        },
+        "config_files": {"sg-node.crt": node.cert_pem, "sg-node.key": node.key_pem, "sg-ca.pem": pki.ca_pem,
+                         "roles.yml": PROXY_ROLE, **files},
+        "client_context": secured.context(),
+        "authorization": secured.basic(),
+        "access": secured,
+    }
 
 #: the clusters tests can ask for: (flavor, kind) → RealCluster keyword arguments
-KINDS: dict[tuple[str, str], dict] = {
+KINDS: dict[tuple[str, str], dict | Callable[[], dict]] = {
     # the drop-in matrix, observed costs, node loss: three nodes, as in production
     ("opensearch", "three"): {"nodes": 3},
     ("elasticsearch", "three"): {"nodes": 3},
@@ -38,6 +114,8 @@ KINDS: dict[tuple[str, str], dict] = {
     # a saturated search pool that queues instead of rejecting: one thread, a long queue
     ("opensearch", "queued-pool"): {"nodes": 1, "search_threads": 1, "search_queue": 1000, "heap": "384m"},
     ("elasticsearch", "queued-pool"): {"nodes": 1, "search_threads": 1, "search_queue": 1000, "heap": "384m"},
+    # TLS on both sides: one node with security on, HTTPS, client certificates required (made in the session)
+    ("elasticsearch", "secured"): secured_elasticsearch,
 }
 
 
@@ -75,7 +153,11 @@ class ClusterPool:
                 cluster = RealCluster.attach(external)
                 cluster.external = True  # type: ignore[attr-defined]
             else:
-                cluster = RealCluster(flavor, name=f"sg-test-{flavor}-{kind}-{os.getpid()}", **KINDS[key])
+                spec = KINDS[key]
+                arguments = dict(spec() if callable(spec) else spec)
+                access = arguments.pop("access", None)
+                cluster = RealCluster(flavor, name=f"sg-test-{flavor}-{kind}-{os.getpid()}", **arguments)
+                cluster.access = access  # type: ignore[attr-defined]
                 cluster.start(timeout=300)
             future.set_result(cluster)
         except BaseException as exc:  # noqa: BLE001 - handed to the fixture that waits for it

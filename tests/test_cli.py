@@ -164,7 +164,7 @@ admission: {{min_limit: 10, max_limit: 5}}
         "plans.standard.max_queue: Input should be greater than or equal to 0",
         "tenants.globex.plan: unknown plan 'gold'",  # ... and cross-key errors, together
         "tenants.globex.api_keys.0: same key as tenant 'acme'",
-        "tenants.initech: tenant has no api_keys and no users",
+        "tenants.initech: tenant has no api_keys, users or client_cert_subjects",
         "tenants.initech: duplicate key at line 20 (first at line 17)",
         "admission.min_limit: must not exceed admission.max_limit",
     ):

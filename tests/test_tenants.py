@@ -360,3 +360,44 @@ def test_a_space_before_an_exclusion_does_not_make_it_an_inclusion(grants, targe
 def test_a_scalar_search_body_is_judged_not_crashed_on(grants, body):
     # found by tests/fuzz: the document-reference walk iterated over a scalar body
     check(grants, "POST", "/acme-a/_search", body)
+
+
+# ---- mutual TLS: a client certificate identifies its tenant ---------------------------------
+
+from proxy.certnames import certificate_name  # noqa: E402
+
+
+@pytest.fixture
+def mtls_directory() -> Directory:
+    return Directory(parse_config({
+        "upstream": {"nodes": ["http://127.0.0.1:9200"]},
+        "listen_tls": {"cert_file": "/c.pem", "key_file": "/k.pem", "client_ca_file": "/ca.pem"},
+        "plans": {"p": {}},
+        "tenants": {
+            "acme": {"plan": "p", "api_keys": [hash_secret("acme-key")], "indices": ["acme-*"],
+                     "client_cert_subjects": ["CN=search,O=Acme"]},
+            "globex": {"plan": "p", "indices": ["globex-*"], "client_cert_subjects": ["URI:spiffe://globex/app"]},
+        },
+    }))
+
+
+def test_a_certificate_naming_a_tenant_identifies_it_without_credentials(mtls_directory):
+    acme = (certificate_name("O=Acme,CN=search"), "DNS:search.acme.internal")
+    assert mtls_directory.identify(None, "/", acme).name == "acme"
+    globex = (certificate_name("CN=app"), "URI:spiffe://globex/app")
+    assert mtls_directory.identify(None, "/", globex).name == "globex"
+    # the certificate wins: a header that names another tenant does not change who is asking
+    assert mtls_directory.identify("ApiKey acme-key", "/", globex).name == "globex"
+
+
+def test_a_certificate_naming_no_tenant_leaves_it_to_the_header(mtls_directory):
+    stranger = (certificate_name("CN=someone-else"),)
+    assert mtls_directory.identify("ApiKey acme-key", "/", stranger).name == "acme"
+    with pytest.raises(Unauthorized, match="client certificate is not mapped to a tenant"):
+        mtls_directory.identify(None, "/x", stranger)
+
+
+def test_a_certificate_naming_two_tenants_identifies_neither(mtls_directory):
+    both = (certificate_name("CN=search,O=Acme"), "URI:spiffe://globex/app")
+    with pytest.raises(Unauthorized, match="more than one tenant"):
+        mtls_directory.identify("ApiKey acme-key", "/", both)

@@ -1,0 +1,59 @@
+"""The runaway sweep and overload shedding (proxy/runaway.py), on real Trace objects and real tasks."""
+from __future__ import annotations
+
+import asyncio
+
+from proxy.config import SheddingConfig
+from proxy.flow import Trace
+from proxy.runaway import MAX_DURATION, OPERATOR, SHED, Runaway, pick_victim
+
+
+def trace(tenant: str, charged: float, sent_at: float, deadline: float = 0.0) -> Trace:
+    t = Trace(sent_at)
+    t.tenant, t.charged, t.sent_at, t.deadline, t.limit_reason = tenant, charged, sent_at, deadline, MAX_DURATION
+    t.request_id = b"r"
+    return t
+
+
+def test_the_victim_is_the_costliest_request_of_a_tenant_over_its_fair_share():
+    running = {trace("acme", 100, 0): None, trace("acme", 300, 0): None, trace("globex", 500, 0): None,
+               trace("initech", 50, 0): None}
+    # 950 in flight over three tenants of weight 1: a fair share is ~317; only globex (500) is over it
+    assert pick_victim(running, {}, 10, 0.5).tenant == "globex"
+    # globex weighs 3 of 5: its share is 570, over its 500; acme's is 190, under its 400
+    victim = pick_victim(running, {"globex": 3.0}, 10, 0.5)
+    assert (victim.tenant, victim.charged) == ("acme", 300)
+    # a request younger than min_age_s is left alone; nobody over their share: nobody shed
+    assert pick_victim({trace("acme", 100, 9.9): None, trace("globex", 10, 0): None}, {}, 10, 0.5) is None
+    assert pick_victim({trace("acme", 100, 0): None, trace("globex", 100, 0): None}, {}, 10, 0.5) is None
+
+
+async def _parked() -> None:
+    await asyncio.sleep(3600)
+
+
+async def test_the_sweep_cancels_past_deadline_and_sheds_at_a_bounded_rate_only_in_distress():
+    runaway = Runaway()
+    late, early = trace("acme", 10, 0, deadline=5), trace("acme", 10, 0, deadline=50)
+    hogs = [trace("globex", 1000 + i, 0) for i in range(3)]
+    for t in (late, early, *hogs):
+        t.task = asyncio.get_running_loop().create_task(_parked())
+        runaway.running[t] = None
+    distress: list[str | None] = [None]
+    runaway.shedding = SheddingConfig(enabled=True, max_per_s=1.0, min_age_s=0.0)
+    runaway.distress = lambda now: distress[0]
+    assert runaway.sweep(6.0) == [late] and late.killed == MAX_DURATION
+    assert not any(h.killed for h in hogs)  # healthy cluster: nothing shed
+    distress[0] = "data_nodes"
+    runaway.sweep(6.1)
+    assert [h.killed for h in hogs] == ["", "", SHED]  # the costliest first
+    runaway.sweep(6.5)  # within a second of the last shed: the rate bound holds
+    assert [h.killed for h in hogs] == ["", "", SHED]
+    runaway.sweep(7.2)
+    assert [h.killed for h in hogs] == ["", SHED, SHED]
+    await asyncio.sleep(0)
+    assert late.task.cancelled() and hogs[2].task.cancelled() and not early.task.done()
+    # an operator cancel takes the rest of a tenant, and a request is cancelled once only
+    assert [row["tenant"] for row in runaway.cancel_tenant("globex")] == ["globex"]
+    assert hogs[0].killed == OPERATOR and not runaway.kill(hogs[0], SHED)
+    early.task.cancel()
