@@ -151,7 +151,8 @@ async def test_only_allow_listed_headers_reach_the_node(procs):
                       "proxy-authorization"):
             assert never not in seen, (never, seen)
         assert seen.get("authorization") != "ApiKey acme-key"  # the proxy's own credentials (none configured here)
-        for kept in ("x-opaque-id", "traceparent", "tracestate", "accept", "accept-language", "content-type"):
+        assert seen["x-opaque-id"] == "acme;job-7"  # the proxy's own, the tenant in front (proxy/opaque.py)
+        for kept in ("traceparent", "tracestate", "accept", "accept-language", "content-type"):
             assert seen[kept] == {k.lower(): v for k, v in sent.items()}.get(kept, seen[kept])
     finally:
         upstream.stop()
