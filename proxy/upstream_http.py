@@ -234,7 +234,8 @@ class NodeConnection:
         self._chunk_left = 0  # bytes left in the current chunk, then its CRLF
         self._chunk_state = 0  # 0: size line, 1: data, 2: CRLF after data, 3: trailers
         self._paused = False
-        self._peek: socket.socket | None = None
+        #: (descriptor, family, type) of a plain connection's socket, for _closed_by_node; None under TLS
+        self._peek: tuple[int, int, int] | None = None
         #: loop time after which a read still waiting for its head is overdue (0: never; see send)
         self.hedge_at = 0.0
 
@@ -242,16 +243,12 @@ class NodeConnection:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
-        # A view of the same descriptor (never closes it: detached when the connection ends). Not under TLS, where
-        # bytes pending on an idle connection (a session ticket) prove nothing.
+        # Not under TLS, where bytes pending on an idle connection (a session ticket) prove nothing.
         if sock is not None and transport.get_extra_info("sslcontext") is None:
-            self._peek = socket.socket(fileno=sock.fileno())
+            self._peek = (sock.fileno(), sock.family, sock.type)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        peek = self._peek
-        if peek is not None:
-            self._peek = None
-            peek.detach()
+        self._peek = None
         self.closed = True
         self._stop_head_timer()
         self.pool.forget(self)
@@ -487,9 +484,13 @@ class NodeConnection:
     def _closed_by_node(self) -> bool:
         """An idle keep-alive connection the node has closed (its FIN is in, the loop has not seen it yet): one
         non-blocking peek proves that the request about to be sent would not be carried."""
-        peek = self._peek
-        if peek is None:
+        view = self._peek
+        if view is None:
             return False
+        # A socket object over the loop's descriptor for this one call, detached at once: one that outlived it
+        # would close, when collected, whatever descriptor the number belongs to by then (a client's, say).
+        fd, family, kind = view
+        peek = socket.socket(family, kind, 0, fd)
         try:
             peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # EOF, or bytes nobody asked for: not reusable
             return True
@@ -497,6 +498,8 @@ class NodeConnection:
             return False  # open, nothing pending: the usual case
         except OSError:
             return True  # reset
+        finally:
+            peek.detach()
 
     def close(self) -> None:
         self._stop_head_timer()
