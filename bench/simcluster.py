@@ -1619,6 +1619,8 @@ class Node:
         self.live = False
         self.server: asyncio.AbstractServer | None = None
         self.http: web.Server | None = None
+        #: set while the node is hung (like a SIGSTOPped process): it accepts and reads, answers nothing
+        self.hung: asyncio.Event | None = None
         self.scheme = "http"
 
     def new_pools(self) -> dict[str, ThreadPool]:
@@ -2081,6 +2083,8 @@ class SimCluster:
 
     async def handle(self, node: Node, request: BaseRequest) -> web.Response:
         """Every request on every node lands here; `took` counts from this moment."""
+        if node.hung is not None:  # a hung node answers nothing until it is resumed
+            await node.hung.wait()
         started = time.monotonic()
         method = request.method
         try:
@@ -2829,7 +2833,8 @@ async def _stats_route(cluster: SimCluster, method: str, path: str, parts: list[
 
 async def _sim_route(cluster: SimCluster, node: Node, method: str, path: str, parts: list[str], params: Any,
                      raw: bytes, started: float) -> tuple[int, Any]:
-    """Control for subprocess users: stats, reset, stop/start a node."""
+    """Control for subprocess users: stats, reset, stop/start a node, hang/resume one (it accepts and reads
+    requests but answers none, as a SIGSTOPped process does, until resumed)."""
     if parts[1:] == ["stats"]:
         allow(method, path, "GET")
         return 200, cluster.stats()
@@ -2837,6 +2842,20 @@ async def _sim_route(cluster: SimCluster, node: Node, method: str, path: str, pa
         allow(method, path, "POST")
         cluster.reset_stats()
         return 200, {"acknowledged": True}
+    if len(parts) == 4 and parts[1] == "nodes" and parts[3] in ("_hang", "_resume"):
+        allow(method, path, "POST")
+        try:
+            target = cluster.nodes[int(parts[2])]
+        except (ValueError, IndexError):
+            raise EsError(404, "resource_not_found_exception", f"no node [{parts[2]}]") from None
+        if target is node:
+            raise illegal_argument("ask another node to hang or resume this one")
+        if parts[3] == "_hang" and target.hung is None:
+            target.hung = asyncio.Event()
+        elif parts[3] == "_resume" and target.hung is not None:
+            target.hung.set()
+            target.hung = None
+        return 200, {"acknowledged": True, "node": target.name, "hung": target.hung is not None}
     if len(parts) == 4 and parts[1] == "nodes" and parts[3] in ("_stop", "_start"):
         allow(method, path, "POST")
         try:

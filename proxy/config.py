@@ -209,6 +209,9 @@ class HardLimits(_Frozen):
 
     max_body_bytes: int = Field(100 * 1024 * 1024, ge=1)
     max_inflated_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    max_inflate_ratio: float = Field(
+        100.0, ge=1.0, description="a compressed body may inflate to at most this many times its size (and always to "
+        "1 MiB): 413 beyond, before more is inflated. JSON compresses 5-20x; a gzip bomb 1000x")
     max_url_bytes: int = Field(4096, ge=64)
     max_header_bytes: int = Field(16384, ge=256)
     max_headers: int = Field(100, ge=4)
@@ -218,6 +221,20 @@ class HardLimits(_Frozen):
     body_timeout_s: float = Field(30.0, gt=0)
     keepalive_timeout_s: float = Field(75.0, gt=0)
     max_connections_per_client: int = Field(1024, ge=1)
+    client_write_timeout_s: float = Field(
+        30.0, gt=0, description="seconds a client may leave the proxy's writes to it unread (its socket full, no "
+        "progress) before its connection is closed")
+    client_buffer_bytes_per_tenant: int = Field(
+        64 * 1024 * 1024, ge=0, description="bytes of node responses the proxy holds per tenant for clients that "
+        "read slower than the node answers, so the node is done with them at once; beyond it the node is read only "
+        "as fast as the client reads")
+    max_buffered_bytes: int = Field(
+        1024 * 1024 * 1024, ge=1, description="bytes of request bodies held at once, all tenants (a body is counted "
+        "at its Content-Length, or max_body_bytes when chunked, from before it is read until its response): a "
+        "request that would pass it gets a 429 before its body is read")
+    buffered_tenant_share: float = Field(
+        0.5, gt=0, le=1.0, description="the part of max_buffered_bytes one tenant's request bodies may hold at once "
+        "(a tenant holding none may always send one body that fits the global room)")
 
 
 class CostConfig(_Frozen):

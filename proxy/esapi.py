@@ -537,9 +537,11 @@ _INFLATE_STEP = 256 * 1024
 
 
 def decode_body(
-    call: EsCall, raw: bytes, content_type: str | None, content_encoding: str | None, limits: HardLimits
+    call: EsCall, raw: bytes, content_type: str | None, content_encoding: str | None, limits: HardLimits,
+    inflated: bytes | None = None,
 ) -> Body | None:
-    """The body of `call`, inflated (bounded by limits.max_inflated_bytes) and parsed where it must be.
+    """The body of `call`, inflated (bounded by limits.max_inflated_bytes) and parsed where it must be;
+    `inflated`, when given, is `raw` already inflated (see inflate_steps).
 
     None for an empty body. Refusals: 406 for a Content-Type ES would not accept, 413 when the
     inflated size passes the limit, 400 for corrupt compression, malformed JSON/NDJSON where it
@@ -555,7 +557,10 @@ def decode_body(
         return None
     must_parse = call.kind in _JSON_KINDS or call.kind in _NDJSON_KINDS
     _check_content_type(call, content_type, must_parse)
-    data = _inflate(raw, content_encoding, limits.max_inflated_bytes, must_parse) if content_encoding else raw
+    if inflated is not None:
+        data = inflated
+    else:
+        data = _inflate(raw, content_encoding, limits, must_parse) if content_encoding else raw
     if not must_parse or (content_type is not None and _media_type(content_type) in _OTHER_XCONTENT):
         return Body(raw, data, None, None, 0)
     return _parse(call, raw, data, limits)
@@ -584,18 +589,48 @@ def _check_content_type(call: EsCall, content_type: str | None, must_parse: bool
     raise NotAcceptable(f"Content-Type header [{_clip(content_type)}] is not supported")
 
 
-def _inflate(raw: bytes, content_encoding: str, limit: int, must_parse: bool) -> bytes:
-    """Undo Content-Encoding (gzip / deflate / identity, applied right to left), never past `limit` bytes."""
+#: a compressed body may always inflate to this many bytes, whatever limits.max_inflate_ratio says
+_INFLATE_FLOOR = 1 << 20
+
+
+def inflate_steps(call: EsCall, raw: bytes, content_type: str | None, content_encoding: str, limits: HardLimits):
+    """A generator that inflates `raw` as decode_body would (its 406, 413 and 400 included), yielding after
+    each _INFLATE_STEP of output so that its caller can let others run; its return value is the inflated bytes
+    (pass them to decode_body as `inflated`)."""
+    must_parse = call.kind in _JSON_KINDS or call.kind in _NDJSON_KINDS
+    _check_content_type(call, content_type, must_parse)
+    return (yield from _inflate_gen(raw, content_encoding, limits, must_parse))
+
+
+def _inflate(raw: bytes, content_encoding: str, limits: HardLimits, must_parse: bool) -> bytes:
+    """_inflate_gen at one go."""
+    steps = _inflate_gen(raw, content_encoding, limits, must_parse)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def _inflate_gen(raw: bytes, content_encoding: str, limits: HardLimits, must_parse: bool):
+    """Undo Content-Encoding (gzip / deflate / identity, applied right to left), never past
+    limits.max_inflated_bytes, nor past limits.max_inflate_ratio times the body's size (1 MiB at least);
+    yields between steps, returns the bytes."""
+    limit = limits.max_inflated_bytes
+    by_ratio = max(_INFLATE_FLOOR, int(len(raw) * limits.max_inflate_ratio))
+    ratio = by_ratio < limit
+    if ratio:
+        limit = by_ratio
     data = raw
     for coding in reversed([c.strip().lower() for c in content_encoding.split(",")]):
         if coding in ("", "identity"):
             continue
         if coding in ("gzip", "x-gzip"):
-            data = _inflate_stream(data, 31, limit, "gzip")
+            data = yield from _inflate_stream(data, 31, limit, "gzip", ratio)
         elif coding in ("deflate", "x-deflate"):
             # RFC 9110 deflate is zlib-wrapped, but many clients send raw deflate: the header tells them apart.
             wrapped = len(data) >= 2 and data[0] & 0x0F == 8 and ((data[0] << 8) | data[1]) % 31 == 0
-            data = _inflate_stream(data, 15 if wrapped else -15, limit, "deflate")
+            data = yield from _inflate_stream(data, 15 if wrapped else -15, limit, "deflate", ratio)
         elif must_parse:
             raise BadRequest(f"Content-Encoding [{_clip(coding)}] is not supported: send gzip, deflate or identity")
         else:
@@ -603,7 +638,7 @@ def _inflate(raw: bytes, content_encoding: str, limit: int, must_parse: bool) ->
     return data
 
 
-def _inflate_stream(data: bytes, wbits: int, limit: int, name: str) -> bytes:
+def _inflate_stream(data: bytes, wbits: int, limit: int, name: str, ratio: bool = False):
     out: list[bytes] = []
     total = 0
     pending = data
@@ -616,10 +651,13 @@ def _inflate_stream(data: bytes, wbits: int, limit: int, name: str) -> bytes:
                 if chunk:
                     total += len(chunk)
                     if total > limit:
-                        raise BodyTooLarge(
-                            f"the {name} request body inflates to more than {limit} bytes (limits.max_inflated_bytes)"
-                        )
+                        refusal = BodyTooLarge(
+                            f"the {name} request body inflates to more than {limit} bytes "
+                            + ("(limits.max_inflate_ratio times its size)" if ratio else "(limits.max_inflated_bytes)"))
+                        refusal.inflated = total  # type: ignore[attr-defined]  # the work done, for the tenant's bill
+                        raise refusal
                     out.append(chunk)
+                    yield
                 elif not pending:
                     break
             if not inflater.eof:

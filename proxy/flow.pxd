@@ -21,6 +21,11 @@ cdef class Snapshot:
     cpdef estimate(self, method, target, content_type, call, body, sizes)
 
 
+cdef class HeldBodies:
+    cdef public Py_ssize_t total
+    cdef public dict by_tenant
+
+
 cdef class Trace:
     cdef public double started
     cdef public object tenant
@@ -63,6 +68,8 @@ cdef class Proxy:
     cdef public bint draining
     cdef object _idle
     cdef object _cost_fields
+    cdef public dict client_buffers
+    cdef public HeldBodies held_bodies
 
     cpdef _respond(self, Request request, UpstreamResponse upstream, data, bytes fields, Trace trace, rebound)
     cpdef _settle(self, tenant, call, decision, fingerprint, Trace trace)

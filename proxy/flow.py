@@ -2,7 +2,8 @@
 
     identify tenant → parse the call → authorize → read body (bounded) → estimate cost
     → budget (token bucket) → slot (tenant concurrency, global gate) → forward to a node
-    → stream the response back → settle the bill with the observed cost → metrics and log
+    → leave the slot and the gate once the node has answered → stream the response back
+    → settle the bill with the observed cost → metrics and log
 
 `Proxy.handle` is that path as one coroutine, from the request the listener parsed to the response
 written back through it. The steps that usually decide at once are plain calls: the budget
@@ -35,7 +36,7 @@ from .opaque import echoed_field, forwarded_field, new_request_id
 from .runaway import CLIENT_GONE, MAX_COST_FACTOR, MAX_DURATION, Runaway, cancelled
 from .shapes import ShapeBook
 from .tenants import Directory, TenantView, authorize
-from .upstream import Upstream, passed_fields
+from .upstream import Upstream, hedge_after, passed_fields
 from .upstream_http import UpstreamProtocolError, UpstreamResponse
 
 #: responses up to this size are read whole and sent in one write; larger ones are streamed
@@ -52,6 +53,10 @@ BODY_MEMO = 128
 ESTIMATE_MEMO = 512
 MEMO_BYTES = 4096
 COST_FIELDS_MEMO = 256
+#: a compressed body larger than this is inflated in steps, other requests served between them
+INFLATE_IN_STEPS_BYTES = 8 * 1024
+#: what inflating costs the tenant's budget, in cost units (thread-milliseconds) per inflated byte: ~2 ms a MiB
+INFLATE_COST_PER_BYTE = 2.0 / (1 << 20)
 #: the header a rewritten (guardrails) body no longer has
 _ENCODING = frozenset((b"content-encoding",))
 _JSON_TYPE = b"Content-Type: application/json\r\n"
@@ -117,6 +122,40 @@ class Snapshot:
             estimate = self.cost_model.estimate(call, body, sizes)
             self._estimates.keep(key, estimate)
         return estimate
+
+
+class HeldBodies:
+    """Request bodies held at once, in bytes, all tenants and per tenant: the proxy's memory ceiling
+    (limits.max_buffered_bytes, of which one tenant may hold limits.buffered_tenant_share)."""
+
+    __slots__ = ("total", "by_tenant")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.by_tenant: dict[str, int] = {}
+
+    def take(self, tenant: str, size: int, limits: HardLimits) -> None:
+        """Count a body of `size` bytes as held by `tenant`, or raise a 429 saying which bound it would pass."""
+        ceiling = limits.max_buffered_bytes
+        held = self.by_tenant.get(tenant, 0)
+        if self.total + size > ceiling:
+            raise Throttled(f"the proxy holds {self.total} bytes of request bodies; this one ({size} bytes) would pass "
+                            f"limits.max_buffered_bytes ({ceiling}): retry shortly", why="buffered_bodies", retry_after=1.0)
+        share = int(ceiling * limits.buffered_tenant_share)
+        if held and held + size > share:
+            raise Throttled(f"tenant '{tenant}' has {held} bytes of request bodies held; this one ({size} bytes) would "
+                            f"pass its share of limits.max_buffered_bytes ({share}): retry shortly",
+                            why="buffered_bodies", retry_after=1.0)
+        self.total += size
+        self.by_tenant[tenant] = held + size
+
+    def give_back(self, tenant: str, size: int) -> None:
+        self.total -= size
+        left = self.by_tenant[tenant] - size
+        if left:
+            self.by_tenant[tenant] = left
+        else:
+            del self.by_tenant[tenant]
 
 
 class Trace:
@@ -189,6 +228,9 @@ class Proxy:
         self._idle: asyncio.Future[None] | None = None  # what wait_idle awaits, while anyone does
         #: the X-Sluicegate-Cost header line per (estimated, charged): most requests repeat a few pairs
         self._cost_fields = Memo(COST_FIELDS_MEMO)
+        #: tenant → bytes of node responses read ahead for its clients and not yet written to them
+        self.client_buffers: dict[str, int] = {}
+        self.held_bodies = HeldBodies()
 
     async def wait_idle(self) -> None:
         """Until no request is in flight."""
@@ -203,6 +245,7 @@ class Proxy:
         snap = self.snapshot  # one config snapshot for the whole request
         trace = Trace(time.monotonic())
         self.inflight += 1
+        held = 0  # bytes of this request's body counted in held_bodies
         try:
             limits = snap.config.limits
 
@@ -227,9 +270,17 @@ class Proxy:
             if body is None:
                 authorize(tenant, call, None)
                 if not request.complete or request.too_large or request.body_size > limits.max_body_bytes:
+                    length = request.content_length
+                    if length is None or length <= limits.max_body_bytes:  # (over it: a 413 at once)
+                        size = limits.max_body_bytes if length is None else length
+                        self.held_bodies.take(name, size, limits)  # before a byte more of it is read
+                        held = size
                     raw = await read_body(request, limits)
                     sent = (name, method, target, content_type, encoding, raw)
-                body = esapi.decode_body(call, raw, content_type, encoding, limits)
+                if encoding is None or len(raw) <= INFLATE_IN_STEPS_BYTES:
+                    body = esapi.decode_body(call, raw, content_type, encoding, limits)
+                else:
+                    body = await self._inflate(name, call, raw, content_type, encoding, limits)
                 authorize(tenant, call, body or esapi.NO_BODY)
                 snap.granted(sent, body)
             trace.bytes_in = len(raw)
@@ -255,6 +306,8 @@ class Proxy:
             learn = snap.config.cost.learn
             learned = self.learned.get(name, fingerprint) if learn else None
             cost = estimated if learned is None else learned
+            if encoding is not None and body is not None and body.data is not raw:
+                cost += len(body.data) * INFLATE_COST_PER_BYTE  # the proxy's own work, billed like the cluster's
             # A shape new to this tenant is not assumed cheap at the gate if it cost others more (never billed so).
             shape = self.learned.shape(fingerprint) if learned is None and learn else None
 
@@ -287,8 +340,9 @@ class Proxy:
                 trace.queued_s += ticket.waited
 
             # 6. Forward to a node, and send its answer back: a small one whole, in one write; a large
-            #    one streamed as it arrives, the node read no faster than the client reads. From here on the
-            #    request is in flight at the cluster: the runaway sweep cancels it past its plan's limits.
+            #    one streamed as it arrives. Once the node has answered, the request leaves its slot and
+            #    the gate: the cluster's work is done, and relaying to a slow client is the proxy's cost. From
+            #    here on the request is in flight at the cluster: the runaway sweep cancels it past its plan's limits.
             self._in_flight(tenant, call, trace)
             try:
                 forward, forwarded, passed = target, raw or None, request.passed_fields
@@ -303,8 +357,10 @@ class Proxy:
                 fields = self.upstream.forward_fields(passed, request.forwarded_for, request.client, request.scheme) \
                     + forwarded_field(name, trace.request_id)  # the tenant on the cluster's task
                 sent_at = time.monotonic()
+                retryable = resource in _RETRYABLE
                 upstream = await self.upstream.send(
-                    method, forward, fields, forwarded, resource in _RETRYABLE, trace
+                    method, forward, fields, forwarded, retryable,
+                    hedge_after(gate_cost, self.admission.gate.threads_per_request) if retryable else 0.0, trace,
                 )
                 try:
                     trace.node = upstream.node.url  # type: ignore[attr-defined]
@@ -317,7 +373,7 @@ class Proxy:
                         data = upstream.read_now() if upstream.complete else await upstream.read()
                         self._respond(request, upstream, data, fields, trace, rebound)
                     else:
-                        await self._stream(request, upstream, fields, trace, rebound)
+                        await self._stream(request, upstream, fields, trace, rebound, ticket, limits)
                 finally:
                     upstream.release()
             except BaseException as exc:
@@ -384,6 +440,8 @@ class Proxy:
                 trace.bytes_out = len(answer)
                 request.respond(refusal.status, refusal.fields(), answer)
         finally:
+            if held:
+                self.held_bodies.give_back(name, held)
             if trace.sent_at:
                 self.runaway.running.pop(trace, None)
             self.inflight -= 1
@@ -391,6 +449,27 @@ class Proxy:
                 self._idle.set_result(None)
                 self._idle = None
         self._record(request, trace)
+
+    async def _inflate(self, tenant: str, call: esapi.EsCall, raw: bytes, content_type: str | None, encoding: str,
+                       limits: HardLimits) -> esapi.Body | None:
+        """decode_body, inflating in 256 KiB steps with the loop free between them, so a big compressed body
+        cannot stall other requests (a worker thread would: the GIL convoy costs the loop up to 5 ms a switch).
+        A body refused for inflating too far still costs its tenant the inflating done."""
+        steps = esapi.inflate_steps(call, raw, content_type, encoding, limits)
+        try:
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    inflated = done.value
+                    break
+                await asyncio.sleep(0)
+            return esapi.decode_body(call, raw, content_type, encoding, limits, inflated)
+        except BodyTooLarge as refusal:
+            inflated = getattr(refusal, "inflated", 0)
+            if inflated:
+                self.limiter.settle(tenant, call.resource, 0.0, inflated * INFLATE_COST_PER_BYTE)
+            raise
 
     def _guard(self, tenant: TenantView, rails, call: esapi.EsCall, target: str, raw: bytes, body: esapi.Body | None):
         """The plan's guardrails on a search: None when nothing changes (none fired, or shadow), else
@@ -477,30 +556,51 @@ class Proxy:
         request.respond(upstream.status, fields, data)
 
     async def _stream(
-        self, request: Request, upstream: UpstreamResponse, fields: bytes, trace: Trace, rebound: Rebound | None
+        self, request: Request, upstream: UpstreamResponse, fields: bytes, trace: Trace, rebound: Rebound | None,
+        ticket: Ticket, limits: HardLimits,
     ) -> None:
-        """Relay a large or unknown-length node response to the client as it arrives (bounded memory:
-        while the client reads slowly, the node's connection is not read)."""
+        """Relay a large or unknown-length node response to the client as it arrives, leaving the slot and
+        the gate with its first bytes. While the tenant's read-ahead (limits.client_buffer_bytes_per_tenant)
+        has room for the whole response, the node is read at its own pace and the proxy holds what the client
+        has not read yet; beyond it, while the client reads slowly, the node's connection is not read."""
         encoding = upstream.content_encoding
         length = upstream.content_length
-        wraps = rebound is not None and rebound.wraps(upstream.status, encoding)
-        chunks = upstream.iter_chunks()
-        first, grew = await rebound.wrap_stream_head(chunks) if wraps else (b"", 0)  # type: ignore[union-attr]
-        request.begin(upstream.status, fields, None if length is None else length + grew, source=upstream)
-        head = b""
-        if first:
-            head = first[:HEAD_BYTES]
-            trace.bytes_out += len(first)
-            request.send(first)
-        async for chunk in chunks:
-            if len(head) < HEAD_BYTES:
-                head += chunk[: HEAD_BYTES - len(head)]
-            trace.bytes_out += len(chunk)
-            request.send(chunk)
-            if request.writing_paused:
-                await request.drain()
-        observed = _observe(head, encoding, upstream.status)
-        request.end()
+        tenant = ticket.tenant
+        buffers = self.client_buffers
+        ahead = 0
+        if length is not None and buffers.get(tenant, 0) + length <= limits.client_buffer_bytes_per_tenant:
+            ahead = length
+            buffers[tenant] = buffers.get(tenant, 0) + ahead
+            upstream.high_water = ahead  # the node is never paused for this client
+        try:
+            wraps = rebound is not None and rebound.wraps(upstream.status, encoding)
+            chunks = upstream.iter_chunks()
+            first, grew = await rebound.wrap_stream_head(chunks) if wraps else (b"", 0)  # type: ignore[union-attr]
+            request.begin(upstream.status, fields, None if length is None else length + grew,
+                          source=None if ahead else upstream)
+            head = b""
+            if first:
+                head = first[:HEAD_BYTES]
+                trace.bytes_out += len(first)
+                request.send(first)
+            async for chunk in chunks:
+                if len(head) < HEAD_BYTES:
+                    head += chunk[: HEAD_BYTES - len(head)]
+                if ticket.held:  # the node has answered: the request leaves its slot and the gate
+                    self.admission.leave(ticket, trace.status, trace.upstream_s, _observe(head, encoding, upstream.status))
+                trace.bytes_out += len(chunk)
+                request.send(chunk)
+                if request.writing_paused:
+                    await request.drain()
+            observed = _observe(head, encoding, upstream.status)
+            request.end()
+        finally:
+            if ahead:
+                left = buffers[tenant] - ahead
+                if left:
+                    buffers[tenant] = left
+                else:
+                    del buffers[tenant]
         # Only now: a client gone during the last write is billed the charge, as one gone mid-stream is;
         # set before, the access log would book a cost the bucket was never settled to.
         trace.observed = observed

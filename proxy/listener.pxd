@@ -36,6 +36,7 @@ cdef class Request:
     cdef object _waiter
     cdef bint _streaming
     cdef bint _chunked
+    cdef public bint body_wanted
 
     cpdef _wake(self)
     cpdef respond(self, int status, bytes fields, bytes body=*, length=*)
@@ -49,11 +50,12 @@ cdef class Listener:
     cdef public object app
     cdef public object limits
     cdef public object metrics
-    cdef public frozenset forward_drop
+    cdef public frozenset forwarded
     cdef public dict per_client
     cdef public set connections
     cdef public Py_ssize_t refused_connections
     cdef public Py_ssize_t header_timeouts
+    cdef public Py_ssize_t write_timeouts
     cdef public bint draining
 
 
@@ -90,6 +92,7 @@ cdef class ClientConnection:
     cdef double _timer_at
     cdef object _deadline
     cdef int _timer_job
+    cdef object _write_timer
 
     cpdef _serve_next(self)
     cpdef response_done(self, Request request)
@@ -104,6 +107,9 @@ cdef class ClientConnection:
     cpdef _head_timeout(self)
     cpdef write(self, data)
     cpdef writelines(self, parts)
+    cpdef read_body_on(self)
+    cpdef _start_write_timer(self)
+    cpdef _stop_write_timer(self)
     cpdef _close(self)
     cpdef close_if_idle(self)
     cpdef abort(self)

@@ -15,9 +15,12 @@ A client must finish its request head within `limits.header_timeout_s` (from the
 connection opens, or from the first byte of the next request on a kept-alive one), or it is sent
 a 408 and disconnected: the slowloris defence. Its body must arrive within `body_timeout_s` once
 the application asks for it. An idle kept-alive connection is closed after `keepalive_timeout_s`.
-Each connection has one timer for all three, re-armed by moving its deadline. One client address
-holds at most `limits.max_connections_per_client` connections at once; a connection beyond that is
-closed as soon as it is accepted.
+Each connection has one timer for all three, re-armed by moving its deadline. A client that leaves
+what is written to it unread (its socket full, no progress) for `client_write_timeout_s` is cut:
+whatever it was sent, or is being streamed, it cannot hold the proxy's memory or a node's answer.
+One client address holds at
+most `limits.max_connections_per_client` connections at once; a connection beyond that is closed
+as soon as it is accepted.
 
 Transport-agnostic: TLS comes in through `loop.create_server(..., ssl=context)` unchanged. The one
 thing the listener reads of it is, once per connection, the names of the client's certificate
@@ -102,7 +105,7 @@ class Request:
         "content_encoding", "content_length", "forwarded_for", "opaque_id", "passed_fields", "expect_continue",
         "keep_alive",
         "complete", "body_size", "too_large", "refusal", "responded", "_chunks", "_conn", "_waiter", "_streaming",
-        "_chunked",
+        "_chunked", "body_wanted",
     )
 
     def __init__(self, conn: ClientConnection):
@@ -125,7 +128,7 @@ class Request:
         self.forwarded_for: bytes | None = None
         #: the client's own X-Opaque-Id (the first), or None: see proxy/opaque.py
         self.opaque_id: bytes | None = None
-        #: the header lines to pass on ("Name: value\r\n" each): all but the listener's `forward_drop`
+        #: the header lines to pass on ("Name: value\r\n" each): those named in the listener's `forwarded`
         self.passed_fields = b""
         self.expect_continue = False
         self.keep_alive = True
@@ -141,6 +144,8 @@ class Request:
         self._waiter: asyncio.Future[None] | None = None
         self._streaming = False
         self._chunked = False
+        #: the application asked for the body: until then, a body that did not come with the head is not read
+        self.body_wanted = False
 
     # ---- the body ----
     @property
@@ -157,6 +162,8 @@ class Request:
         """The whole body, waiting for it at most `timeout_s` seconds (408 beyond); 413 past `max_bytes`.
         Sends `100 Continue` first if the client asked for it and has sent nothing yet."""
         conn = self._conn
+        self.body_wanted = True
+        conn.read_body_on()
         if self.expect_continue and not self.body_size:
             self.expect_continue = False
             conn.write(_CONTINUE)
@@ -294,11 +301,11 @@ App = Callable[[Request], Coroutine[Any, Any, None]]
 class Listener:
     """The protocol factory for `loop.create_server`: its connections, their limits and counters."""
 
-    def __init__(self, app: App, *, limits: HardLimits, metrics: Any = None, forward_drop: frozenset[bytes] = HOP_BY_HOP):
+    def __init__(self, app: App, *, limits: HardLimits, metrics: Any = None, forwarded: frozenset[bytes] = frozenset()):
         #: called once per request, the coroutine run as the request's task; it answers through the request
         self.app = app
-        #: request headers (lower-case names) left out of `Request.passed_fields`; hop-by-hop ones at least
-        self.forward_drop = forward_drop | HOP_BY_HOP
+        #: the request headers (lower-case names) put in `Request.passed_fields`, and no others (never hop-by-hop)
+        self.forwarded = forwarded - HOP_BY_HOP
         #: the hard limits in force: read when each request begins (a reload swaps in new ones)
         self.limits = limits
         self.metrics = metrics
@@ -307,6 +314,8 @@ class Listener:
         self.connections: set[ClientConnection] = set()
         self.refused_connections = 0
         self.header_timeouts = 0
+        #: connections closed because the client read nothing for limits.client_write_timeout_s
+        self.write_timeouts = 0
         #: set on SIGTERM: each connection closes after the response it is writing, idle ones at once
         self.draining = False
 
@@ -344,7 +353,7 @@ class ClientConnection:
         "listener", "loop", "transport", "parser", "client", "scheme", "limits", "writing_paused", "stream_source",
         "_parsing", "_in_head", "_url", "_headers", "_max_headers", "_trailers", "_head_bytes", "_queue", "_current",
         "_task", "_refusal", "_closing", "_stopped", "_counted", "_reading_paused", "_idle", "_head_started",
-        "_drainer", "_timer", "_timer_at", "_deadline", "_timer_job", "certificate",
+        "_drainer", "_timer", "_timer_at", "_deadline", "_timer_job", "_write_timer", "certificate",
     )
 
     def __init__(self, listener: Listener):
@@ -383,6 +392,8 @@ class ClientConnection:
         self._timer_at = 0.0
         self._deadline: float | None = None
         self._timer_job = 0
+        #: while the client leaves what is written to it unread: closes the connection at client_write_timeout_s
+        self._write_timer: asyncio.TimerHandle | None = None
 
     # ---- connection life ----
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -416,6 +427,7 @@ class ClientConnection:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._stop_write_timer()
         listener = self.listener
         listener.connections.discard(self)
         if self._counted:
@@ -506,7 +518,7 @@ class ClientConnection:
             self._refusal = BadRequest(f"the request is not valid HTTP/1.1: HTTP/{version} is not supported")
             raise _Refused
         # One pass over the headers: their size, the ones read by name, and the lines to pass on.
-        drop = self.listener.forward_drop
+        forwarded = self.listener.forwarded
         size = 0
         has_host = False
         passed: list[bytes] = []
@@ -536,7 +548,7 @@ class ClientConnection:
                 elif named == _OPAQUE_ID:
                     if request.opaque_id is None:
                         request.opaque_id = value
-            if lname not in drop:
+            if lname in forwarded:
                 passed += (name, b": ", value, b"\r\n")
         limits = self.limits
         if size > limits.max_header_bytes:
@@ -751,14 +763,22 @@ class ClientConnection:
             raise ClientGone("the client closed the connection")
         transport.writelines(parts)
 
+    def read_body_on(self) -> None:
+        """The application wants the body being received: read on (unless requests wait behind this one)."""
+        if self._reading_paused and not self._queue and self.transport is not None and not self._stopped:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
     def pause_writing(self) -> None:
         self.writing_paused = True
+        self._start_write_timer()
         source = self.stream_source
         if source is not None:
             source.pause()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self._stop_write_timer()
         drainer = self._drainer
         if drainer is not None:
             self._drainer = None
@@ -778,12 +798,36 @@ class ClientConnection:
             drainer = self._drainer = self.loop.create_future()
         await drainer
 
+    def _start_write_timer(self) -> None:
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.limits.client_write_timeout_s, self._write_timed_out)
+
+    def _stop_write_timer(self) -> None:
+        timer = self._write_timer
+        if timer is not None:
+            self._write_timer = None
+            timer.cancel()
+
+    def _write_timed_out(self) -> None:
+        """The client read nothing of what was written to it for client_write_timeout_s: it holds the proxy's
+        memory (and, streaming, a node's response) for nothing. Cut it; its request ends as cancelled."""
+        self._write_timer = None
+        log.info("closing the connection from %s: it read nothing for %ss (limits.client_write_timeout_s)",
+                 self.client, self.limits.client_write_timeout_s)
+        listener = self.listener
+        listener.write_timeouts += 1
+        listener.count(0, "client_write_timeout")
+        self.abort()
+
     # ---- closing ----
     def _close(self) -> None:
         self._closing = True
         self._disarm()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()  # what is buffered is still sent
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()  # what is buffered is still sent ...
+            if transport.get_write_buffer_size():
+                self._start_write_timer()  # ... to a client that reads it within client_write_timeout_s
 
     @property
     def busy(self) -> bool:

@@ -3,7 +3,7 @@
 Both engines show a request's `X-Opaque-Id` in `_tasks`, in the slow logs and in deprecation logs,
 and echo it on the response. The proxy forwards `X-Opaque-Id: <tenant>;<id>`, where `<id>` is the
 client's own X-Opaque-Id or, without one, a request id of the proxy's own. The client's header is
-never forwarded as it is (the listener drops it with REQUEST_DROP), so the prefix is always the
+never forwarded as it is (it is not in upstream.FORWARDED_HEADERS, the listener's allow-list), so the prefix is always the
 tenant the proxy identified: a client that sends `globex;x` is forwarded as `acme;globex;x`. The
 node's echo is not relayed (NOT_RELAYED); the client gets back exactly what it sent, or nothing.
 

@@ -33,7 +33,7 @@ from .shapes import ShapeBook
 from .shared_costs import learned_costs
 from .shared_shapes import ShapeSharer
 from .runaway import Runaway
-from .upstream import REQUEST_DROP, Upstream
+from .upstream import FORWARDED_HEADERS, Upstream
 
 log = logging.getLogger("sluicegate")
 
@@ -124,7 +124,7 @@ class Worker:
         self.metrics.set_config(1, digest)
         self._register_live_gauges()
         # the proxy listener: the request path's own protocol (proxy/listener.py); hard limits read per request
-        self.listener = Listener(self.proxy.handle, limits=config.limits, metrics=self.metrics, forward_drop=REQUEST_DROP)
+        self.listener = Listener(self.proxy.handle, limits=config.limits, metrics=self.metrics, forwarded=FORWARDED_HEADERS)
         self._proxy_server: asyncio.AbstractServer | None = None
         self._admin_runner: web.BaseRunner | None = None
         self.stopped = asyncio.Event()
@@ -167,6 +167,14 @@ class Worker:
         add("sluicegate_search_queue_wait_ms", "Mean ms a search task waited in a node's search queue over the "
             "last poll (Little's law on the nodes' thread-pool stats); taken out of learned costs",
             (), lambda: [((), float(self.cluster_health.queue_wait_ms or 0.0))])
+        add("sluicegate_buffered_request_bytes", "Bytes of request bodies held now, by tenant (limits.max_buffered_bytes "
+            "bounds their sum)", ("tenant",),
+            lambda: (((name,), float(size)) for name, size in list(self.proxy.held_bodies.by_tenant.items())))
+        add("sluicegate_client_buffer_bytes", "Bytes of node responses held for each tenant's slow clients "
+            "(limits.client_buffer_bytes_per_tenant bounds each)", ("tenant",),
+            lambda: (((name,), float(size)) for name, size in list(self.proxy.client_buffers.items())))
+        add("sluicegate_client_write_timeouts", "Connections closed because the client read nothing for "
+            "limits.client_write_timeout_s", (), lambda: [((), float(self.listener.write_timeouts))])
         self.admission.register_gauges(add)
 
     # ---- life cycle ----

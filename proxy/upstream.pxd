@@ -22,6 +22,8 @@ cdef class Upstream:
     cdef public bytes _auth_field
     cdef public Py_ssize_t _next
     cdef public object _health_task
+    cdef public object _hedge_task
+    cdef public Py_ssize_t hedged
 
     cpdef bytes forward_fields(self, bytes passed, forwarded_for, client_ip, scheme)
     cpdef _pick(self)

@@ -1,10 +1,14 @@
 """The cluster side: a pool of upstream nodes, their health, and forwarding one request.
 
 Nodes are used round-robin over pooled keep-alive connections (proxy/upstream_http.py). A node
-that refuses a connection or fails its health check is skipped until it answers again. A request
-that never reached a node is retried on the next one whatever its method (nothing was sent), as
-is one whose reused keep-alive connection turned out to be closed before any response byte; one
-that failed after it was sent is retried only when it is a read, which is safe to repeat.
+that refuses a connection or fails its health check is skipped until it answers again.
+
+A write is never sent twice. A request is sent again, to the next node, whatever its method, only
+when no connection provably carried it: the connect failed (refused, timed out), or the pooled
+connection had closed before any byte of the request was written. Once a byte was written, a
+connection that fails before the response head may have delivered the request: a read (search,
+get) is sent again, being safe to repeat; anything else is answered with a 502 that says its
+outcome is unknown.
 
 https:// nodes are reached with one SSL context per config load (proxy/tls.py), which every
 call here uses: requests, health checks and the cluster polls of `get_json`. A node whose TLS
@@ -31,6 +35,9 @@ from .upstream_http import (
     ConnectionLostEarly,
     ConnectionPool,
     HeadTimeout,
+    NodeStoppedAnswering,
+    Overdue,
+    RequestNotSent,
     UpstreamProtocolError,
     UpstreamResponse,
     request_head,
@@ -38,12 +45,32 @@ from .upstream_http import (
 
 log = logging.getLogger("sluicegate.upstream")
 
-#: client request headers never forwarded: hop-by-hop ones, the client's credentials, what the proxy sets itself
-#: (X-Opaque-Id is forwarded with the tenant in front: proxy/opaque.py)
-REQUEST_DROP = HOP_BY_HOP | {
-    b"authorization", b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
-    b"x-opaque-id",
-}
+#: how often reads waiting for their response head are checked against their hedge time, seconds
+HEDGE_TICK_S = 0.25
+#: a read is re-sent to another node once it has waited HEDGE_MIN_S + HEDGE_FACTOR × its expected time
+HEDGE_MIN_S = 2.0
+HEDGE_FACTOR = 10.0
+
+
+def hedge_after(cost: float, threads_per_request: float) -> float:
+    """Seconds a read (`cost` in cost units, thread-milliseconds, spread over `threads_per_request` threads)
+    may wait for its response head before it is re-sent elsewhere: far past what it should take, so a slow
+    node's long search is not sent twice, while a stuck node's cheap one is. Past request_timeout_s: never."""
+    return HEDGE_MIN_S + HEDGE_FACTOR * cost / (1000.0 * max(1.0, threads_per_request))
+
+#: The client request headers forwarded to the nodes (lower-case names), and no others: what describes the
+#: body, content negotiation, the request's id and its trace context. An allow-list, not a deny-list: a node
+#: trusts headers from the proxy it would never take from a tenant (es-security-runas-user, X-Found-Cluster,
+#: Cookie, Forwarded, Authorization); none of those, nor any header not named here, gets through. The one
+#: place the forwarded set is decided (docs/SECURITY.md lists it); the proxy adds Host, Content-Length,
+#: X-Forwarded-For/-Proto, its own Authorization and X-Opaque-Id (the client's, with the tenant in front:
+#: proxy/opaque.py) itself.
+FORWARDED_HEADERS = frozenset((
+    b"content-type", b"content-encoding", b"content-language",
+    b"accept", b"accept-encoding", b"accept-language", b"accept-charset",
+    b"traceparent", b"tracestate",
+    b"user-agent", b"x-elastic-client-meta",  # what client sent it: ES's deprecation log names it
+))
 
 
 class Node:
@@ -92,6 +119,9 @@ class Upstream:
         self._poll_forbidden = False
         self._next = 0
         self._health_task: asyncio.Task | None = None
+        self._hedge_task: asyncio.Task | None = None
+        #: reads re-sent to another node because the first waited past their hedge time
+        self.hedged = 0
 
     def _node(self, url: str, config: UpstreamConfig) -> Node:
         host = urlsplit(url).hostname or "127.0.0.1"
@@ -101,11 +131,13 @@ class Upstream:
         self.nodes = [self._node(url, self.config) for url in self.config.nodes]
         await self.check_health()
         self._health_task = asyncio.create_task(self._health_loop(), name="upstream-health")
+        self._hedge_task = asyncio.create_task(self._hedge_loop(), name="upstream-hedge")
 
     async def close(self) -> None:
-        if self._health_task:
-            self._health_task.cancel()
-            await asyncio.gather(self._health_task, return_exceptions=True)
+        for task in (self._health_task, self._hedge_task):
+            if task:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for node in self.nodes:
             node.pool.close()
 
@@ -158,11 +190,14 @@ class Upstream:
         return b"%sX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n%s" % (passed, ip, proto, self._auth_field)
 
     async def send(
-        self, method: str, target: str, fields: bytes, body: bytes | None, retry_after_send: bool, trace=None
+        self, method: str, target: str, fields: bytes, body: bytes | None, retry_after_send: bool,
+        hedge_after_s: float = 0.0, trace=None,
     ) -> UpstreamResponse:
         """Send one request (`fields`: its header lines, see forward_fields); the response once its head
-        has arrived, body not yet read (`response.node` is the node that answered). `trace.sent_to`, if
-        given, is set to each node's URL as the request is sent to it (for /inflight).
+        has arrived, body not yet read (`response.node` is the node that answered). A read
+        (`retry_after_send`) with `hedge_after_s` still waiting for its head after that many seconds is
+        re-sent to another node (see hedge_after). `trace.sent_to`, if given, is set to each node's URL as
+        the request is sent to it (for /inflight).
 
         Raises UpstreamFailure: 503 when no node is usable, 502 when nodes failed, 504 on timeout.
         The caller must `release()` the response.
@@ -171,47 +206,69 @@ class Upstream:
         body_length = len(body) if body else 0
         is_head = method == "HEAD"
         timeout = self.config.request_timeout_s
-        for _ in range(max(1, len(self.nodes))):
+        stale_retry = retry_after_send  # a read may go again over a fresh connection when a pooled one was stale
+        attempts = max(1, len(self.nodes))
+        avoid = None  # the node a read was overdue on
+        while attempts:
+            attempts -= 1
             node = self._pick()
+            if node is not None and node is avoid:
+                node = self._pick()
             if node is None:
                 break
             head = request_head(method, target, node.host_header, fields, body_length)
             if trace is not None:
                 trace.sent_to = node.url
             conn = node.pool.take_idle()
+            reused = conn is not None
             try:
                 if conn is None:
-                    response = await self._exchange(node, head, body, is_head)
-                else:  # the usual case: a warm idle connection, no further coroutine
-                    try:
-                        response = await conn.send(head, body, is_head, timeout)
-                    except BaseException as exc:
-                        conn.close()  # timed out, failed, or the client went away: its state is unknown
-                        if not isinstance(exc, ConnectionLostEarly):
-                            raise
-                        # The node had closed this idle connection; nothing was processed: use a fresh one.
-                        response = await self._exchange(node, head, body, is_head, fresh=True)
+                    conn = await node.pool.connect(self.config.connect_timeout_s)
+                response = await conn.send(head, body, is_head, timeout,  # type: ignore[union-attr]
+                                           hedge_after_s if retry_after_send else 0.0)
                 if response.status == 401:
                     response.release()
                     self._credentials_refused(node)
                     raise UpstreamFailure(502, "the cluster refused the proxy's own credentials (upstream.auth); "
                                                "the proxy's log says more")
             except HeadTimeout:
+                conn.close()  # type: ignore[union-attr]
                 self.on_error(node.url, "timeout")
                 raise UpstreamFailure(504, f"node {node.url} did not answer within {timeout}s") from None
-            except (OSError, ConnectionLostEarly) as exc:
-                # Nothing reached the node (refused, or the connect timed out): any method may go elsewhere.
+            except RequestNotSent:
+                if reused:
+                    attempts += 1  # a pooled connection found closed: nothing was written, nothing is lost
+                continue
+            except OSError as exc:
+                # The connect failed (refused, timed out): nothing reached the node, any method may go elsewhere.
                 self._mark_down(node, exc)
                 self.on_error(node.url, "unreachable")
                 last_error, status = f"node {node.url} is unreachable ({_describe(exc)})", 502
                 continue
             except UpstreamProtocolError as exc:
+                conn.close()  # type: ignore[union-attr]
+                if isinstance(exc, Overdue):  # far past its expected time: the next node gets it (a read), once
+                    self.hedged += 1
+                    hedge_after_s = 0.0  # a cost misjudged is not a stuck node: the re-sent read waits its time
+                    attempts += 1
+                    avoid = node
+                    continue
+                if reused and stale_retry and isinstance(exc, ConnectionLostEarly):
+                    # A keep-alive connection the node had closed; a read goes again on a fresh one.
+                    stale_retry = False
+                    attempts += 1
+                    continue
                 self.on_error(node.url, "protocol")
                 last_error, status = f"node {node.url} failed: {exc}", 502
                 if retry_after_send and self.config.retry_reads:
                     self._mark_down(node, exc)
                     continue
-                raise UpstreamFailure(502, last_error) from None
+                raise UpstreamFailure(502, f"{last_error}; the request was sent, so its outcome is unknown: it was not "
+                                           f"sent again (it may not be safe to repeat)") from None
+            except BaseException:
+                if conn is not None:
+                    conn.close()  # the client went away mid-exchange: this connection's state is unknown
+                raise
             if node.failures:
                 node.failures = 0
             response.read_timeout = timeout
@@ -230,7 +287,7 @@ class Upstream:
                 response = await conn.send(head, body, is_head, self.config.request_timeout_s)
             except BaseException as exc:
                 conn.close()  # timed out, failed, or the client went away: this connection's state is unknown
-                if conn is reused and isinstance(exc, ConnectionLostEarly):
+                if conn is reused and isinstance(exc, (ConnectionLostEarly, RequestNotSent)):
                     # The node had closed this idle connection; nothing was processed: use a fresh one.
                     conn = await pool.connect(self.config.connect_timeout_s)
                     continue
@@ -343,9 +400,26 @@ class Upstream:
                 log.warning("upstream node %s is back", node.url)
             node.down_until = 0.0
             node.failures = 0
-        elif node.healthy:
-            log.warning("upstream node %s failed its health check: %s", node.url, why)
+        else:
+            if node.healthy:
+                log.warning("upstream node %s failed its health check: %s", node.url, why)
+            # A node that does not answer its health check (hung, stopped, partitioned) will not answer what
+            # waits on it either: reads go elsewhere now, writes learn their outcome is unknown, and none of
+            # them holds the gate until request_timeout_s, which stays for genuinely long requests.
+            abandoned = node.pool.abandon_waiting(NodeStoppedAnswering(
+                f"node {node.url} stopped answering (it failed its health check) before the response head"))
+            if abandoned:
+                log.warning("upstream node %s: %d requests waiting on it re-sent or answered", node.url, abandoned)
         node.healthy = ok
+
+    async def _hedge_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(HEDGE_TICK_S)
+            now = loop.time()
+            for node in self.nodes:
+                if node.pool.abandon_overdue(now):
+                    log.info("upstream node %s: reads past their hedge time re-sent to another node", node.url)
 
     async def _health_loop(self) -> None:
         while True:
@@ -354,13 +428,13 @@ class Upstream:
 
 
 def passed_fields(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes] = frozenset()) -> bytes:
-    """The client's header lines to pass on to the node, from its raw (name, value) pairs: all but
-    REQUEST_DROP and `drop` (lower-case names). The listener builds the same with REQUEST_DROP alone
+    """The client's header lines to pass on to the node, from its raw (name, value) pairs: those named in
+    FORWARDED_HEADERS but not in `drop` (lower-case names). The listener builds the same without `drop`
     (`Request.passed_fields`); this is for a request that must leave out more."""
     out = []
     for name, value in headers:
         lname = name.lower()
-        if lname not in REQUEST_DROP and lname not in drop:
+        if lname in FORWARDED_HEADERS and lname not in drop:
             out += (name, b": ", value, b"\r\n")
     return b"".join(out)
 

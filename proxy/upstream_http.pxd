@@ -23,6 +23,7 @@ cdef class UpstreamResponse:
     cdef object _error
     cdef bint _released
     cdef bint _held
+    cdef public Py_ssize_t high_water
 
     cpdef _feed(self, data)
     cpdef _finish(self)
@@ -52,6 +53,8 @@ cdef class NodeConnection:
     cdef Py_ssize_t _chunk_left
     cdef int _chunk_state
     cdef readonly bint _paused
+    cdef object _peek
+    cdef public double hedge_at
 
     cpdef _parse_head(self, bytes head)
     cpdef _body(self, data)
@@ -61,8 +64,9 @@ cdef class NodeConnection:
     cpdef resume(self)
     cpdef idle(self)
     cpdef _stop_head_timer(self)
+    cpdef bint _closed_by_node(self)
     cpdef close(self)
-    cpdef send(self, head, body, bint is_head, timeout)
+    cpdef send(self, head, body, bint is_head, timeout, double hedge_after=*)
 
 
 cdef class ConnectionPool:
@@ -76,6 +80,7 @@ cdef class ConnectionPool:
     cdef public object server_hostname
     cdef object _idle
     cdef public Py_ssize_t open
+    cdef public set conns
 
     cpdef NodeConnection take_idle(self)
     cpdef put_back(self, NodeConnection conn)

@@ -10,6 +10,7 @@ reading when the client downstream is slower than the node (bounded memory).
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl as ssl_module
 from collections import deque
 
@@ -36,7 +37,22 @@ class UpstreamProtocolError(Exception):
 
 
 class ConnectionLostEarly(UpstreamProtocolError):
-    """The connection closed before any byte of the response: a stale keep-alive connection."""
+    """The connection closed before any byte of the response. The request may have been read and acted on:
+    only a request that is safe to repeat may be sent again."""
+
+
+class NodeStoppedAnswering(UpstreamProtocolError):
+    """The node failed its health check while this request waited for its response head: a read goes to
+    another node, anything else is answered as of unknown outcome (the node may yet act on it)."""
+
+
+class Overdue(UpstreamProtocolError):
+    """A read that waited for its response head far longer than its cost implies: it goes to another node
+    (the hedge), and this connection, whose state is now unknown, is closed."""
+
+
+class RequestNotSent(ConnectionError):
+    """No byte of the request was written: the connection had closed before it. Any method may go elsewhere."""
 
 
 class HeadTimeout(Exception):
@@ -48,7 +64,7 @@ class UpstreamResponse:
 
     __slots__ = (
         "status", "raw_headers", "relayed", "content_length", "keep_alive", "_conn", "_chunks", "_buffered",
-        "_waiter", "complete", "_error", "_released", "read_timeout", "content_encoding", "_held",
+        "_waiter", "complete", "_error", "_released", "read_timeout", "content_encoding", "_held", "high_water",
     )
 
     def __init__(self, conn: NodeConnection, status: int, raw_headers: list[tuple[bytes, bytes]],
@@ -71,6 +87,8 @@ class UpstreamResponse:
         #: the Content-Encoding header's value (None without one), noted while the head was parsed
         self.content_encoding: str | None = None
         self._held = False  # paused by whoever relays it (its client reads slowly)
+        #: body bytes buffered (not yet taken) beyond which the node's connection is not read
+        self.high_water = HIGH_WATER
 
     @property
     def headers(self) -> list[tuple[str, str]]:
@@ -98,7 +116,7 @@ class UpstreamResponse:
     def _feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._buffered > HIGH_WATER:
+        if self._buffered > self.high_water:
             self._conn.pause()
         self._wake()
 
@@ -216,12 +234,21 @@ class NodeConnection:
         self._chunk_left = 0  # bytes left in the current chunk, then its CRLF
         self._chunk_state = 0  # 0: size line, 1: data, 2: CRLF after data, 3: trailers
         self._paused = False
+        #: (descriptor, family, type) of a plain connection's socket, for _closed_by_node; None under TLS
+        self._peek: tuple[int, int, int] | None = None
+        #: loop time after which a read still waiting for its head is overdue (0: never; see send)
+        self.hedge_at = 0.0
 
     # ---- asyncio.Protocol ----
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        # Not under TLS, where bytes pending on an idle connection (a session ticket) prove nothing.
+        if sock is not None and transport.get_extra_info("sslcontext") is None:
+            self._peek = (sock.fileno(), sock.family, sock.type)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._peek = None
         self.closed = True
         self._stop_head_timer()
         self.pool.forget(self)
@@ -283,6 +310,16 @@ class NodeConnection:
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost finishes a close-delimited body
+
+    def abandon(self, exc: BaseException) -> bool:
+        """If a request on this connection waits for its response head, fail it with `exc` and close. True if so."""
+        waiter = self._head_waiter
+        if waiter is None or waiter.done():
+            return False
+        self._head_waiter = None
+        waiter.set_exception(exc)
+        self.close()
+        return True
 
     # ---- framing ----
     def _parse_head(self, head: bytes) -> UpstreamResponse | None:
@@ -444,6 +481,26 @@ class NodeConnection:
             waiter.set_exception(HeadTimeout())
         self.close()
 
+    def _closed_by_node(self) -> bool:
+        """An idle keep-alive connection the node has closed (its FIN is in, the loop has not seen it yet): one
+        non-blocking peek proves that the request about to be sent would not be carried."""
+        view = self._peek
+        if view is None:
+            return False
+        # A socket object over the loop's descriptor for this one call, detached at once: one that outlived it
+        # would close, when collected, whatever descriptor the number belongs to by then (a client's, say).
+        fd, family, kind = view
+        peek = socket.socket(family, kind, 0, fd)
+        try:
+            peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # EOF, or bytes nobody asked for: not reusable
+            return True
+        except BlockingIOError:
+            return False  # open, nothing pending: the usual case
+        except OSError:
+            return True  # reset
+        finally:
+            peek.detach()
+
     def close(self) -> None:
         self._stop_head_timer()
         if not self.closed:
@@ -452,16 +509,23 @@ class NodeConnection:
                 self.transport.close()
         self.pool.forget(self)
 
-    def send(self, head: bytes, body: bytes | None, is_head: bool, timeout: float) -> asyncio.Future[UpstreamResponse]:
+    def send(self, head: bytes, body: bytes | None, is_head: bool, timeout: float,
+             hedge_after: float = 0.0) -> asyncio.Future[UpstreamResponse]:
         """Write one request; the future resolves to the response once its head has arrived,
         or fails with HeadTimeout after `timeout` seconds (no timeout context, and no timer per request:
-        the connection's timer is re-armed by moving its deadline)."""
-        assert self.transport is not None
+        the connection's timer is re-armed by moving its deadline). With `hedge_after` (seconds; reads
+        only), `ConnectionPool.abandon_overdue` may fail it with Overdue once that has passed."""
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing() or (self.uses and self._closed_by_node()):
+            self.close()
+            raise RequestNotSent(f"connection to {self.pool.label} closed before the request was written")
         self.uses += 1
         self._head_request = is_head
         self._received_any = False
         waiter = self._head_waiter = self.loop.create_future()
-        self._head_deadline = self.loop.time() + timeout
+        now = self.loop.time()
+        self.hedge_at = now + hedge_after if hedge_after else 0.0
+        self._head_deadline = now + timeout
         if self._head_timer is None:
             self._head_timer = self.loop.call_at(self._head_deadline, self._head_timed_out)
         if body:
@@ -490,6 +554,8 @@ class ConnectionPool:
         self.server_hostname = (server_hostname or host) if ssl is not None else None
         self._idle: deque[NodeConnection] = deque()
         self.open = 0
+        #: every open connection, idle or busy (what abandon_waiting looks through)
+        self.conns: set[NodeConnection] = set()
 
     async def connect(self, timeout: float) -> NodeConnection:
         async with asyncio.timeout(timeout):
@@ -497,6 +563,8 @@ class ConnectionPool:
                 lambda: NodeConnection(self), self.host, self.port, ssl=self.ssl, server_hostname=self.server_hostname
             )
         self.open += 1
+        if not conn.closed:  # type: ignore[attr-defined]
+            self.conns.add(conn)  # type: ignore[arg-type]
         return conn  # type: ignore[return-value]
 
     def take_idle(self) -> NodeConnection | None:
@@ -514,8 +582,23 @@ class ConnectionPool:
             self._idle.append(conn)
 
     def forget(self, conn: NodeConnection) -> None:
+        self.conns.discard(conn)
         if conn in self._idle:
             self._idle.remove(conn)
+
+    def abandon_overdue(self, now: float) -> int:
+        """Fail every read still waiting for its head past its hedge time (loop time `now`) with Overdue;
+        how many there were."""
+        overdue = 0
+        for conn in list(self.conns):
+            if conn.hedge_at and now >= conn.hedge_at:
+                overdue += conn.abandon(Overdue(f"node {self.label} sent no response head within the read's hedge time"))
+        return overdue
+
+    def abandon_waiting(self, exc: BaseException) -> int:
+        """Fail every request waiting for a response head from this node with `exc` (closing its connection);
+        how many there were."""
+        return sum(1 for conn in list(self.conns) if conn.abandon(exc))
 
     def close(self) -> None:
         while self._idle:

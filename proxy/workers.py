@@ -4,10 +4,12 @@ Each worker is a fresh interpreter (`python -m proxy _worker ...`) running the w
 its share of every limit (1/N without Redis; shared through Redis when configured). The
 supervisor owns the public admin listener. Each worker serves its own admin API on a private
 unix socket, and the supervisor answers from them: /metrics is every worker's metrics with a
-`worker` label, /tenants sums the workers' per-tenant state, /ready needs every worker ready,
+`worker` label, /tenants sums the workers' per-tenant state, /ready is 200 while at least one
+worker is ready (and says how many are not: `degraded`),
 /status and /tenants/{name}/shapes (the status page's data) add the workers up, the page itself
 is served here too, and /reload (or SIGHUP) reloads every worker and reports each result. SIGTERM drains every
-worker and exits 0. A worker that dies is restarted after a back-off.
+worker and exits 0. A worker that dies is restarted after a back-off (1, 2, 4 ... 30 s), which starts
+again from 1 s once a worker has run HEALTHY_RUN_S: a crash a day is not a crash loop.
 """
 from __future__ import annotations
 
@@ -35,6 +37,16 @@ from .config import ConfigError, load_config
 
 log = logging.getLogger("sluicegate.supervisor")
 
+#: a worker that ran this many seconds before it died was healthy: its restart back-off starts afresh
+HEALTHY_RUN_S = 60.0
+
+
+def restart_backoff(restarts: int, ran_s: float) -> tuple[int, float]:
+    """(restarts so far, counting this one; seconds to wait before it) for a worker that died after running
+    `ran_s` seconds, having been restarted `restarts` times in its current crash streak."""
+    restarts = 1 if ran_s >= HEALTHY_RUN_S else restarts + 1
+    return restarts, min(30.0, 0.5 * 2 ** min(restarts, 6))
+
 
 class WorkerProcess:
     """One worker child: its process, its private admin socket, and its restarts."""
@@ -43,7 +55,8 @@ class WorkerProcess:
         self.index = index
         self.socket_path = socket_path
         self.process: asyncio.subprocess.Process | None = None
-        self.restarts = 0
+        self.restarts = 0  # in the current crash streak (see restart_backoff)
+        self.started_at = 0.0  # loop time of the last spawn
 
 
 class Supervisor:
@@ -58,6 +71,7 @@ class Supervisor:
     # ---- children ----
     async def spawn(self, child: WorkerProcess) -> None:
         child.socket_path.unlink(missing_ok=True)
+        child.started_at = asyncio.get_running_loop().time()
         child.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", "_worker", "--config", self.config_path,
             "--index", str(child.index), "--workers", str(len(self.children)),
@@ -82,8 +96,8 @@ class Supervisor:
             code = await child.process.wait()
             if self.stopping:
                 return
-            child.restarts += 1
-            delay = min(30.0, 0.5 * 2 ** min(child.restarts, 6))
+            ran_s = asyncio.get_running_loop().time() - child.started_at
+            child.restarts, delay = restart_backoff(child.restarts, ran_s)
             log.error("worker %d exited with %s; restarting in %.1fs", child.index, code, delay)
             await asyncio.sleep(delay)
             if not self.stopping:
@@ -141,9 +155,12 @@ class Supervisor:
                          200 if all(alive) else 503)
 
         async def ready(request: web.Request) -> web.Response:
+            # Ready while any worker serves: the port is shared (SO_REUSEPORT), so the kernel hands connections
+            # to the live ones while a dead one restarts. `degraded` counts the workers that are not ready.
             answers = await self.ask_all("GET", "/ready")
-            ok = all(a is not None and a[0] == 200 for a in answers)
-            return _json({"ready": ok, "workers": [a is not None and a[0] == 200 for a in answers]}, 200 if ok else 503)
+            each = [a is not None and a[0] == 200 for a in answers]
+            ok = any(each)
+            return _json({"ready": ok, "workers": each, "degraded": each.count(False)}, 200 if ok else 503)
 
         async def tenants(request: web.Request) -> web.Response:
             reports = [orjson.loads(a[1]) for a in await self.ask_all("GET", "/tenants") if a is not None and a[0] == 200]

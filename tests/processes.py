@@ -203,6 +203,15 @@ class SimClusterProcess:
         status, body = http_post(f"{self.nodes[(i + 1) % len(self.nodes)]}/_sim/nodes/{i}/_start")
         assert status == 200, body
 
+    def hang_node(self, i: int) -> None:
+        """Node i accepts and reads requests but answers none (a SIGSTOPped process) until resume_node(i)."""
+        status, body = http_post(f"{self.nodes[(i + 1) % len(self.nodes)]}/_sim/nodes/{i}/_hang")
+        assert status == 200, body
+
+    def resume_node(self, i: int) -> None:
+        status, body = http_post(f"{self.nodes[(i + 1) % len(self.nodes)]}/_sim/nodes/{i}/_resume")
+        assert status == 200, body
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -128,7 +128,7 @@ async def served(config_doc: dict):
     from proxy.limiter import LocalLimiter
     from proxy.listener import Listener
     from proxy.metrics import Metrics
-    from proxy.upstream import REQUEST_DROP, Upstream
+    from proxy.upstream import FORWARDED_HEADERS, Upstream
 
     node = Node()
     url = await node.start()
@@ -141,7 +141,7 @@ async def served(config_doc: dict):
     await upstream.start()
     proxy = Proxy(Snapshot(config, 1, "x"), limiter=limiter, learned=LearnedCosts(100, 0.3), admission=admission,
                   upstream=upstream, metrics=Metrics(), access_log=AccessLog(config.access_log))
-    listener = Listener(proxy.handle, limits=proxy.snapshot.config.limits, forward_drop=REQUEST_DROP)
+    listener = Listener(proxy.handle, limits=proxy.snapshot.config.limits, forwarded=FORWARDED_HEADERS)
     server = await asyncio.get_running_loop().create_server(listener, "127.0.0.1", 0)
     try:
         yield proxy, server.sockets[0].getsockname()[1], node, listener
@@ -192,8 +192,8 @@ async def test_a_client_that_stops_reading_pauses_the_node_and_the_proxy_holds_l
 
     from proxy.upstream_http import HIGH_WATER
 
-    async with served({**CONFIG, "tenants": {"acme": {"plan": "p", "api_keys": [hash_secret("k")],
-                                                       "indices": ["acme-*"]}}}) as (proxy, port, node, listener):
+    # No room to read ahead for this tenant's slow clients (limits.client_buffer_bytes_per_tenant): back-pressure.
+    async with served({**CONFIG, "limits": {"client_buffer_bytes_per_tenant": 0}}) as (proxy, port, node, listener):
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # the client's kernel holds little either
         sock.connect(("127.0.0.1", port))
@@ -225,6 +225,34 @@ async def test_a_client_that_stops_reading_pauses_the_node_and_the_proxy_holds_l
                 else:
                     body = await reader.readexactly(node.STREAM_BYTES)
             assert len(body) == node.STREAM_BYTES and body.endswith(b"{}]}")
+        finally:
+            writer.close()
+
+
+async def test_with_room_to_read_ahead_a_slow_client_frees_the_node_slot_and_gate_at_once():
+    """Once the node has answered, the request holds neither its tenant slot nor the gate, and with room
+    in limits.client_buffer_bytes_per_tenant the proxy reads the whole answer while the client reads nothing."""
+    import socket
+
+    async with served(CONFIG) as (proxy, port, node, listener):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.connect(("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        try:
+            writer.write(b"GET /acme-a/_stream/length HTTP/1.1\r\nHost: proxy\r\nAuthorization: ApiKey k\r\n\r\n")
+            async with asyncio.timeout(GUARD_S):
+                await reader.readuntil(b"\r\n\r\n")  # ... and then it reads nothing for a while
+                while node.sent < node.STREAM_BYTES or proxy.admission.gate.inflight:
+                    await asyncio.sleep(0.005)
+            assert proxy.admission.tenants["acme"].inflight == 0
+            assert proxy.client_buffers == {"acme": node.STREAM_BYTES}  # held for the client, counted against its room
+            async with asyncio.timeout(GUARD_S * 3):
+                body = await reader.readexactly(node.STREAM_BYTES)
+            assert body.endswith(b"{}]}")
+            async with asyncio.timeout(GUARD_S):
+                while proxy.client_buffers:
+                    await asyncio.sleep(0.005)
         finally:
             writer.close()
 

@@ -13,7 +13,7 @@ import pytest
 
 from proxy.config import HardLimits
 from proxy.errors import Refusal
-from proxy.listener import Listener, Request
+from proxy.listener import ClientGone, Listener, Request
 
 #: a guard against a test hanging, never an assertion about time
 GUARD_S = 10.0
@@ -674,3 +674,40 @@ async def test_the_listener_serves_over_tls_and_says_https(tls_files):
         server.close()
         listener.close_all()
     assert schemes == ["https", "https"]
+
+
+async def test_a_client_that_reads_nothing_is_cut_at_the_write_timeout(serve):
+    """Issue 17: neither a streamed response nor one written whole can be held by a client that never reads."""
+    import socket
+
+    streaming_ended: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def big(request: Request) -> None:
+        if request.target == "/whole":
+            request.respond(200, b"", b"x" * (32 << 20))  # in the transport's buffer: nobody waits on it
+            return
+        request.begin(200, b"", None)
+        try:
+            while True:
+                request.send(b"y" * 65536)
+                if request.writing_paused:
+                    await request.drain()
+        except (ClientGone, asyncio.CancelledError) as exc:
+            streaming_ended.set_result(type(exc).__name__)
+            raise
+
+    listener, port = await serve(HardLimits(client_write_timeout_s=0.5), big)
+    for cut, target in enumerate((b"/whole", b"/stream"), 1):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target)
+        async with asyncio.timeout(GUARD_S):
+            while listener.write_timeouts < cut:  # cut by the proxy, not by this client
+                await asyncio.sleep(0.01)
+            while listener.connections:
+                await asyncio.sleep(0.01)
+        writer.close()
+    assert listener.write_timeouts == 2
+    assert await asyncio.wait_for(streaming_ended, GUARD_S) in ("ClientGone", "CancelledError")

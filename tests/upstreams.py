@@ -83,3 +83,65 @@ class RecordingUpstream:
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+@dataclass
+class ClosingRelay:
+    """A node that reads each request whole, hands it to the real node behind it (`target`, "host:port")
+    and waits for that node's complete answer, then, for anything but a GET, closes the proxy's
+    connection without a byte of it: the request was delivered and acted on, and the proxy cannot
+    know. GETs (health checks, the cluster poller) are answered. Runs in its own thread."""
+
+    target: str
+    port: int = field(default_factory=free_port)
+    delivered: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            body = await reader.readexactly(length) if length else b""
+            host, port = self.target.split(":")
+            node_reader, node_writer = await asyncio.open_connection(host, int(port))
+            node_writer.write(head[:-2] + b"Connection: close\r\n\r\n" + body)
+            await node_writer.drain()
+            answer = await node_reader.read()  # the node's whole answer (it closes after it)
+            node_writer.close()
+            if head.startswith(b"GET "):  # health checks and the cluster poller are answered: the node looks well
+                writer.write(answer)
+                await writer.drain()
+                return
+            self.delivered += 1
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.transport.abort()  # gone before the response head: the outcome is the node's secret
+                                      # (a health check's answer was written whole before this)
+
+    def start(self) -> ClosingRelay:
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", self.port))
+            ready.set()
+            self._loop.run_forever()
+            server.close()
+            self._loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True, name=f"relay-{self.port}")
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
