@@ -240,6 +240,10 @@ def normalise(transcript: list[dict], index: str) -> list[dict]:
                 task = body["task"]
                 for key in ("node", "id", "start_time_in_millis", "running_time_in_nanos"):
                     task[key] = f"<{key}>"  # which node ran it, its number, when and for how long
+                if isinstance(task.get("headers"), dict):
+                    # The proxy tags every forwarded request with `X-Opaque-Id: <tenant>;<id>` (runaway control:
+                    # the tenant on every task); the cluster keeps it on the task. The client's own headers match.
+                    task["headers"].pop("X-Opaque-Id", None)
             if name.startswith("pit: page") and isinstance(body.get("hits"), dict):
                 # Elasticsearch adds the implicit `_shard_doc` tiebreaker: shard << 32 | Lucene doc id, which
                 # follows how the bulk happened to be cut into segments on each run's own index.
