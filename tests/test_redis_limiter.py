@@ -1,4 +1,4 @@
-"""RedisLimiter: shared buckets in real redis-server processes (never fakeredis), leases, membership,
+"""RedisLimiter: shared buckets in real redis-server processes (nothing stands in for them), leases, membership,
 fallback and recovery, and Redis Cluster. The Lua script is tested on its own first.
 
 One redis-server serves most tests (each test has its own key prefix); tests that kill, stop or

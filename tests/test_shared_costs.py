@@ -1,6 +1,6 @@
 """Learned costs shared through Redis (proxy/shared_costs.py): the bounded batch on its own, then
 "instances" (a RedisLimiter, a SharedLearnedCosts and a CostSharer each) on real redis-server
-processes and a real 3-master Redis Cluster; never fakeredis.
+processes and a real 3-master Redis Cluster, nothing stands in for them.
 
 Tests drive rounds with `sync()` where they can. Where the background loop must do the work (a new
 instance warming up, recovery after an outage) they poll the observable result with a deadline.
