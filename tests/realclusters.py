@@ -15,6 +15,7 @@ installs all three, so a skip would only hide a broken set-up.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import ssl
 import sys
@@ -25,11 +26,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
+import urllib3
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 from realcluster import ClusterError, RealCluster, es_tools, fetch, http_json, java_home  # noqa: E402
 
-__all__ = ["ClusterError", "RealCluster", "http_json", "KINDS", "ClusterPool", "unique_index", "SecuredAccess"]
+__all__ = ["ClusterError", "RealCluster", "http_json", "KINDS", "ClusterPool", "unique_index", "bulk_load", "SecuredAccess"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,19 @@ KINDS: dict[tuple[str, str], dict | Callable[[], dict]] = {
     # TLS on both sides: one node with security on, HTTPS, client certificates required (made in the session)
     ("elasticsearch", "secured"): secured_elasticsearch,
 }
+
+
+def bulk_load(url: str, index: str, docs: int, shards: int, replicas: int = 0) -> None:
+    """Create `index` with `shards` and `replicas` and load `docs` small documents ({"msg", "n"}), refreshed."""
+    status, body = http_json(f"{url}/{index}", "PUT", {"settings": {"number_of_shards": shards, "number_of_replicas": replicas}})
+    assert status == 200, body
+    lines = "".join(
+        json.dumps({"index": {}}) + "\n" + json.dumps({"msg": f"word{i} alpha{i % 97} beta{i % 13}", "n": i}) + "\n"
+        for i in range(docs)
+    ).encode()
+    response = urllib3.request("POST", f"{url}/{index}/_bulk?refresh=true", body=lines, retries=False,
+                               headers={"Content-Type": "application/x-ndjson"}, timeout=urllib3.Timeout(connect=5, read=120))
+    assert response.status == 200 and not json.loads(response.data)["errors"]
 
 
 def unique_index(prefix: str) -> str:

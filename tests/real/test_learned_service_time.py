@@ -10,7 +10,6 @@ learns; a second proxy with `cost.learn_service_time: false` beside it shows wha
 from __future__ import annotations
 
 import collections
-import json
 import statistics
 import threading
 
@@ -19,7 +18,7 @@ import pytest
 import urllib3
 
 from tests.processes import make_config, tenant, wait_until
-from tests.realclusters import http_json, unique_index
+from tests.realclusters import bulk_load, http_json, unique_index
 
 pytestmark = pytest.mark.real_cluster
 
@@ -28,18 +27,6 @@ AUTH = {"Authorization": "ApiKey acme-key", "Content-Type": "application/json"}
 CHEAP = {"size": 5, "query": {"term": {"msg": "alpha3"}}}
 #: keeps the one search thread busy for a while per shard, with no script (Elasticsearch has no painless here)
 SLOW = {"size": 0, "query": {"wildcard": {"msg": "*ord1*"}}, "aggs": {"n": {"terms": {"field": "n", "size": 2000}}}}
-
-
-def bulk_load(url: str, index: str, docs: int, shards: int) -> None:
-    status, body = http_json(f"{url}/{index}", "PUT", {"settings": {"number_of_shards": shards, "number_of_replicas": 0}})
-    assert status == 200, body
-    lines = "".join(
-        json.dumps({"index": {}}) + "\n" + json.dumps({"msg": f"word{i} alpha{i % 97} beta{i % 13}", "n": i}) + "\n"
-        for i in range(docs)
-    ).encode()
-    response = HTTP.request("POST", f"{url}/{index}/_bulk?refresh=true", body=lines,
-                            headers={"Content-Type": "application/x-ndjson"})
-    assert response.status == 200 and not orjson.loads(response.data)["errors"]
 
 
 def cheap_search(proxy, index: str) -> int:

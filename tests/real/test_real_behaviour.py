@@ -3,7 +3,6 @@ observed cost read from real `took` and `_shards`."""
 from __future__ import annotations
 
 import gzip
-import json
 import threading
 
 import orjson
@@ -11,7 +10,7 @@ import pytest
 import urllib3
 
 from tests.processes import make_config, tenant, wait_until
-from tests.realclusters import http_json, unique_index
+from tests.realclusters import bulk_load, http_json, unique_index
 
 pytestmark = pytest.mark.real_cluster
 
@@ -20,18 +19,6 @@ AUTH = {"Authorization": "ApiKey acme-key", "Content-Type": "application/json"}
 #: a search that keeps a shard busy for a while on ~20k documents, with no script (Elasticsearch has no painless here)
 SLOW_SEARCH = {"size": 0, "query": {"wildcard": {"msg": "*ord1*"}}, "aggs": {"n": {"terms": {"field": "n", "size": 2000}}}}
 REJECTION_TYPES = {"es_rejected_execution_exception", "rejected_execution_exception"}
-
-
-def bulk_load(url: str, index: str, docs: int, shards: int, replicas: int = 0) -> None:
-    status, body = http_json(f"{url}/{index}", "PUT", {"settings": {"number_of_shards": shards, "number_of_replicas": replicas}})
-    assert status == 200, body
-    lines = "".join(
-        json.dumps({"index": {}}) + "\n" + json.dumps({"msg": f"word{i} alpha{i % 97} beta{i % 13}", "n": i}) + "\n"
-        for i in range(docs)
-    ).encode()
-    response = HTTP.request("POST", f"{url}/{index}/_bulk?refresh=true", body=lines,
-                            headers={"Content-Type": "application/x-ndjson"})
-    assert response.status == 200 and not orjson.loads(response.data)["errors"]
 
 
 def rejection_causes(body: dict) -> set[str]:
