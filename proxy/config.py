@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -326,8 +326,9 @@ class GuardrailsConfig(_Frozen):
                 raise ValueError(f"unknown guardrail {name!r} (guardrails: {', '.join(GUARDRAIL_NAMES)})")
         return modes
 
-    @property
+    @cached_property
     def active(self) -> bool:
+        """Whether any guardrail is set (read on every search: computed once per config)."""
         return (self.max_size is not None or self.max_from is not None or self.max_terms_agg_size is not None
                 or self.timeout is not None or self.terminate_after is not None or not self.allow_leading_wildcards
                 or not self.allow_scripts or not self.allow_regexp)

@@ -343,7 +343,7 @@ class Proxy:
             #    one streamed as it arrives. Once the node has answered, the request leaves its slot and
             #    the gate: the cluster's work is done, and relaying to a slow client is the proxy's cost. From
             #    here on the request is in flight at the cluster: the runaway sweep cancels it past its plan's limits.
-            self._in_flight(tenant, call, trace)
+            self._in_flight(tenant, call, trace, request.task)
             try:
                 forward, forwarded, passed = target, raw or None, request.passed_fields
                 if recoded:
@@ -498,10 +498,11 @@ class Proxy:
             body = esapi.Body(raw, raw, outcome.json, outcome.lines, body.ndjson_lines if body is not None else 0)
         return call, target, raw, body, outcome.header()
 
-    def _in_flight(self, tenant: TenantView, call: esapi.EsCall, trace: Trace) -> None:
-        """Register a request about to be sent with the runaway sweep, with its plan's deadline."""
+    def _in_flight(self, tenant: TenantView, call: esapi.EsCall, trace: Trace, task: asyncio.Task | None) -> None:
+        """Register a request about to be sent with the runaway sweep, with its plan's deadline and the task
+        that serves it (what the sweep cancels)."""
         plan = tenant.plan
-        limit, why = plan.bucket(call.resource).max_duration_s, MAX_DURATION
+        limit, why = getattr(plan, call.resource).max_duration_s, MAX_DURATION  # plan.bucket(resource), inlined
         factor = plan.max_cost_factor
         if factor is not None and trace.charged > 0.0:
             by_cost = factor * trace.charged / 1000.0  # cost units are thread-ms; one thread: the longest it may take
@@ -510,7 +511,7 @@ class Proxy:
         now = trace.sent_at = time.monotonic()
         if limit is not None and tenant.enforce:  # a shadow tenant's requests run to the end
             trace.deadline, trace.limit_s, trace.limit_reason = now + limit, limit, why
-        trace.task = asyncio.current_task()
+        trace.task = task
         self.runaway.running[trace] = None
 
     def _settle_abandoned(self, tenant: TenantView, call: esapi.EsCall, decision: Decision, fingerprint: int,

@@ -10,24 +10,40 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable
 
 from ._ratelimit import TokenBucketTable
 from .config import Config
 
 
-@dataclass(slots=True)
 class Decision:
-    """What the budget said about one request. Cost units throughout, times in seconds."""
+    """What the budget said about one request. Cost units throughout, times in seconds.
 
-    admitted: bool
-    wait: float  # seconds waited before admission (admitted), or retry-after seconds (refused)
-    remaining: float  # bucket level after the decision, cost units (negative while others queue)
-    limit: float  # the bucket's burst, cost units
-    window: float  # burst / rate: seconds to refill from empty (for the RateLimit-Policy header)
-    reason: str | None  # None when admitted; "budget" when refused for lack of tokens
-    charged: float  # cost units charged up front (0 when refused)
+    A plain slotted class, not a dataclass: one is made per request, and a dataclass's generated
+    __init__ stays interpreted bytecode even in the compiled build."""
+
+    __slots__ = ("admitted", "wait", "remaining", "limit", "window", "reason", "charged")
+
+    def __init__(self, admitted: bool, wait: float, remaining: float, limit: float, window: float,
+                 reason: str | None, charged: float):
+        self.admitted = admitted
+        self.wait = wait  # seconds waited before admission (admitted), or retry-after seconds (refused)
+        self.remaining = remaining  # bucket level after the decision, cost units (negative while others queue)
+        self.limit = limit  # the bucket's burst, cost units
+        self.window = window  # burst / rate: seconds to refill from empty (for the RateLimit-Policy header)
+        self.reason = reason  # None when admitted; "budget" when refused for lack of tokens
+        self.charged = charged  # cost units charged up front (0 when refused)
+
+    def _fields(self) -> tuple:
+        return (self.admitted, self.wait, self.remaining, self.limit, self.window, self.reason, self.charged)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Decision and self._fields() == other._fields()  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __repr__(self) -> str:
+        return "Decision(" + ", ".join(f"{name}={value!r}" for name, value in zip(self.__slots__, self._fields())) + ")"
 
 
 @runtime_checkable

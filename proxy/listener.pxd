@@ -36,7 +36,6 @@ cdef class Request:
     cdef object _waiter
     cdef bint _streaming
     cdef bint _chunked
-    cdef public bint body_wanted
 
     cpdef _wake(self)
     cpdef respond(self, int status, bytes fields, bytes body=*, length=*)
@@ -107,7 +106,6 @@ cdef class ClientConnection:
     cpdef _head_timeout(self)
     cpdef write(self, data)
     cpdef writelines(self, parts)
-    cpdef read_body_on(self)
     cpdef _start_write_timer(self)
     cpdef _stop_write_timer(self)
     cpdef _close(self)

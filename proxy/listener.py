@@ -105,7 +105,7 @@ class Request:
         "content_encoding", "content_length", "forwarded_for", "opaque_id", "passed_fields", "expect_continue",
         "keep_alive",
         "complete", "body_size", "too_large", "refusal", "responded", "_chunks", "_conn", "_waiter", "_streaming",
-        "_chunked", "body_wanted",
+        "_chunked",
     )
 
     def __init__(self, conn: ClientConnection):
@@ -145,7 +145,6 @@ class Request:
         self._streaming = False
         self._chunked = False
         #: the application asked for the body: until then, a body that did not come with the head is not read
-        self.body_wanted = False
 
     # ---- the body ----
     @property
@@ -162,8 +161,6 @@ class Request:
         """The whole body, waiting for it at most `timeout_s` seconds (408 beyond); 413 past `max_bytes`.
         Sends `100 Continue` first if the client asked for it and has sent nothing yet."""
         conn = self._conn
-        self.body_wanted = True
-        conn.read_body_on()
         if self.expect_continue and not self.body_size:
             self.expect_continue = False
             conn.write(_CONTINUE)
@@ -278,6 +275,11 @@ class Request:
         """Cut the connection: a response that began cannot be finished (the client sees it short)."""
         self.responded = True
         self._conn.abort()
+
+    @property
+    def task(self) -> asyncio.Task | None:
+        """The task serving this request (what cancelling it cancels)."""
+        return self._conn._task
 
     @property
     def started(self) -> bool:
@@ -762,12 +764,6 @@ class ClientConnection:
         if transport is None or transport.is_closing():
             raise ClientGone("the client closed the connection")
         transport.writelines(parts)
-
-    def read_body_on(self) -> None:
-        """The application wants the body being received: read on (unless requests wait behind this one)."""
-        if self._reading_paused and not self._queue and self.transport is not None and not self._stopped:
-            self._reading_paused = False
-            self.transport.resume_reading()
 
     def pause_writing(self) -> None:
         self.writing_paused = True

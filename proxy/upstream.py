@@ -224,8 +224,9 @@ class Upstream:
             try:
                 if conn is None:
                     conn = await node.pool.connect(self.config.connect_timeout_s)
+                # a read found on a closed pooled connection goes again on a fresh one: no peek needed
                 response = await conn.send(head, body, is_head, timeout,  # type: ignore[union-attr]
-                                           hedge_after_s if retry_after_send else 0.0)
+                                           hedge_after_s if retry_after_send else 0.0, not stale_retry)
                 if response.status == 401:
                     response.release()
                     self._credentials_refused(node)

@@ -66,7 +66,7 @@ cdef class NodeConnection:
     cpdef _stop_head_timer(self)
     cpdef bint _closed_by_node(self)
     cpdef close(self)
-    cpdef send(self, head, body, bint is_head, timeout, double hedge_after=*)
+    cpdef send(self, head, body, bint is_head, timeout, double hedge_after=*, bint peek=*)
 
 
 cdef class ConnectionPool:

@@ -10,7 +10,7 @@ reading when the client downstream is slower than the node (bounded memory).
 from __future__ import annotations
 
 import asyncio
-import socket
+import select
 import ssl as ssl_module
 from collections import deque
 
@@ -234,8 +234,8 @@ class NodeConnection:
         self._chunk_left = 0  # bytes left in the current chunk, then its CRLF
         self._chunk_state = 0  # 0: size line, 1: data, 2: CRLF after data, 3: trailers
         self._paused = False
-        #: (descriptor, family, type) of a plain connection's socket, for _closed_by_node; None under TLS
-        self._peek: tuple[int, int, int] | None = None
+        #: a poll set holding this plain connection's descriptor, for _closed_by_node; None under TLS
+        self._peek: select.poll | None = None
         #: loop time after which a read still waiting for its head is overdue (0: never; see send)
         self.hedge_at = 0.0
 
@@ -245,7 +245,8 @@ class NodeConnection:
         sock = transport.get_extra_info("socket")
         # Not under TLS, where bytes pending on an idle connection (a session ticket) prove nothing.
         if sock is not None and transport.get_extra_info("sslcontext") is None:
-            self._peek = (sock.fileno(), sock.family, sock.type)
+            peek = self._peek = select.poll()
+            peek.register(sock.fileno(), select.POLLIN | select.POLLRDHUP)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._peek = None
@@ -483,23 +484,11 @@ class NodeConnection:
 
     def _closed_by_node(self) -> bool:
         """An idle keep-alive connection the node has closed (its FIN is in, the loop has not seen it yet): one
-        non-blocking peek proves that the request about to be sent would not be carried."""
-        view = self._peek
-        if view is None:
-            return False
-        # A socket object over the loop's descriptor for this one call, detached at once: one that outlived it
-        # would close, when collected, whatever descriptor the number belongs to by then (a client's, say).
-        fd, family, kind = view
-        peek = socket.socket(family, kind, 0, fd)
-        try:
-            peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # EOF, or bytes nobody asked for: not reusable
-            return True
-        except BlockingIOError:
-            return False  # open, nothing pending: the usual case
-        except OSError:
-            return True  # reset
-        finally:
-            peek.detach()
+        zero-timeout poll proves that the request about to be sent would not be carried. Readable while idle
+        means EOF, a reset or bytes nobody asked for: not reusable. The poll set holds only the number, and
+        is asked only while this connection is open, so it never looks at a descriptor reused by another."""
+        peek = self._peek
+        return peek is not None and bool(peek.poll(0))
 
     def close(self) -> None:
         self._stop_head_timer()
@@ -510,13 +499,15 @@ class NodeConnection:
         self.pool.forget(self)
 
     def send(self, head: bytes, body: bytes | None, is_head: bool, timeout: float,
-             hedge_after: float = 0.0) -> asyncio.Future[UpstreamResponse]:
+             hedge_after: float = 0.0, peek: bool = True) -> asyncio.Future[UpstreamResponse]:
         """Write one request; the future resolves to the response once its head has arrived,
         or fails with HeadTimeout after `timeout` seconds (no timeout context, and no timer per request:
         the connection's timer is re-armed by moving its deadline). With `hedge_after` (seconds; reads
-        only), `ConnectionPool.abandon_overdue` may fail it with Overdue once that has passed."""
+        only), `ConnectionPool.abandon_overdue` may fail it with Overdue once that has passed. `peek`: first
+        prove a reused connection still open (a write must never go out on one the node closed); a read that
+        may go again on a fresh connection skips it (a system call saved on every request)."""
         transport = self.transport
-        if self.closed or transport is None or transport.is_closing() or (self.uses and self._closed_by_node()):
+        if self.closed or transport is None or transport.is_closing() or (peek and self.uses and self._closed_by_node()):
             self.close()
             raise RequestNotSent(f"connection to {self.pool.label} closed before the request was written")
         self.uses += 1

@@ -4,7 +4,6 @@ few tens of milliseconds where a waiting request must actually wake up."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import pytest
 
@@ -121,10 +120,14 @@ async def test_a_cost_that_is_not_a_cost_is_a_value_error(table_factory, cost):
     assert limiter.level("acme", "search") == 100.0
 
 
-def test_decision_is_a_slotted_dataclass():
-    assert [f.name for f in dataclasses.fields(Decision)] == [
-        "admitted", "wait", "remaining", "limit", "window", "reason", "charged"]
-    assert not hasattr(Decision(True, 0.0, 1.0, 1.0, 1.0, None, 0.0), "__dict__")
+def test_decision_is_slotted_and_compared_by_value():
+    decision = Decision(True, 0.0, 1.0, 1.0, 1.0, None, 0.0)
+    assert Decision.__slots__ == ("admitted", "wait", "remaining", "limit", "window", "reason", "charged")
+    assert not hasattr(decision, "__dict__")
+    assert decision == Decision(admitted=True, wait=0.0, remaining=1.0, limit=1.0, window=1.0, reason=None, charged=0.0)
+    assert decision != Decision(True, 0.0, 1.0, 1.0, 1.0, None, 5.0)
+    assert repr(decision) == ("Decision(admitted=True, wait=0.0, remaining=1.0, limit=1.0, window=1.0, reason=None, "
+                              "charged=0.0)")
 
 
 # ---------------------------------------------------------------- waiting within max_wait

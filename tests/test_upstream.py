@@ -222,6 +222,24 @@ async def test_stale_keep_alive_connection_is_replaced_transparently_even_for_wr
         await upstream.close()
 
 
+async def test_a_read_on_a_connection_the_node_closed_goes_again_on_a_fresh_one():
+    # A read skips the peek a write makes before reusing a connection: if the node had closed it, the read
+    # fails early and is sent once more on a new connection, as if nothing had happened.
+    async def one_request_per_connection(server, reader, writer):
+        await server.read_request(reader)
+        writer.write(ok(b"fresh"))
+        await writer.drain()
+
+    async with RawServer(one_request_per_connection) as server:
+
+        upstream = bare_upstream(server.url)
+        for _ in range(3):
+            _, status, body, _ = await fetch(upstream, "POST", "/i/_search", b"{}", retry=True)
+            assert status == 200 and body == b"fresh"
+        assert len(server.requests) == 3
+        await upstream.close()
+
+
 async def test_refused_node_is_skipped_and_marked_down():
     dead = f"http://127.0.0.1:{free_port()}"
     async with RawServer(keep_alive) as server:
