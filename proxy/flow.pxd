@@ -70,6 +70,7 @@ cdef class Proxy:
     cdef object _cost_fields
     cdef public dict client_buffers
     cdef public HeldBodies held_bodies
+    cdef public object inflate_lanes
 
     cpdef _respond(self, Request request, UpstreamResponse upstream, data, bytes fields, Trace trace, rebound)
     cpdef _settle(self, tenant, call, decision, fingerprint, Trace trace)

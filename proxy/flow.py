@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 import zlib
+from collections import deque
 
 import cython
 
@@ -122,6 +123,43 @@ class Snapshot:
             estimate = self.cost_model.estimate(call, body, sizes)
             self._estimates.keep(key, estimate)
         return estimate
+
+
+class InflateLanes:
+    """One compressed body inflating at a time per tenant: the others of that tenant wait their turn, so a
+    tenant sending gzip bombs on many connections adds one step (INFLATE_STEP of output) per loop turn to
+    everyone else's latency, not one per bomb."""
+
+    __slots__ = ("busy",)
+
+    def __init__(self) -> None:
+        #: tenant → the waiters for its lane (an empty deque: busy, nobody waiting)
+        self.busy: dict[str, deque[asyncio.Future[None]]] = {}
+
+    async def enter(self, tenant: str) -> None:
+        waiters = self.busy.get(tenant)
+        if waiters is None:
+            self.busy[tenant] = deque()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.leave(tenant)  # handed the lane as it was cancelled: pass it on
+            else:
+                waiters.remove(waiter)
+            raise
+
+    def leave(self, tenant: str) -> None:
+        waiters = self.busy[tenant]
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the lane passes to the next body, still busy
+                return
+        del self.busy[tenant]
 
 
 class HeldBodies:
@@ -231,6 +269,7 @@ class Proxy:
         #: tenant → bytes of node responses read ahead for its clients and not yet written to them
         self.client_buffers: dict[str, int] = {}
         self.held_bodies = HeldBodies()
+        self.inflate_lanes = InflateLanes()
 
     async def wait_idle(self) -> None:
         """Until no request is in flight."""
@@ -452,10 +491,13 @@ class Proxy:
 
     async def _inflate(self, tenant: str, call: esapi.EsCall, raw: bytes, content_type: str | None, encoding: str,
                        limits: HardLimits) -> esapi.Body | None:
-        """decode_body, inflating in 256 KiB steps with the loop free between them, so a big compressed body
-        cannot stall other requests (a worker thread would: the GIL convoy costs the loop up to 5 ms a switch).
-        A body refused for inflating too far still costs its tenant the inflating done."""
+        """decode_body, inflating in 64 KiB steps with the loop free between them, one body at a time per tenant
+        (InflateLanes), so a big compressed body cannot stall other requests (a worker thread would: the GIL
+        convoy costs the loop up to 5 ms a switch). A body refused for inflating too far still costs its tenant
+        the inflating done."""
         steps = esapi.inflate_steps(call, raw, content_type, encoding, limits)
+        lanes = self.inflate_lanes
+        await lanes.enter(tenant)
         try:
             while True:
                 try:
@@ -470,6 +512,8 @@ class Proxy:
             if inflated:
                 self.limiter.settle(tenant, call.resource, 0.0, inflated * INFLATE_COST_PER_BYTE)
             raise
+        finally:
+            lanes.leave(tenant)
 
     def _guard(self, tenant: TenantView, rails, call: esapi.EsCall, target: str, raw: bytes, body: esapi.Body | None):
         """The plan's guardrails on a search: None when nothing changes (none fired, or shadow), else

@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 from realcluster import ClusterError, RealCluster, es_tools, fetch, http_json, java_home  # noqa: E402
 
-__all__ = ["ClusterError", "RealCluster", "http_json", "KINDS", "ClusterPool", "unique_index", "bulk_load", "SecuredAccess"]
+__all__ = ["ClusterError", "RealCluster", "http_json", "KINDS", "ClusterPool", "unique_index", "bulk_load", "SecuredAccess",
+           "RUN_AS_VICTIM"]
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,20 @@ class SecuredAccess:
         return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-#: the role the proxy's own file-realm user has: what Sluicegate needs of a cluster (monitor for the gate's polls)
+#: a file-realm user with no rights at all, whom the proxy's user may `run_as` (what a client must never
+#: reach through the proxy: tests/real/test_runas_stays_out.py)
+RUN_AS_VICTIM = "no-rights"
+
+#: the role the proxy's own file-realm user has: what Sluicegate needs of a cluster (monitor for the gate's
+#: polls), and run_as the victim above, a privilege a careless operator might grant
 PROXY_ROLE = b"""sluicegate_proxy:
   cluster: [monitor]
   indices:
     - names: ["*"]
       privileges: [all]
+  run_as: ["no-rights"]
+no_rights:
+  cluster: []
 """
 
 
@@ -85,6 +94,7 @@ def secured_elasticsearch() -> dict:
         ("elasticsearch-keystore", ["create"], ""),
         ("elasticsearch-keystore", ["add", "--stdin", "--force", "bootstrap.password"], access["elastic_password"]),
         ("elasticsearch-users", ["useradd", access["proxy_user"], "-p", access["proxy_password"], "-r", "sluicegate_proxy"], ""),
+        ("elasticsearch-users", ["useradd", RUN_AS_VICTIM, "-p", "victim-" + uuid.uuid4().hex[:12], "-r", "no_rights"], ""),
         ("elasticsearch-service-tokens", ["create", "elastic/fleet-server", "sluicegate"], ""),
     ], keep=("elasticsearch.keystore", "users", "users_roles", "service_tokens"), config_files={"roles.yml": PROXY_ROLE})
     token = outputs[-1].strip().rpartition(" = ")[2]

@@ -272,3 +272,40 @@ async def test_a_client_that_leaves_abandons_its_request_at_the_node_and_is_logg
         assert proxy.inflight == 0 and proxy.admission.gate.inflight == 0
         text = proxy.metrics.render().decode()
         assert 'sluicegate_responses_total{code="499",tenant="acme"} 1.0' in text
+
+
+# ---------------------------------------------------------------- inflating, one body per tenant at a time
+
+
+async def test_a_tenants_compressed_bodies_inflate_one_at_a_time_and_other_tenants_are_not_held():
+    lanes = flow.InflateLanes()
+    await lanes.enter("acme")  # acme's first bomb inflates
+    second = asyncio.ensure_future(lanes.enter("acme"))
+    third = asyncio.ensure_future(lanes.enter("acme"))
+    await asyncio.sleep(0)  # both reach their wait
+    await lanes.enter("globex")  # another tenant's body does not wait behind acme's
+    assert not second.done() and not third.done()
+    lanes.leave("acme")
+    await second  # the lane passed to acme's next body
+    assert not third.done()
+    third.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await third
+    lanes.leave("acme")  # nobody left waiting (the cancelled one is gone): the lane is free
+    lanes.leave("globex")
+    assert lanes.busy == {}
+
+
+async def test_a_body_cancelled_as_the_lane_reaches_it_passes_the_lane_on():
+    lanes = flow.InflateLanes()
+    await lanes.enter("acme")
+    handed = asyncio.ensure_future(lanes.enter("acme"))
+    after = asyncio.ensure_future(lanes.enter("acme"))
+    await asyncio.sleep(0)
+    lanes.leave("acme")  # handed gets the lane ...
+    handed.cancel()  # ... and its client leaves before it runs
+    with contextlib.suppress(asyncio.CancelledError):
+        await handed
+    await after  # the lane was not lost with it
+    lanes.leave("acme")
+    assert lanes.busy == {}
