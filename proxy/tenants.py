@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from . import esapi
+from . import esapi, querynames
 from .certnames import certificate_name
 from .config import Config, Plan
 from .errors import Forbidden, Unauthorized
@@ -185,8 +185,8 @@ _BODY_NAMED = frozenset({"msearch", "msearch_template", "bulk", "mget", "mtermve
 #: index-less searches that are allowed when their body searches a point in time (bound to its tenant)
 _PIT_SEARCH_APIS = frozenset({"search", "async_search.submit"})
 #: calls whose body carries a query-language statement naming its indices
-_STATEMENT_PARSERS = {"esql.query": esapi.esql_indices, "esql.async_query": esapi.esql_indices,
-                      "plugins.ppl": esapi.ppl_indices}
+_STATEMENT_PARSERS = {"esql.query": querynames.esql_indices, "esql.async_query": querynames.esql_indices,
+                      "plugins.ppl": querynames.ppl_indices}
 #: characters no index or alias name may hold (ES refuses them too); '\u2063' marks a template hole
 _BAD_NAME = re.compile('[\\\\/"|?#,\\s\\x00-\\x1f\u2063]')
 _TEMPLATE_HOLE = "\u2063"
@@ -472,10 +472,10 @@ def _statement(tenant: TenantView, call: esapi.EsCall, body: esapi.Body) -> None
     for key in ("cursor", "catalog"):
         if key in doc:
             raise _undetermined(tenant, call, f"[{key}] is not supported")
-    parse = _STATEMENT_PARSERS.get(call.api, esapi.sql_indices)
+    parse = _STATEMENT_PARSERS.get(call.api, querynames.sql_indices)
     try:
         names = parse(query)
-    except esapi.Undetermined as why:
+    except querynames.Undetermined as why:
         raise _undetermined(tenant, call, str(why)) from None
     _check_expression(tenant, call, tuple(n for name in names for n in _split(name)))
     esapi.check_unique_keys(body.data)
