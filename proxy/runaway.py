@@ -86,6 +86,7 @@ class Runaway:
         self.shedding = None
         self.distress = lambda now: None
         self.weights = lambda: {}
+        self.present = lambda: ()  # the tenants the gate counts in its fair shares now (Admission)
         self.hold_back = lambda tenant, seconds: None
         self.release = lambda tenant: None
         self._shed_at = -1e18
@@ -138,7 +139,7 @@ class Runaway:
                 del self.held[tenant]
         if now - self._shed_at < 1.0 / shedding.max_per_s:
             return
-        victim = pick_victim(self.running, self.weights(), now, shedding.min_age_s)
+        victim = pick_victim(self.running, self.weights(), now, shedding.min_age_s, self.present())
         if victim is not None and self.kill(victim, SHED):
             self._shed_at = now
             self.shed_total += 1
@@ -181,10 +182,12 @@ class Runaway:
         return rows[:limit]
 
 
-def pick_victim(running, weights: dict[str, float], now: float, min_age_s: float):
+def pick_victim(running, weights: dict[str, float], now: float, min_age_s: float, present=()):
     """The request to shed first: the costliest (charged) of those in flight for at least `min_age_s`
     whose tenant is over its fair share of the cost in flight (its weight's share of the total, among the
-    tenants with requests in flight); None when no tenant is over its share."""
+    tenants with requests in flight and the `present` ones: those the gate counts in its fair shares,
+    seen lately though nothing of theirs is in flight this instant, as a quiet tenant's cheap searches
+    rarely are); None when no tenant is over its share."""
     cost: dict[str, float] = {}
     for trace in running:
         if not trace.killed:
@@ -193,6 +196,7 @@ def pick_victim(running, weights: dict[str, float], now: float, min_age_s: float
         return None
     total = sum(cost.values())
     weight_sum = sum(weights.get(tenant, 1.0) for tenant in cost)
+    weight_sum += sum(weights.get(tenant, 1.0) for tenant in present if tenant not in cost)
     over = {tenant for tenant, spent in cost.items() if spent > total * weights.get(tenant, 1.0) / weight_sum * 1.0001}
     best = None
     for trace in running:

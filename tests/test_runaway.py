@@ -28,6 +28,16 @@ def test_the_victim_is_the_costliest_request_of_a_tenant_over_its_fair_share():
     assert pick_victim({trace("acme", 100, 0): None, trace("globex", 100, 0): None}, {}, 10, 0.5) is None
 
 
+def test_a_tenant_alone_in_flight_is_over_its_share_when_others_are_present_between_requests():
+    storm = trace("storm", 5000, 0)
+    # nobody else has anything in flight this instant: alone, the storm's share is everything
+    assert pick_victim({storm: None}, {}, 10, 0.5) is None
+    # but a quiet tenant the gate counts in its shares (seen lately) leaves it half
+    assert pick_victim({storm: None}, {}, 10, 0.5, present=["storm", "good"]) is storm
+    assert pick_victim({storm: None}, {"storm": 3.0}, 10, 0.5, present=["good"]) is storm  # 3/4 of it
+    assert pick_victim({storm: None}, {}, 10, 0.5, present=["storm"]) is None
+
+
 async def _parked() -> None:
     await asyncio.sleep(3600)
 
