@@ -135,6 +135,8 @@ def run(cluster: RealCluster, workdir: Path, shedding: bool, seconds: float, war
         time.sleep(storm_s)
         lost_at = time.monotonic()
         load.append(os.getloadavg()[0])
+        shed_before = proxy.metric("sluicegate_cancelled_total", tenant="storm", reason="shed")
+        held_before = proxy.metric("sluicegate_requests_total", tenant="storm", decision="throttled", reason="shed")
         cluster.stop_node(victim)
         time.sleep(seconds)
         load.append(os.getloadavg()[0])
@@ -147,18 +149,22 @@ def run(cluster: RealCluster, workdir: Path, shedding: bool, seconds: float, war
             thread.join(90)
         proxy.stop()
     # "before": the storm's steady state (its first seconds left out: the gate still learning its cost)
+    start = sorted(s for started, s, _ in good if storm_at <= started < storm_at + storm_s / 2)
     before = sorted(s for started, s, _ in good if storm_at + storm_s / 2 <= started < lost_at)
     after = sorted(s for started, s, _ in good if started >= lost_at)
     failed = sum(1 for started, _, status in good if started >= lost_at and status != 200)
     storm_after = [status for at, status in storm if at >= lost_at]
+    storm_before = [status for at, status in storm if at < lost_at]
 
     def pct(values: list[float], q: float) -> float:
         return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else float("nan")
 
     return {"shedding": shedding, "p50": pct(after, 0.5), "p99": pct(after, 0.99), "p50_before": pct(before, 0.5),
-            "p99_before": pct(before, 0.99), "requests": len(after), "failed": failed, "shed": shed or 0.0,
-            "held": held or 0.0, "storm_ok": storm_after.count(200), "storm_refused": len(storm_after) - storm_after.count(200),
-            "load": load}
+            "p99_before": pct(before, 0.99), "p99_start": pct(start, 0.99), "requests": len(after), "failed": failed,
+            "shed_before": shed_before or 0.0, "shed": (shed or 0.0) - (shed_before or 0.0),
+            "held_before": held_before or 0.0, "held": (held or 0.0) - (held_before or 0.0),
+            "storm_ok_before": storm_before.count(200), "storm_ok": storm_after.count(200),
+            "storm_refused": len(storm_after) - storm_after.count(200), "load": load}
 
 
 def main() -> int:
@@ -186,12 +192,14 @@ def main() -> int:
         cluster.stop()
     off, on = results
     table = "\n".join([
-        "| shedding | good p50 ms | good p99 ms | good p50 / p99 before the loss, ms | good requests | good failed "
-        "| storm shed | storm refused (shed hold) | storm answered 200 / not | load (storm, loss, end) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| shedding | good p50 ms | good p99 ms | good p50 / p99 before the loss, ms | good p99 in the storm's first "
+        "half, ms | good requests | good failed | storm shed (before / after the loss) | storm held back, 429 shed "
+        "(before / after) | storm searches done (before / after) | storm refused after | load (storm, loss, end) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(f"| {'on' if r['shedding'] else 'off'} | {r['p50']:.0f} | {r['p99']:.0f} | {r['p50_before']:.0f} / "
-          f"{r['p99_before']:.0f} | {r['requests']} | {r['failed']} | {r['shed']:.0f} | {r['held']:.0f} | "
-          f"{r['storm_ok']} / {r['storm_refused']} | {' '.join(f'{x:.1f}' for x in r['load'])} |" for r in results),
+          f"{r['p99_before']:.0f} | {r['p99_start']:.0f} | {r['requests']} | {r['failed']} | {r['shed_before']:.0f} / "
+          f"{r['shed']:.0f} | {r['held_before']:.0f} / {r['held']:.0f} | {r['storm_ok_before']} / {r['storm_ok']} | "
+          f"{r['storm_refused']} | {' '.join(f'{x:.1f}' for x in r['load'])} |" for r in results),
     ])
     text = (f"### Overload shedding: storm plus node loss ({args.flavor} {cluster.version}, 3 nodes, 2 search threads "
             f"each)\n\n`{report.command_line()}`\n\n{report.machine_markdown(facts)}\n\n"
