@@ -75,6 +75,7 @@ class Client:
     def __init__(self, http: urllib3.PoolManager, url: str, key: str):
         self.http, self.url = http, url
         self.headers = {"Authorization": f"ApiKey {key}", "Content-Type": "application/json"}
+        self.costs: list[str] = []  # X-Sluicegate-Cost of each answered search, in order
 
     def search(self, path: str, body: bytes) -> tuple[int, float]:
         """The final status (0: no answer) and how long to wait before the next search (seconds)."""
@@ -86,6 +87,8 @@ class Client:
             if r.status not in RETRY_ON or attempt == RETRIES:
                 break
         retry_after = r.headers.get("Retry-After")
+        if r.status == 200:
+            self.costs.append(r.headers.get("X-Sluicegate-Cost", ""))
         return r.status, float(retry_after) if r.status in RETRY_ON and retry_after else 0.0
 
 
@@ -103,8 +106,11 @@ def run(cluster: RealCluster, workdir: Path, shedding: bool, seconds: float, war
     good: list[tuple[float, float, int]] = []  # (started, seconds, final status)
     storm: list[tuple[float, int]] = []  # (answered at, final status)
 
+    storm_costs: list[str] = []
+
     def stormer() -> None:
         client = Client(http, proxy.url, "storm-key")
+        client.costs = storm_costs  # shared: the order the storm's searches were answered in
         storming.wait()
         while not stop.is_set():
             status, wait = client.search("/storm-data/_search?request_cache=false", orjson.dumps(SLOW))
@@ -164,7 +170,8 @@ def run(cluster: RealCluster, workdir: Path, shedding: bool, seconds: float, war
             "shed_before": shed_before or 0.0, "shed": (shed or 0.0) - (shed_before or 0.0),
             "held_before": held_before or 0.0, "held": (held or 0.0) - (held_before or 0.0),
             "storm_ok_before": storm_before.count(200), "storm_ok": storm_after.count(200),
-            "storm_refused": len(storm_after) - storm_after.count(200), "load": load}
+            "storm_refused": len(storm_after) - storm_after.count(200), "load": load,
+            "storm_cost_first": storm_costs[0] if storm_costs else "", "storm_cost_last": storm_costs[-1] if storm_costs else ""}
 
 
 def main() -> int:
@@ -210,7 +217,10 @@ def main() -> int:
             f"{1.5 * CAPACITY_PER_S:,.0f}/s (3x the cluster's capacity in all), max_concurrent 8. Shedding off, the "
             f"node back, shedding on (`max_per_s: 4`, `cooldown_s: 5`), side by side in one run.\n\n{table}\n\n"
             f"Good-tenant p99 after the loss with shedding / without: **{on['p99'] / off['p99']:.2f}x** "
-            f"(p50: {on['p50'] / off['p50']:.2f}x).\n")
+            f"(p50: {on['p50'] / off['p50']:.2f}x).\n\nWhat the proxy charged the storm's slow search (`X-Sluicegate-Cost`), "
+            f"its first answer and its last, per run: "
+            + "; ".join(f"shedding {'on' if r['shedding'] else 'off'}: `{r['storm_cost_first']}` then `{r['storm_cost_last']}`"
+                        for r in results) + ".\n")
     report.update_section("shedding", text)
     print(text)
     return 0
