@@ -129,8 +129,18 @@ def run(cluster: RealCluster, workdir: Path, shedding: bool, seconds: float, war
             good.append((started, time.monotonic() - started, status))
             stop.wait(max(0.05, wait))
 
+    reasons: list[tuple[float, str]] = []  # (when, the gate's reason for its limit): the distress signal
+
+    def watcher() -> None:
+        while not stop.is_set():
+            try:
+                reasons.append((time.monotonic(), proxy.tenants()["gate"]["reason"]))
+            except Exception:  # a slow admin answer under load: a gap in the record, not a failed run
+                pass
+            stop.wait(0.25)
+
     threads = [threading.Thread(target=stormer) for _ in range(8)] + [threading.Thread(target=gooder, args=(i,))
-                                                                     for i in range(2)]
+                                                                     for i in range(2)] + [threading.Thread(target=watcher)]
     load = [os.getloadavg()[0]]
     try:
         for thread in threads:
@@ -161,6 +171,11 @@ def run(cluster: RealCluster, workdir: Path, shedding: bool, seconds: float, war
     failed = sum(1 for started, _, status in good if started >= lost_at and status != 200)
     storm_after = [status for at, status in storm if at >= lost_at]
     storm_before = [status for at, status in storm if at < lost_at]
+    signals = ("data_nodes", "search_rejections", "upstream_errors", "latency")  # SheddingConfig's default signals
+    after_reasons = [why for at, why in reasons if at >= lost_at]
+    before_reasons = [why for at, why in reasons if storm_at <= at < lost_at]
+    distress = (sum(why in signals for why in before_reasons) / max(1, len(before_reasons)),
+                sum(why in signals for why in after_reasons) / max(1, len(after_reasons)))
 
     def pct(values: list[float], q: float) -> float:
         return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else float("nan")
@@ -170,7 +185,7 @@ def run(cluster: RealCluster, workdir: Path, shedding: bool, seconds: float, war
             "shed_before": shed_before or 0.0, "shed": (shed or 0.0) - (shed_before or 0.0),
             "held_before": held_before or 0.0, "held": (held or 0.0) - (held_before or 0.0),
             "storm_ok_before": storm_before.count(200), "storm_ok": storm_after.count(200),
-            "storm_refused": len(storm_after) - storm_after.count(200), "load": load,
+            "storm_refused": len(storm_after) - storm_after.count(200), "load": load, "distress": distress,
             "storm_cost_first": storm_costs[0] if storm_costs else "", "storm_cost_last": storm_costs[-1] if storm_costs else ""}
 
 
@@ -190,8 +205,9 @@ def main() -> int:
         load(cluster, http)
         results = []
         with tempfile.TemporaryDirectory(prefix="sg-shed-") as tmp:
+            logs = Path(args.data_dir) / "proxies" if args.data_dir else Path(tmp)  # kept with the cluster's data
             for shedding in (False, True):
-                results.append(run(cluster, Path(tmp), shedding, args.seconds, args.warm_s, args.storm_s, victim=2))
+                results.append(run(cluster, logs, shedding, args.seconds, args.warm_s, args.storm_s, victim=2))
                 cluster.start_node(2, timeout=600, status="yellow")
                 cluster.wait_green(3, 300)
                 print(results[-1], flush=True)
@@ -201,12 +217,14 @@ def main() -> int:
     table = "\n".join([
         "| shedding | good p50 ms | good p99 ms | good p50 / p99 before the loss, ms | good p99 in the storm's first "
         "half, ms | good requests | good failed | storm shed (before / after the loss) | storm held back, 429 shed "
-        "(before / after) | storm searches done (before / after) | storm refused after | load (storm, loss, end) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "(before / after) | storm searches done (before / after) | storm refused after | gate in distress, share of "
+        "the time (storm before the loss / after) | load (storm, loss, end) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(f"| {'on' if r['shedding'] else 'off'} | {r['p50']:.0f} | {r['p99']:.0f} | {r['p50_before']:.0f} / "
           f"{r['p99_before']:.0f} | {r['p99_start']:.0f} | {r['requests']} | {r['failed']} | {r['shed_before']:.0f} / "
           f"{r['shed']:.0f} | {r['held_before']:.0f} / {r['held']:.0f} | {r['storm_ok_before']} / {r['storm_ok']} | "
-          f"{r['storm_refused']} | {' '.join(f'{x:.1f}' for x in r['load'])} |" for r in results),
+          f"{r['storm_refused']} | {r['distress'][0]:.0%} / {r['distress'][1]:.0%} | "
+          f"{' '.join(f'{x:.1f}' for x in r['load'])} |" for r in results),
     ])
     text = (f"### Overload shedding: storm plus node loss ({args.flavor} {cluster.version}, 3 nodes, 2 search threads "
             f"each)\n\n`{report.command_line()}`\n\n{report.machine_markdown(facts)}\n\n"
