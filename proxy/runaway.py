@@ -37,8 +37,8 @@ MAX_DURATION, MAX_COST_FACTOR, OPERATOR, SHED, CLIENT_GONE = (
 class Cancelled(Refusal):
     """The proxy cancelled the request at the cluster. Shaped as the engines' own cancellation
     (`task_cancelled_exception`); 504 for a limit the request ran into, 503 for an operator cancel, 429 with
-    Retry-After for an overload shed (the tenant may retry once its cool-down is over; clients retry a 429
-    without marking the node dead, as they do a 503)."""
+    Retry-After for an overload shed (the tenant is over its share, not the cluster down: it may retry once
+    its cool-down is over, and meanwhile its requests beyond its share get the same 429 at the door)."""
 
     etype = "task_cancelled_exception"
 
