@@ -139,8 +139,8 @@ def run(cluster: RealCluster, workdir: Path, shedding: bool, seconds: float, war
                 pass
             stop.wait(0.25)
 
-    threads = [threading.Thread(target=stormer) for _ in range(8)] + [threading.Thread(target=gooder, args=(i,))
-                                                                     for i in range(2)] + [threading.Thread(target=watcher)]
+    threads = [threading.Thread(target=stormer) for _ in range(8)]
+    threads += [threading.Thread(target=gooder, args=(i,)) for i in range(2)] + [threading.Thread(target=watcher)]
     load = [os.getloadavg()[0]]
     try:
         for thread in threads:
@@ -186,7 +186,8 @@ def run(cluster: RealCluster, workdir: Path, shedding: bool, seconds: float, war
             "held_before": held_before or 0.0, "held": (held or 0.0) - (held_before or 0.0),
             "storm_ok_before": storm_before.count(200), "storm_ok": storm_after.count(200),
             "storm_refused": len(storm_after) - storm_after.count(200), "load": load, "distress": distress,
-            "storm_cost_first": storm_costs[0] if storm_costs else "", "storm_cost_last": storm_costs[-1] if storm_costs else ""}
+            "storm_cost_first": storm_costs[0] if storm_costs else "",
+            "storm_cost_last": storm_costs[-1] if storm_costs else ""}
 
 
 def main() -> int:
@@ -235,10 +236,10 @@ def main() -> int:
             f"{1.5 * CAPACITY_PER_S:,.0f}/s (3x the cluster's capacity in all), max_concurrent 8. Shedding off, the "
             f"node back, shedding on (`max_per_s: 4`, `cooldown_s: 5`), side by side in one run.\n\n{table}\n\n"
             f"Good-tenant p99 after the loss with shedding / without: **{on['p99'] / off['p99']:.2f}x** "
-            f"(p50: {on['p50'] / off['p50']:.2f}x).\n\nWhat the proxy charged the storm's slow search (`X-Sluicegate-Cost`), "
-            f"its first answer and its last, per run: "
-            + "; ".join(f"shedding {'on' if r['shedding'] else 'off'}: `{r['storm_cost_first']}` then `{r['storm_cost_last']}`"
-                        for r in results) + ".\n")
+            f"(p50: {on['p50'] / off['p50']:.2f}x).\n\nWhat the proxy charged the storm's slow search "
+            f"(`X-Sluicegate-Cost`), its first answer and its last, per run: "
+            + "; ".join(f"shedding {'on' if r['shedding'] else 'off'}: `{r['storm_cost_first']}` then "
+                        f"`{r['storm_cost_last']}`" for r in results) + ".\n")
     report.update_section("shedding", text)
     print(text)
     return 0
