@@ -2,7 +2,7 @@
 
     request ─► tenant slot (max_concurrent)  ─┐
                and the gate (limit, capacity) ├─► admitted: a Ticket, given back with `leave`
-           or a place in the tenant's queue  ─┘   (or 429: concurrency | overload | queue_timeout)
+           or a place in the tenant's queue  ─┘   (or 429: concurrency | overload | queue_timeout | shed)
 
 A request is admitted when its tenant has a free slot *and* the gate has room. The gate has two
 limits, in the cluster's terms:
@@ -53,6 +53,11 @@ each tenant's next request carries the tag max(virtual time, the tenant's last f
 released request advances its tenant's finish tag by cost / plan weight, and the smallest tag goes
 first. A tenant's own queue stays FIFO. A storming tenant's tags run far ahead, so anyone else's
 next request is ahead of its backlog.
+
+**Held back after a shed.** When overload shedding (proxy/runaway.py) cancels a request of a tenant over
+its share, `hold_back` refuses that tenant's requests beyond its share (429 `shed`) until a deadline, and
+its queue with them if it is over its share then: the threads the cancel freed go to the others, not to
+the tenant's own retry. Requests within its share still go; `release` ends the hold when the distress does.
 
 The logic is pure: every method that needs the time takes `now` (seconds, monotonic). `enter` is
 the only coroutine; it waits on a future that the pure part resolves.
