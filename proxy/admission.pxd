@@ -79,6 +79,8 @@ cdef class TenantSlots:
     cdef public Py_ssize_t throttled
     cdef public Py_ssize_t would_throttle
     cdef public Py_ssize_t abandoned
+    cdef public double shed_until
+    cdef public Py_ssize_t shed
 
 
 cdef class Ticket:
@@ -101,6 +103,7 @@ cdef class Waiter:
     cdef public Py_ssize_t seq
     cdef public Ticket ticket
     cdef public object on_grant
+    cdef public object on_refuse
 
 
 cdef class Admission:

@@ -2,7 +2,7 @@
 
     request ─► tenant slot (max_concurrent)  ─┐
                and the gate (limit, capacity) ├─► admitted: a Ticket, given back with `leave`
-           or a place in the tenant's queue  ─┘   (or 429: concurrency | overload | queue_timeout)
+           or a place in the tenant's queue  ─┘   (or 429: concurrency | overload | queue_timeout | shed)
 
 A request is admitted when its tenant has a free slot *and* the gate has room. The gate has two
 limits, in the cluster's terms:
@@ -53,6 +53,11 @@ each tenant's next request carries the tag max(virtual time, the tenant's last f
 released request advances its tenant's finish tag by cost / plan weight, and the smallest tag goes
 first. A tenant's own queue stays FIFO. A storming tenant's tags run far ahead, so anyone else's
 next request is ahead of its backlog.
+
+**Held back after a shed.** When overload shedding (proxy/runaway.py) cancels a request of a tenant over
+its share, `hold_back` refuses that tenant's requests beyond its share (429 `shed`) until a deadline, and
+its queue with them if it is over its share then: the threads the cancel freed go to the others, not to
+the tenant's own retry. Requests within its share still go; `release` ends the hold when the distress does.
 
 The logic is pure: every method that needs the time takes `now` (seconds, monotonic). `enter` is
 the only coroutine; it waits on a future that the pure part resolves.
@@ -587,7 +592,7 @@ class TenantSlots:
 
     __slots__ = ("name", "max_concurrent", "max_queue", "max_wait_s", "weight", "inflight", "inflight_cost",
                  "queued_cost", "reserve_inflight", "reserve_cost", "reserve_epoch", "waiters", "finish", "active",
-                 "present_until", "admitted", "throttled", "would_throttle", "abandoned")
+                 "present_until", "admitted", "throttled", "would_throttle", "abandoned", "shed_until", "shed")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -611,6 +616,8 @@ class TenantSlots:
         self.throttled = 0
         self.would_throttle = 0
         self.abandoned = 0  # requests whose client went away while they were queued
+        self.shed_until = -math.inf  # seconds (the admission clock): over-share requests refused until then
+        self.shed = 0  # requests refused (or dropped from the queue) while shedding held the tenant back
 
     @property
     def queued(self) -> int:
@@ -645,7 +652,7 @@ class Ticket:
 class Waiter:
     """A request waiting in its tenant's queue. `on_grant(ticket)` is called when it is admitted."""
 
-    __slots__ = ("slots", "cost", "since", "seq", "ticket", "on_grant")
+    __slots__ = ("slots", "cost", "since", "seq", "ticket", "on_grant", "on_refuse")
 
     def __init__(self, slots: TenantSlots, cost: float, since: float, seq: int):
         self.slots = slots
@@ -654,6 +661,8 @@ class Waiter:
         self.seq = seq
         self.ticket: Ticket | None = None
         self.on_grant: Callable[[Ticket], None] | None = None
+        #: called with the Throttled that takes it out of the queue (shedding held its tenant back)
+        self.on_refuse: Callable[[Throttled], None] | None = None
 
 
 # ============================================================================================
@@ -728,7 +737,12 @@ class Admission:
             if not future.done():
                 future.set_result(ticket)
 
+        def refused(refusal: Throttled) -> None:
+            if not future.done():
+                future.set_exception(refusal)
+
         waiter.on_grant = granted
+        waiter.on_refuse = refused
         try:
             async with asyncio.timeout(waiter.slots.max_wait_s):
                 return await future
@@ -740,7 +754,7 @@ class Admission:
                 self.leave(ticket)  # the client is gone: pass the slot on at once
                 raise
             self.withdraw(waiter, self.clock())
-            if not isinstance(exc, TimeoutError):
+            if not isinstance(exc, (TimeoutError, Throttled)):  # (Throttled: shedding refused its queue)
                 waiter.slots.abandoned += 1
             if isinstance(exc, TimeoutError):
                 slots = waiter.slots
@@ -771,6 +785,10 @@ class Admission:
         # The gate's derived limits, once for this request: nothing below changes them.
         capacity, limit = gate.capacity_cost, gate.limit
         under = self._under_share(slots, cost, capacity, limit)
+        if not under and slots.shed_until > now and not shadow:
+            slots.throttled += 1
+            slots.shed += 1
+            raise self._shed_refusal(slots, now)
         if under:
             self._seen_quiet(slots, now)
         else:
@@ -820,6 +838,44 @@ class Admission:
                 retry_after=1.0,
             )
         return waiter
+
+    def hold_back(self, tenant: str, until: float, now: float) -> int:
+        """Overload shedding cancelled one of `tenant`'s requests: until `until` (seconds, the admission clock)
+        its requests beyond its fair share are refused at once (429 `shed`, Retry-After) instead of taking the
+        place of the one cancelled, and if it is over its share now its queue is refused too. Requests within
+        its share still go. Returns how many queued requests were refused."""
+        slots = self.tenants.get(tenant)
+        if slots is None:
+            return 0
+        if until > slots.shed_until:
+            slots.shed_until = until
+        if not slots.waiters or self._under_share(slots):
+            return 0
+        refused = 0
+        while slots.waiters:
+            waiter = slots.waiters[-1]  # newest first: withdraw is cheapest from the end
+            self.withdraw(waiter, now)
+            slots.throttled += 1
+            slots.shed += 1
+            refused += 1
+            if waiter.on_refuse is not None:
+                waiter.on_refuse(self._shed_refusal(slots, now))
+        return refused
+
+    def release(self, tenant: str) -> None:
+        """The distress is over: `tenant`'s over-share requests are admitted again as before."""
+        slots = self.tenants.get(tenant)
+        if slots is not None:
+            slots.shed_until = -math.inf
+
+    def _shed_refusal(self, slots: TenantSlots, now: float) -> Throttled:
+        retry = max(slots.shed_until - now, 1.0)
+        return Throttled(
+            f"tenant '{slots.name}' is over its fair share of an overloaded cluster, and one of its requests was "
+            f"cancelled to relieve it; requests beyond its share are refused for {retry:.1f}s more",
+            why="shed",
+            retry_after=retry,
+        )
 
     def expire_presence(self, now: float) -> None:
         """Tenants not seen for PRESENCE_S, with nothing in flight or queued, leave the fair shares."""

@@ -414,6 +414,9 @@ class SheddingConfig(_Frozen):
     enabled: bool = False
     max_per_s: float = Field(2.0, gt=0, description="requests shed per second at most (per worker)")
     min_age_s: float = Field(0.5, ge=0, description="a request is shed only once it has been at the cluster this long")
+    cooldown_s: float = Field(
+        5.0, gt=0, description="after one of its requests is shed, a tenant's requests beyond its fair share are "
+        "refused (429 shed, Retry-After) this long, or until the distress is over; renewed at each shed")
     signals: list[Literal["data_nodes", "search_rejections", "search_queue", "upstream_errors", "latency"]] = Field(
         ["data_nodes", "search_rejections", "upstream_errors", "latency"],
         description="the gate's reasons (sluicegate_gate_reason) that count as distress")

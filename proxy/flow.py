@@ -34,7 +34,7 @@ from .limiter import Decision, Limiter
 from .listener import ClientGone, Request
 from .metrics import Metrics
 from .opaque import echoed_field, forwarded_field, new_request_id
-from .runaway import CLIENT_GONE, MAX_COST_FACTOR, MAX_DURATION, Runaway, cancelled
+from .runaway import CLIENT_GONE, MAX_COST_FACTOR, MAX_DURATION, SHED, Runaway, cancelled
 from .shapes import ShapeBook
 from .tenants import Directory, TenantView, authorize
 from .upstream import Upstream, hedge_after, passed_fields
@@ -453,7 +453,7 @@ class Proxy:
                 return
             # The proxy cancelled it (runaway sweep, operator, shedding): its client is still there.
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            refusal = cancelled(why, trace.tenant, trace)
+            refusal = cancelled(why, trace.tenant, trace, snap.config.shedding.cooldown_s)
             trace.status, trace.decision, trace.reason = refusal.status, "cancelled", why
             self.metrics.cancelled.labels(trace.tenant, why).inc()
             if request.started:  # cut short mid-response: the client sees it end early
@@ -563,13 +563,16 @@ class Proxy:
         """Bill a request abandoned at the cluster (its client left, or the proxy cancelled it) for what the
         cluster spent until then: the time it was there, one thread's worth (ms), unless the response had
         already said. A request cancelled at its plan's limit teaches its shape that cost, so the next one is
-        charged it up front."""
+        charged it up front. A request shed to relieve an overloaded cluster is not refunded the part it did not
+        get to spend: its tenant pays for the whole request it asked for, so shedding drains the budget of a
+        tenant over its share rather than handing the work back to it."""
         spent = trace.observed
         if spent is None:
             # to 0.01 ms, as the access log books it: the bill and the log add up to the same
             spent = trace.observed = round((time.monotonic() - trace.sent_at) * 1000.0, 2) if trace.sent_at else 0.0
         if decision.charged:
-            self.limiter.settle(tenant.name, call.resource, decision.charged, spent)
+            bill = spent if trace.killed != SHED or spent > decision.charged else decision.charged
+            self.limiter.settle(tenant.name, call.resource, decision.charged, bill)
         if trace.killed in (MAX_DURATION, MAX_COST_FACTOR) and self.snapshot.config.cost.learn:
             self.learned.observe(tenant.name, fingerprint, spent)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 
 from .errors import Refusal
@@ -35,19 +36,24 @@ MAX_DURATION, MAX_COST_FACTOR, OPERATOR, SHED, CLIENT_GONE = (
 
 class Cancelled(Refusal):
     """The proxy cancelled the request at the cluster. Shaped as the engines' own cancellation
-    (`task_cancelled_exception`); 504 for a limit the request ran into, 503 for an operator or
-    overload cancel (the client may retry later)."""
+    (`task_cancelled_exception`); 504 for a limit the request ran into, 503 for an operator cancel, 429 with
+    Retry-After for an overload shed (the tenant is over its share, not the cluster down: it may retry once
+    its cool-down is over, and meanwhile its requests beyond its share get the same 429 at the door)."""
 
     etype = "task_cancelled_exception"
 
-    def __init__(self, reason: str, why: str, status: int):
-        super().__init__(reason, {"X-Sluicegate-Reason": why})
+    def __init__(self, reason: str, why: str, status: int, retry_after: float = 0.0):
+        headers = {"X-Sluicegate-Reason": why}
+        if retry_after > 0.0:
+            headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        super().__init__(reason, headers)
         self.status = status
         self.label = why
 
 
-def cancelled(why: str, tenant: str, trace) -> Cancelled:
-    """The error for a request of `tenant` cancelled for `why` after `trace.age` seconds."""
+def cancelled(why: str, tenant: str, trace, retry_after: float = 0.0) -> Cancelled:
+    """The error for a request of `tenant` cancelled for `why` after `trace.age` seconds; `retry_after`
+    (seconds) is the tenant's shedding cool-down."""
     age = time.monotonic() - trace.sent_at
     if why == MAX_DURATION:
         text = (f"tenant '{tenant}': request cancelled after {age:.1f}s, its plan's {trace.call.resource}."
@@ -60,7 +66,8 @@ def cancelled(why: str, tenant: str, trace) -> Cancelled:
     if why == OPERATOR:
         return Cancelled(f"tenant '{tenant}': request cancelled by the operator after {age:.1f}s", why, 503)
     return Cancelled(f"tenant '{tenant}': request cancelled after {age:.1f}s to relieve an overloaded cluster "
-                     f"(the tenant is over its fair share)", why, 503)
+                     f"(the tenant is over its fair share); retry after {max(retry_after, 1.0):.0f}s", why, 429,
+                     max(retry_after, 1.0))
 
 
 class Runaway:
@@ -73,12 +80,19 @@ class Runaway:
         self.sweep_s = sweep_s
         self._task: asyncio.Task | None = None
         #: overload shedding (off unless configured): the `shedding` config section, `distress(now)` (why the
-        #: cluster is in distress, or None) and `weights()` (tenant → its weight at the gate)
+        #: cluster is in distress, or None), `weights()` (tenant → its weight at the gate), and
+        #: `hold_back(tenant, seconds)` / `release(tenant)`, which close and reopen a shed tenant's admissions
+        #: beyond its fair share (Admission.hold_back / release)
         self.shedding = None
         self.distress = lambda now: None
         self.weights = lambda: {}
+        self.present = lambda: ()  # the tenants the gate counts in its fair shares now (Admission)
+        self.hold_back = lambda tenant, seconds: None
+        self.release = lambda tenant: None
         self._shed_at = -1e18
         self.shed_total = 0
+        #: tenants shed while this distress lasts, and until when they are held back (the sweep's clock)
+        self.held: dict[str, float] = {}
 
     def start(self) -> None:
         if self._task is None:
@@ -104,16 +118,41 @@ class Runaway:
         for trace in late:
             self.kill(trace, trace.limit_reason)
         shedding = self.shedding
-        if shedding is not None and shedding.enabled and now - self._shed_at >= 1.0 / shedding.max_per_s:
-            why = self.distress(now)
-            if why is not None:
-                victim = pick_victim(self.running, self.weights(), now, shedding.min_age_s)
-                if victim is not None and self.kill(victim, SHED):
-                    self._shed_at = now
-                    self.shed_total += 1
-                    log.warning("shed a request of tenant %s (charged %.0f, %.1fs at the cluster): the cluster is "
-                                "in distress (%s)", victim.tenant, victim.charged, now - victim.sent_at, why)
+        if shedding is not None and shedding.enabled:
+            self.shed(shedding, now)
+        elif self.held:
+            self._release_all()
         return late
+
+    def shed(self, shedding, now: float) -> None:
+        """One shedding step at `now`: while the cluster is in distress, cancel (at most `max_per_s`) the
+        costliest request of a tenant over its fair share, and hold that tenant back for `cooldown_s` so
+        that what the cancel freed goes to the others, not to its own next request. Once the distress is
+        over, every tenant held back is released at once."""
+        why = self.distress(now)
+        if why is None:
+            if self.held:
+                self._release_all()
+            return
+        for tenant, until in list(self.held.items()):
+            if now >= until:  # the cool-down ran out (the admission clock closes its door by itself)
+                del self.held[tenant]
+        if now - self._shed_at < 1.0 / shedding.max_per_s:
+            return
+        victim = pick_victim(self.running, self.weights(), now, shedding.min_age_s, self.present())
+        if victim is not None and self.kill(victim, SHED):
+            self._shed_at = now
+            self.shed_total += 1
+            self.held[victim.tenant] = now + shedding.cooldown_s
+            self.hold_back(victim.tenant, shedding.cooldown_s)
+            log.warning("shed a request of tenant %s (charged %.0f, %.1fs at the cluster), held back for %gs: the "
+                        "cluster is in distress (%s)", victim.tenant, victim.charged, now - victim.sent_at,
+                        shedding.cooldown_s, why)
+
+    def _release_all(self) -> None:
+        for tenant in self.held:
+            self.release(tenant)
+        self.held.clear()
 
     def kill(self, trace, why: str) -> bool:
         """Cancel one request in flight (its coroutine, hence its node connection); False if it was
@@ -143,10 +182,12 @@ class Runaway:
         return rows[:limit]
 
 
-def pick_victim(running, weights: dict[str, float], now: float, min_age_s: float):
+def pick_victim(running, weights: dict[str, float], now: float, min_age_s: float, present=()):
     """The request to shed first: the costliest (charged) of those in flight for at least `min_age_s`
     whose tenant is over its fair share of the cost in flight (its weight's share of the total, among the
-    tenants with requests in flight); None when no tenant is over its share."""
+    tenants with requests in flight and the `present` ones: those the gate counts in its fair shares,
+    seen lately though nothing of theirs is in flight this instant, as a quiet tenant's cheap searches
+    rarely are); None when no tenant is over its share."""
     cost: dict[str, float] = {}
     for trace in running:
         if not trace.killed:
@@ -155,6 +196,7 @@ def pick_victim(running, weights: dict[str, float], now: float, min_age_s: float
         return None
     total = sum(cost.values())
     weight_sum = sum(weights.get(tenant, 1.0) for tenant in cost)
+    weight_sum += sum(weights.get(tenant, 1.0) for tenant in present if tenant not in cost)
     over = {tenant for tenant, spent in cost.items() if spent > total * weights.get(tenant, 1.0) / weight_sum * 1.0001}
     best = None
     for trace in running:

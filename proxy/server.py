@@ -225,6 +225,11 @@ class Worker:
             return why if why in runaway.shedding.signals else None
 
         runaway.distress = distress
+        admission = self.admission
+        runaway.hold_back = lambda tenant, seconds: admission.hold_back(tenant, admission.clock() + seconds,
+                                                                        admission.clock())
+        runaway.release = admission.release
+        runaway.present = lambda: [name for name, slots in admission.tenants.items() if slots.active]
         runaway.weights = lambda: {name: view.plan.weight for name, view in self.proxy.snapshot.directory.tenants.items()}
 
     @property

@@ -895,3 +895,60 @@ def test_a_reload_that_raises_max_concurrent_admits_waiters_and_a_removed_tenant
     for ticket in (acme, waiting_acme.ticket, waiting_gone.ticket):
         adm.leave(ticket)
     assert_idle(adm)
+
+
+# ============================================================================================
+# Overload shedding's hold-back (proxy/runaway.py sheds, Admission.hold_back closes the door behind it)
+# ============================================================================================
+
+
+def test_a_shed_tenant_is_refused_beyond_its_share_until_its_cool_down_ends():
+    adm = admission({"storm": {}, "good": {}}, threads=4, capacity_headroom=1.0)
+    learn_horizon(adm, 100.0)  # capacity: 4 threads x 100 ms = 400 units in flight; a share of two tenants: 200
+    adm.leave(granted(adm, "good", 10, now=1.0), 200, 0.01, 10, now=1.0)  # the good tenant is present
+    storm = [granted(adm, "storm", 100, now=1.0) for _ in range(3)]  # 300 in flight: over its share
+    assert adm.hold_back("storm", until=5.0, now=1.0) == 0  # nothing queued to refuse
+    with pytest.raises(Throttled) as refused:
+        adm.request("storm", 100, now=1.5)  # its next request would take the place of the one shed
+    assert refused.value.label == "shed" and refused.value.headers["Retry-After"] == "4"
+    assert adm.tenants["storm"].shed == 1 and adm.tenants["storm"].throttled == 1
+    granted(adm, "good", 100, now=1.5)  # the room the shed freed goes to the others
+    for ticket in storm[:2]:
+        adm.leave(ticket, 200, 0.1, 100, now=2.0)
+    granted(adm, "storm", 50, now=2.0)  # within its share again (150 of 200): a held tenant still gets its share
+    with pytest.raises(Throttled):
+        adm.request("storm", 100, now=2.0)  # ... but not beyond it
+    assert isinstance(adm.request("storm", 100, now=5.0), (Ticket, Waiter))  # the cool-down is over
+
+
+def test_releasing_a_shed_tenant_reopens_its_over_share_admissions_at_once():
+    adm = admission({"storm": {}, "good": {}}, threads=4, capacity_headroom=1.0)
+    learn_horizon(adm, 100.0)
+    adm.leave(granted(adm, "good", 10, now=1.0), 200, 0.01, 10, now=1.0)
+    [granted(adm, "storm", 100, now=1.0) for _ in range(3)]
+    adm.hold_back("storm", until=60.0, now=1.0)
+    with pytest.raises(Throttled):
+        adm.request("storm", 100, now=1.1)
+    adm.release("storm")  # the distress is over
+    assert isinstance(adm.request("storm", 100, now=1.2), (Ticket, Waiter))
+
+
+async def test_holding_back_a_tenant_over_its_share_refuses_its_queue_and_leaves_no_trace():
+    adm = admission({"storm": {"max_concurrent": 1}, "good": {}}, threads=4, capacity_headroom=1.0)
+    learn_horizon(adm, 100.0)  # capacity 400 units in flight; the clock stands at 0 throughout
+    cfg = config({"storm": {"max_concurrent": 1}, "good": {}})
+    storm = tenant_view(cfg, "storm")
+    held = await adm.enter(storm, 150.0)
+    waiting = [asyncio.create_task(adm.enter(storm, 150.0)) for _ in range(3)]
+    await asyncio.sleep(0)  # let them queue: 600 units asked for, over its share
+    assert adm.tenants["storm"].queued == 3
+    assert adm.hold_back("storm", until=5.0, now=0.0) == 3
+    for task in waiting:
+        with pytest.raises(Throttled) as refused:
+            await task
+        assert refused.value.label == "shed" and refused.value.headers["Retry-After"] == "5"
+    slots = adm.tenants["storm"]
+    assert (adm.gate.queued, slots.queued, slots.abandoned, slots.shed) == (0, 0, 0, 3)
+    adm.leave(held)
+    adm.release("storm")
+    assert_idle(adm)
