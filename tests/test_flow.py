@@ -309,3 +309,25 @@ async def test_a_body_cancelled_as_the_lane_reaches_it_passes_the_lane_on():
     await after  # the lane was not lost with it
     lanes.leave("acme")
     assert lanes.busy == {}
+
+
+async def test_the_inflating_a_refused_bomb_did_is_billed_to_its_tenant():
+    """A gzip bomb refused at the inflate ratio still costs its tenant what inflating it took (2 cost units a
+    MiB), so a tenant sending bombs runs out of budget like any other expensive client."""
+    import gzip
+
+    slow_refill = {**CONFIG, "plans": {"p": {"search": {"rate": 0.001, "burst": 100_000}}}}  # the level moves only by bills
+    async with served(slow_refill) as (proxy, port, node, listener):
+        before = proxy.limiter.level("acme", "search")
+        bomb = gzip.compress(b" " * (20 << 20), 9)  # ~20 KB inflating to 20 MiB: refused at 100x, past 1 MiB
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /acme-a/_search HTTP/1.1\r\nHost: proxy\r\nAuthorization: ApiKey k\r\n"
+                     b"Content-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(bomb), bomb))
+        async with asyncio.timeout(GUARD_S):
+            head = await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 413")
+        billed = before - proxy.limiter.level("acme", "search")
+        inflated_mib = max(1 << 20, 100 * len(bomb)) / (1 << 20)  # where the ratio stopped it
+        assert 2.0 * inflated_mib <= billed <= 2.0 * (inflated_mib + 0.5)  # within one step past the limit
