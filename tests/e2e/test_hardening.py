@@ -190,6 +190,20 @@ async def test_sigterm_gives_up_on_a_stuck_client_at_the_drain_timeout_and_exits
         reader.close()
 
 
+def _workers(pid: int) -> list[int]:
+    """The worker processes (`proxy _worker`) whose supervisor is `pid`."""
+    from pathlib import Path
+
+    found = []
+    for child in _children(pid):
+        try:
+            if b"_worker" in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0"):
+                found.append(child)
+        except OSError:
+            continue
+    return found
+
+
 def _children(pid: int) -> list[int]:
     """The pids whose parent is `pid` (from /proc)."""
     from pathlib import Path
@@ -216,8 +230,12 @@ async def test_ready_stays_200_while_one_worker_serves_and_says_how_many_do_not(
     upstream = RecordingUpstream().start()
     try:
         proxy = procs.proxy(make_config([upstream.url]), workers=2)
-        workers = _children(proxy.proc.pid)
-        assert len(workers) == 2
+        # the supervisor's worker processes (not a short-lived helper process some library may start)
+        def both() -> list[int] | None:
+            found = _workers(proxy.proc.pid)
+            return found if len(found) == 2 else None
+
+        workers = await asyncio.to_thread(wait_until, both, 10, "two worker processes")
         os.kill(workers[0], signal.SIGKILL)
         await asyncio.to_thread(wait_until, lambda: not os.path.exists(f"/proc/{workers[0]}/stat")
                                 or open(f"/proc/{workers[0]}/stat").read().rsplit(")", 1)[1].split()[0] == "Z",
