@@ -89,6 +89,9 @@ CONTENDED_HOLD_S = 5.0
 PRESENCE_S = 5.0
 #: ... renewed at most this often per tenant (seconds), so presence costs nothing per request
 PRESENCE_REFRESH_S = 0.5
+#: a tenant over its share may borrow the idle kept room for cheap requests while all it asks for is at most
+#: this fraction of that room (in cost): a dashboard's burst is, a storming tenant's backlog is not
+BORROW_FRACTION = 0.25
 
 
 # ============================================================================================
@@ -474,33 +477,57 @@ class Admission:
                 waiter.on_grant(ticket)
 
     def _pick(self) -> tuple[TenantSlots | None, bool]:
-        """The tenant whose head request goes next (None if no one fits), and whether it is under its share.
+        """The tenant whose head request goes next (None if no one fits), and whether it goes into the room
+        kept for tenants under their share (it is under its share, or borrows that room while it is idle).
 
         Over-share tenants go strictly by tag: if the smallest tag does not fit, none of them goes
         (a cheaper request must not starve an expensive one forever). Under-share tenants may use the
-        headroom and go whenever theirs fits.
+        headroom and go whenever theirs fits. While no tenant under its share waits, a small over-share
+        ask (`_may_borrow`) may borrow the kept room, smallest tag first.
         """
         gate = self.gate
         vtime = self.vtime
         over: tuple[float, int, TenantSlots] | None = None
         under: tuple[float, int, TenantSlots] | None = None
+        borrow: tuple[float, int, TenantSlots] | None = None
+        under_waiting = False
         for slots in self._backlog:
             if slots.inflight >= slots.max_concurrent:
                 continue
             head = slots.waiters[0]
             key = (max(vtime, slots.finish), head.seq, slots)
             if self._under_share(slots):
+                under_waiting = True
                 if (under is None or key[:2] < under[:2]) and self._fits_reserve(head.cost):
                     under = key
-            elif over is None or key[:2] < over[:2]:
+                continue
+            if over is None or key[:2] < over[:2]:
                 over = key
+            if (borrow is None or key[:2] < borrow[:2]) and self._may_borrow(slots, head.cost):
+                borrow = key
         if over is not None and not gate.fits(over[2].waiters[0].cost, reserve=False):
             over = None
         if over is None:
-            return (under[2], True) if under is not None else (None, False)
+            if under is not None:
+                return under[2], True
+            if borrow is not None and not under_waiting and gate.fits(borrow[2].waiters[0].cost, reserve=True):
+                return borrow[2], True
+            return None, False
         if under is None or over[:2] < under[:2]:
             return over[2], False
         return under[2], True
+
+    def _may_borrow(self, slots: TenantSlots, cost: float) -> bool:
+        """May a request of `cost` units from a tenant over its share borrow the room kept for tenants under
+        theirs (while none of them waits)? Only a small ask: the request costs no more than an average one,
+        and all the tenant asks for (in flight and queued, this request included) is at most BORROW_FRACTION of the kept
+        room. A dashboard's burst of cheap searches is; a storming tenant's expensive backlog never is. What
+        it borrows is given back as soon as a tenant under its share needs the room (`_fits_reserve`)."""
+        gate = self.gate
+        capacity = gate.capacity_cost
+        if capacity is None or not gate.enabled or cost > gate.mean_cost:
+            return False
+        return slots.inflight_cost + slots.queued_cost <= BORROW_FRACTION * (1.0 - gate.headroom) * capacity
 
     def _fits(self, cost: float, under: bool, capacity: float | None | object = UNKNOWN,
               limit: float | object = UNKNOWN) -> bool:

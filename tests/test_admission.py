@@ -345,6 +345,87 @@ def test_a_tenants_share_is_never_less_than_one_average_request():
     assert_idle(adm)
 
 
+STORM_TENANTS = [f"storm{i}" for i in range(10)]
+GOOD_TENANTS = ["dashboard", "shop", "billing", "support"]
+
+
+def small_storming_cluster() -> Admission:
+    """The real clusters of bench/storm.py: fourteen tenants on six search threads (three nodes of two),
+    searches on two shards, ten of the tenants storming. The gate has learned the storm's mix: one storm
+    search of 2,000 units taking 1.5 s per seven cheap ones of 80 units taking 60 ms (an average request
+    costs 320 units; capacity 6 × 1,185 ms). Over-share work gets one request in flight (6 threads ÷ 2
+    shards × 0.5), and everyone has been seen lately."""
+    adm = admission({name: {} for name in STORM_TENANTS + GOOD_TENANTS}, threads=6, capacity_headroom=0.5)
+    for _ in range(20):
+        adm.leave(granted(adm, "storm0", 2000), 200, 1.5, searched(2000, 2), now=0.0)
+        for _ in range(7):
+            adm.leave(granted(adm, "shop", 80), 200, 0.06, searched(80, 2), now=0.0)
+    for name in STORM_TENANTS + GOOD_TENANTS:
+        adm.leave(granted(adm, name, 1), now=0.0)
+    adm.observe_cluster(ClusterReading(data_nodes=3, search_threads=6), 0.0)  # the ceiling: 6 ÷ 1.33 threads
+    gate = adm.gate
+    assert gate.mean_cost == pytest.approx(320) and gate.fan_out == 2 and gate.limit == pytest.approx(4.5)
+    assert gate.over_share_limit == 1.5
+    return adm
+
+
+def test_a_small_burst_over_its_share_borrows_the_idle_kept_room_instead_of_waiting_behind_the_storm():
+    """A dashboard's burst of five cheap searches asks for more than an average request in all, so its last
+    searches are over its share; they used to wait for the over-share room — that is, for the storm's
+    search of 1.5 s to finish. While nobody under their share waits, they borrow the idle kept room: each
+    waits at most for a cheap search to leave the pools. The storm's next search still waits."""
+    adm = small_storming_cluster()
+    storm = granted(adm, "storm0", 2000)
+    assert not storm.in_reserve
+    storm_next = queued(adm, "storm1", 2000)
+    log: list[Ticket] = []
+    burst = [adm.request("dashboard", 100, 0.0) for _ in range(5)]
+    admitted = [got for got in burst if isinstance(got, Ticket)]
+    waiting = [got for got in burst if isinstance(got, Waiter)]
+    assert len(admitted) == 3 and len(waiting) == 2  # the pools hold 4 requests: the storm's and three cheap ones
+    for waiter in waiting:
+        waiter.on_grant = log.append
+    adm.leave(admitted[0], 200, 0.06, searched(100, 2), now=0.06)
+    assert log == [waiting[0].ticket] and waiting[0].ticket.in_reserve  # borrowed, the storm still in flight
+    assert storm_next.ticket is None and storm.held
+    adm.leave(admitted[1], 200, 0.06, searched(100, 2), now=0.07)
+    assert log == [waiting[0].ticket, waiting[1].ticket]
+    for ticket in [admitted[2], *log, storm]:
+        adm.leave(ticket, now=1.5)
+    assert storm_next.ticket is not None  # the over-share room, once the burst is gone
+    adm.leave(storm_next.ticket, now=1.6)
+    assert_idle(adm)
+
+
+def test_borrowed_room_goes_back_to_a_tenant_under_its_share_and_a_storm_never_borrows():
+    adm = small_storming_cluster()
+    storm = granted(adm, "storm0", 2000)
+    burst = [adm.request("dashboard", 100, 0.0) for _ in range(5)]
+    admitted = [got for got in burst if isinstance(got, Ticket)]
+    dashboard_next = [got for got in burst if isinstance(got, Waiter)]
+    # An expensive storm search does not borrow, nor does a cheap one of a tenant that asks for much more
+    # (2,000 units queued behind it): they wait for the over-share room.
+    storm_backlog = [queued(adm, "storm1", 2000), queued(adm, "storm2", 200), queued(adm, "storm2", 2000)]
+    adm.leave(admitted[0], 200, 0.06, searched(100, 2), now=0.06)
+    borrowed = dashboard_next[0].ticket
+    assert borrowed is not None and borrowed.in_reserve
+    # A quiet tenant's search needs the room: the dashboard's borrowed searches count as over-share ones now,
+    # and the next search to leave the pools makes room for the quiet tenant, not for the dashboard.
+    shop = queued(adm, "shop", 80, now=0.07)
+    assert not borrowed.in_reserve
+    adm.leave(admitted[1], 200, 0.06, searched(100, 2), now=0.08)
+    assert shop.ticket is not None and shop.ticket.in_reserve and dashboard_next[1].ticket is None
+    assert all(waiter.ticket is None for waiter in storm_backlog)
+    for ticket in (admitted[2], borrowed, shop.ticket):
+        adm.leave(ticket, 200, 0.06, searched(100, 2), now=0.1)
+    assert dashboard_next[1].ticket is not None and all(waiter.ticket is None for waiter in storm_backlog)
+    adm.leave(dashboard_next[1].ticket, now=0.2)
+    for waiter in storm_backlog:
+        adm.withdraw(waiter, now=0.2)
+    adm.leave(storm, now=1.5)
+    assert_idle(adm)
+
+
 def test_a_request_costing_more_than_the_whole_capacity_is_admitted_alone():
     adm = admission({"acme": {}, "globex": {}}, threads=2, capacity_headroom=0.8)
     learn_horizon(adm, 200.0)  # capacity: 2 x 200 = 400 units in flight
@@ -383,12 +464,14 @@ def searched(cost: float, shards: int) -> float:
 
 
 def test_over_share_requests_never_hold_more_threads_than_headroom_at_the_widest_fan_out_seen():
+    """The storm's searches cost more than the average request (cheaper ones, in a small ask, may borrow the
+    idle kept room: test_a_small_burst_over_its_share_borrows_the_idle_kept_room_instead_of_waiting_...)."""
     adm = admission({"storm": {"weight": 1}, "quiet": {"weight": 100}}, threads=24, capacity_headroom=0.5)
     learn_horizon(adm, 100.0)  # 1 thread per request on average: the limit is 24, 12 with over-share ones
 
     def storm_until_queued(now: float) -> list[Ticket]:
         tickets = []
-        while isinstance(got := adm.request("storm", 50, now), Ticket):
+        while isinstance(got := adm.request("storm", 105, now), Ticket):
             tickets.append(got)
         adm.withdraw(got, now)
         return tickets
@@ -396,11 +479,12 @@ def test_over_share_requests_never_hold_more_threads_than_headroom_at_the_widest
     quiet = granted(adm, "quiet", 10)
     storm = storm_until_queued(0.0)
     assert len(storm) == 11
-    for ticket in storm:
+    for ticket in storm + [quiet]:
         adm.leave(ticket, now=0.0)
     # Searches seen running on 4 shards at once hold 4 threads each: 24 / 4 × 0.5 in flight with over-share ones.
     adm.leave(granted(adm, "quiet", 10), 200, 0.01, searched(10, 4), now=1.0)
     assert adm.gate.fan_out == 4 and adm.report(now=1.0)["fan_out"] == 4
+    quiet = granted(adm, "quiet", 10, 1.0)
     storm = storm_until_queued(1.0)
     assert len(storm) == 2
     more_quiet = [granted(adm, "quiet", 10, 1.0) for _ in range(8)]  # tenants under their share are not bound by it
