@@ -23,6 +23,9 @@ cdef class TenantSlots:
     cdef public double finish
     cdef public bint active
     cdef public double present_until
+    cdef public double idle_since
+    cdef public double idle_gap
+    cdef public double busy_since
     cdef public Py_ssize_t admitted
     cdef public Py_ssize_t throttled
     cdef public Py_ssize_t would_throttle
@@ -75,7 +78,7 @@ cdef class Admission:
     cpdef pump(self, double now)
     cpdef bint _fits(self, double cost, bint under, capacity=*, limit=*)
     cpdef bint _fits_reserve(self, double cost, capacity=*, limit=*)
-    cpdef bint _may_borrow(self, TenantSlots slots, double cost)
+    cpdef bint _may_borrow(self, TenantSlots slots, double now)
     cpdef bint _under_share(self, TenantSlots slots, extra=*, capacity=*, limit=*)
     cpdef Ticket _admit(self, TenantSlots slots, double cost, double now, double waited, bint reserve, capacity=*)
     cpdef _activate(self, TenantSlots slots)

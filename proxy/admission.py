@@ -89,9 +89,13 @@ CONTENDED_HOLD_S = 5.0
 PRESENCE_S = 5.0
 #: ... renewed at most this often per tenant (seconds), so presence costs nothing per request
 PRESENCE_REFRESH_S = 0.5
-#: a tenant over its share may borrow the idle kept room for cheap requests while all it asks for is at most
-#: this fraction of that room (in cost): a dashboard's burst is, a storming tenant's backlog is not
-BORROW_FRACTION = 0.25
+#: a tenant over its share may borrow the idle kept room for a burst: one that began at most this long ago
+#: (seconds) ...
+BORROW_BURST_S = 1.0
+#: ... after the tenant had had nothing in flight or queued for at least this long (seconds), and had been
+#: seen within PRESENCE_S: a dashboard's burst every few seconds is; a storm, busy without a pause, is not,
+#: nor a tenant that was not seen before it began
+BORROW_IDLE_S = 0.25
 
 
 # ============================================================================================
@@ -104,7 +108,8 @@ class TenantSlots:
 
     __slots__ = ("name", "max_concurrent", "max_queue", "max_wait_s", "weight", "inflight", "inflight_cost",
                  "queued_cost", "reserve_inflight", "reserve_cost", "reserve_epoch", "waiters", "finish", "active",
-                 "present_until", "admitted", "throttled", "would_throttle", "abandoned")
+                 "present_until", "idle_since", "idle_gap", "busy_since", "admitted", "throttled", "would_throttle",
+                 "abandoned")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -124,6 +129,11 @@ class TenantSlots:
         self.finish = 0.0  # virtual finish tag of the tenant's last admitted request
         self.active = False  # in flight, queued or present: counts in the fair shares
         self.present_until = -math.inf  # seconds (the admission clock): seen within PRESENCE_S before this
+        # its busy periods (something in flight or queued), for borrowing: when the last idle one began, how
+        # long the idle period before the current busy one lasted, and when that busy one began (seconds)
+        self.idle_since = -math.inf
+        self.idle_gap = math.inf
+        self.busy_since = -math.inf
         self.admitted = 0
         self.throttled = 0
         self.would_throttle = 0
@@ -276,6 +286,9 @@ class Admission:
         """Admit now (a Ticket) or queue (a Waiter, whose `on_grant` fires on admission). Raises Throttled."""
         slots = self.tenants[tenant]
         gate = self.gate
+        if not slots.inflight and not slots.waiters:  # a busy period begins
+            slots.idle_gap = now - slots.idle_since
+            slots.busy_since = now
         if now - self._overdue_at >= OVERDUE_TICK_S:
             self.refresh_overdue(now)
         if gate.contended_until is not None:
@@ -374,6 +387,8 @@ class Admission:
         self.gate.queued -= 1
         if not slots.waiters:
             self._backlog.pop(slots, None)
+            if not slots.inflight:
+                slots.idle_since = now
         self._deactivate(slots, now)
         self.pump(now)
 
@@ -397,6 +412,8 @@ class Admission:
         slots = ticket.slots
         slots.inflight -= 1
         slots.inflight_cost = slots.inflight_cost - ticket.cost if slots.inflight else 0.0
+        if not slots.inflight and not slots.waiters:
+            slots.idle_since = now
         gate = self.gate
         in_reserve = ticket.reserve and ticket.epoch == slots.reserve_epoch  # Ticket.in_reserve
         del self._held[ticket]
@@ -463,7 +480,7 @@ class Admission:
         if self._backlog and now - self._overdue_at >= OVERDUE_TICK_S:
             self.refresh_overdue(now)
         while self._backlog:
-            picked, reserve = self._pick()
+            picked, reserve = self._pick(now)
             if picked is None:
                 return
             waiter = picked.waiters.popleft()
@@ -476,7 +493,7 @@ class Admission:
             if waiter.on_grant is not None:
                 waiter.on_grant(ticket)
 
-    def _pick(self) -> tuple[TenantSlots | None, bool]:
+    def _pick(self, now: float) -> tuple[TenantSlots | None, bool]:
         """The tenant whose head request goes next (None if no one fits), and whether it goes into the room
         kept for tenants under their share (it is under its share, or borrows that room while it is idle).
 
@@ -503,7 +520,7 @@ class Admission:
                 continue
             if over is None or key[:2] < over[:2]:
                 over = key
-            if (borrow is None or key[:2] < borrow[:2]) and self._may_borrow(slots, head.cost):
+            if (borrow is None or key[:2] < borrow[:2]) and self._may_borrow(slots, now):
                 borrow = key
         if over is not None and not gate.fits(over[2].waiters[0].cost, reserve=False):
             over = None
@@ -517,17 +534,23 @@ class Admission:
             return over[2], False
         return under[2], True
 
-    def _may_borrow(self, slots: TenantSlots, cost: float) -> bool:
-        """May a request of `cost` units from a tenant over its share borrow the room kept for tenants under
-        theirs (while none of them waits)? Only a small ask: the request costs no more than an average one,
-        and all the tenant asks for (in flight and queued, this request included) is at most BORROW_FRACTION of the kept
-        room. A dashboard's burst of cheap searches is; a storming tenant's expensive backlog never is. What
-        it borrows is given back as soon as a tenant under its share needs the room (`_fits_reserve`)."""
+    def _may_borrow(self, slots: TenantSlots, now: float) -> bool:
+        """May a tenant over its share borrow the room kept for tenants under theirs (while none of them
+        waits)? Only for a burst: its busy period began at most BORROW_BURST_S ago, after an idle one of
+        at least BORROW_IDLE_S, and it was seen within PRESENCE_S before (a tenant new to the cluster, such
+        as a storm at its onset, is not). A dashboard's parallel searches every few seconds are a burst; a
+        storming tenant's closed-loop workers keep it busy without a pause. A tenant holding over-share room
+        already (its burst found that room free, or lent room was taken back) waits for it, and so does a burst
+        larger than the whole kept room (in cost). Neither the cost of its requests nor its share
+        decides this: on a starved cluster the learned costs of a storm's searches and of a dashboard's
+        differed by less than 2x. What it borrows is given back as soon as a tenant under its share needs
+        the room (`_fits_reserve`)."""
         gate = self.gate
-        capacity = gate.capacity_cost
-        if capacity is None or not gate.enabled or cost > gate.mean_cost:
+        if not (gate.enabled and slots.inflight == slots.reserve_inflight  # none over-share in flight
+                and now - slots.busy_since <= BORROW_BURST_S and BORROW_IDLE_S <= slots.idle_gap <= PRESENCE_S):
             return False
-        return slots.inflight_cost + slots.queued_cost <= BORROW_FRACTION * (1.0 - gate.headroom) * capacity
+        capacity = gate.capacity_cost  # and the whole burst fits in the kept room
+        return capacity is None or slots.inflight_cost + slots.queued_cost <= (1.0 - gate.headroom) * capacity
 
     def _fits(self, cost: float, under: bool, capacity: float | None | object = UNKNOWN,
               limit: float | object = UNKNOWN) -> bool:

@@ -372,23 +372,24 @@ def small_storming_cluster() -> Admission:
 def test_a_small_burst_over_its_share_borrows_the_idle_kept_room_instead_of_waiting_behind_the_storm():
     """A dashboard's burst of five cheap searches asks for more than an average request in all, so its last
     searches are over its share; they used to wait for the over-share room — that is, for the storm's
-    search of 1.5 s to finish. While nobody under their share waits, they borrow the idle kept room: each
-    waits at most for a cheap search to leave the pools. The storm's next search still waits."""
+    search of 1.5 s to finish. A burst (busy for at most BORROW_BURST_S, after a pause) borrows the idle
+    kept room while nobody under their share waits: each search waits at most for a cheap one to leave the
+    pools. The storm, busy without a pause, still waits for the over-share room."""
     adm = small_storming_cluster()
-    storm = granted(adm, "storm0", 2000)
+    storm = granted(adm, "storm0", 2000)  # the storm is busy from 0.0 on
     assert not storm.in_reserve
     storm_next = queued(adm, "storm1", 2000)
     log: list[Ticket] = []
-    burst = [adm.request("dashboard", 100, 0.0) for _ in range(5)]
+    burst = [adm.request("dashboard", 100, 1.0) for _ in range(5)]  # a second after the dashboard's last search
     admitted = [got for got in burst if isinstance(got, Ticket)]
     waiting = [got for got in burst if isinstance(got, Waiter)]
     assert len(admitted) == 3 and len(waiting) == 2  # the pools hold 4 requests: the storm's and three cheap ones
     for waiter in waiting:
         waiter.on_grant = log.append
-    adm.leave(admitted[0], 200, 0.06, searched(100, 2), now=0.06)
+    adm.leave(admitted[0], 200, 0.06, searched(100, 2), now=1.06)
     assert log == [waiting[0].ticket] and waiting[0].ticket.in_reserve  # borrowed, the storm still in flight
     assert storm_next.ticket is None and storm.held
-    adm.leave(admitted[1], 200, 0.06, searched(100, 2), now=0.07)
+    adm.leave(admitted[1], 200, 0.06, searched(100, 2), now=1.07)
     assert log == [waiting[0].ticket, waiting[1].ticket]
     for ticket in [admitted[2], *log, storm]:
         adm.leave(ticket, now=1.5)
@@ -397,32 +398,53 @@ def test_a_small_burst_over_its_share_borrows_the_idle_kept_room_instead_of_wait
     assert_idle(adm)
 
 
-def test_borrowed_room_goes_back_to_a_tenant_under_its_share_and_a_storm_never_borrows():
+def test_borrowed_room_goes_back_to_a_tenant_under_its_share_and_a_busy_storm_never_borrows():
     adm = small_storming_cluster()
     storm = granted(adm, "storm0", 2000)
-    burst = [adm.request("dashboard", 100, 0.0) for _ in range(5)]
+    first = granted(adm, "storm2", 200)  # within one average request: the kept room
+    assert first.in_reserve
+    # Storming tenants busy since 0.0 are no burst: with the smallest tags, they still do not borrow.
+    storm_backlog = [queued(adm, "storm1", 2000), queued(adm, "storm2", 2000)]
+    burst = [adm.request("dashboard", 100, 1.0) for _ in range(5)]
     admitted = [got for got in burst if isinstance(got, Ticket)]
     dashboard_next = [got for got in burst if isinstance(got, Waiter)]
-    # An expensive storm search does not borrow, nor does a cheap one of a tenant that asks for much more
-    # (2,000 units queued behind it): they wait for the over-share room.
-    storm_backlog = [queued(adm, "storm1", 2000), queued(adm, "storm2", 200), queued(adm, "storm2", 2000)]
-    adm.leave(admitted[0], 200, 0.06, searched(100, 2), now=0.06)
+    assert len(admitted) == 2
+    adm.leave(first, 200, 1.0, searched(200, 2), now=1.05)
     borrowed = dashboard_next[0].ticket
-    assert borrowed is not None and borrowed.in_reserve
+    assert borrowed is not None and borrowed.in_reserve  # the dashboard's, behind the storm's tags
+    assert all(waiter.ticket is None for waiter in storm_backlog)
     # A quiet tenant's search needs the room: the dashboard's borrowed searches count as over-share ones now,
     # and the next search to leave the pools makes room for the quiet tenant, not for the dashboard.
-    shop = queued(adm, "shop", 80, now=0.07)
+    shop = queued(adm, "shop", 80, now=1.07)
     assert not borrowed.in_reserve
-    adm.leave(admitted[1], 200, 0.06, searched(100, 2), now=0.08)
+    adm.leave(admitted[0], 200, 0.06, searched(100, 2), now=1.08)
     assert shop.ticket is not None and shop.ticket.in_reserve and dashboard_next[1].ticket is None
     assert all(waiter.ticket is None for waiter in storm_backlog)
-    for ticket in (admitted[2], borrowed, shop.ticket):
-        adm.leave(ticket, 200, 0.06, searched(100, 2), now=0.1)
-    assert dashboard_next[1].ticket is not None and all(waiter.ticket is None for waiter in storm_backlog)
-    adm.leave(dashboard_next[1].ticket, now=0.2)
+    for ticket in (admitted[1], borrowed, shop.ticket):
+        adm.leave(ticket, 200, 0.06, searched(100, 2), now=1.1)
+    assert all(waiter.ticket is not None for waiter in dashboard_next[1:])
+    assert all(waiter.ticket is None for waiter in storm_backlog)
+    for waiter in dashboard_next[1:]:
+        adm.leave(waiter.ticket, now=1.2)
     for waiter in storm_backlog:
-        adm.withdraw(waiter, now=0.2)
+        adm.withdraw(waiter, now=1.2)
     adm.leave(storm, now=1.5)
+    assert_idle(adm)
+
+
+def test_a_tenant_not_seen_before_its_first_requests_borrows_nothing():
+    """A storm's onset: tenants new to the cluster (not seen within PRESENCE_S) are not a burst of a known
+    tenant; their over-share requests wait for the over-share room even while the kept room is idle."""
+    adm = small_storming_cluster()
+    for name in ["storm0"] + GOOD_TENANTS:
+        adm.leave(granted(adm, name, 1, now=9.0), now=9.0)  # seen lately; storm1 was last seen at 0.0
+    storm = granted(adm, "storm0", 2000, now=10.0)
+    newcomer = [adm.request("storm1", 400, 10.0) for _ in range(3)]
+    assert [type(got) for got in newcomer] == [Ticket, Waiter, Waiter]  # its share of six present: ~590 units
+    adm.leave(storm, now=11.0)
+    for waiter in newcomer[1:]:
+        adm.withdraw(waiter, now=11.0)
+    adm.leave(newcomer[0], now=11.0)
     assert_idle(adm)
 
 
@@ -464,14 +486,12 @@ def searched(cost: float, shards: int) -> float:
 
 
 def test_over_share_requests_never_hold_more_threads_than_headroom_at_the_widest_fan_out_seen():
-    """The storm's searches cost more than the average request (cheaper ones, in a small ask, may borrow the
-    idle kept room: test_a_small_burst_over_its_share_borrows_the_idle_kept_room_instead_of_waiting_...)."""
     adm = admission({"storm": {"weight": 1}, "quiet": {"weight": 100}}, threads=24, capacity_headroom=0.5)
     learn_horizon(adm, 100.0)  # 1 thread per request on average: the limit is 24, 12 with over-share ones
 
     def storm_until_queued(now: float) -> list[Ticket]:
         tickets = []
-        while isinstance(got := adm.request("storm", 105, now), Ticket):
+        while isinstance(got := adm.request("storm", 50, now), Ticket):
             tickets.append(got)
         adm.withdraw(got, now)
         return tickets
@@ -479,12 +499,11 @@ def test_over_share_requests_never_hold_more_threads_than_headroom_at_the_widest
     quiet = granted(adm, "quiet", 10)
     storm = storm_until_queued(0.0)
     assert len(storm) == 11
-    for ticket in storm + [quiet]:
+    for ticket in storm:
         adm.leave(ticket, now=0.0)
     # Searches seen running on 4 shards at once hold 4 threads each: 24 / 4 × 0.5 in flight with over-share ones.
     adm.leave(granted(adm, "quiet", 10), 200, 0.01, searched(10, 4), now=1.0)
     assert adm.gate.fan_out == 4 and adm.report(now=1.0)["fan_out"] == 4
-    quiet = granted(adm, "quiet", 10, 1.0)
     storm = storm_until_queued(1.0)
     assert len(storm) == 2
     more_quiet = [granted(adm, "quiet", 10, 1.0) for _ in range(8)]  # tenants under their share are not bound by it
