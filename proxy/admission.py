@@ -172,13 +172,16 @@ class Ticket:
 class Waiter:
     """A request waiting in its tenant's queue. `on_grant(ticket)` is called when it is admitted."""
 
-    __slots__ = ("slots", "cost", "since", "seq", "ticket", "on_grant")
+    __slots__ = ("slots", "cost", "since", "seq", "over", "ticket", "on_grant")
 
-    def __init__(self, slots: TenantSlots, cost: float, since: float, seq: int):
+    def __init__(self, slots: TenantSlots, cost: float, since: float, seq: int, over: bool = False):
         self.slots = slots
         self.cost = cost
         self.since = since
         self.seq = seq
+        # its tenant was over its share when it arrived: it never goes into the kept room as an under-share
+        # request later (its cost was priced then, maybe before its shape was learned), only by borrowing
+        self.over = over
         self.ticket: Ticket | None = None
         self.on_grant: Callable[[Ticket], None] | None = None
 
@@ -316,7 +319,7 @@ class Admission:
         if not self._backlog and slots.inflight < slots.max_concurrent and self._fits(cost, under, capacity, limit):
             return self._admit(slots, cost, now, 0.0, under, capacity)  # nobody waits anywhere: the common case
         self._seq += 1
-        waiter = Waiter(slots, cost, now, self._seq)
+        waiter = Waiter(slots, cost, now, self._seq, not under)
         slots.waiters.append(waiter)
         slots.queued_cost += cost
         self._backlog[slots] = None
@@ -513,7 +516,7 @@ class Admission:
                 continue
             head = slots.waiters[0]
             key = (max(vtime, slots.finish), head.seq, slots)
-            if self._under_share(slots):
+            if not head.over and self._under_share(slots):
                 under_waiting = True
                 if (under is None or key[:2] < under[:2]) and self._fits_reserve(head.cost):
                     under = key

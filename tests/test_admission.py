@@ -448,6 +448,25 @@ def test_a_tenant_not_seen_before_its_first_requests_borrows_nothing():
     assert_idle(adm)
 
 
+def test_a_request_queued_over_its_share_never_goes_into_the_kept_room_when_the_share_grows():
+    """A waiter's cost was priced at its arrival: at a storm's onset, a shape estimated at 88 units that
+    takes ~1,000. Queued over its tenant's share, it must not slip into the quiet tenants' room later, when
+    the shares have grown (tenants left, or the capacity grew with the horizon) and 88 looks small: with two
+    instances, two of them held two of an instance's three requests for 0.5 s while the steady tenants'
+    searches waited at the gate. It waits for the over-share room, in fair order."""
+    adm = small_storming_cluster()
+    storm = granted(adm, "storm0", 2000)
+    late = queued(adm, "storm1", 400)  # over its share (one average request is 320)
+    adm.expire_presence(6.0)  # everyone else has left: storm1's share is now half the room, 400 is within it
+    assert adm._under_share(adm.tenants["storm1"])
+    adm.pump(6.0)
+    assert late.ticket is None  # ... and it still waits: no kept room for it
+    adm.leave(storm, now=6.0)
+    assert late.ticket is not None and not late.ticket.in_reserve  # the over-share room, once free
+    adm.leave(late.ticket, now=6.1)
+    assert_idle(adm)
+
+
 def test_a_request_costing_more_than_the_whole_capacity_is_admitted_alone():
     adm = admission({"acme": {}, "globex": {}}, threads=2, capacity_headroom=0.8)
     learn_horizon(adm, 200.0)  # capacity: 2 x 200 = 400 units in flight
