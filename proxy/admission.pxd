@@ -79,6 +79,7 @@ cdef class Admission:
     cpdef pump(self, double now)
     cpdef bint _fits(self, double cost, bint under, capacity=*, limit=*)
     cpdef bint _fits_reserve(self, double cost, capacity=*, limit=*)
+    cpdef bint _paused_before(self, TenantSlots slots)
     cpdef bint _may_borrow(self, TenantSlots slots, double now)
     cpdef bint _under_share(self, TenantSlots slots, extra=*, capacity=*, limit=*)
     cpdef Ticket _admit(self, TenantSlots slots, double cost, double now, double waited, bint reserve, capacity=*)

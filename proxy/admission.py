@@ -179,8 +179,9 @@ class Waiter:
         self.cost = cost
         self.since = since
         self.seq = seq
-        # its tenant was over its share when it arrived: it never goes into the kept room as an under-share
-        # request later (its cost was priced then, maybe before its shape was learned), only by borrowing
+        # its tenant was over its share when it arrived: it goes into the kept room later only by borrowing, or
+        # if its tenant paused before this busy period (its cost was priced then, maybe before its shape was
+        # learned: a storm's first searches must not slip into the quiet tenants' room as the shares grow)
         self.over = over
         self.ticket: Ticket | None = None
         self.on_grant: Callable[[Ticket], None] | None = None
@@ -516,7 +517,7 @@ class Admission:
                 continue
             head = slots.waiters[0]
             key = (max(vtime, slots.finish), head.seq, slots)
-            if not head.over and self._under_share(slots):
+            if (not head.over or self._paused_before(slots)) and self._under_share(slots):
                 under_waiting = True
                 if (under is None or key[:2] < under[:2]) and self._fits_reserve(head.cost):
                     under = key
@@ -537,6 +538,12 @@ class Admission:
             return over[2], False
         return under[2], True
 
+    def _paused_before(self, slots: TenantSlots) -> bool:
+        """Did the tenant's current busy period follow a pause of at least BORROW_IDLE_S, and was it seen
+        within PRESENCE_S before? A dashboard's bursts do; a storm (busy without a pause, and new at its
+        onset) does not."""
+        return BORROW_IDLE_S <= slots.idle_gap <= PRESENCE_S
+
     def _may_borrow(self, slots: TenantSlots, now: float) -> bool:
         """May a tenant over its share borrow the room kept for tenants under theirs (while none of them
         waits)? Only for a burst: its busy period began at most BORROW_BURST_S ago, after an idle one of
@@ -550,7 +557,7 @@ class Admission:
         the room (`_fits_reserve`)."""
         gate = self.gate
         if not (gate.enabled and slots.inflight == slots.reserve_inflight  # none over-share in flight
-                and now - slots.busy_since <= BORROW_BURST_S and BORROW_IDLE_S <= slots.idle_gap <= PRESENCE_S):
+                and now - slots.busy_since <= BORROW_BURST_S and self._paused_before(slots)):
             return False
         capacity = gate.capacity_cost  # and the whole burst fits in the kept room
         return capacity is None or slots.inflight_cost + slots.queued_cost <= (1.0 - gate.headroom) * capacity
