@@ -467,6 +467,24 @@ def test_a_request_queued_over_its_share_never_goes_into_the_kept_room_when_the_
     assert_idle(adm)
 
 
+def test_a_burst_that_outlasts_the_borrowing_window_still_gets_the_kept_room_once_within_its_share():
+    """The dashboard paused before its burst: its requests queued over its share go into the kept room
+    once its share has room for them, even after BORROW_BURST_S, instead of waiting for the storm's
+    over-share room (a storming tenant busy without a pause does not: the test above)."""
+    adm = small_storming_cluster()
+    storm = granted(adm, "storm0", 2000)
+    burst = [adm.request("dashboard", 100, 1.0) for _ in range(5)]
+    admitted = [got for got in burst if isinstance(got, Ticket)]
+    waiting = [got for got in burst if isinstance(got, Waiter)]
+    assert len(admitted) == 3 and len(waiting) == 2  # the pools are full
+    for ticket in admitted:  # two seconds later, its first searches done: within its share again
+        adm.leave(ticket, 200, 0.06, searched(100, 2), now=3.0)
+    assert all(waiter.ticket is not None and waiter.ticket.in_reserve for waiter in waiting)
+    for ticket in [*(waiter.ticket for waiter in waiting), storm]:
+        adm.leave(ticket, now=3.1)
+    assert_idle(adm)
+
+
 def test_a_request_costing_more_than_the_whole_capacity_is_admitted_alone():
     adm = admission({"acme": {}, "globex": {}}, threads=2, capacity_headroom=0.8)
     learn_horizon(adm, 200.0)  # capacity: 2 x 200 = 400 units in flight
