@@ -50,7 +50,6 @@ cdef class Waiter:
     cdef public double cost
     cdef public double since
     cdef public Py_ssize_t seq
-    cdef public bint over
     cdef public Ticket ticket
     cdef public object on_grant
 

@@ -172,17 +172,13 @@ class Ticket:
 class Waiter:
     """A request waiting in its tenant's queue. `on_grant(ticket)` is called when it is admitted."""
 
-    __slots__ = ("slots", "cost", "since", "seq", "over", "ticket", "on_grant")
+    __slots__ = ("slots", "cost", "since", "seq", "ticket", "on_grant")
 
-    def __init__(self, slots: TenantSlots, cost: float, since: float, seq: int, over: bool = False):
+    def __init__(self, slots: TenantSlots, cost: float, since: float, seq: int):
         self.slots = slots
         self.cost = cost
         self.since = since
         self.seq = seq
-        # its tenant was over its share when it arrived: it goes into the kept room later only by borrowing, or
-        # if its tenant paused before this busy period (its cost was priced then, maybe before its shape was
-        # learned: a storm's first searches must not slip into the quiet tenants' room as the shares grow)
-        self.over = over
         self.ticket: Ticket | None = None
         self.on_grant: Callable[[Ticket], None] | None = None
 
@@ -320,7 +316,7 @@ class Admission:
         if not self._backlog and slots.inflight < slots.max_concurrent and self._fits(cost, under, capacity, limit):
             return self._admit(slots, cost, now, 0.0, under, capacity)  # nobody waits anywhere: the common case
         self._seq += 1
-        waiter = Waiter(slots, cost, now, self._seq, not under)
+        waiter = Waiter(slots, cost, now, self._seq)
         slots.waiters.append(waiter)
         slots.queued_cost += cost
         self._backlog[slots] = None
@@ -517,7 +513,7 @@ class Admission:
                 continue
             head = slots.waiters[0]
             key = (max(vtime, slots.finish), head.seq, slots)
-            if (not head.over or self._paused_before(slots)) and self._under_share(slots):
+            if self._under_share(slots):
                 under_waiting = True
                 if (under is None or key[:2] < under[:2]) and self._fits_reserve(head.cost):
                     under = key

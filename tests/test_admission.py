@@ -448,29 +448,10 @@ def test_a_tenant_not_seen_before_its_first_requests_borrows_nothing():
     assert_idle(adm)
 
 
-def test_a_request_queued_over_its_share_never_goes_into_the_kept_room_when_the_share_grows():
-    """A waiter's cost was priced at its arrival: at a storm's onset, a shape estimated at 88 units that
-    takes ~1,000. Queued over its tenant's share, it must not slip into the quiet tenants' room later, when
-    the shares have grown (tenants left, or the capacity grew with the horizon) and 88 looks small: with two
-    instances, two of them held two of an instance's three requests for 0.5 s while the steady tenants'
-    searches waited at the gate. It waits for the over-share room, in fair order."""
-    adm = small_storming_cluster()
-    storm = granted(adm, "storm0", 2000)
-    late = queued(adm, "storm1", 400)  # over its share (one average request is 320)
-    adm.expire_presence(6.0)  # everyone else has left: storm1's share is now half the room, 400 is within it
-    assert adm._under_share(adm.tenants["storm1"])
-    adm.pump(6.0)
-    assert late.ticket is None  # ... and it still waits: no kept room for it
-    adm.leave(storm, now=6.0)
-    assert late.ticket is not None and not late.ticket.in_reserve  # the over-share room, once free
-    adm.leave(late.ticket, now=6.1)
-    assert_idle(adm)
-
-
 def test_a_burst_that_outlasts_the_borrowing_window_still_gets_the_kept_room_once_within_its_share():
-    """The dashboard paused before its burst: its requests queued over its share go into the kept room
-    once its share has room for them, even after BORROW_BURST_S, instead of waiting for the storm's
-    over-share room (a storming tenant busy without a pause does not: the test above)."""
+    """Past BORROW_BURST_S the dashboard's burst borrows no more, but its requests queued over its share go
+    into the kept room as soon as its first searches are done and the rest is within its share, instead
+    of waiting for the storm's over-share room."""
     adm = small_storming_cluster()
     storm = granted(adm, "storm0", 2000)
     burst = [adm.request("dashboard", 100, 1.0) for _ in range(5)]
