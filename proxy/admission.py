@@ -92,10 +92,11 @@ PRESENCE_REFRESH_S = 0.5
 #: a tenant over its share may borrow the idle kept room for a burst: one that began at most this long ago
 #: (seconds) ...
 BORROW_BURST_S = 1.0
-#: ... after the tenant had had nothing in flight or queued for at least this long (seconds), and had been
-#: seen within PRESENCE_S: a dashboard's burst every few seconds is; a storm, busy without a pause, is not,
-#: nor a tenant that was not seen before it began
-BORROW_IDLE_S = 0.25
+#: ... after the tenant had had nothing in flight or queued for at least this long (seconds; longer than a
+#: closed-loop client's turnaround, shorter than most gaps of a tenant sending a few searches a second), and
+#: had been seen within PRESENCE_S: a dashboard's burst every few seconds is, and a steady tenant's next
+#: search mostly; a storm, busy without a pause, is not, nor a tenant that was not seen before it began
+BORROW_IDLE_S = 0.05
 
 
 # ============================================================================================
