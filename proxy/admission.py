@@ -29,6 +29,13 @@ asking for no more than one average request (`Gate.mean_cost`: Σ cost ÷ reques
 last ~`MEMORY_S`) is within its share whatever the weights say; a storming tenant's backlog, or one
 of its searches alone, is not (they cost many times the average).
 
+**Borrowing.** While no tenant under its share waits, a tenant over it may put requests into the idle
+kept room if it is in a burst: busy (something in flight or queued) for at most `BORROW_BURST_S`, after
+a pause of at least `BORROW_IDLE_S`, and seen within `PRESENCE_S` before; holding no over-share request;
+all it asks for fitting the kept room. A dashboard's parallel searches are a burst; a storm's
+closed-loop workers never pause, and at its onset it was not seen before. The room is taken back (the
+borrower's requests move out of it) as soon as a tenant under its share needs it.
+
 **Overdue requests.** A request counts at the gate as its estimated (or learned) cost. One that stays
 in flight well past what that cost implies (elapsed × threads per request, over `OVERDUE_SLACK` × its
 count) was under-priced, and the cluster is still spending on it: it counts as what it has spent so
