@@ -9,7 +9,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 #: the request path's plumbing, compiled from its .py source
-COMPILED = ["listener", "upstream_http", "admission", "upstream", "limiter", "metrics", "cost", "cost_estimate", "cost_query", "cost_aggs", "cost_weights", "cost_observed", "cost_learned", "tenants", "flow", "esapi", "idbinding", "accesslog", "shapes", "opaque"]
+COMPILED = ["listener", "upstream_http", "admission", "gate", "upstream", "limiter", "metrics", "cost", "cost_estimate", "cost_query", "cost_aggs", "cost_weights", "cost_observed", "cost_learned", "tenants", "flow", "esapi", "idbinding", "accesslog", "shapes", "opaque"]
 
 setup(
     ext_modules=cythonize(

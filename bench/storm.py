@@ -147,6 +147,14 @@ def start_nginx(conn: int | None):
 
 #: admission settings of the Sluicegate modes beyond the defaults (`--headroom`)
 ADMISSION: dict = {}
+#: `--access-log`: each Sluicegate writes its access log (queue_ms per request) into its work directory
+ACCESS_LOG = False
+
+
+def with_access_log(config: dict, workdir: Path) -> dict:
+    if ACCESS_LOG:
+        config["access_log"] = {"path": str(workdir / "access.log")}
+    return config
 
 
 def sluicegate_config(world) -> dict:
@@ -157,7 +165,7 @@ def sluicegate_config(world) -> dict:
 
 
 def start_sluicegate(stack, world, workdir):
-    proxy = ProxyProcess(sluicegate_config(world), workdir / "sluicegate")
+    proxy = ProxyProcess(with_access_log(sluicegate_config(world), workdir), workdir / "sluicegate")
     stack.callback(proxy.stop)
     return Target([proxy.url], [proxy.proc.pid], [proxy.admin])
 
@@ -171,7 +179,7 @@ def start_sluicegate_redis(stack, world, workdir):
     for i in range(2):
         config = copy.deepcopy(base)
         config["listen"], config["admin_listen"] = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-        proxy = ProxyProcess(config, workdir / f"sluicegate-{i}")
+        proxy = ProxyProcess(with_access_log(config, workdir / f"sluicegate-{i}"), workdir / f"sluicegate-{i}")
         stack.callback(proxy.stop)
         target.urls.append(proxy.url)
         target.pids.append(proxy.proc.pid)
@@ -454,6 +462,8 @@ def main() -> None:
     parser.add_argument("--no-results", action="store_true", help="do not touch bench/RESULTS.md or bench/results/")
     parser.add_argument("--headroom", type=float, default=None,
                         help="Sluicegate's admission.capacity_headroom (default: the proxy's default)")
+    parser.add_argument("--access-log", action="store_true",
+                        help="each Sluicegate writes an access log (queue_ms per request) into its work directory")
     real = parser.add_argument_group("real clusters")
     real.add_argument("--attach", help="use a running cluster (the state file of `bench/realcluster.py start`)")
     real.add_argument("--keep-cluster", action="store_true", help="leave the cluster running at the end")
@@ -469,6 +479,8 @@ def main() -> None:
     real.add_argument("--good-docs", type=int, default=50_000, help="documents in each good tenant's index")
     real.add_argument("--storm-docs", type=int, default=150_000, help="documents in each storming tenant's index")
     args = parser.parse_args()
+    global ACCESS_LOG
+    ACCESS_LOG = args.access_log
     if args.headroom is not None:
         ADMISSION["capacity_headroom"] = args.headroom
     raw_path = OUT / f"storm-{args.cluster}.json"

@@ -1,62 +1,10 @@
 # C types for proxy/admission.py when it is compiled (setup.py); the .py stays the pure-Python twin.
 # Every attribute stays visible from Python (reports, gauges and tests read them).
 
+from proxy.gate cimport Gate
+
 cdef class TenantSlots
 cdef class Ticket
-
-
-cdef class Gate:
-    cdef public bint enabled
-    cdef public double headroom
-    cdef public double base_headroom
-    cdef public double contended_headroom
-    cdef public object contended_until
-    cdef public double min_limit
-    cdef public double max_limit
-    cdef public Py_ssize_t max_queue
-    cdef public double poll_s
-    cdef public object target_ms
-    cdef public double share
-    cdef public object algorithm
-    cdef public double adaptive
-    cdef public Py_ssize_t inflight
-    cdef public double inflight_cost
-    cdef public Py_ssize_t reserve_inflight
-    cdef public double reserve_cost
-    cdef public double overdue_cost
-    cdef public Py_ssize_t queued
-    cdef public Py_ssize_t data_nodes
-    cdef public Py_ssize_t data_nodes_max
-    cdef public Py_ssize_t threads
-    cdef public Py_ssize_t threads_max
-    cdef public double fan_out
-    cdef public double _fan_out_at
-    cdef public double _lat_cost
-    cdef public double _cost
-    cdef public double _count
-    cdef public double _observed
-    cdef public double _lat_obs
-    cdef public double _faded_at
-    cdef public object baseline
-    cdef public Py_ssize_t _baseline_peak
-    cdef public Py_ssize_t _w_n
-    cdef public double _w_lat
-    cdef public double _w_cost
-    cdef public Py_ssize_t _w_peak
-    cdef public object _w_start
-    cdef public bint _w_backed_off
-    cdef public object _pressure
-    cdef public double _pressure_at
-    cdef public Py_ssize_t backoffs
-
-    cpdef bint contend(self, double until)
-    cpdef uncontend(self, double now)
-    cpdef counted(self, double cost, capacity=*)
-    cpdef bint fits(self, double cost, bint reserve, capacity=*, limit=*)
-    cpdef take(self, double counted, bint reserve)
-    cpdef give_back(self, double counted, bint reserve)
-    cpdef leave_reserve(self, Py_ssize_t requests, double counted)
-    cpdef observe(self, double now, double cost, int status, double upstream_s, observed)
 
 
 cdef class TenantSlots:
@@ -75,6 +23,9 @@ cdef class TenantSlots:
     cdef public double finish
     cdef public bint active
     cdef public double present_until
+    cdef public double idle_since
+    cdef public double idle_gap
+    cdef public double busy_since
     cdef public Py_ssize_t admitted
     cdef public Py_ssize_t throttled
     cdef public Py_ssize_t would_throttle
@@ -130,6 +81,8 @@ cdef class Admission:
     cpdef pump(self, double now)
     cpdef bint _fits(self, double cost, bint under, capacity=*, limit=*)
     cpdef bint _fits_reserve(self, double cost, capacity=*, limit=*)
+    cpdef bint _paused_before(self, TenantSlots slots)
+    cpdef bint _may_borrow(self, TenantSlots slots, double now)
     cpdef bint _under_share(self, TenantSlots slots, extra=*, capacity=*, limit=*)
     cpdef Ticket _admit(self, TenantSlots slots, double cost, double now, double waited, bint reserve, capacity=*)
     cpdef _activate(self, TenantSlots slots)

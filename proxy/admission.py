@@ -19,12 +19,7 @@ all it asks for: in flight and queued) is admitted only while the gate is within
 `capacity_headroom` of both limits; the rest is kept for tenants under their share, so a quiet
 tenant's cheap request never waits behind a storm, at the gate or in the cluster's thread pools.
 
-**Fan-out.** A search holds a search thread per shard it runs on, all at once, however little its cost
-says it holds on average (threads per request is measured on the mix, mostly cheap requests whose
-round trip is more than their shard time). So the over-share room in requests is also at most the live
-threads ÷ the widest fan-out seen lately (shards per search, from responses; it fades over
-`FAN_OUT_MEMORY_S`), × headroom: a storm's first wave, its cost not yet learned, cannot take every
-thread and make a quiet tenant's shards queue in the nodes.
+**Fan-out**: see proxy/gate.py, the gate's capacity model (`Gate`: limit, capacity, the two rooms).
 
 **A share is at least one request.** On a small cluster shared by many tenants, a weighted share of
 the gate can be less than one cheap search (14 tenants on 6 threads: ~70 units in flight each,
@@ -33,6 +28,13 @@ room serves nobody, and the quiet tenants wait behind the storm for the over-sha
 asking for no more than one average request (`Gate.mean_cost`: Σ cost ÷ requests, completed over the
 last ~`MEMORY_S`) is within its share whatever the weights say; a storming tenant's backlog, or one
 of its searches alone, is not (they cost many times the average).
+
+**Borrowing.** While no tenant under its share waits, a tenant over it may put requests into the idle
+kept room if it is in a burst: busy (something in flight or queued) for at most `BORROW_BURST_S`, after
+a pause of at least `BORROW_IDLE_S`, and seen within `PRESENCE_S` before; holding no over-share request;
+all it asks for fitting the kept room. A dashboard's parallel searches are a burst; a storm's
+closed-loop workers never pause, and at its onset it was not seen before. The room is taken back (the
+borrower's requests move out of it) as soon as a tenant under its share needs it.
 
 **Overdue requests.** A request counts at the gate as its estimated (or learned) cost. One that stays
 in flight well past what that cost implies (elapsed × threads per request, over `OVERDUE_SLACK` × its
@@ -69,47 +71,22 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
-from .config import AdmissionConfig, Config
+from .config import Config
 from .errors import Throttled
+from .gate import (  # noqa: F401  (re-exported: the gate's names were admission's before the split)
+    ALGORITHMS,
+    REASONS,
+    UNKNOWN,
+    AimdLimit,
+    ClusterReading,
+    Gate,
+    GradientLimit,
+)
 from .tenants import TenantView
 
-#: labels of `sluicegate_gate_reason`: why the gate's limit is what it is
-REASONS = (
-    "capacity",  # the search thread pools: as many requests as they can run at once
-    "data_nodes",  # data nodes (search threads) dropped out; limit shrunk in proportion
-    "search_queue",  # the nodes' search queues filled up; shrunk in proportion
-    "search_rejections",  # the nodes rejected search tasks; shrunk in proportion
-    "upstream_errors",  # upstream 429/503s or timeouts
-    "latency",  # upstream latency rose over its baseline (or target)
-    "min_limit",
-    "max_limit",
-    "no_cluster_stats",  # thread pools not known (yet): the adaptive limit alone
-    "disabled",  # admission.enabled is false: tenant slots only
-)
-
-#: horizon (ms) assumed before any latency was measured: capacity per second, as a budget in flight
-DEFAULT_HORIZON_MS = 1000.0
-#: the horizon never counts as shorter than this (ms): cost below this much per request is the count
-#: limit's business, and traffic of cheap requests alone does not make the first expensive one look huge
-HORIZON_FLOOR_MS = 100.0
 #: smallest cost a request is charged in the fair queue's tags, so zero-cost requests cannot flood it
 MIN_TAG_COST = 1.0
-#: the horizon and threads per request are averages over about this many recent seconds
-MEMORY_S = 2.0
-#: a latency window closes after at least this many completions (or the most in flight in it: one round trip) ...
-WINDOW_MIN_SAMPLES = 10
-#: ... and at least this long (seconds), and at least one horizon, so it holds a fair mix of the requests
-WINDOW_MIN_S = 0.1
-#: upstream 429/503/timeouts shrink the limit by this factor, at most once per window
-ERROR_BACKOFF = 0.9
-#: latency may rise to this multiple of its no-load baseline before the limit shrinks
-LATENCY_TOLERANCE = 1.5
-#: a pressure signal shrinks the limit at most this much at once
-MAX_BACKOFF = 0.5
-#: a reason from a pressure signal stays on display this long after it last fired (seconds)
-REASON_HOLD_S = 5.0
 #: a request in flight counts as what it has spent once that is over this multiple of what it was counted as ...
 OVERDUE_SLACK = 2.0
 #: ... and it has been in flight this long (seconds): a cheap request's round trip is never overdue
@@ -124,462 +101,14 @@ CONTENDED_HOLD_S = 5.0
 PRESENCE_S = 5.0
 #: ... renewed at most this often per tenant (seconds), so presence costs nothing per request
 PRESENCE_REFRESH_S = 0.5
-#: the widest fan-out seen (shards a search runs on at once) fades back toward narrower ones over this long (s)
-FAN_OUT_MEMORY_S = 60.0
-
-
-#: "not computed yet": a derived value the caller did not pass (None is a value: capacity not known)
-UNKNOWN: object = type("Unknown", (), {"__repr__": lambda self: "UNKNOWN", "__slots__": ()})()
-
-
-# ============================================================================================
-# Adaptive limit algorithms: pure, one update per latency window
-# ============================================================================================
-
-
-class GradientLimit:
-    """The default: a latency gradient (after Netflix's Gradient2), smoothed to a steady fixed point.
-
-    Per window: gradient = clamp(reference / latency, 0.5, 1.0), where the reference is
-    `tolerance` × the baseline latency (or the configured target); then
-    limit ← limit + smoothing × (limit × gradient + √limit − limit).
-    Latency within the reference grows the limit by 0.2·√limit per window (only while the limit is
-    actually used: an idle proxy learns nothing about the cluster); latency over it shrinks the
-    limit by at most 10 % per window. The √limit term is the queue the limit allows for, so the
-    fixed point is smooth instead of a saw-tooth.
-    """
-
-    name = "gradient"
-    SMOOTHING = 0.2
-    MIN_GRADIENT = 0.5
-
-    def update(self, limit: float, latency: float, reference: float, app_limited: bool) -> float:
-        gradient = max(self.MIN_GRADIENT, min(1.0, reference / latency)) if latency > 0 else 1.0
-        if gradient >= 1.0 and app_limited:
-            return limit
-        target = limit * gradient + math.sqrt(limit)
-        return limit + self.SMOOTHING * (target - limit)
-
-
-class AimdLimit:
-    """Additive increase (+1 per window while latency is within the reference and the limit is used),
-    multiplicative decrease (× 0.9 when latency is over it): a saw-tooth between 0.9× and the top."""
-
-    name = "aimd"
-    BACKOFF = 0.9
-
-    def update(self, limit: float, latency: float, reference: float, app_limited: bool) -> float:
-        if latency > reference:
-            return limit * self.BACKOFF
-        return limit if app_limited else limit + 1.0
-
-
-ALGORITHMS: dict[str, type[GradientLimit] | type[AimdLimit]] = {"gradient": GradientLimit, "aimd": AimdLimit}
-
-
-# ============================================================================================
-# What the cluster-health poller tells the gate
-# ============================================================================================
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterReading:
-    """One poll of _cluster/health and _nodes/stats/thread_pool (see proxy/clusterhealth.py).
-
-    `search_threads` is None when the thread pools could not be read (then only node counts are used).
-    `rejected` and `completed` count search tasks since the previous reading.
-    """
-
-    data_nodes: int
-    search_threads: int | None
-    search_queue: int = 0
-    search_active: int = 0
-    rejected: int = 0
-    completed: int = 0
-
-
-# ============================================================================================
-# The gate
-# ============================================================================================
-
-
-class Gate:
-    """The global gate: requests (limit) and cost units (capacity) in flight at the cluster.
-
-    Counts are this process's: `share` (1 / workers or instances) scales the cluster's threads and
-    the configured limits. Everything is in requests, cost units, milliseconds (latencies) and
-    seconds (`now`).
-    """
-
-    __slots__ = (
-        "enabled", "headroom", "base_headroom", "contended_headroom", "contended_until", "min_limit", "max_limit",
-        "max_queue", "poll_s", "target_ms", "share", "algorithm", "adaptive", "inflight", "inflight_cost",
-        "reserve_inflight", "reserve_cost", "overdue_cost", "queued", "data_nodes", "data_nodes_max", "threads",
-        "threads_max", "fan_out", "_fan_out_at", "_lat_cost", "_cost", "_count", "_observed", "_lat_obs", "_faded_at",
-        "baseline", "_baseline_peak",
-        "_w_n", "_w_lat", "_w_cost", "_w_peak", "_w_start", "_w_backed_off", "_pressure", "_pressure_at", "backoffs",
-    )
-
-    def __init__(self) -> None:
-        self.enabled = True
-        self.headroom = 0.8  # in force now: one of the two below
-        self.base_headroom = 0.8
-        self.contended_headroom = 0.8
-        self.contended_until: float | None = None  # while set, `headroom` is the contended one
-        self.min_limit = 4.0
-        self.max_limit = 512.0
-        self.max_queue = 10_000
-        self.poll_s = 2.0
-        self.target_ms: float | None = None
-        self.share = 1.0
-        self.algorithm: GradientLimit | AimdLimit = GradientLimit()
-        # The algorithm's limit before the node-loss ratio (requests). Until the thread pools are known
-        # it starts open (max_limit) and closes on latency and errors; the first thread-pool reading
-        # sets it to what the pools can run.
-        self.adaptive = math.inf
-        self.inflight = 0
-        self.inflight_cost = 0.0  # cost units counted at the gate (each at most the whole budget)
-        self.reserve_inflight = 0  # ... of which admitted into the room kept for tenants under their share
-        self.reserve_cost = 0.0
-        # cost units in-flight requests have spent beyond what they are counted as (kept by Admission)
-        self.overdue_cost = 0.0
-        self.queued = 0  # kept by Admission
-        # what the cluster told us (whole cluster, not yet × share)
-        self.data_nodes = 0
-        self.data_nodes_max = 0
-        self.threads = 0  # live search threads of data nodes; 0 = not known
-        self.threads_max = 0
-        # the widest fan-out seen lately: search threads one request can hold at once (its shards)
-        self.fan_out = 1.0
-        self._fan_out_at = 0.0
-        # learned from completions: sums that fade with time (MEMORY_S), not with the number of samples,
-        # so a burst of cheap requests does not wash out what the expensive ones say
-        self._lat_cost = 0.0  # Σ cost × latency_ms
-        self._cost = 0.0  # Σ cost
-        self._count = 0.0  # Σ 1 (completions)
-        self._observed = 0.0  # Σ observed cost
-        self._lat_obs = 0.0  # Σ latency_ms of requests with an observed cost
-        self._faded_at = 0.0
-        self.baseline: float | None = None  # latency reference of the gradient (ms per cost unit)
-        self._baseline_peak = 0  # the in-flight count the baseline was measured at
-        # the current latency window
-        self._w_n = 0
-        self._w_lat = 0.0
-        self._w_cost = 0.0
-        self._w_peak = 0
-        self._w_start: float | None = None
-        self._w_backed_off = False
-        # why the limit is what it is
-        self._pressure = ""
-        self._pressure_at = -math.inf
-        self.backoffs = 0
-
-    # ---- configuration ----
-    def configure(self, admission: AdmissionConfig, share: float) -> None:
-        self.enabled = admission.enabled
-        self.base_headroom = admission.capacity_headroom
-        contended = admission.capacity_headroom_contended
-        self.contended_headroom = self.base_headroom if contended is None else min(contended, self.base_headroom)
-        self.headroom = self.base_headroom if self.contended_until is None else self.contended_headroom
-        self.share = share
-        self.min_limit = max(1.0, admission.min_limit * share)
-        self.max_limit = max(self.min_limit, admission.max_limit * share)
-        self.max_queue = max(0, round(admission.max_queue * share))
-        self.poll_s = admission.health_poll_s
-        self.target_ms = admission.target_latency_ms
-        if self.algorithm.name != admission.algorithm:
-            self.algorithm = ALGORITHMS[admission.algorithm]()
-        self.adaptive = self._clamp(self.adaptive)
-
-    # ---- what the limits are now ----
-    @property
-    def horizon_ms(self) -> float:
-        """How long admitted cost stays in flight: upstream latency weighted by cost (ms)."""
-        if self._cost > 0:
-            return max(HORIZON_FLOOR_MS, self._lat_cost / self._cost)
-        return max(HORIZON_FLOOR_MS, self.target_ms or DEFAULT_HORIZON_MS)
-
-    @property
-    def mean_cost(self) -> float:
-        """Cost units of an average request completed lately (0 before any)."""
-        return self._cost / self._count if self._count > 0 else 0.0
-
-    @property
-    def threads_per_request(self) -> float:
-        """Search threads a request in flight holds on average: Σ observed cost / Σ latency (1 until measured)."""
-        if self._lat_obs > 0 and self._observed > 0:
-            return min(64.0, max(0.05, self._observed / self._lat_obs))
-        return 1.0
-
-    @property
-    def node_ratio(self) -> float:
-        """Live capacity as a fraction of the most seen: search threads, or data nodes without thread stats."""
-        if self.threads_max:
-            return self.threads / self.threads_max
-        if self.data_nodes_max:
-            return self.data_nodes / self.data_nodes_max
-        return 1.0
-
-    @property
-    def ceiling(self) -> float:
-        """Requests the healthy cluster's search pools can run at once (this process's share)."""
-        if not self.threads_max:
-            return self.max_limit
-        return self.threads_max * self.share / self.threads_per_request
-
-    @property
-    def live_ceiling(self) -> float:
-        """Requests the live search pools can run at once (this process's share)."""
-        return self.ceiling * self.node_ratio if self.threads_max else self.limit
-
-    @property
-    def limit(self) -> float:
-        """Requests in flight the gate allows now: the adaptive limit, × the live node ratio."""
-        return max(self.min_limit, self.adaptive * self.node_ratio)
-
-    @property
-    def over_share_limit(self) -> float:
-        """Requests in flight, over-share ones included, below which an over-share request may go: the
-        limit, and no more than the live search threads hold requests of the widest fan-out seen lately
-        (a search holds a thread per shard at once, however little its cost says it holds on average)."""
-        limit = self.limit
-        if self.threads:
-            limit = min(limit, self.threads * self.share / self.fan_out)
-        return limit * self.headroom
-
-    @property
-    def capacity_cost(self) -> float | None:
-        """Cost units the live search threads hold in flight without queueing (None: threads unknown)."""
-        if not self.threads:
-            return None
-        return self.threads * self.share * self.horizon_ms
-
-    @property
-    def capacity_per_s(self) -> float | None:
-        """Cost units per second the live search threads can do (1 unit = 1 thread-ms)."""
-        return self.threads * self.share * 1000.0 if self.threads else None
-
-    def reason(self, now: float) -> str:
-        if not self.enabled:
-            return "disabled"
-        if self.node_ratio < 1.0:
-            return "data_nodes"
-        if self._pressure and now - self._pressure_at < REASON_HOLD_S:
-            return self._pressure
-        if not self.threads_max:
-            return "no_cluster_stats"
-        if self.adaptive >= 0.95 * self.ceiling:
-            return "max_limit" if self.ceiling >= self.max_limit else "capacity"
-        if self.adaptive <= self.min_limit + 1e-9:
-            return "min_limit"
-        return "latency"
-
-    def detail(self, now: float) -> str:
-        """The reason in words, for /tenants."""
-        why = self.reason(now)
-        if why == "data_nodes":
-            return (f"{self.data_nodes} of {self.data_nodes_max} data nodes, {self.threads} of {self.threads_max} "
-                    f"search threads: limit × {self.node_ratio:.2f}")
-        if why == "capacity":
-            return (f"{self.threads} search threads ÷ {self.threads_per_request:.2f} threads per request"
-                    + (f" × share {self.share:.2f}" if self.share != 1.0 else ""))
-        return why.replace("_", " ")
-
-    def contend(self, until: float) -> bool:
-        """The contended headroom until `until` (seconds) at least: CONTENDED_HOLD_S after a tenant under
-        its share waited, or was last seen. True if that made the room kept for such tenants larger."""
-        if self.contended_until is None or until > self.contended_until:
-            self.contended_until = until
-        narrower = self.headroom > self.contended_headroom
-        self.headroom = self.contended_headroom
-        return narrower
-
-    def uncontend(self, now: float) -> None:
-        """Back to `capacity_headroom` once CONTENDED_HOLD_S passed with nobody under their share waiting."""
-        if self.contended_until is not None and now >= self.contended_until:
-            self.contended_until = None
-            self.headroom = self.base_headroom
-
-    # ---- admission checks ----
-    def counted(self, cost: float, capacity: float | None | object = UNKNOWN) -> float:
-        """The cost a request is counted as in flight: a request above the whole over-share budget counts
-        as that budget, so it is admitted alone among the over-share ones and never deadlocks.
-        `capacity`: `capacity_cost` if the caller has it already."""
-        if capacity is UNKNOWN:
-            capacity = self.capacity_cost
-        if capacity is None:
-            return cost
-        return min(cost, capacity * self.headroom)  # type: ignore[operator]
-
-    def fits(self, cost: float, reserve: bool, capacity: float | None | object = UNKNOWN,
-             limit: float | object = UNKNOWN) -> bool:
-        """Room for one more request of `cost` units. `reserve`: the tenant is under its fair share and
-        may use the headroom; otherwise only `capacity_headroom` of the limit and capacity. `capacity`
-        and `limit`: `capacity_cost` and `limit` if the caller has them already (once per request)."""
-        if not self.enabled:
-            return True
-        headroom = self.headroom
-        if limit is UNKNOWN:
-            limit = self.limit
-        if capacity is UNKNOWN:
-            capacity = self.capacity_cost
-        counted = self.counted(cost, capacity)
-        if not reserve:
-            threads = self.threads  # over-share requests hold no more than headroom of the threads (fan-out)
-            over_limit = min(limit, threads * self.share / self.fan_out) if threads else limit
-            if self.inflight + 1 > max(1.0, math.floor(over_limit * headroom + 1e-9)):
-                return False
-            if capacity is None or self.inflight_cost <= 0.0:
-                return True
-            return self.inflight_cost + self.overdue_cost + counted <= capacity * headroom + 1e-9
-        # The room kept back is measured against what the pools can run, and is theirs even while
-        # over-share requests admitted before the limit shrank are still in flight — within what the
-        # pools can run, which nobody exceeds.
-        pools = max(limit, self.live_ceiling)
-        kept = (1.0 - headroom) * pools
-        if self.inflight + 1 > max(1.0, math.floor(limit * headroom + kept + 1e-9)) and (
-                self.reserve_inflight + 1 > math.floor(kept + 1e-9) or self.inflight + 1 > math.floor(pools + 1e-9)):
-            return False
-        if capacity is None or self.inflight_cost <= 0.0:
-            return True
-        # Over-share cost counts here as at most its room: what went in when the room was wider (or under
-        # share, since moved out of the kept room; or before the capacity shrank) does not take the rest.
-        over = self.inflight_cost - self.reserve_cost
-        return min(over, capacity * headroom) + self.reserve_cost + counted <= capacity + 1e-9
-
-    def take(self, counted: float, reserve: bool) -> None:
-        self.inflight += 1
-        self.inflight_cost += counted
-        if reserve:
-            self.reserve_inflight += 1
-            self.reserve_cost += counted
-        if self.inflight > self._w_peak:
-            self._w_peak = self.inflight
-
-    def give_back(self, counted: float, reserve: bool) -> None:
-        self.inflight -= 1
-        self.inflight_cost = self.inflight_cost - counted if self.inflight else 0.0  # no float dust at idle
-        if reserve:
-            self.leave_reserve(1, counted)
-
-    def leave_reserve(self, requests: int, counted: float) -> None:
-        """Requests stop counting in the room kept for tenants under their share (they left, or their
-        tenant is over its share now and they count with everyone else's)."""
-        self.reserve_inflight -= requests
-        self.reserve_cost = self.reserve_cost - counted if self.reserve_inflight else 0.0
-
-    # ---- learning ----
-    def observe(self, now: float, cost: float, status: int, upstream_s: float, observed: float | None) -> None:
-        """One completed request: its upstream status, time to the response head (s), observed cost."""
-        if status in (429, 503):
-            self._error_backoff(now)
-            return
-        if status <= 0 or status >= 500 or upstream_s <= 0.0:
-            return  # never answered (cancelled, unreachable) or failed: no latency to learn from
-        latency_ms = upstream_s * 1000.0
-        cost = max(cost, 0.01)
-        lat_cost, total, count, spent, lat_obs = self._lat_cost, self._cost, self._count, self._observed, self._lat_obs
-        if now > self._faded_at:
-            fade = math.exp((self._faded_at - now) / MEMORY_S)
-            lat_cost *= fade
-            total *= fade
-            count *= fade
-            spent *= fade
-            lat_obs *= fade
-            self._faded_at = now
-        self._lat_cost = lat_cost + cost * latency_ms
-        self._cost = total + cost
-        self._count = count + 1.0
-        if observed is not None and observed > 0:
-            spent += observed
-            lat_obs += latency_ms
-            shards = getattr(observed, "shards", 0)  # an Observed search cost knows its fan-out
-            if shards:
-                self._note_fan_out(shards, now)
-        self._observed, self._lat_obs = spent, lat_obs
-        if self._w_start is None:
-            self._w_start = now
-        n = self._w_n = self._w_n + 1
-        self._w_lat += latency_ms
-        self._w_cost += cost
-        if (n >= max(WINDOW_MIN_SAMPLES, self._w_peak)
-                and now - self._w_start >= max(WINDOW_MIN_S, self.horizon_ms / 1000.0)):
-            self._close_window(now)
-
-    def _note_fan_out(self, shards: int, now: float) -> None:
-        """A search ran on `shards` shards: the widest fan-out jumps up to it, or fades toward it."""
-        fade = math.exp(min(0.0, self._fan_out_at - now) / FAN_OUT_MEMORY_S)
-        self.fan_out = max(float(shards), 1.0 + (self.fan_out - 1.0) * fade)
-        self._fan_out_at = now
-
-    def _close_window(self, now: float) -> None:
-        if self.target_ms is not None:
-            latency, reference = self._w_lat / self._w_n, self.target_ms
-        else:
-            # ms per cost unit: a shift from cheap to expensive queries is not mistaken for congestion
-            latency = self._w_lat / self._w_cost
-        app_limited = self._w_peak + 1 < self.limit * self.headroom  # the limit never bound: it says nothing
-        if self.target_ms is None:
-            # The baseline is the latency at low load. It falls at once; it rises only when latency went
-            # up at no more concurrency than it was measured at (the cluster itself got slower), never
-            # when it rose with the concurrency this gate let through (that is the queue to prevent).
-            peak = self._w_peak
-            if self.baseline is None or latency < self.baseline:
-                self.baseline, self._baseline_peak = latency, max(peak, self._baseline_peak)
-            elif peak <= self._baseline_peak:
-                self.baseline += 0.1 * (latency - self.baseline)
-            reference = LATENCY_TOLERANCE * self.baseline
-        before = self.adaptive
-        self.adaptive = self._clamp(self.algorithm.update(self.adaptive, latency, reference, app_limited))
-        if self.adaptive < before - 1e-9 and latency > reference:
-            self._note("latency", now)
-        self._w_n, self._w_lat, self._w_cost, self._w_peak = 0, 0.0, 0.0, self.inflight
-        self._w_start, self._w_backed_off = now, False
-
-    def upstream_error(self, kind: str, now: float) -> None:
-        """The upstream layer saw a failure (kind "timeout", "unreachable", "protocol")."""
-        if kind == "timeout":
-            self._error_backoff(now)
-
-    def _error_backoff(self, now: float) -> None:
-        if not self._w_backed_off:  # one overload shows as many errors at once: shrink once per window
-            self._w_backed_off = True
-            self._backoff(ERROR_BACKOFF, "upstream_errors", now)
-
-    def _backoff(self, factor: float, why: str, now: float) -> None:
-        self.adaptive = self._clamp(self.adaptive * max(MAX_BACKOFF, factor))
-        self.backoffs += 1
-        self._note(why, now)
-
-    def _note(self, why: str, now: float) -> None:
-        self._pressure, self._pressure_at = why, now
-
-    def observe_cluster(self, reading: ClusterReading, now: float) -> None:
-        """A cluster-health poll: capacity from the thread pools, pressure from queues and rejections."""
-        first = not self.threads_max and not self.data_nodes_max
-        self.data_nodes = reading.data_nodes
-        self.data_nodes_max = max(self.data_nodes_max, reading.data_nodes)
-        if reading.search_threads is not None:
-            self.threads = reading.search_threads
-            self.threads_max = max(self.threads_max, reading.search_threads)
-        if first and self.threads_max:
-            self.adaptive = self._clamp(self.ceiling)  # start at what the pools can run
-        pressure = False
-        threads = self.threads
-        if threads and reading.search_queue >= max(2, 0.1 * threads):
-            self._backoff(threads / (threads + reading.search_queue), "search_queue", now)
-            pressure = True
-        if reading.rejected > 0:
-            done = reading.completed + reading.rejected
-            self._backoff(reading.completed / done if done else MAX_BACKOFF, "search_rejections", now)
-            pressure = True
-        if not pressure and self.inflight == 0 and self.queued == 0 and self.threads_max:
-            self.adaptive = self._clamp(self.ceiling)  # idle and healthy: back to full capacity
-        else:
-            self.adaptive = self._clamp(self.adaptive)  # the ceiling may have moved
-
-    def _clamp(self, limit: float) -> float:
-        return max(self.min_limit, min(limit, self.max_limit, max(self.min_limit, self.ceiling)))
+#: a tenant over its share may borrow the idle kept room for a burst: one that began at most this long ago
+#: (seconds) ...
+BORROW_BURST_S = 1.0
+#: ... after the tenant had had nothing in flight or queued for at least this long (seconds; longer than a
+#: closed-loop client's turnaround, shorter than most gaps of a tenant sending a few searches a second), and
+#: had been seen within PRESENCE_S: a dashboard's burst every few seconds is, and a steady tenant's next
+#: search mostly; a storm, busy without a pause, is not, nor a tenant that was not seen before it began
+BORROW_IDLE_S = 0.05
 
 
 # ============================================================================================
@@ -592,7 +121,8 @@ class TenantSlots:
 
     __slots__ = ("name", "max_concurrent", "max_queue", "max_wait_s", "weight", "inflight", "inflight_cost",
                  "queued_cost", "reserve_inflight", "reserve_cost", "reserve_epoch", "waiters", "finish", "active",
-                 "present_until", "admitted", "throttled", "would_throttle", "abandoned", "shed_until", "shed")
+                 "present_until", "idle_since", "idle_gap", "busy_since", "admitted", "throttled", "would_throttle",
+                 "abandoned", "shed_until", "shed")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -612,6 +142,11 @@ class TenantSlots:
         self.finish = 0.0  # virtual finish tag of the tenant's last admitted request
         self.active = False  # in flight, queued or present: counts in the fair shares
         self.present_until = -math.inf  # seconds (the admission clock): seen within PRESENCE_S before this
+        # its busy periods (something in flight or queued), for borrowing: when the last idle one began, how
+        # long the idle period before the current busy one lasted, and when that busy one began (seconds)
+        self.idle_since = -math.inf
+        self.idle_gap = math.inf
+        self.busy_since = -math.inf
         self.admitted = 0
         self.throttled = 0
         self.would_throttle = 0
@@ -773,6 +308,9 @@ class Admission:
         """Admit now (a Ticket) or queue (a Waiter, whose `on_grant` fires on admission). Raises Throttled."""
         slots = self.tenants[tenant]
         gate = self.gate
+        if not slots.inflight and not slots.waiters:  # a busy period begins
+            slots.idle_gap = now - slots.idle_since
+            slots.busy_since = now
         if now - self._overdue_at >= OVERDUE_TICK_S:
             self.refresh_overdue(now)
         if gate.contended_until is not None:
@@ -913,6 +451,8 @@ class Admission:
         self.gate.queued -= 1
         if not slots.waiters:
             self._backlog.pop(slots, None)
+            if not slots.inflight:
+                slots.idle_since = now
         self._deactivate(slots, now)
         self.pump(now)
 
@@ -936,6 +476,8 @@ class Admission:
         slots = ticket.slots
         slots.inflight -= 1
         slots.inflight_cost = slots.inflight_cost - ticket.cost if slots.inflight else 0.0
+        if not slots.inflight and not slots.waiters:
+            slots.idle_since = now
         gate = self.gate
         in_reserve = ticket.reserve and ticket.epoch == slots.reserve_epoch  # Ticket.in_reserve
         del self._held[ticket]
@@ -1002,7 +544,7 @@ class Admission:
         if self._backlog and now - self._overdue_at >= OVERDUE_TICK_S:
             self.refresh_overdue(now)
         while self._backlog:
-            picked, reserve = self._pick()
+            picked, reserve = self._pick(now)
             if picked is None:
                 return
             waiter = picked.waiters.popleft()
@@ -1015,34 +557,70 @@ class Admission:
             if waiter.on_grant is not None:
                 waiter.on_grant(ticket)
 
-    def _pick(self) -> tuple[TenantSlots | None, bool]:
-        """The tenant whose head request goes next (None if no one fits), and whether it is under its share.
+    def _pick(self, now: float) -> tuple[TenantSlots | None, bool]:
+        """The tenant whose head request goes next (None if no one fits), and whether it goes into the room
+        kept for tenants under their share (it is under its share, or borrows that room while it is idle).
 
         Over-share tenants go strictly by tag: if the smallest tag does not fit, none of them goes
         (a cheaper request must not starve an expensive one forever). Under-share tenants may use the
-        headroom and go whenever theirs fits.
+        headroom and go whenever theirs fits. While no tenant under its share waits, a small over-share
+        ask (`_may_borrow`) may borrow the kept room, smallest tag first.
         """
         gate = self.gate
         vtime = self.vtime
         over: tuple[float, int, TenantSlots] | None = None
         under: tuple[float, int, TenantSlots] | None = None
+        borrow: tuple[float, int, TenantSlots] | None = None
+        under_waiting = False
         for slots in self._backlog:
             if slots.inflight >= slots.max_concurrent:
                 continue
             head = slots.waiters[0]
             key = (max(vtime, slots.finish), head.seq, slots)
             if self._under_share(slots):
+                under_waiting = True
                 if (under is None or key[:2] < under[:2]) and self._fits_reserve(head.cost):
                     under = key
-            elif over is None or key[:2] < over[:2]:
+                continue
+            if over is None or key[:2] < over[:2]:
                 over = key
+            if (borrow is None or key[:2] < borrow[:2]) and self._may_borrow(slots, now):
+                borrow = key
         if over is not None and not gate.fits(over[2].waiters[0].cost, reserve=False):
             over = None
         if over is None:
-            return (under[2], True) if under is not None else (None, False)
+            if under is not None:
+                return under[2], True
+            if borrow is not None and not under_waiting and gate.fits(borrow[2].waiters[0].cost, reserve=True):
+                return borrow[2], True
+            return None, False
         if under is None or over[:2] < under[:2]:
             return over[2], False
         return under[2], True
+
+    def _paused_before(self, slots: TenantSlots) -> bool:
+        """Did the tenant's current busy period follow a pause of at least BORROW_IDLE_S, and was it seen
+        within PRESENCE_S before? A dashboard's bursts do; a storm (busy without a pause, and new at its
+        onset) does not."""
+        return BORROW_IDLE_S <= slots.idle_gap <= PRESENCE_S
+
+    def _may_borrow(self, slots: TenantSlots, now: float) -> bool:
+        """May a tenant over its share borrow the room kept for tenants under theirs (while none of them
+        waits)? Only for a burst: its busy period began at most BORROW_BURST_S ago, after an idle one of
+        at least BORROW_IDLE_S, and it was seen within PRESENCE_S before (a tenant new to the cluster, such
+        as a storm at its onset, is not). A dashboard's parallel searches every few seconds are a burst; a
+        storming tenant's closed-loop workers keep it busy without a pause. A tenant holding over-share room
+        already (its burst found that room free, or lent room was taken back) waits for it, and so does a burst
+        larger than the whole kept room (in cost). Neither the cost of its requests nor its share
+        decides this: on a starved cluster the learned costs of a storm's searches and of a dashboard's
+        differed by less than 2x. What it borrows is given back as soon as a tenant under its share needs
+        the room (`_fits_reserve`)."""
+        gate = self.gate
+        if not (gate.enabled and slots.inflight == slots.reserve_inflight  # none over-share in flight
+                and now - slots.busy_since <= BORROW_BURST_S and self._paused_before(slots)):
+            return False
+        capacity = gate.capacity_cost  # and the whole burst fits in the kept room
+        return capacity is None or slots.inflight_cost + slots.queued_cost <= (1.0 - gate.headroom) * capacity
 
     def _fits(self, cost: float, under: bool, capacity: float | None | object = UNKNOWN,
               limit: float | object = UNKNOWN) -> bool:

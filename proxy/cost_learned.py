@@ -115,11 +115,23 @@ class LearnedCosts:
         return self.merge(tenant, fingerprint, service, 1)
 
     def _lower(self, tenant: str, fingerprint: int, bound: float) -> float:
-        """An upper bound on a shape's service cost: fold it where it is below what was learned, per table."""
+        """An upper bound on a shape's service cost: fold it where it is below what was learned, per table.
+
+        A shape nobody has a clean observation of keeps the lowest bound seen as its cross-tenant cost
+        (`shape`, the gate's count only; 0 samples, so the first clean observation replaces it): at a
+        storm's onset the cluster is saturated, and a search estimated at 88 units that took 1,000 would
+        otherwise count at the gate as 88 for every tenant's first one, and go in as a quiet tenant's."""
         key = (tenant, fingerprint)
         entry = self._entries.get(key)
         shape = self._shapes.get(fingerprint)
-        if shape is not None and bound < shape[0]:
+        if shape is None:
+            self._shapes[fingerprint] = [float(bound), 0]
+            if len(self._shapes) > self.max_entries:
+                self._shapes.popitem(last=False)
+        elif shape[1] == 0:
+            shape[0] = min(shape[0], bound)
+            self._shapes.move_to_end(fingerprint)
+        elif bound < shape[0]:
             self._fold(self._shapes, fingerprint, bound, 1)
         if entry is None:
             return 0.0
@@ -144,8 +156,9 @@ class LearnedCosts:
 
     def _fold(self, table: OrderedDict, key: object, observed: float, count: int) -> float:
         entry = table.get(key)
-        if entry is None:
+        if entry is None or entry[1] == 0:  # nothing learned yet, or only an upper bound (`_lower`)
             table[key] = [float(observed), count]
+            table.move_to_end(key)
             if len(table) > self.max_entries:
                 table.popitem(last=False)
             return float(observed)

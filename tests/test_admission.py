@@ -237,10 +237,11 @@ def test_a_quiet_tenant_that_has_to_wait_shrinks_the_over_share_room_for_a_while
     for ticket in storm:
         adm.leave(ticket, 200, 0.1, 100, now=0.2)
     assert quiet_waiting.ticket is not None
-    # While contended, tenants over their share get half the limit, not 0.8 of it.
-    storm, waiting = _fill(adm, "storm", 100, now=0.3)
+    # While contended, tenants over their share get half the limit, not 0.8 of it (the storm goes on without
+    # a pause: a burst after one could borrow the kept room while the quiet tenant does not wait).
+    storm, waiting = _fill(adm, "storm", 100, now=0.2)
     assert len(storm) == 2  # its own share (250 of 1,000 units), and no over-share room beside the quiet four
-    adm.withdraw(waiting, now=0.3)
+    adm.withdraw(waiting, now=0.2)
     for ticket in [first_quiet, *quiet, quiet_waiting.ticket, *storm]:
         adm.leave(ticket, 200, 0.1, 5, now=0.4)
     assert_idle(adm)
@@ -342,6 +343,127 @@ def test_a_tenants_share_is_never_less_than_one_average_request():
     alone = granted(adm, "t0", 150, now=20.0)
     assert not alone.in_reserve
     adm.leave(alone, now=20.0)
+    assert_idle(adm)
+
+
+STORM_TENANTS = [f"storm{i}" for i in range(10)]
+GOOD_TENANTS = ["dashboard", "shop", "billing", "support"]
+
+
+def small_storming_cluster() -> Admission:
+    """The real clusters of bench/storm.py: fourteen tenants on six search threads (three nodes of two),
+    searches on two shards, ten of the tenants storming. The gate has learned the storm's mix: one storm
+    search of 2,000 units taking 1.5 s per seven cheap ones of 80 units taking 60 ms (an average request
+    costs 320 units; capacity 6 × 1,185 ms). Over-share work gets one request in flight (6 threads ÷ 2
+    shards × 0.5), and everyone has been seen lately."""
+    adm = admission({name: {} for name in STORM_TENANTS + GOOD_TENANTS}, threads=6, capacity_headroom=0.5)
+    for _ in range(20):
+        adm.leave(granted(adm, "storm0", 2000), 200, 1.5, searched(2000, 2), now=0.0)
+        for _ in range(7):
+            adm.leave(granted(adm, "shop", 80), 200, 0.06, searched(80, 2), now=0.0)
+    for name in STORM_TENANTS + GOOD_TENANTS:
+        adm.leave(granted(adm, name, 1), now=0.0)
+    adm.observe_cluster(ClusterReading(data_nodes=3, search_threads=6), 0.0)  # the ceiling: 6 ÷ 1.33 threads
+    gate = adm.gate
+    assert gate.mean_cost == pytest.approx(320) and gate.fan_out == 2 and gate.limit == pytest.approx(4.5)
+    assert gate.over_share_limit == 1.5
+    return adm
+
+
+def test_a_small_burst_over_its_share_borrows_the_idle_kept_room_instead_of_waiting_behind_the_storm():
+    """A dashboard's burst of five cheap searches asks for more than an average request in all, so its last
+    searches are over its share; they used to wait for the over-share room — that is, for the storm's
+    search of 1.5 s to finish. A burst (busy for at most BORROW_BURST_S, after a pause) borrows the idle
+    kept room while nobody under their share waits: each search waits at most for a cheap one to leave the
+    pools. The storm, busy without a pause, still waits for the over-share room."""
+    adm = small_storming_cluster()
+    storm = granted(adm, "storm0", 2000)  # the storm is busy from 0.0 on
+    assert not storm.in_reserve
+    storm_next = queued(adm, "storm1", 2000)
+    log: list[Ticket] = []
+    burst = [adm.request("dashboard", 100, 1.0) for _ in range(5)]  # a second after the dashboard's last search
+    admitted = [got for got in burst if isinstance(got, Ticket)]
+    waiting = [got for got in burst if isinstance(got, Waiter)]
+    assert len(admitted) == 3 and len(waiting) == 2  # the pools hold 4 requests: the storm's and three cheap ones
+    for waiter in waiting:
+        waiter.on_grant = log.append
+    adm.leave(admitted[0], 200, 0.06, searched(100, 2), now=1.06)
+    assert log == [waiting[0].ticket] and waiting[0].ticket.in_reserve  # borrowed, the storm still in flight
+    assert storm_next.ticket is None and storm.held
+    adm.leave(admitted[1], 200, 0.06, searched(100, 2), now=1.07)
+    assert log == [waiting[0].ticket, waiting[1].ticket]
+    for ticket in [admitted[2], *log, storm]:
+        adm.leave(ticket, now=1.5)
+    assert storm_next.ticket is not None  # the over-share room, once the burst is gone
+    adm.leave(storm_next.ticket, now=1.6)
+    assert_idle(adm)
+
+
+def test_borrowed_room_goes_back_to_a_tenant_under_its_share_and_a_busy_storm_never_borrows():
+    adm = small_storming_cluster()
+    storm = granted(adm, "storm0", 2000)
+    first = granted(adm, "storm2", 200)  # within one average request: the kept room
+    assert first.in_reserve
+    # Storming tenants busy since 0.0 are no burst: with the smallest tags, they still do not borrow.
+    storm_backlog = [queued(adm, "storm1", 2000), queued(adm, "storm2", 2000)]
+    burst = [adm.request("dashboard", 100, 1.0) for _ in range(5)]
+    admitted = [got for got in burst if isinstance(got, Ticket)]
+    dashboard_next = [got for got in burst if isinstance(got, Waiter)]
+    assert len(admitted) == 2
+    adm.leave(first, 200, 1.0, searched(200, 2), now=1.05)
+    borrowed = dashboard_next[0].ticket
+    assert borrowed is not None and borrowed.in_reserve  # the dashboard's, behind the storm's tags
+    assert all(waiter.ticket is None for waiter in storm_backlog)
+    # A quiet tenant's search needs the room: the dashboard's borrowed searches count as over-share ones now,
+    # and the next search to leave the pools makes room for the quiet tenant, not for the dashboard.
+    shop = queued(adm, "shop", 80, now=1.07)
+    assert not borrowed.in_reserve
+    adm.leave(admitted[0], 200, 0.06, searched(100, 2), now=1.08)
+    assert shop.ticket is not None and shop.ticket.in_reserve and dashboard_next[1].ticket is None
+    assert all(waiter.ticket is None for waiter in storm_backlog)
+    for ticket in (admitted[1], borrowed, shop.ticket):
+        adm.leave(ticket, 200, 0.06, searched(100, 2), now=1.1)
+    assert all(waiter.ticket is not None for waiter in dashboard_next[1:])
+    assert all(waiter.ticket is None for waiter in storm_backlog)
+    for waiter in dashboard_next[1:]:
+        adm.leave(waiter.ticket, now=1.2)
+    for waiter in storm_backlog:
+        adm.withdraw(waiter, now=1.2)
+    adm.leave(storm, now=1.5)
+    assert_idle(adm)
+
+
+def test_a_tenant_not_seen_before_its_first_requests_borrows_nothing():
+    """A storm's onset: tenants new to the cluster (not seen within PRESENCE_S) are not a burst of a known
+    tenant; their over-share requests wait for the over-share room even while the kept room is idle."""
+    adm = small_storming_cluster()
+    for name in ["storm0"] + GOOD_TENANTS:
+        adm.leave(granted(adm, name, 1, now=9.0), now=9.0)  # seen lately; storm1 was last seen at 0.0
+    storm = granted(adm, "storm0", 2000, now=10.0)
+    newcomer = [adm.request("storm1", 400, 10.0) for _ in range(3)]
+    assert [type(got) for got in newcomer] == [Ticket, Waiter, Waiter]  # its share of six present: ~590 units
+    adm.leave(storm, now=11.0)
+    for waiter in newcomer[1:]:
+        adm.withdraw(waiter, now=11.0)
+    adm.leave(newcomer[0], now=11.0)
+    assert_idle(adm)
+
+
+def test_a_burst_that_outlasts_the_borrowing_window_still_gets_the_kept_room_once_within_its_share():
+    """Past BORROW_BURST_S the dashboard's burst borrows no more, but its requests queued over its share go
+    into the kept room as soon as its first searches are done and the rest is within its share, instead
+    of waiting for the storm's over-share room."""
+    adm = small_storming_cluster()
+    storm = granted(adm, "storm0", 2000)
+    burst = [adm.request("dashboard", 100, 1.0) for _ in range(5)]
+    admitted = [got for got in burst if isinstance(got, Ticket)]
+    waiting = [got for got in burst if isinstance(got, Waiter)]
+    assert len(admitted) == 3 and len(waiting) == 2  # the pools are full
+    for ticket in admitted:  # two seconds later, its first searches done: within its share again
+        adm.leave(ticket, 200, 0.06, searched(100, 2), now=3.0)
+    assert all(waiter.ticket is not None and waiter.ticket.in_reserve for waiter in waiting)
+    for ticket in [*(waiter.ticket for waiter in waiting), storm]:
+        adm.leave(ticket, now=3.1)
     assert_idle(adm)
 
 

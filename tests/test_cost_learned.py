@@ -262,6 +262,24 @@ def test_a_saturated_clusters_queue_is_not_learned_as_a_cheap_shapes_cost():
     assert learned.observe("good", 3, observed_cost(search_head(3, 2))) == 6.0
 
 
+def test_a_shape_seen_only_in_a_saturated_cluster_counts_at_the_gate_as_its_upper_bound():
+    """At a storm's onset every observation of a new expensive shape is mostly queue: it teaches no bill,
+    but the gate's cross-tenant count for that shape is the lowest bound seen, not nothing (which left
+    each tenant's first one counted at its estimate, 11x too low, and let it into the quiet tenants' room)."""
+    learned = LearnedCosts(16, alpha=0.3, max_rise=4.0)
+    learned.queue_wait_ms = 400.0
+    assert learned.observe("storm1", 5, observed_cost(search_head(520, 2))) == 0.0
+    assert learned.get("storm1", 5) is None and learned.shape(5) == 1040.0  # never a bill, but the gate's count
+    learned.observe("storm2", 5, observed_cost(search_head(600, 2)))
+    learned.observe("storm3", 5, observed_cost(search_head(500, 2)))
+    assert learned.shape(5) == 1000.0  # the tightest bound
+    learned.queue_wait_ms = 0.0
+    learned.observe("storm4", 5, observed_cost(search_head(450, 2)))
+    assert learned.shape(5) == 900.0 and learned.get("storm4", 5) == 900.0  # a clean observation replaces it
+    learned.observe("storm4", 5, observed_cost(search_head(500, 2)))
+    assert learned.shape(5) == pytest.approx(900 + 0.3 * 100)  # and from then on it is an EWMA as before
+
+
 def test_without_the_queue_wait_saturation_is_learned_as_cost():
     """The control for the test above: the same observations, learned raw, end far above 2x."""
     learned = LearnedCosts(16, alpha=0.3, max_rise=4.0)
