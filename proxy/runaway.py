@@ -87,6 +87,7 @@ class Runaway:
         self.distress = lambda now: None
         self.weights = lambda: {}
         self.present = lambda: ()  # the tenants the gate counts in its fair shares now (Admission)
+        self.share_floor = lambda: 0.0  # no share is less than this many cost units (the gate's mean request cost)
         self.hold_back = lambda tenant, seconds: None
         self.release = lambda tenant: None
         self._shed_at = -1e18
@@ -139,7 +140,7 @@ class Runaway:
                 del self.held[tenant]
         if now - self._shed_at < 1.0 / shedding.max_per_s:
             return
-        victim = pick_victim(self.running, self.weights(), now, shedding.min_age_s, self.present())
+        victim = pick_victim(self.running, self.weights(), now, shedding.min_age_s, self.present(), self.share_floor())
         if victim is not None and self.kill(victim, SHED):
             self._shed_at = now
             self.shed_total += 1
@@ -182,12 +183,15 @@ class Runaway:
         return rows[:limit]
 
 
-def pick_victim(running, weights: dict[str, float], now: float, min_age_s: float, present=()):
+def pick_victim(running, weights: dict[str, float], now: float, min_age_s: float, present=(),
+                floor: float = 0.0):
     """The request to shed first: the costliest (charged) of those in flight for at least `min_age_s`
     whose tenant is over its fair share of the cost in flight (its weight's share of the total, among the
     tenants with requests in flight and the `present` ones: those the gate counts in its fair shares,
     seen lately though nothing of theirs is in flight this instant, as a quiet tenant's cheap searches
-    rarely are); None when no tenant is over its share."""
+    rarely are); None when no tenant is over its share. No share is less than `floor` cost units (one
+    average request, as at the gate): a quiet tenant's one cheap search, alone in flight while the storm
+    is held back, is not over its share of almost nothing."""
     cost: dict[str, float] = {}
     for trace in running:
         if not trace.killed:
@@ -197,7 +201,8 @@ def pick_victim(running, weights: dict[str, float], now: float, min_age_s: float
     total = sum(cost.values())
     weight_sum = sum(weights.get(tenant, 1.0) for tenant in cost)
     weight_sum += sum(weights.get(tenant, 1.0) for tenant in present if tenant not in cost)
-    over = {tenant for tenant, spent in cost.items() if spent > total * weights.get(tenant, 1.0) / weight_sum * 1.0001}
+    over = {tenant for tenant, spent in cost.items()
+            if spent > max(total * weights.get(tenant, 1.0) / weight_sum, floor) * 1.0001}
     best = None
     for trace in running:
         if trace.tenant in over and not trace.killed and now - trace.sent_at >= min_age_s:

@@ -230,6 +230,7 @@ class Worker:
                                                                         admission.clock())
         runaway.release = admission.release
         runaway.present = lambda: [name for name, slots in admission.tenants.items() if slots.active]
+        runaway.share_floor = lambda: admission.gate.mean_cost
         runaway.weights = lambda: {name: view.plan.weight for name, view in self.proxy.snapshot.directory.tenants.items()}
 
     @property

@@ -38,6 +38,16 @@ def test_a_tenant_alone_in_flight_is_over_its_share_when_others_are_present_betw
     assert pick_victim({storm: None}, {}, 10, 0.5, present=["storm"]) is None
 
 
+def test_no_share_is_less_than_one_average_request():
+    # The storm held back after a shed, a quiet tenant's one cheap search alone in flight: its share of the cost
+    # in flight would make it "over", and shed it; no share is less than one average request (as at the gate).
+    good = trace("good", 40, 0)
+    assert pick_victim({good: None}, {}, 10, 0.5, present=["storm", "good"]) is good  # (without the floor)
+    assert pick_victim({good: None}, {}, 10, 0.5, present=["storm", "good"], floor=300) is None
+    storm = trace("storm", 5000, 0)
+    assert pick_victim({storm: None, good: None}, {}, 10, 0.5, present=["storm", "good"], floor=300) is storm
+
+
 async def _parked() -> None:
     await asyncio.sleep(3600)
 
