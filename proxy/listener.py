@@ -144,7 +144,6 @@ class Request:
         self._waiter: asyncio.Future[None] | None = None
         self._streaming = False
         self._chunked = False
-        #: the application asked for the body: until then, a body that did not come with the head is not read
 
     # ---- the body ----
     @property
