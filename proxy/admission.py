@@ -351,7 +351,8 @@ class Admission:
         self.pump(now)
         # A tenant under its share waits while others hold over-share room: narrow that room for a while.
         # (A lone tenant's own over-share requests do not count: it would only be throttling itself.)
-        others_over = (gate.inflight - gate.reserve_inflight) - (slots.inflight - slots.reserve_inflight)
+        others_over = ((gate.inflight - gate.reserve_inflight) - (slots.inflight - slots.reserve_inflight)
+                       + (gate.peer_inflight - gate.peer_reserve_inflight))  # (other instances': 0 unless pooled)
         if waiter.ticket is None and under and others_over > 0 and gate.contend(now + CONTENDED_HOLD_S):
             self.pump(now)  # the room kept for tenants under their share just grew
         if waiter.ticket is not None:
@@ -501,6 +502,14 @@ class Admission:
     def upstream_error(self, kind: str, now: float | None = None) -> None:
         """The upstream layer's failures ("timeout", "unreachable", "protocol") inform the gate."""
         self.gate.upstream_error(kind, self.clock() if now is None else now)
+
+    def set_peers(self, pool: float, inflight: int, cost: float, reserve_inflight: int, reserve_cost: float,
+                  now: float | None = None) -> None:
+        """Other instances' holdings at the gate changed (proxy/shared_gate.py): pool them with this
+        process's (`Gate.set_peers`); room they gave back may admit waiting requests at once."""
+        self.gate.set_peers(pool, inflight, cost, reserve_inflight, reserve_cost)
+        if self._backlog:
+            self.pump(self.clock() if now is None else now)
 
     def observe_cluster(self, reading: ClusterReading, now: float | None = None) -> None:
         """A cluster-health poll; a grown capacity may admit waiting requests at once."""
@@ -726,6 +735,10 @@ class Admission:
             "overdue_cost": round(gate.overdue_cost, 2),
             "queued": gate.queued,
             "max_queue": gate.max_queue,
+            # other instances' holdings, pooled with these (proxy/shared_gate.py); pool 1: a static share
+            "pool": gate.pool,
+            "peer_inflight": gate.peer_inflight,
+            "peer_inflight_cost": round(gate.peer_cost, 2),
         }
 
     def register_gauges(self, add: Callable[[str, str, tuple[str, ...], Callable[[], Iterable]], None]) -> None:

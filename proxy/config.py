@@ -195,6 +195,7 @@ class RedisConfig(_Frozen):
     share_learned_costs: bool = True  # instances exchange learned costs through the stream {prefix}:costs
     learned_costs_interval_s: float = Field(0.25, gt=0)  # how often each instance publishes and reads them
     learned_costs_max_pending: int = Field(10_000, ge=1)  # (tenant, shape) pairs unpublished at most; oldest dropped
+    share_gate: bool = True  # instances pool their gates: each sees what the others hold (channel {prefix}:gate)
 
     @field_validator("url")
     @classmethod

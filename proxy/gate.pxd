@@ -44,6 +44,11 @@ cdef class Gate:
     cdef public object _pressure
     cdef public double _pressure_at
     cdef public Py_ssize_t backoffs
+    cdef public double pool
+    cdef public Py_ssize_t peer_inflight
+    cdef public double peer_cost
+    cdef public Py_ssize_t peer_reserve_inflight
+    cdef public double peer_reserve_cost
 
     cpdef bint contend(self, double until)
     cpdef uncontend(self, double now)
@@ -52,4 +57,5 @@ cdef class Gate:
     cpdef take(self, double counted, bint reserve)
     cpdef give_back(self, double counted, bint reserve)
     cpdef leave_reserve(self, Py_ssize_t requests, double counted)
+    cpdef set_peers(self, double pool, Py_ssize_t inflight, double cost, Py_ssize_t reserve_inflight, double reserve_cost)
     cpdef observe(self, double now, double cost, int status, double upstream_s, observed)

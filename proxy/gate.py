@@ -155,6 +155,7 @@ class Gate:
         "threads_max", "fan_out", "_fan_out_at", "_lat_cost", "_cost", "_count", "_observed", "_lat_obs", "_faded_at",
         "baseline", "_baseline_peak",
         "_w_n", "_w_lat", "_w_cost", "_w_peak", "_w_start", "_w_backed_off", "_pressure", "_pressure_at", "backoffs",
+        "pool", "peer_inflight", "peer_cost", "peer_reserve_inflight", "peer_reserve_cost",
     )
 
     def __init__(self) -> None:
@@ -210,6 +211,12 @@ class Gate:
         self._pressure = ""
         self._pressure_at = -math.inf
         self.backoffs = 0
+        # the other instances' holdings at the gate, pooled with this one's while `pool` > 1 (set_peers)
+        self.pool = 1.0
+        self.peer_inflight = 0
+        self.peer_cost = 0.0  # their cost in flight, what is overdue included
+        self.peer_reserve_inflight = 0
+        self.peer_reserve_cost = 0.0
 
     # ---- configuration ----
     def configure(self, admission: AdmissionConfig, share: float) -> None:
@@ -346,13 +353,14 @@ class Gate:
             capacity = self.capacity_cost
         if capacity is None:
             return cost
-        return min(cost, capacity * self.headroom)  # type: ignore[operator]
+        return min(cost, capacity * self.pool * self.headroom)  # type: ignore[operator]
 
     def fits(self, cost: float, reserve: bool, capacity: float | None | object = UNKNOWN,
              limit: float | object = UNKNOWN) -> bool:
         """Room for one more request of `cost` units. `reserve`: the tenant is under its fair share and
         may use the headroom; otherwise only `capacity_headroom` of the limit and capacity. `capacity`
-        and `limit`: `capacity_cost` and `limit` if the caller has them already (once per request)."""
+        and `limit`: `capacity_cost` and `limit` if the caller has them already (once per request).
+        With peers pooled, everyone's holdings count against the whole cluster's limits."""
         if not self.enabled:
             return True
         headroom = self.headroom
@@ -361,28 +369,53 @@ class Gate:
         if capacity is UNKNOWN:
             capacity = self.capacity_cost
         counted = self.counted(cost, capacity)
+        share = self.share
+        inflight = self.inflight
+        inflight_cost = self.inflight_cost
+        live_ceiling = self.live_ceiling
+        pool = self.pool
+        if pool != 1.0:
+            limit = limit * pool  # type: ignore[operator]
+            share *= pool
+            live_ceiling *= pool
+            if capacity is not None:
+                capacity = capacity * pool  # type: ignore[operator]
+            inflight += self.peer_inflight
+            inflight_cost += self.peer_cost
         if not reserve:
             threads = self.threads  # over-share requests hold no more than headroom of the threads (fan-out)
-            over_limit = min(limit, threads * self.share / self.fan_out) if threads else limit
-            if self.inflight + 1 > max(1.0, math.floor(over_limit * headroom + 1e-9)):
+            over_limit = min(limit, threads * share / self.fan_out) if threads else limit
+            if inflight + 1 > max(1.0, math.floor(over_limit * headroom + 1e-9)):
                 return False
-            if capacity is None or self.inflight_cost <= 0.0:
+            if capacity is None or inflight_cost <= 0.0:
                 return True
-            return self.inflight_cost + self.overdue_cost + counted <= capacity * headroom + 1e-9
+            return inflight_cost + self.overdue_cost + counted <= capacity * headroom + 1e-9
         # The room kept back is measured against what the pools can run, and is theirs even while
         # over-share requests admitted before the limit shrank are still in flight — within what the
         # pools can run, which nobody exceeds.
-        pools = max(limit, self.live_ceiling)
+        reserve_inflight = self.reserve_inflight + self.peer_reserve_inflight
+        reserve_cost = self.reserve_cost + self.peer_reserve_cost
+        pools = max(limit, live_ceiling)
         kept = (1.0 - headroom) * pools
-        if self.inflight + 1 > max(1.0, math.floor(limit * headroom + kept + 1e-9)) and (
-                self.reserve_inflight + 1 > math.floor(kept + 1e-9) or self.inflight + 1 > math.floor(pools + 1e-9)):
+        if inflight + 1 > max(1.0, math.floor(limit * headroom + kept + 1e-9)) and (
+                reserve_inflight + 1 > math.floor(kept + 1e-9) or inflight + 1 > math.floor(pools + 1e-9)):
             return False
-        if capacity is None or self.inflight_cost <= 0.0:
+        if capacity is None or inflight_cost <= 0.0:
             return True
         # Over-share cost counts here as at most its room: what went in when the room was wider (or under
         # share, since moved out of the kept room; or before the capacity shrank) does not take the rest.
-        over = self.inflight_cost - self.reserve_cost
-        return min(over, capacity * headroom) + self.reserve_cost + counted <= capacity + 1e-9
+        over = inflight_cost - reserve_cost
+        return min(over, capacity * headroom) + reserve_cost + counted <= capacity + 1e-9
+
+    def set_peers(self, pool: float, inflight: int, cost: float, reserve_inflight: int, reserve_cost: float) -> None:
+        """The other instances' holdings at the gate (requests and cost in flight, and of those in the kept
+        room), pooled with this process's: `fits` counts them all against this process's limits × `pool`.
+        `pool` 1 (and zeros) is the static share: each instance its own room."""
+        self.pool = pool
+        self.peer_inflight = inflight
+        self.peer_cost = cost
+        self.peer_reserve_inflight = reserve_inflight
+        self.peer_reserve_cost = reserve_cost
 
     def take(self, counted: float, reserve: bool) -> None:
         self.inflight += 1

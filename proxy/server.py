@@ -31,6 +31,7 @@ from .metrics import Metrics
 from .redis_limiter import RedisLimiter
 from .shapes import ShapeBook
 from .shared_costs import learned_costs
+from .shared_gate import GateSharer
 from .shared_shapes import ShapeSharer
 from .runaway import Runaway
 from .upstream import FORWARDED_HEADERS, Upstream
@@ -109,6 +110,11 @@ class Worker:
             ShapeSharer(self.shapes, self.limiter, config.shapes.publish_interval_s)
             if isinstance(self.limiter, RedisLimiter) else None
         )
+        # The gate pooled with the other instances' through Redis (else each keeps its static share).
+        self.gate_sharer = (
+            GateSharer(self.admission.gate, self.limiter, self.admission.set_peers)
+            if isinstance(self.limiter, RedisLimiter) and config.redis.share_gate else None
+        )
         self.proxy = Proxy(
             Snapshot(config, 1, digest),
             limiter=self.limiter,
@@ -185,6 +191,8 @@ class Worker:
             await self.cost_sharer.start()
         if self.shape_sharer is not None:
             await self.shape_sharer.start()
+        if self.gate_sharer is not None:
+            await self.gate_sharer.start()
         await self.upstream.start()
         await self.cluster_health.start()
         await self.cockpit.start()
@@ -317,6 +325,8 @@ class Worker:
         await self.proxy.runaway.close()
         await self.cluster_health.close()
         await self.upstream.close()
+        if self.gate_sharer is not None:
+            await self.gate_sharer.close()
         if self.shape_sharer is not None:
             await self.shape_sharer.close()
         if self.cost_sharer is not None:

@@ -1074,3 +1074,97 @@ async def test_holding_back_a_tenant_over_its_share_refuses_its_queue_and_leaves
     adm.leave(held)
     adm.release("storm")
     assert_idle(adm)
+
+
+# ============================================================================================
+# Several instances: one gate pooled through Redis (proxy/shared_gate.py), or a static share each
+# ============================================================================================
+
+
+def two_instances() -> tuple[Admission, Admission]:
+    """Two instances behind a load balancer in front of the small storming cluster: each counts half."""
+    pair = []
+    for _ in range(2):
+        adm = small_storming_cluster()
+        adm.configure(config({name: {} for name in STORM_TENANTS + GOOD_TENANTS}, capacity_headroom=0.5), share=0.5)
+        adm.observe_cluster(ClusterReading(data_nodes=3, search_threads=6), 0.0)
+        pair.append(adm)
+    return pair[0], pair[1]
+
+
+def pool(*instances: Admission) -> None:
+    """What GateSharer does through Redis a few ms later: each instance pools the others' holdings."""
+    from proxy.shared_gate import holdings
+
+    for adm in instances:
+        others = [holdings(other.gate) for other in instances if other is not adm]
+        adm.set_peers(float(len(instances)), *(sum(field) for field in zip(*others)))
+
+
+def test_pooled_instances_hold_one_over_share_room_between_them_not_one_each():
+    """The static split gives each instance an over-share room of its own (one storm search each on six
+    threads, where the whole cluster's room is one); pooled, a storm search on one instance keeps the
+    other's storm waiting, and the room it gives back admits that waiter at once."""
+    a, b = two_instances()
+    static = [granted(a, "storm0", 2000), granted(b, "storm1", 2000)]  # one each: two storm searches in all
+    for adm, ticket in zip((a, b), static):
+        adm.leave(ticket, now=0.1)
+    pool(a, b)
+    assert a.report(now=0.1)["pool"] == 2.0
+    first = granted(a, "storm0", 2000, now=0.2)
+    pool(a, b)
+    assert b.report(now=0.2)["peer_inflight"] == 1
+    log: list[Ticket] = []
+    second = queued(b, "storm1", 2000, now=0.2, log=log)
+    a.leave(first, now=1.7)
+    assert log == []  # b has not heard yet
+    pool(a, b)  # ... and now it has
+    assert log == [second.ticket] and not second.ticket.in_reserve
+    b.leave(second.ticket, now=3.2)
+    pool(a, b)
+    for adm in (a, b):
+        assert_idle(adm)
+        assert adm.gate.peer_inflight == 0 and adm.gate.peer_cost == 0.0
+
+
+def test_a_burst_on_one_pooled_instance_uses_the_room_the_other_leaves_idle():
+    """A dashboard's burst lands on one instance while a storm search holds the other's over-share room:
+    with a static split the burst sees half the kept room; pooled, it sees what the whole cluster keeps,
+    as a single instance would (the pools hold four requests: the storm's and three cheap ones)."""
+    def burst_admitted(pooled: bool) -> int:
+        a, b = two_instances()
+        storm = granted(b, "storm0", 2000)
+        if pooled:
+            pool(a, b)
+        burst = []
+        for _ in range(5):
+            burst.append(a.request("dashboard", 100, 1.0))
+            if pooled:
+                pool(a, b)
+        admitted = [got for got in burst if isinstance(got, Ticket)]
+        for got in burst:
+            if isinstance(got, Waiter):
+                a.withdraw(got, 1.0)
+        for ticket in admitted:
+            a.leave(ticket, now=1.1)
+        b.leave(storm, now=1.5)
+        return len(admitted)
+
+    assert burst_admitted(pooled=False) < 3
+    assert burst_admitted(pooled=True) == 3
+
+
+def test_a_pool_dissolved_is_the_static_share_again():
+    a, b = two_instances()
+    pool(a, b)
+    first = granted(a, "storm0", 2000)
+    pool(a, b)
+    assert isinstance(b.request("storm1", 2000, 0.0), Waiter)
+    b.set_peers(1.0, 0, 0.0, 0, 0.0)  # a went silent (Redis down): b counts its own half, and it is free
+    assert b.gate.pool == 1.0
+    (waiter,) = [w for w in b.tenants["storm1"].waiters] or [None]
+    assert waiter is None and b.tenants["storm1"].inflight == 1  # admitted by the pump on the change
+    a.leave(first, now=1.5)
+    b.leave(next(iter(b._held)), now=1.5)
+    assert_idle(a)
+    assert_idle(b)
