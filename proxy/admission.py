@@ -730,6 +730,7 @@ class Admission:
             "data_nodes_max": gate.data_nodes_max,
             "search_threads": gate.threads,
             "search_threads_max": gate.threads_max,
+            "cores": gate.cores,
             "inflight": gate.inflight,
             "inflight_cost": round(gate.inflight_cost, 2),
             "overdue_cost": round(gate.overdue_cost, 2),

@@ -43,7 +43,8 @@ log = logging.getLogger("sluicegate.clusterhealth")
 HEALTH_PATH = "/_cluster/health"
 THREAD_POOL_PATH = "/_nodes/stats/thread_pool"
 #: each node's configured search pool size and HTTP address (nodes info: static per node process)
-NODES_INFO_PATH = "/_nodes/thread_pool,http?filter_path=nodes.*.thread_pool.search.size,nodes.*.http.publish_address"
+NODES_INFO_PATH = ("/_nodes/thread_pool,http,os?filter_path=nodes.*.thread_pool.search.size,nodes.*.http.publish_address,"
+                   "nodes.*.ip,nodes.*.os.allocated_processors")
 #: primaries' document count per open index, and nothing else (a few dozen bytes per index)
 INDEX_DOCS_PATH = "/_stats/docs?filter_path=indices.*.primaries.docs.count"
 
@@ -68,6 +69,7 @@ def read_cluster(
     previous: Counters,
     pool_sizes: Mapping[str, int] | None = None,
     unreachable: Collection[str] = (),
+    hosts: Mapping[str, tuple[int, str]] | None = None,
 ) -> tuple[ClusterReading | None, Counters]:
     """The gate's view of one poll, and the counters to diff the next poll against.
 
@@ -77,11 +79,16 @@ def read_cluster(
     Nodes whose ids are in `unreachable` count neither as data nodes nor as threads. Rejections and completions are counted since the previous
     poll, per node id; a node seen for the first time, or restarted (counters went down), contributes
     what it has counted since it started only from the next poll on.
+
+    `hosts` is each node's processors and address (`read_node_hosts`). The live data nodes' cores are
+    counted once per address: nodes on one host share its processors (three nodes each allowed the one
+    core they are pinned to have one core between them, not three). None if a live data node is not in it.
     """
     threads: int | None = None
     queue = active = rejected = completed = gone = 0
     counters: Counters = {}
     stats_data_nodes = 0
+    per_host: dict[str, int] | None = {} if hosts else None
     nodes = stats.get("nodes") if isinstance(stats, Mapping) else None
     if isinstance(nodes, Mapping):
         threads = 0
@@ -95,6 +102,12 @@ def read_cluster(
                 gone += 1
                 continue
             stats_data_nodes += 1
+            if per_host is not None:
+                host = hosts.get(node_id)  # type: ignore[union-attr]
+                if host is None:
+                    per_host = None
+                else:
+                    per_host[host[1]] = max(per_host.get(host[1], 0), host[0])
             size = pool_sizes.get(node_id) if pool_sizes else None
             threads += size if size is not None else _int(pool.get("threads"))
             queue += _int(pool.get("queue"))
@@ -119,6 +132,7 @@ def read_cluster(
         search_active=active,
         rejected=rejected,
         completed=completed,
+        cores=sum(per_host.values()) if per_host else None,
     )
     return reading, counters if threads is not None else previous
 
@@ -201,6 +215,22 @@ def read_nodes_info(info: Mapping | None) -> dict[str, tuple[int | None, str | N
     return known
 
 
+def read_node_hosts(info: Mapping | None) -> dict[str, tuple[int, str]]:
+    """Per node id, the processors it is allowed (`os.allocated_processors`: its affinity mask or CPU
+    quota, or `node.processors`) and its address (`ip`), from the same nodes info body. Nodes that do not
+    say both are left out."""
+    nodes = info.get("nodes") if isinstance(info, Mapping) else None
+    hosts: dict[str, tuple[int, str]] = {}
+    if isinstance(nodes, Mapping):
+        for node_id, node in nodes.items():
+            if not isinstance(node, Mapping) or not isinstance(node.get("os"), Mapping):
+                continue
+            processors, ip = node["os"].get("allocated_processors"), node.get("ip")
+            if isinstance(processors, int) and not isinstance(processors, bool) and processors > 0 and isinstance(ip, str):
+                hosts[node_id] = (processors, ip)
+    return hosts
+
+
 def unknown_nodes(stats: Mapping | None, known: Mapping[str, object]) -> bool:
     """True if the stats list a node the nodes info has not described yet (new, or never answered)."""
     nodes = stats.get("nodes") if isinstance(stats, Mapping) else None
@@ -261,6 +291,7 @@ class ClusterHealth:
         self.queue_wait_ms: float | None = None
         self._sampled_at: float | None = None
         self.nodes_info: dict[str, tuple[int | None, str | None]] = {}  # node id → (search pool size, HTTP address)
+        self.hosts: dict[str, tuple[int, str]] = {}  # node id → (processors, address)
         self.last: ClusterReading | None = None
         self.sizes: IndexSizes | None = None
         self.polls = 0
@@ -289,11 +320,13 @@ class ClusterHealth:
                 if self.on_queue_wait is not None:
                     self.on_queue_wait(wait)
         if unknown_nodes(stats, self.nodes_info):
-            self.nodes_info.update(read_nodes_info(await self.upstream.get_json(NODES_INFO_PATH, timeout)))
+            info = await self.upstream.get_json(NODES_INFO_PATH, timeout)
+            self.nodes_info.update(read_nodes_info(info))
+            self.hosts.update(read_node_hosts(info))
         down = self.upstream.unreachable_addresses()
         unreachable = {node_id for node_id, (_, address) in self.nodes_info.items() if address in down} if down else ()
         sizes = {node_id: size for node_id, (size, _) in self.nodes_info.items() if size is not None}
-        reading, self.counters = read_cluster(health, stats, self.counters, sizes, unreachable)
+        reading, self.counters = read_cluster(health, stats, self.counters, sizes, unreachable, self.hosts)
         self.polls += 1
         if reading is None:
             self.failures += 1

@@ -45,6 +45,7 @@ cdef class Gate:
     cdef public double _pressure_at
     cdef public Py_ssize_t backoffs
     cdef public double pool
+    cdef public Py_ssize_t cores
     cdef public Py_ssize_t peer_inflight
     cdef public double peer_cost
     cdef public Py_ssize_t peer_reserve_inflight

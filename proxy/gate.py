@@ -18,6 +18,24 @@ threads ÷ the widest fan-out seen lately (shards per search, from responses; it
 `FAN_OUT_MEMORY_S`), × headroom: a storm's first wave, its cost not yet learned, cannot take every
 thread and make a quiet tenant's shards queue in the nodes.
 
+**Cores.** A search thread on CPU-bound work (scripts, leading wildcards, big aggregations) runs no
+faster than the core it gets, search pools have more threads than cores (1.5 × cores + 1 by default),
+and nodes on one host share its cores. So the over-share room counts the smaller of the live search
+threads and the live hosts' cores (`cores`, from the nodes info: each address once). Where that room is
+less than one request at the widest fan-out — a cluster whose CPU cannot run one more such search
+beside the quiet tenants' without slowing theirs two- or threefold, and nothing preempts a search once
+it runs — over-share work waits while the gate is contended (a tenant under its share was seen lately);
+a lone busy tenant still gets one request. Where the threads alone make the room less than one request,
+one still goes, as before: a thread it holds slows nobody else's.
+
+**One room for several instances.** Each process counts its `share` of the cluster (1 / instances).
+On a small cluster that static split leaves each instance a room of one or two searches, so a burst
+that lands on one instance waits while the other's room is idle. When every other instance's holdings
+at the gate are known (proxy/shared_gate.py exchanges them through Redis, a few ms old), `set_peers`
+pools them: the two checks of `fits` then count everyone's requests and cost in flight against the
+whole cluster's limits (this process's × `pool`, the number of instances). Otherwise (Redis down, a
+peer silent) each instance keeps its static share, as before.
+
 Pure: every method that needs the time takes `now` (seconds, monotonic).
 """
 from __future__ import annotations
@@ -124,7 +142,8 @@ class ClusterReading:
     """One poll of _cluster/health and _nodes/stats/thread_pool (see proxy/clusterhealth.py).
 
     `search_threads` is None when the thread pools could not be read (then only node counts are used).
-    `rejected` and `completed` count search tasks since the previous reading.
+    `rejected` and `completed` count search tasks since the previous reading. `cores`: the processors
+    of the live data nodes' hosts, each host counted once (None: not known).
     """
 
     data_nodes: int
@@ -133,6 +152,7 @@ class ClusterReading:
     search_active: int = 0
     rejected: int = 0
     completed: int = 0
+    cores: int | None = None
 
 
 # ============================================================================================
@@ -155,7 +175,7 @@ class Gate:
         "threads_max", "fan_out", "_fan_out_at", "_lat_cost", "_cost", "_count", "_observed", "_lat_obs", "_faded_at",
         "baseline", "_baseline_peak",
         "_w_n", "_w_lat", "_w_cost", "_w_peak", "_w_start", "_w_backed_off", "_pressure", "_pressure_at", "backoffs",
-        "pool", "peer_inflight", "peer_cost", "peer_reserve_inflight", "peer_reserve_cost",
+        "pool", "peer_inflight", "peer_cost", "peer_reserve_inflight", "peer_reserve_cost", "cores",
     )
 
     def __init__(self) -> None:
@@ -187,6 +207,7 @@ class Gate:
         self.data_nodes_max = 0
         self.threads = 0  # live search threads of data nodes; 0 = not known
         self.threads_max = 0
+        self.cores = 0  # processors of the live data nodes' hosts; 0 = not known
         # the widest fan-out seen lately: search threads one request can hold at once (its shards)
         self.fan_out = 1.0
         self._fan_out_at = 0.0
@@ -383,9 +404,19 @@ class Gate:
             inflight += self.peer_inflight
             inflight_cost += self.peer_cost
         if not reserve:
-            threads = self.threads  # over-share requests hold no more than headroom of the threads (fan-out)
+            # over-share requests hold no more than headroom of the threads (fan-out), or of the cores
+            threads = self.threads
+            cores = self.cores
+            core_bound = 0 < cores < threads
+            if core_bound:
+                threads = cores
             over_limit = min(limit, threads * share / self.fan_out) if threads else limit
-            if inflight + 1 > max(1.0, math.floor(over_limit * headroom + 1e-9)):
+            room = math.floor(over_limit * headroom + 1e-9)
+            if room < 1:
+                if core_bound and self.contended_until is not None:
+                    return False  # not one request's worth of CPU to spare beside the quiet tenants
+                room = 1
+            if inflight + 1 > room:
                 return False
             if capacity is None or inflight_cost <= 0.0:
                 return True
@@ -529,6 +560,7 @@ class Gate:
         first = not self.threads_max and not self.data_nodes_max
         self.data_nodes = reading.data_nodes
         self.data_nodes_max = max(self.data_nodes_max, reading.data_nodes)
+        self.cores = reading.cores or 0
         if reading.search_threads is not None:
             self.threads = reading.search_threads
             self.threads_max = max(self.threads_max, reading.search_threads)

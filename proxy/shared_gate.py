@@ -99,7 +99,9 @@ class PeerBook:
         fresh = [held for held, at in self.peers.values() if now - at < STALE_S]
         if live <= 1 or len(fresh) < live - 1:
             return 1.0, 0, 0.0, 0, 0.0
-        return (float(len(fresh) + 1), sum(h[0] for h in fresh), sum(h[1] for h in fresh),
+        # The pool is the live count: an instance restarted under a new id is heard twice for up to
+        # STALE_S, and its old holdings count meanwhile (on the safe side), not its limits.
+        return (float(live), sum(h[0] for h in fresh), sum(h[1] for h in fresh),
                 sum(h[2] for h in fresh), sum(h[3] for h in fresh))
 
 

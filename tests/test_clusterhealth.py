@@ -13,6 +13,7 @@ from proxy.clusterhealth import (
     is_data_node,
     read_cluster,
     read_index_sizes,
+    read_node_hosts,
     read_nodes_info,
 )
 
@@ -112,6 +113,22 @@ def test_configured_pool_sizes_win_over_the_threads_a_pool_has_started_so_far():
                                                c=node(DATA, threads=2)), {}, {"a": 4, "b": 4})
     assert reading.search_threads == 4 + 4 + 2  # c not sized yet: what it has started
     assert read_nodes_info(None) == {} and read_nodes_info({"error": "forbidden"}) == {}
+
+
+def test_nodes_on_one_host_share_its_cores_and_unknown_processors_leave_the_cores_unknown():
+    hosts = read_node_hosts({"nodes": {
+        "a": {"ip": "10.0.0.1", "os": {"allocated_processors": 1}},
+        "b": {"ip": "10.0.0.1", "os": {"allocated_processors": 1}},  # pinned to the same core as a
+        "c": {"ip": "10.0.0.2", "os": {"allocated_processors": 8}},
+        "old": {"ip": "10.0.0.3", "os": {}}, "odd": {"ip": "10.0.0.4", "os": {"allocated_processors": True}},
+        "junk": 1}})
+    assert hosts == {"a": (1, "10.0.0.1"), "b": (1, "10.0.0.1"), "c": (8, "10.0.0.2")}
+    three = stats(a=node(DATA, threads=2), b=node(DATA, threads=2), c=node(DATA, threads=2))
+    assert read_cluster(health(3), three, {}, hosts=hosts)[0].cores == 1 + 8
+    assert read_cluster(health(3), three, {}, unreachable={"c"}, hosts=hosts)[0].cores == 1  # c is gone
+    assert read_cluster(health(3), three, {}, hosts={"a": (1, "10.0.0.1")})[0].cores is None  # b, c unknown
+    assert read_cluster(health(3), three, {})[0].cores is None
+    assert read_node_hosts(None) == {} and read_node_hosts({"error": "forbidden"}) == {}
 
 
 def test_nodes_the_proxy_cannot_reach_are_not_capacity_while_the_cluster_still_lists_them():

@@ -40,6 +40,8 @@ def test_the_others_pool_only_while_every_live_instance_has_spoken_lately():
     assert book.pooled(live=3, now=0.1) == (1.0, 0, 0.0, 0, 0.0)  # a third instance not heard from: static
     book.heard("c", (1, 100.0, 0, 0.0), 0.2)
     assert book.pooled(live=3, now=0.3) == (3.0, 3, 400.0, 1, 40.0)
+    # b restarted as c (a new id): both are heard for a while, their holdings count, the pool stays 2
+    assert book.pooled(live=2, now=0.3) == (2.0, 3, 400.0, 1, 40.0)
     assert book.pooled(live=3, now=STALE_S + 0.1) == (1.0, 0, 0.0, 0, 0.0)  # b fell silent
     book.expire(STALE_S + 0.1)
     assert list(book.peers) == ["c"]
