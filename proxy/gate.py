@@ -24,8 +24,10 @@ and nodes on one host share its cores. So the over-share room counts the smaller
 threads and the live hosts' cores (`cores`, from the nodes info: each address once). Where that room is
 less than one request at the widest fan-out — a cluster whose CPU cannot run one more such search
 beside the quiet tenants' without slowing theirs two- or threefold, and nothing preempts a search once
-it runs — over-share work waits while the gate is contended (a tenant under its share was seen lately);
-a lone busy tenant still gets one request. Where the threads alone make the room less than one request,
+it runs — over-share work waits while the gate is contended (a tenant under its share was seen lately),
+unless it is one request no costlier than `CORE_BOUND_CHEAP` average ones (a quiet tenant's search priced
+on the starved core is over the one-average-request floor, and must not starve); a lone busy tenant
+still gets one request. Where the threads alone make the room less than one request,
 one still goes, as before: a thread it holds slows nobody else's.
 
 **One room for several instances.** Each process counts its `share` of the cluster (1 / instances).
@@ -78,6 +80,11 @@ LATENCY_TOLERANCE = 1.5
 MAX_BACKOFF = 0.5
 #: a reason from a pressure signal stays on display this long after it last fired (seconds)
 REASON_HOLD_S = 5.0
+
+#: on a cluster with less than one over-share request's worth of cores, while contended, an over-share request
+#: still goes (alone) if it costs no more than this many average requests: a quiet tenant's search priced on
+#: the starved core (2-3x the average there), not a storm's (10x and more)
+CORE_BOUND_CHEAP = 3.0
 
 #: the widest fan-out seen (shards a search runs on at once) fades back toward narrower ones over this long (s)
 FAN_OUT_MEMORY_S = 60.0
@@ -413,8 +420,8 @@ class Gate:
             over_limit = min(limit, threads * share / self.fan_out) if threads else limit
             room = math.floor(over_limit * headroom + 1e-9)
             if room < 1:
-                if core_bound and self.contended_until is not None:
-                    return False  # not one request's worth of CPU to spare beside the quiet tenants
+                if core_bound and self.contended_until is not None and cost > CORE_BOUND_CHEAP * self.mean_cost:
+                    return False  # not one such request's worth of CPU to spare beside the quiet tenants
                 room = 1
             if inflight + 1 > room:
                 return False

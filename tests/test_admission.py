@@ -1174,15 +1174,17 @@ def test_on_a_cluster_with_fewer_cores_than_one_over_share_request_needs_the_sto
     """Three nodes pinned to one core (six search threads): a storm search on two shards beside a quiet
     tenant's makes it two to three times slower, and cannot be preempted once it runs. The over-share
     room counts the cores: less than one request of it, so while the gate is contended (quiet tenants
-    seen lately) the storm waits; a storm alone (uncontended) still gets one request."""
-    def storm_admitted(cores: int, quiet_seen: bool) -> bool:
-        adm = admission({"storm0": {}, "shop": {}}, threads=6, capacity_headroom=0.8, capacity_headroom_contended=0.5)
+    seen lately) the storm waits; a storm alone (uncontended) still gets one request, and so does a single
+    over-share request that costs no more than CORE_BOUND_CHEAP average ones."""
+    def storm_admitted(cores: int, quiet_seen: bool, cost: float = 5000) -> bool:
+        adm = admission({"storm0": {"weight": 1}, "shop": {"weight": 100}}, threads=6, capacity_headroom=0.8, capacity_headroom_contended=0.5)
         adm.observe_cluster(ClusterReading(data_nodes=3, search_threads=6, cores=cores), 0.0)
         adm.leave(granted(adm, "shop", 10), 200, 0.01, searched(10, 2), now=0.0)  # fan-out 2
         if not quiet_seen:
             adm.expire_presence(100.0)
         now = 1.0 if quiet_seen else 100.0
-        got = adm.request("storm0", 5000, now)
+        assert adm.gate.mean_cost == 10
+        got = adm.request("storm0", cost, now)
         if isinstance(got, Waiter):
             adm.withdraw(got, now)
             return False
@@ -1190,6 +1192,8 @@ def test_on_a_cluster_with_fewer_cores_than_one_over_share_request_needs_the_sto
         return True
 
     assert not storm_admitted(cores=1, quiet_seen=True)
+    # ... but one over-share request priced like a few average ones is a quiet tenant's search, not a storm's
+    assert storm_admitted(cores=1, quiet_seen=True, cost=30) and not storm_admitted(cores=1, quiet_seen=True, cost=31)
     assert storm_admitted(cores=1, quiet_seen=False)  # a lone busy tenant
     assert storm_admitted(cores=6, quiet_seen=True)  # cores enough: one over-share request, as before
     assert storm_admitted(cores=0, quiet_seen=True)  # cores not known: as before
