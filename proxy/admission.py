@@ -756,6 +756,10 @@ class Admission:
         add("sluicegate_gate_queued", "Requests waiting for a tenant slot or the gate", (), one(lambda: gate.queued))
         add("sluicegate_gate_search_threads", "Live search threads of the cluster's data nodes (last poll)", (),
             one(lambda: gate.threads))
+        add("sluicegate_gate_cores", "Processors of the live data nodes' hosts, each host once (0: not known)", (),
+            one(lambda: gate.cores))
+        add("sluicegate_gate_pooled_instances", "Instances whose gates this one pools through Redis, itself "
+            "included (1: its static share alone)", (), one(lambda: gate.pool))
 
         def reason():
             now = self.clock()

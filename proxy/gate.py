@@ -400,12 +400,10 @@ class Gate:
         share = self.share
         inflight = self.inflight
         inflight_cost = self.inflight_cost
-        live_ceiling = self.live_ceiling
         pool = self.pool
         if pool != 1.0:
             limit = limit * pool  # type: ignore[operator]
             share *= pool
-            live_ceiling *= pool
             if capacity is not None:
                 capacity = capacity * pool  # type: ignore[operator]
             inflight += self.peer_inflight
@@ -433,7 +431,7 @@ class Gate:
         # pools can run, which nobody exceeds.
         reserve_inflight = self.reserve_inflight + self.peer_reserve_inflight
         reserve_cost = self.reserve_cost + self.peer_reserve_cost
-        pools = max(limit, live_ceiling)
+        pools = max(limit, self.live_ceiling * pool)
         kept = (1.0 - headroom) * pools
         if inflight + 1 > max(1.0, math.floor(limit * headroom + kept + 1e-9)) and (
                 reserve_inflight + 1 > math.floor(kept + 1e-9) or inflight + 1 > math.floor(pools + 1e-9)):

@@ -1003,6 +1003,10 @@ def test_the_gate_is_reported_and_exported_with_its_reason():
     reasons = dict(gauges["sluicegate_gate_reason"][1]())
     assert set(reasons) == {(r,) for r in REASONS} and reasons[("capacity",)] == 1.0 and sum(reasons.values()) == 1.0
     assert list(gauges["sluicegate_gate_limit"][1]()) == [((), 8.0)]
+    assert list(gauges["sluicegate_gate_pooled_instances"][1]()) == [((), 1.0)]
+    adm.set_peers(2.0, 1, 50.0, 0, 0.0)
+    assert list(gauges["sluicegate_gate_pooled_instances"][1]()) == [((), 2.0)]
+    assert (report := adm.report())["pool"] == 2.0 and report["peer_inflight"] == 1
 
 
 def test_a_reload_that_raises_max_concurrent_admits_waiters_and_a_removed_tenant_drains():
