@@ -21,13 +21,17 @@ tenant's cheap request never waits behind a storm, at the gate or in the cluster
 
 **Fan-out**: see proxy/gate.py, the gate's capacity model (`Gate`: limit, capacity, the two rooms).
 
-**A share is at least one request.** On a small cluster shared by many tenants, a weighted share of
+**A share is at least two requests.** On a small cluster shared by many tenants, a weighted share of
 the gate can be less than one cheap search (14 tenants on 6 threads: ~70 units in flight each,
 against 40-160 for a term query on a busy node). Then every tenant is over its share, the kept
 room serves nobody, and the quiet tenants wait behind the storm for the over-share room. So a tenant
-asking for no more than one average request (`Gate.mean_cost`: Σ cost ÷ requests, completed over the
-last ~`MEMORY_S`) is within its share whatever the weights say; a storming tenant's backlog, or one
-of its searches alone, is not (they cost many times the average).
+asking for no more than `SHARE_FLOOR_REQUESTS` (2) average requests (`Gate.mean_cost`: Σ cost ÷
+requests, completed over the last ~`MEMORY_S`) is within its share whatever the weights say; a storming
+tenant's backlog, or one of its searches alone, is not (they cost many times the average). Two, not one:
+a steady tenant's next search may arrive while its last is still in flight (or stuck on a lost node), and
+with a floor of one that made it an over-share tenant, which goes only while the gate has over-share room
+— on a small cluster, only while the gate is empty — so its backlog grew and kept it there (Elasticsearch,
+a node rejoining: searches of 5-20 ms waiting 2 s at the gate, 18 `queue_timeout`s).
 
 **Borrowing.** While no tenant under its share waits, a tenant over it may put requests into the idle
 kept room if it is in a burst: busy (something in flight or queued) for at most `BORROW_BURST_S`, after
@@ -85,6 +89,8 @@ from .gate import (  # noqa: F401  (re-exported: the gate's names were admission
 )
 from .tenants import TenantView
 
+#: a tenant asking for no more than this many average requests (in cost) is within its share, whatever its weight
+SHARE_FLOOR_REQUESTS = 2.0
 #: smallest cost a request is charged in the fair queue's tags, so zero-cost requests cannot flood it
 MIN_TAG_COST = 1.0
 #: a request in flight counts as what it has spent once that is over this multiple of what it was counted as ...
@@ -657,9 +663,9 @@ class Admission:
     def _under_share(self, slots: TenantSlots, extra: float | None = None, capacity: float | None | object = UNKNOWN,
                      limit: float | object = UNKNOWN) -> bool:
         """Is all the tenant asks for — in flight, queued, and a request of `extra` cost units — within its
-        weighted share of the gate (in cost), or within one average request? A tenant with a backlog beyond
-        its share is over it for every request, its first included: the room kept back is for tenants that
-        ask for little."""
+        weighted share of the gate (in cost), or within SHARE_FLOOR_REQUESTS average requests? A tenant with a
+        backlog beyond its share is over it for every request, its first included: the room kept back is for
+        tenants that ask for little."""
         gate = self.gate
         if not gate.enabled:
             return True
@@ -671,9 +677,9 @@ class Admission:
             asked_count = slots.inflight + len(slots.waiters) + (0 if extra is None else 1)
             return asked_count <= (gate.limit if limit is UNKNOWN else limit) * gate.headroom * fraction  # type: ignore[operator]
         asked = slots.inflight_cost + slots.queued_cost + (extra or 0.0)
-        # ... and never less than one average request: on a small cluster shared by many tenants, a fair
+        # ... and never less than two average requests: on a small cluster shared by many tenants, a fair
         # share can be less than one cheap search
-        return asked <= max(capacity * gate.headroom * fraction, gate.mean_cost)
+        return asked <= max(capacity * gate.headroom * fraction, SHARE_FLOOR_REQUESTS * gate.mean_cost)
 
     def _admit(self, slots: TenantSlots, cost: float, now: float, waited: float, reserve: bool,
                capacity: float | None | object = UNKNOWN) -> Ticket:
