@@ -19,7 +19,7 @@ from aiohttp import web
 
 from . import credentials, tls
 from .accesslog import AccessLog
-from .admission import Admission
+from .admission import SHARE_FLOOR_REQUESTS, Admission
 from .cockpit import Cockpit
 from .clusterhealth import ClusterHealth
 from .config import Config, ConfigError, config_warnings, load_config
@@ -238,7 +238,7 @@ class Worker:
                                                                         admission.clock())
         runaway.release = admission.release
         runaway.present = lambda: [name for name, slots in admission.tenants.items() if slots.active]
-        runaway.share_floor = lambda: admission.gate.mean_cost
+        runaway.share_floor = lambda: SHARE_FLOOR_REQUESTS * admission.gate.mean_cost  # admission's own floor
         runaway.weights = lambda: {name: view.plan.weight for name, view in self.proxy.snapshot.directory.tenants.items()}
 
     @property
