@@ -180,3 +180,17 @@ async def test_two_workers_on_redis_report_the_shared_bucket_once(procs, upstrea
     assert "shared_level" in bucket
     # 40 units were spent from one bucket of 500 that refills at 50/s: the merged level is one bucket's.
     assert burst - 40 - 1 <= bucket["level"] <= burst + 1e-6, bucket
+
+
+async def test_two_proxies_pool_their_gates_through_redis_and_fall_back_to_a_static_share_without_it(procs, upstream):
+    store = procs.redis()
+    proxies = [procs.proxy(shared_config(upstream.url, store.url, 1e6, 1e6)) for _ in range(2)]
+    await until(lambda: all(p.metric("sluicegate_gate_pooled_instances") == 2 for p in proxies), "the gates to pool")
+    gate = proxies[0].tenants()["gate"]
+    assert gate["pool"] == 2 and gate["peer_inflight"] == 0
+    store.kill()  # each instance falls back to its own half of the cluster, and says so
+    await until(lambda: all(p.metric("sluicegate_gate_pooled_instances") == 1 for p in proxies), "the pool to dissolve")
+    async with aiohttp.ClientSession() as session:  # and still serves
+        for proxy in proxies:
+            async with session.get(proxy.url + DOC, headers=ACME) as r:
+                assert r.status == 200, await r.text()
