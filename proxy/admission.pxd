@@ -55,6 +55,7 @@ cdef class Waiter:
     cdef public Ticket ticket
     cdef public object on_grant
     cdef public object on_refuse
+    cdef public bint known
 
 
 cdef class Admission:
@@ -73,13 +74,13 @@ cdef class Admission:
     cdef readonly list _quiet
     cdef readonly object _presence
 
-    cpdef try_enter(self, tenant, double cost, bint shadow=*)
-    cpdef request(self, tenant, double cost, double now, bint shadow=*)
+    cpdef try_enter(self, tenant, double cost, bint shadow=*, bint known=*)
+    cpdef request(self, tenant, double cost, double now, bint shadow=*, bint known=*)
     cpdef withdraw(self, Waiter waiter, double now)
     cpdef leave(self, Ticket ticket, int status=*, double upstream_s=*, observed=*, now=*)
     cpdef refresh_overdue(self, double now)
     cpdef pump(self, double now)
-    cpdef bint _fits(self, double cost, bint under, capacity=*, limit=*)
+    cpdef bint _fits(self, double cost, bint under, capacity=*, limit=*, bint known=*)
     cpdef bint _fits_reserve(self, double cost, capacity=*, limit=*)
     cpdef bint _paused_before(self, TenantSlots slots)
     cpdef bint _may_borrow(self, TenantSlots slots, double now)

@@ -193,9 +193,9 @@ class Ticket:
 class Waiter:
     """A request waiting in its tenant's queue. `on_grant(ticket)` is called when it is admitted."""
 
-    __slots__ = ("slots", "cost", "since", "seq", "ticket", "on_grant", "on_refuse")
+    __slots__ = ("slots", "cost", "since", "seq", "ticket", "on_grant", "on_refuse", "known")
 
-    def __init__(self, slots: TenantSlots, cost: float, since: float, seq: int):
+    def __init__(self, slots: TenantSlots, cost: float, since: float, seq: int, known: bool = True):
         self.slots = slots
         self.cost = cost
         self.since = since
@@ -204,6 +204,7 @@ class Waiter:
         self.on_grant: Callable[[Ticket], None] | None = None
         #: called with the Throttled that takes it out of the queue (shedding held its tenant back)
         self.on_refuse: Callable[[Throttled], None] | None = None
+        self.known = known  # its cost was learned, not only estimated (Gate.fits)
 
 
 # ============================================================================================
@@ -255,20 +256,21 @@ class Admission:
         self.pump(self.clock())  # a raised limit may free waiting requests at once
 
     # ---- the request path ----
-    async def enter(self, tenant: TenantView, cost: float, shadow: bool = False) -> Ticket:
+    async def enter(self, tenant: TenantView, cost: float, shadow: bool = False, known: bool = True) -> Ticket:
         """Take a slot and a place at the gate for `cost` units, waiting up to the plan's max_wait_ms.
 
         Raises Throttled: "concurrency" (the tenant's queue is full), "overload" (the gate's queue is
         full) or "queue_timeout" (waited max_wait_ms). Shadow requests never wait and are never
         refused; `Ticket.waited` < 0 says enforcement would have queued or refused them.
         """
-        got = self.try_enter(tenant.name, cost, shadow)
+        got = self.try_enter(tenant.name, cost, shadow, known)
         return got if type(got) is Ticket else await self.wait(got)  # type: ignore[arg-type]
 
-    def try_enter(self, tenant: str, cost: float, shadow: bool = False) -> Ticket | Waiter:
+    def try_enter(self, tenant: str, cost: float, shadow: bool = False, known: bool = True) -> Ticket | Waiter:
         """`enter` without waiting: a Ticket when admitted at once (the common case), else the Waiter
-        queued for it, to `await wait(waiter)`. Raises Throttled as `enter` does."""
-        return self.request(tenant, cost, self.clock(), shadow)
+        queued for it, to `await wait(waiter)`. Raises Throttled as `enter` does. `known`: the cost was
+        learned from responses to this shape, not only estimated."""
+        return self.request(tenant, cost, self.clock(), shadow, known)
 
     async def wait(self, waiter: Waiter) -> Ticket:
         """Wait, up to the tenant's max_wait_ms, for a queued request to be admitted (see `enter`)."""
@@ -310,7 +312,7 @@ class Admission:
                 ) from None
             raise
 
-    def request(self, tenant: str, cost: float, now: float, shadow: bool = False) -> Ticket | Waiter:
+    def request(self, tenant: str, cost: float, now: float, shadow: bool = False, known: bool = True) -> Ticket | Waiter:
         """Admit now (a Ticket) or queue (a Waiter, whose `on_grant` fires on admission). Raises Throttled."""
         slots = self.tenants[tenant]
         gate = self.gate
@@ -341,14 +343,14 @@ class Admission:
                 gate.contend(seen + CONTENDED_HOLD_S)
         if shadow:
             would = (bool(slots.waiters) or slots.inflight >= slots.max_concurrent
-                     or not self._fits(cost, under, capacity, limit))
+                     or not self._fits(cost, under, capacity, limit, known))
             if would:
                 slots.would_throttle += 1
             return self._admit(slots, cost, now, -1.0 if would else 0.0, under, capacity)
-        if not self._backlog and slots.inflight < slots.max_concurrent and self._fits(cost, under, capacity, limit):
+        if not self._backlog and slots.inflight < slots.max_concurrent and self._fits(cost, under, capacity, limit, known):
             return self._admit(slots, cost, now, 0.0, under, capacity)  # nobody waits anywhere: the common case
         self._seq += 1
-        waiter = Waiter(slots, cost, now, self._seq)
+        waiter = Waiter(slots, cost, now, self._seq, known)
         slots.waiters.append(waiter)
         slots.queued_cost += cost
         self._backlog[slots] = None
@@ -601,7 +603,7 @@ class Admission:
                 over = key
             if (borrow is None or key[:2] < borrow[:2]) and self._may_borrow(slots, now):
                 borrow = key
-        if over is not None and not gate.fits(over[2].waiters[0].cost, reserve=False):
+        if over is not None and not gate.fits(over[2].waiters[0].cost, False, UNKNOWN, UNKNOWN, over[2].waiters[0].known):
             over = None
         if over is None:
             if under is not None:
@@ -638,10 +640,10 @@ class Admission:
         return capacity is None or slots.inflight_cost + slots.queued_cost <= (1.0 - gate.headroom) * capacity
 
     def _fits(self, cost: float, under: bool, capacity: float | None | object = UNKNOWN,
-              limit: float | object = UNKNOWN) -> bool:
+              limit: float | object = UNKNOWN, known: bool = True) -> bool:
         if under:
             return self._fits_reserve(cost, capacity, limit)
-        return self.gate.fits(cost, False, capacity, limit)
+        return self.gate.fits(cost, False, capacity, limit, known)
 
     def _fits_reserve(self, cost: float, capacity: float | None | object = UNKNOWN,
                       limit: float | object = UNKNOWN) -> bool:

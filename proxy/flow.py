@@ -368,7 +368,9 @@ class Proxy:
             #    queue. Whatever fails from here on before the request reaches a node is refunded.
             try:
                 gate_cost = charged if shape is None or shape <= charged else shape
-                entry = self.admission.try_enter(name, gate_cost, shadow)
+                # a search shape nobody has run yet is only estimated (the gate does not trust that it is cheap)
+                known = learned is not None or shape is not None or resource != "search" or not learn
+                entry = self.admission.try_enter(name, gate_cost, shadow, known)
                 ticket = entry if type(entry) is Ticket else await self.admission.wait(entry)  # type: ignore[arg-type]
             except BaseException:
                 self.limiter.settle(name, resource, charged, 0.0)

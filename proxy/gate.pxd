@@ -54,7 +54,7 @@ cdef class Gate:
     cpdef bint contend(self, double until)
     cpdef uncontend(self, double now)
     cpdef counted(self, double cost, capacity=*)
-    cpdef bint fits(self, double cost, bint reserve, capacity=*, limit=*)
+    cpdef bint fits(self, double cost, bint reserve, capacity=*, limit=*, bint known=*)
     cpdef take(self, double counted, bint reserve)
     cpdef give_back(self, double counted, bint reserve)
     cpdef leave_reserve(self, Py_ssize_t requests, double counted)

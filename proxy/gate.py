@@ -25,9 +25,10 @@ threads and the live hosts' cores (`cores`, from the nodes info: each address on
 less than one request at the widest fan-out — a cluster whose CPU cannot run one more such search
 beside the quiet tenants' without slowing theirs two- or threefold, and nothing preempts a search once
 it runs — over-share work waits while the gate is contended (a tenant under its share was seen lately),
-unless it is one request no costlier than `CORE_BOUND_CHEAP` average ones (a quiet tenant's search priced
-on the starved core is over the one-average-request floor, and must not starve); a lone busy tenant
-still gets one request. Where the threads alone make the room less than one request,
+unless it is one request *known* to cost no more than `CORE_BOUND_CHEAP` average ones (a quiet tenant's
+search priced on the starved core can be over the share floor, and must not starve; a shape never seen is
+only estimated, and the storm's first searches were estimated 20-60 units and cost 100-1,200); a lone
+busy tenant still gets one request. Where the threads alone make the room less than one request,
 one still goes, as before: a thread it holds slows nobody else's.
 
 **One room for several instances.** Each process counts its `share` of the cluster (1 / instances).
@@ -384,11 +385,12 @@ class Gate:
         return min(cost, capacity * self.pool * self.headroom)  # type: ignore[operator]
 
     def fits(self, cost: float, reserve: bool, capacity: float | None | object = UNKNOWN,
-             limit: float | object = UNKNOWN) -> bool:
+             limit: float | object = UNKNOWN, known: bool = True) -> bool:
         """Room for one more request of `cost` units. `reserve`: the tenant is under its fair share and
         may use the headroom; otherwise only `capacity_headroom` of the limit and capacity. `capacity`
         and `limit`: `capacity_cost` and `limit` if the caller has them already (once per request).
-        With peers pooled, everyone's holdings count against the whole cluster's limits."""
+        With peers pooled, everyone's holdings count against the whole cluster's limits. `known`: the cost
+        was learned from responses (False: only an estimate, which the core-bound exception does not trust)."""
         if not self.enabled:
             return True
         headroom = self.headroom
@@ -418,7 +420,8 @@ class Gate:
             over_limit = min(limit, threads * share / self.fan_out) if threads else limit
             room = math.floor(over_limit * headroom + 1e-9)
             if room < 1:
-                if core_bound and self.contended_until is not None and cost > CORE_BOUND_CHEAP * self.mean_cost:
+                if core_bound and self.contended_until is not None and (
+                        not known or cost > CORE_BOUND_CHEAP * self.mean_cost):
                     return False  # not one such request's worth of CPU to spare beside the quiet tenants
                 room = 1
             if inflight + 1 > room:

@@ -1186,7 +1186,7 @@ def test_on_a_cluster_with_fewer_cores_than_one_over_share_request_needs_the_sto
     room counts the cores: less than one request of it, so while the gate is contended (quiet tenants
     seen lately) the storm waits; a storm alone (uncontended) still gets one request, and so does a single
     over-share request that costs no more than CORE_BOUND_CHEAP average ones."""
-    def storm_admitted(cores: int, quiet_seen: bool, cost: float = 5000) -> bool:
+    def storm_admitted(cores: int, quiet_seen: bool, cost: float = 5000, known: bool = True) -> bool:
         adm = admission({"storm0": {"weight": 1}, "shop": {"weight": 100}}, threads=6, capacity_headroom=0.8, capacity_headroom_contended=0.5)
         adm.observe_cluster(ClusterReading(data_nodes=3, search_threads=6, cores=cores), 0.0)
         adm.leave(granted(adm, "shop", 10), 200, 0.01, searched(10, 2), now=0.0)  # fan-out 2
@@ -1194,7 +1194,7 @@ def test_on_a_cluster_with_fewer_cores_than_one_over_share_request_needs_the_sto
             adm.expire_presence(100.0)
         now = 1.0 if quiet_seen else 100.0
         assert adm.gate.mean_cost == 10
-        got = adm.request("storm0", cost, now)
+        got = adm.request("storm0", cost, now, known=known)
         if isinstance(got, Waiter):
             adm.withdraw(got, now)
             return False
@@ -1204,6 +1204,9 @@ def test_on_a_cluster_with_fewer_cores_than_one_over_share_request_needs_the_sto
     assert not storm_admitted(cores=1, quiet_seen=True)
     # ... but one over-share request priced like a few average ones is a quiet tenant's search, not a storm's
     assert storm_admitted(cores=1, quiet_seen=True, cost=30) and not storm_admitted(cores=1, quiet_seen=True, cost=31)
+    # ... known to be: a shape never run is only estimated (a storm's first searches were estimated 20-60 units)
+    assert not storm_admitted(cores=1, quiet_seen=True, cost=30, known=False)
+    assert storm_admitted(cores=1, quiet_seen=False, cost=30, known=False)  # alone, it may still find out
     assert storm_admitted(cores=1, quiet_seen=False)  # a lone busy tenant
     assert storm_admitted(cores=6, quiet_seen=True)  # cores enough: one over-share request, as before
     assert storm_admitted(cores=0, quiet_seen=True)  # cores not known: as before
