@@ -14,7 +14,9 @@ limiter's heartbeat count) has spoken within `STALE_S`, their sums are pooled in
 gave back admits waiting requests here at once.
 
 What it costs and risks: nothing on the request path (the publisher reads the gate's counters on a
-timer); one small PUBLISH per change per `TICK_S` at most. Two instances may both admit into the same
+timer); one small PUBLISH per change per `TICK_S` at most, on connections of its own (a client of its
+own: sharing the limiter's pool, a connection left broken by a Redis restart failed the limiter's next
+call, and the limiter counted a second outage). Two instances may both admit into the same
 free room within one tick plus a round trip (a few ms): an overshoot of a request or two, bounded and
 brief, where the static split was wrong for every burst. When Redis is down or a peer falls silent
 the pool dissolves within `STALE_S` into the static share, as before (fail static, never open).
@@ -29,7 +31,7 @@ from collections.abc import Callable
 from redis.exceptions import RedisError
 
 from .gate import Gate
-from .redis_limiter import FIRST_CONTACT_S, RedisLimiter, bounded
+from .redis_limiter import FIRST_CONTACT_S, RedisLimiter, bounded, redis_client
 
 log = logging.getLogger("sluicegate.gate")
 
@@ -122,11 +124,13 @@ class GateSharer:
         self._applied: tuple = (1.0, 0, 0.0, 0, 0.0)
         self._tasks: list[asyncio.Task] = []
         self._failing = False
+        self._client = None  # its own connections: a publish or a subscription never holds one the limiter needs
 
     async def start(self) -> None:
         """Start publishing and listening in the background (the limiter must be started first)."""
         if self.limiter.client is None:
             raise RuntimeError("start the RedisLimiter before the GateSharer")
+        self._client = redis_client(self.limiter.settings.url, self._timeout)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._publish_loop(), name="sluicegate-gate-publish"),
                        loop.create_task(self._listen_loop(), name="sluicegate-gate-listen")]
@@ -138,6 +142,12 @@ class GateSharer:
             await asyncio.wait(self._tasks, timeout=self._timeout)
         self._tasks = []
         self._refresh(self.clock(), dissolve=True)
+        if self._client is not None:
+            try:
+                await asyncio.wait_for(self._client.aclose(), self._timeout)
+            except Exception:  # noqa: BLE001 - a dead connection closes as it can
+                pass
+            self._client = None
 
     def _refresh(self, now: float, dissolve: bool = False) -> None:
         """Pool what is known now into the gate, if that changed."""
@@ -150,7 +160,6 @@ class GateSharer:
             self.apply(*pooled)
 
     async def _publish_loop(self) -> None:
-        client = self.limiter.client
         last: Holdings | None = None
         sent_at = -HEARTBEAT_S
         while True:
@@ -162,7 +171,7 @@ class GateSharer:
             held = holdings(self.gate)
             if held != last or now - sent_at >= HEARTBEAT_S:
                 try:
-                    await bounded(client.publish(self.channel, encode(self.book.own, held)), self._timeout)
+                    await bounded(self._client.publish(self.channel, encode(self.book.own, held)), self._timeout)
                 except Exception as exc:  # noqa: BLE001 - whatever Redis did, the limiter sees it too
                     self._failed(exc)
                 else:
@@ -175,7 +184,7 @@ class GateSharer:
         while True:
             if not self.limiter.shared:
                 await self.limiter.wait_shared(True)
-            pubsub = self.limiter.client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 await bounded(pubsub.subscribe(self.channel), self._timeout)
                 self._failing = False
