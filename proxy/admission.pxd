@@ -45,6 +45,7 @@ cdef class Ticket:
     cdef public Py_ssize_t epoch
     cdef public double admitted_at
     cdef public double overdue
+    cdef public bint probe
 
 
 cdef class Waiter:
@@ -56,6 +57,7 @@ cdef class Waiter:
     cdef public object on_grant
     cdef public object on_refuse
     cdef public bint known
+    cdef public bint burst
 
 
 cdef class Admission:
@@ -73,6 +75,7 @@ cdef class Admission:
     cdef Py_ssize_t _seq
     cdef readonly list _quiet
     cdef readonly object _presence
+    cdef readonly Py_ssize_t _probes
 
     cpdef try_enter(self, tenant, double cost, bint shadow=*, bint known=*)
     cpdef request(self, tenant, double cost, double now, bint shadow=*, bint known=*)
@@ -80,12 +83,13 @@ cdef class Admission:
     cpdef leave(self, Ticket ticket, int status=*, double upstream_s=*, observed=*, now=*)
     cpdef refresh_overdue(self, double now)
     cpdef pump(self, double now)
-    cpdef bint _fits(self, double cost, bint under, capacity=*, limit=*, bint known=*)
+    cpdef bint _fits(self, double cost, bint kept, capacity=*, limit=*, bint known=*, bint burst=*)
     cpdef bint _fits_reserve(self, double cost, capacity=*, limit=*)
-    cpdef bint _paused_before(self, TenantSlots slots)
+    cpdef bint _in_burst(self, TenantSlots slots, double now)
     cpdef bint _may_borrow(self, TenantSlots slots, double now)
     cpdef bint _under_share(self, TenantSlots slots, extra=*, capacity=*, limit=*)
-    cpdef Ticket _admit(self, TenantSlots slots, double cost, double now, double waited, bint reserve, capacity=*)
+    cpdef Ticket _admit(self, TenantSlots slots, double cost, double now, double waited, bint reserve, capacity=*,
+                        bint known=*)
     cpdef _activate(self, TenantSlots slots)
     cpdef _deactivate(self, TenantSlots slots, double now)
     cpdef expire_presence(self, double now)

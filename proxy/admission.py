@@ -40,6 +40,14 @@ all it asks for fitting the kept room. A dashboard's parallel searches are a bur
 closed-loop workers never pause, and at its onset it was not seen before. The room is taken back (the
 borrower's requests move out of it) as soon as a tenant under its share needs it.
 
+**One unknown request at a time in the kept room.** A search shape nobody has run yet is only
+estimated, and estimates can be an order of magnitude low (the simulator's `script_score` storm: 88
+units estimated, 1,000 spent). Within its share it would go into the kept room, and at a storm's onset
+ten tenants' first searches did at once, on the threads the quiet tenants needed (two instances: a
+good search waited 360 ms, 22x its baseline p99). So the kept room holds at most one request whose cost
+is not *known* (`known`: learned from responses, or not a search) per process at a time, the probe
+that learns it; other unknown requests are judged as over-share ones until theirs is learned.
+
 **Overdue requests.** A request counts at the gate as its estimated (or learned) cost. One that stays
 in flight well past what that cost implies (elapsed × threads per request, over `OVERDUE_SLACK` × its
 count) was under-priced, and the cluster is still spending on it: it counts as what it has spent so
@@ -91,6 +99,8 @@ from .tenants import TenantView
 
 #: a tenant asking for no more than this many average requests (in cost) is within its share, whatever its weight
 SHARE_FLOOR_REQUESTS = 2.0
+#: requests whose cost is not known (only estimated) that the kept room holds at once (per process)
+KEPT_PROBES = 1
 #: smallest cost a request is charged in the fair queue's tags, so zero-cost requests cannot flood it
 MIN_TAG_COST = 1.0
 #: a request in flight counts as what it has spent once that is over this multiple of what it was counted as ...
@@ -168,7 +178,8 @@ class TenantSlots:
 class Ticket:
     """Proof of a held slot and place at the gate; give it back with `Admission.leave`."""
 
-    __slots__ = ("tenant", "cost", "waited", "held", "slots", "counted", "reserve", "epoch", "admitted_at", "overdue")
+    __slots__ = ("tenant", "cost", "waited", "held", "slots", "counted", "reserve", "epoch", "admitted_at", "overdue",
+                 "probe")
 
     def __init__(
         self, slots: TenantSlots, cost: float, waited: float, counted: float, reserve: bool, admitted_at: float = 0.0
@@ -184,6 +195,7 @@ class Ticket:
         self.epoch = slots.reserve_epoch  # ... and still counted there while its tenant's epoch is this
         self.admitted_at = admitted_at  # seconds (the admission clock)
         self.overdue = 0.0  # cost units spent beyond `counted`, while overdue (see Admission.refresh_overdue)
+        self.probe = False  # an unknown cost admitted into the kept room (Admission._probes)
 
     @property
     def in_reserve(self) -> bool:
@@ -193,9 +205,10 @@ class Ticket:
 class Waiter:
     """A request waiting in its tenant's queue. `on_grant(ticket)` is called when it is admitted."""
 
-    __slots__ = ("slots", "cost", "since", "seq", "ticket", "on_grant", "on_refuse", "known")
+    __slots__ = ("slots", "cost", "since", "seq", "ticket", "on_grant", "on_refuse", "known", "burst")
 
-    def __init__(self, slots: TenantSlots, cost: float, since: float, seq: int, known: bool = True):
+    def __init__(self, slots: TenantSlots, cost: float, since: float, seq: int, known: bool = True,
+                 burst: bool = False):
         self.slots = slots
         self.cost = cost
         self.since = since
@@ -205,6 +218,7 @@ class Waiter:
         #: called with the Throttled that takes it out of the queue (shedding held its tenant back)
         self.on_refuse: Callable[[Throttled], None] | None = None
         self.known = known  # its cost was learned, not only estimated (Gate.fits)
+        self.burst = burst  # it arrived in its tenant's burst (Admission._in_burst): it keeps that claim while queued
 
 
 # ============================================================================================
@@ -216,7 +230,7 @@ class Admission:
     """Tenant slots + the gate + the fair queue. Pure apart from `enter`; `clock` gives seconds."""
 
     __slots__ = ("clock", "tenants", "gate", "vtime", "_backlog", "_reserve_holders", "_held", "_overdue", "_overdue_at",
-                 "_active_weight", "_active_count", "_seq", "_quiet", "_presence")
+                 "_active_weight", "_active_count", "_seq", "_quiet", "_presence", "_probes")
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -235,6 +249,7 @@ class Admission:
         # one other than a given tenant is always among them
         self._quiet: list[tuple[TenantSlots, float]] = []
         self._presence: deque[tuple[float, TenantSlots]] = deque()  # (present until, tenant), oldest first
+        self._probes = 0  # requests of unknown cost in the kept room (KEPT_PROBES)
 
     # ---- configuration ----
     def configure(self, config: Config, share: float = 1.0) -> None:
@@ -341,16 +356,20 @@ class Admission:
             seen = self._quiet_other(slots, now)
             if seen is not None:  # a tenant over its share while others ask for little: keep them their room now
                 gate.contend(seen + CONTENDED_HOLD_S)
+        # the kept room: for a request under its share, unless its cost is unknown and a probe is out already
+        kept = under and (known or self._probes < KEPT_PROBES)
+        burst = self._in_burst(slots, now)
         if shadow:
             would = (bool(slots.waiters) or slots.inflight >= slots.max_concurrent
-                     or not self._fits(cost, under, capacity, limit, known))
+                     or not self._fits(cost, kept, capacity, limit, known, burst))
             if would:
                 slots.would_throttle += 1
-            return self._admit(slots, cost, now, -1.0 if would else 0.0, under, capacity)
-        if not self._backlog and slots.inflight < slots.max_concurrent and self._fits(cost, under, capacity, limit, known):
-            return self._admit(slots, cost, now, 0.0, under, capacity)  # nobody waits anywhere: the common case
+            return self._admit(slots, cost, now, -1.0 if would else 0.0, kept, capacity, known)
+        if (not self._backlog and slots.inflight < slots.max_concurrent
+                and self._fits(cost, kept, capacity, limit, known, burst)):
+            return self._admit(slots, cost, now, 0.0, kept, capacity, known)  # nobody waits anywhere: the common case
         self._seq += 1
-        waiter = Waiter(slots, cost, now, self._seq, known)
+        waiter = Waiter(slots, cost, now, self._seq, known, burst)
         slots.waiters.append(waiter)
         slots.queued_cost += cost
         self._backlog[slots] = None
@@ -489,6 +508,8 @@ class Admission:
             slots.idle_since = now
         gate = self.gate
         in_reserve = ticket.reserve and ticket.epoch == slots.reserve_epoch  # Ticket.in_reserve
+        if ticket.probe:
+            self._probes -= 1
         del self._held[ticket]
         if ticket.overdue:
             self._overdue = max(0.0, self._overdue - ticket.overdue) if self._held else 0.0  # no float dust below 0
@@ -569,7 +590,7 @@ class Admission:
             if not picked.waiters:
                 del self._backlog[picked]
             self.gate.queued -= 1
-            ticket = self._admit(picked, waiter.cost, now, now - waiter.since, reserve)
+            ticket = self._admit(picked, waiter.cost, now, now - waiter.since, reserve, UNKNOWN, waiter.known)
             waiter.ticket = ticket
             if waiter.on_grant is not None:
                 waiter.on_grant(ticket)
@@ -579,7 +600,9 @@ class Admission:
         kept for tenants under their share (it is under its share, or borrows that room while it is idle).
 
         Over-share tenants go strictly by tag: if the smallest tag does not fit, none of them goes
-        (a cheaper request must not starve an expensive one forever). Under-share tenants may use the
+        (a cheaper request must not starve an expensive one forever); a head the core-bound gate holds
+        back whatever the room (`Gate.core_bound_holds`) has no turn. A request of unknown cost goes into
+        the kept room only while no other one is there (KEPT_PROBES); until then it is an over-share one. Under-share tenants may use the
         headroom and go whenever theirs fits. While no tenant under its share waits, a small over-share
         ask (`_may_borrow`) may borrow the kept room, smallest tag first.
         """
@@ -589,22 +612,25 @@ class Admission:
         under: tuple[float, int, TenantSlots] | None = None
         borrow: tuple[float, int, TenantSlots] | None = None
         under_waiting = False
+        probe = self._probes < KEPT_PROBES
         for slots in self._backlog:
             if slots.inflight >= slots.max_concurrent:
                 continue
             head = slots.waiters[0]
             key = (max(vtime, slots.finish), head.seq, slots)
-            if self._under_share(slots):
+            if (head.known or probe) and self._under_share(slots):
                 under_waiting = True
                 if (under is None or key[:2] < under[:2]) and self._fits_reserve(head.cost):
                     under = key
                 continue
-            if over is None or key[:2] < over[:2]:
-                over = key
-            if (borrow is None or key[:2] < borrow[:2]) and self._may_borrow(slots, now):
+            if (over is None or key[:2] < over[:2]) and not gate.core_bound_holds(head.cost, head.known, head.burst):
+                over = key  # (a request the core-bound gate holds back does not hold up the others' turns)
+            if (borrow is None or key[:2] < borrow[:2]) and (head.known or probe) and self._may_borrow(slots, now):
                 borrow = key
-        if over is not None and not gate.fits(over[2].waiters[0].cost, False, UNKNOWN, UNKNOWN, over[2].waiters[0].known):
-            over = None
+        if over is not None:
+            head = over[2].waiters[0]
+            if not gate.fits(head.cost, False, UNKNOWN, UNKNOWN, head.known, head.burst):
+                over = None
         if over is None:
             if under is not None:
                 return under[2], True
@@ -615,11 +641,11 @@ class Admission:
             return over[2], False
         return under[2], True
 
-    def _paused_before(self, slots: TenantSlots) -> bool:
-        """Did the tenant's current busy period follow a pause of at least BORROW_IDLE_S, and was it seen
-        within PRESENCE_S before? A dashboard's bursts do; a storm (busy without a pause, and new at its
-        onset) does not."""
-        return BORROW_IDLE_S <= slots.idle_gap <= PRESENCE_S
+    def _in_burst(self, slots: TenantSlots, now: float) -> bool:
+        """Is the tenant in a burst: busy for at most BORROW_BURST_S, after a pause of at least BORROW_IDLE_S,
+        and seen within PRESENCE_S before? A dashboard's bursts are; a storm (busy without a pause, and new
+        at its onset) is not."""
+        return now - slots.busy_since <= BORROW_BURST_S and BORROW_IDLE_S <= slots.idle_gap <= PRESENCE_S
 
     def _may_borrow(self, slots: TenantSlots, now: float) -> bool:
         """May a tenant over its share borrow the room kept for tenants under theirs (while none of them
@@ -634,16 +660,16 @@ class Admission:
         the room (`_fits_reserve`)."""
         gate = self.gate
         if not (gate.enabled and slots.inflight == slots.reserve_inflight  # none over-share in flight
-                and now - slots.busy_since <= BORROW_BURST_S and self._paused_before(slots)):
+                and self._in_burst(slots, now)):
             return False
         capacity = gate.capacity_cost  # and the whole burst fits in the kept room
         return capacity is None or slots.inflight_cost + slots.queued_cost <= (1.0 - gate.headroom) * capacity
 
-    def _fits(self, cost: float, under: bool, capacity: float | None | object = UNKNOWN,
-              limit: float | object = UNKNOWN, known: bool = True) -> bool:
-        if under:
+    def _fits(self, cost: float, kept: bool, capacity: float | None | object = UNKNOWN,
+              limit: float | object = UNKNOWN, known: bool = True, burst: bool = False) -> bool:
+        if kept:
             return self._fits_reserve(cost, capacity, limit)
-        return self.gate.fits(cost, False, capacity, limit, known)
+        return self.gate.fits(cost, False, capacity, limit, known, burst)
 
     def _fits_reserve(self, cost: float, capacity: float | None | object = UNKNOWN,
                       limit: float | object = UNKNOWN) -> bool:
@@ -684,7 +710,7 @@ class Admission:
         return asked <= max(capacity * gate.headroom * fraction, SHARE_FLOOR_REQUESTS * gate.mean_cost)
 
     def _admit(self, slots: TenantSlots, cost: float, now: float, waited: float, reserve: bool,
-               capacity: float | None | object = UNKNOWN) -> Ticket:
+               capacity: float | None | object = UNKNOWN, known: bool = True) -> Ticket:
         start = max(self.vtime, slots.finish)
         slots.finish = start + max(cost, MIN_TAG_COST) / slots.weight
         self.vtime = start
@@ -700,6 +726,9 @@ class Admission:
         slots.admitted += 1
         self._activate(slots)
         ticket = Ticket(slots, cost, waited, counted, reserve, now)
+        if reserve and not known:
+            ticket.probe = True
+            self._probes += 1
         self._held[ticket] = None
         return ticket
 

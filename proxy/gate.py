@@ -27,8 +27,10 @@ beside the quiet tenants' without slowing theirs two- or threefold, and nothing 
 it runs — over-share work waits while the gate is contended (a tenant under its share was seen lately),
 unless it is one request *known* to cost no more than `CORE_BOUND_CHEAP` average ones (a quiet tenant's
 search priced on the starved core can be over the share floor, and must not starve; a shape never seen is
-only estimated, and the storm's first searches were estimated 20-60 units and cost 100-1,200); a lone
-busy tenant still gets one request. Where the threads alone make the room less than one request,
+only estimated, and the storm's first searches were estimated 20-60 units and cost 100-1,200), or one
+that arrived in its tenant's burst after a pause (`burst`: a dashboard's parallel searches, learned at
+8x the average on the starved core, timed out waiting for that test; a storm's closed loop never pauses);
+a lone busy tenant still gets one request. Where the threads alone make the room less than one request,
 one still goes, as before: a thread it holds slows nobody else's.
 
 **One room for several instances.** Each process counts its `share` of the cluster (1 / instances).
@@ -385,12 +387,14 @@ class Gate:
         return min(cost, capacity * self.pool * self.headroom)  # type: ignore[operator]
 
     def fits(self, cost: float, reserve: bool, capacity: float | None | object = UNKNOWN,
-             limit: float | object = UNKNOWN, known: bool = True) -> bool:
+             limit: float | object = UNKNOWN, known: bool = True, burst: bool = False) -> bool:
         """Room for one more request of `cost` units. `reserve`: the tenant is under its fair share and
         may use the headroom; otherwise only `capacity_headroom` of the limit and capacity. `capacity`
         and `limit`: `capacity_cost` and `limit` if the caller has them already (once per request).
         With peers pooled, everyone's holdings count against the whole cluster's limits. `known`: the cost
-        was learned from responses (False: only an estimate, which the core-bound exception does not trust)."""
+        was learned from responses (False: only an estimate, which the core-bound exception does not trust).
+        `burst`: it arrived in its tenant's burst after a pause (a dashboard's, never a storm's closed loop),
+        which may go alone whatever its learned cost."""
         if not self.enabled:
             return True
         headroom = self.headroom
@@ -414,14 +418,12 @@ class Gate:
             # over-share requests hold no more than headroom of the threads (fan-out), or of the cores
             threads = self.threads
             cores = self.cores
-            core_bound = 0 < cores < threads
-            if core_bound:
+            if 0 < cores < threads:
                 threads = cores
             over_limit = min(limit, threads * share / self.fan_out) if threads else limit
             room = math.floor(over_limit * headroom + 1e-9)
             if room < 1:
-                if core_bound and self.contended_until is not None and (
-                        not known or cost > CORE_BOUND_CHEAP * self.mean_cost):
+                if threads == cores and self.core_bound_holds(cost, known, burst):
                     return False  # not one such request's worth of CPU to spare beside the quiet tenants
                 room = 1
             if inflight + 1 > room:
@@ -445,6 +447,20 @@ class Gate:
         # share, since moved out of the kept room; or before the capacity shrank) does not take the rest.
         over = inflight_cost - reserve_cost
         return min(over, capacity * headroom) + reserve_cost + counted <= capacity + 1e-9
+
+    def core_bound_holds(self, cost: float, known: bool, burst: bool) -> bool:
+        """Does an over-share request wait however empty the gate is? Only while contended, on a cluster with
+        less than one over-share request's worth of cores (see Cores above), and unless it is trusted: known
+        to cost at most CORE_BOUND_CHEAP average requests, or known and in its tenant's burst."""
+        if self.contended_until is None:
+            return False
+        cores = self.cores
+        if not 0 < cores < self.threads:
+            return False
+        if known and (burst or cost <= CORE_BOUND_CHEAP * self.mean_cost):
+            return False
+        over_limit = min(self.limit, cores * self.share / self.fan_out) * self.pool
+        return math.floor(over_limit * self.headroom + 1e-9) < 1
 
     def set_peers(self, pool: float, inflight: int, cost: float, reserve_inflight: int, reserve_cost: float) -> None:
         """The other instances' holdings at the gate (requests and cost in flight, and of those in the kept

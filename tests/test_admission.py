@@ -19,6 +19,7 @@ from proxy.admission import CONTENDED_HOLD_S, REASONS, Admission, ClusterReading
 from proxy.config import hash_secret, parse_config
 from proxy.cost_observed import Observed
 from proxy.errors import Throttled
+from proxy.gate import CORE_BOUND_CHEAP
 from proxy.tenants import Directory
 
 
@@ -1213,3 +1214,51 @@ def test_on_a_cluster_with_fewer_cores_than_one_over_share_request_needs_the_sto
     adm = admission({"acme": {}}, threads=6)
     adm.observe_cluster(ClusterReading(data_nodes=3, search_threads=6, cores=1), 0.0)
     assert adm.report(now=0.0)["cores"] == 1
+
+
+def test_a_burst_over_its_share_on_a_core_bound_cluster_goes_one_at_a_time_and_a_storm_does_not():
+    """Elasticsearch, two instances, a node rejoining: a dashboard's burst of searches learned at 8x the
+    average (priced on the starved core), more than the whole kept room, was over its share and not
+    'cheap', so the core-bound gate held it back while the quiet tenants kept the gate contended, and two
+    timed out. A burst's known requests go alone whenever the gate is empty, whatever their cost; a storm's
+    (busy without a pause) still wait, and do not hold up the burst's turn although their tags are smaller."""
+    adm = admission({"storm0": {"weight": 1}, "shop": {"weight": 100}, "dashboard": {"weight": 1}},
+                    threads=6, capacity_headroom=0.8, capacity_headroom_contended=0.5)
+    adm.observe_cluster(ClusterReading(data_nodes=3, search_threads=6, cores=1), 0.0)
+    for name in ["dashboard"] + ["shop"] * 19:
+        adm.leave(granted(adm, name, 10), 200, 0.01, searched(10, 2), now=0.0)  # mean 10, fan-out 2
+    storm = queued(adm, "storm0", 500, now=0.9)  # new and busy: no burst; held back, the quiet shop seen at 0.0
+    assert adm.gate.contended_until is not None and adm.gate.mean_cost == 10
+    burst = [adm.request("dashboard", 200, 1.0) for _ in range(3)]  # after a pause of a second: a burst
+    assert isinstance(burst[0], Ticket) and not burst[0].in_reserve  # over its share (two averages: 20)
+    assert [type(got) for got in burst[1:]] == [Waiter, Waiter]  # one at a time; too big to borrow the kept room
+    adm.leave(burst[0], 200, 0.2, searched(200, 2), now=1.2)
+    assert burst[1].ticket is not None and burst[2].ticket is None and storm.ticket is None
+    adm.leave(burst[1].ticket, 200, 0.2, searched(200, 2), now=2.5)  # its turn outlasts BORROW_BURST_S
+    assert burst[2].ticket is not None and storm.ticket is None
+    assert not any(waiter.ticket.in_reserve for waiter in burst[1:])
+    adm.leave(burst[2].ticket, 200, 0.2, searched(200, 2), now=2.7)
+    assert storm.ticket is None and adm.gate.mean_cost < 500 / CORE_BOUND_CHEAP
+    adm.withdraw(storm, now=2.7)
+    assert_idle(adm)
+
+
+def test_the_kept_room_holds_one_request_of_unknown_cost_at_a_time():
+    """The simulator's storm, two instances: its first script searches were estimated 88 units, within each
+    tenant's share, and cost 1,000; at the onset ten tenants' went into the kept room at once. A request of
+    unknown cost goes there only while no other one is (the probe); the others are judged as over-share
+    requests until then. Known costs go into the kept room beside the probe as before."""
+    adm = small_storming_cluster()
+    storm = granted(adm, "storm0", 2000)  # the over-share room (one request) is taken
+    probe = adm.request("storm1", 200, 1.0, known=False)  # within two average requests (640)
+    assert isinstance(probe, Ticket) and probe.in_reserve and probe.probe
+    second = adm.request("storm2", 200, 1.0, known=False)
+    assert isinstance(second, Waiter)  # an over-share request now: waits for the storm's room
+    shop = adm.request("shop", 200, 1.0)
+    assert isinstance(shop, Ticket) and shop.in_reserve and not shop.probe
+    adm.leave(probe, 200, 0.5, searched(1000, 2), now=1.5)
+    assert second.ticket is not None and second.ticket.in_reserve and second.ticket.probe  # the next probe
+    for ticket in (second.ticket, shop, storm):
+        adm.leave(ticket, now=2.0)
+    assert adm._probes == 0
+    assert_idle(adm)
