@@ -32,6 +32,7 @@ cdef class TenantSlots:
     cdef public Py_ssize_t abandoned
     cdef public double shed_until
     cdef public Py_ssize_t shed
+    cdef public double refused_at
 
 
 cdef class Ticket:
@@ -83,11 +84,11 @@ cdef class Admission:
     cpdef leave(self, Ticket ticket, int status=*, double upstream_s=*, observed=*, now=*)
     cpdef refresh_overdue(self, double now)
     cpdef pump(self, double now)
-    cpdef bint _fits(self, double cost, bint kept, capacity=*, limit=*, bint known=*, bint burst=*)
-    cpdef bint _fits_reserve(self, double cost, capacity=*, limit=*)
+    cpdef bint _fits(self, double cost, bint kept, double now, capacity=*, limit=*, bint known=*, bint burst=*)
+    cpdef bint _fits_reserve(self, double cost, double now, capacity=*, limit=*)
     cpdef bint _in_burst(self, TenantSlots slots, double now)
     cpdef bint _may_borrow(self, TenantSlots slots, double now)
-    cpdef bint _under_share(self, TenantSlots slots, extra=*, capacity=*, limit=*)
+    cpdef bint _under_share(self, TenantSlots slots, double now, extra=*, capacity=*, limit=*)
     cpdef Ticket _admit(self, TenantSlots slots, double cost, double now, double waited, bint reserve, capacity=*,
                         bint known=*)
     cpdef _activate(self, TenantSlots slots)

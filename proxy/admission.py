@@ -31,7 +31,11 @@ tenant's backlog, or one of its searches alone, is not (they cost many times the
 a steady tenant's next search may arrive while its last is still in flight (or stuck on a lost node), and
 with a floor of one that made it an over-share tenant, which goes only while the gate has over-share room
 — on a small cluster, only while the gate is empty — so its backlog grew and kept it there (Elasticsearch,
-a node rejoining: searches of 5-20 ms waiting 2 s at the gate, 18 `queue_timeout`s).
+a node rejoining: searches of 5-20 ms waiting 2 s at the gate, 18 `queue_timeout`s). Not for a tenant
+the gate turned away (queue_timeout, concurrency, shed) within `REFUSED_HOLD_S`: a storm's retries, one or
+two at a time per instance and learned at what they cost alone, were within two average requests too, and
+ten tenants' went into the kept room together (OpenSearch, two instances: 650-800 units each on the one
+core, quiet searches waiting up to 580 ms behind them).
 
 **Borrowing.** While no tenant under its share waits, a tenant over it may put requests into the idle
 kept room if it is in a burst: busy (something in flight or queued) for at most `BORROW_BURST_S`, after
@@ -101,6 +105,8 @@ from .tenants import TenantView
 SHARE_FLOOR_REQUESTS = 2.0
 #: requests whose cost is not known (only estimated) that the kept room holds at once (per process)
 KEPT_PROBES = 1
+#: ... unless the gate refused one of its requests (queue_timeout, concurrency, shed) within this many seconds
+REFUSED_HOLD_S = 5.0
 #: smallest cost a request is charged in the fair queue's tags, so zero-cost requests cannot flood it
 MIN_TAG_COST = 1.0
 #: a request in flight counts as what it has spent once that is over this multiple of what it was counted as ...
@@ -138,7 +144,7 @@ class TenantSlots:
     __slots__ = ("name", "max_concurrent", "max_queue", "max_wait_s", "weight", "inflight", "inflight_cost",
                  "queued_cost", "reserve_inflight", "reserve_cost", "reserve_epoch", "waiters", "finish", "active",
                  "present_until", "idle_since", "idle_gap", "busy_since", "admitted", "throttled", "would_throttle",
-                 "abandoned", "shed_until", "shed")
+                 "abandoned", "shed_until", "shed", "refused_at")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -169,6 +175,9 @@ class TenantSlots:
         self.abandoned = 0  # requests whose client went away while they were queued
         self.shed_until = -math.inf  # seconds (the admission clock): over-share requests refused until then
         self.shed = 0  # requests refused (or dropped from the queue) while shedding held the tenant back
+        #: seconds (the admission clock): when the gate last refused one of its requests for asking too much
+        #: (queue_timeout, concurrency, shed; not overload, which is everyone's): no share floor for REFUSED_HOLD_S
+        self.refused_at = -math.inf
 
     @property
     def queued(self) -> int:
@@ -311,12 +320,14 @@ class Admission:
                     return ticket
                 self.leave(ticket)  # the client is gone: pass the slot on at once
                 raise
-            self.withdraw(waiter, self.clock())
+            now = self.clock()
+            self.withdraw(waiter, now)
             if not isinstance(exc, (TimeoutError, Throttled)):  # (Throttled: shedding refused its queue)
                 waiter.slots.abandoned += 1
             if isinstance(exc, TimeoutError):
                 slots = waiter.slots
                 slots.throttled += 1
+                slots.refused_at = now
                 retry = max(slots.max_wait_s, 1.0)
                 raise Throttled(
                     f"tenant '{slots.name}' waited {slots.max_wait_s:.1f}s for a slot ({slots.inflight} of "
@@ -345,9 +356,10 @@ class Admission:
             self._activate(slots)
         # The gate's derived limits, once for this request: nothing below changes them.
         capacity, limit = gate.capacity_cost, gate.limit
-        under = self._under_share(slots, cost, capacity, limit)
+        under = self._under_share(slots, now, cost, capacity, limit)
         if not under and slots.shed_until > now and not shadow:
             slots.throttled += 1
+            slots.refused_at = now
             slots.shed += 1
             raise self._shed_refusal(slots, now)
         if under:
@@ -361,12 +373,12 @@ class Admission:
         burst = self._in_burst(slots, now)
         if shadow:
             would = (bool(slots.waiters) or slots.inflight >= slots.max_concurrent
-                     or not self._fits(cost, kept, capacity, limit, known, burst))
+                     or not self._fits(cost, kept, now, capacity, limit, known, burst))
             if would:
                 slots.would_throttle += 1
             return self._admit(slots, cost, now, -1.0 if would else 0.0, kept, capacity, known)
         if (not self._backlog and slots.inflight < slots.max_concurrent
-                and self._fits(cost, kept, capacity, limit, known, burst)):
+                and self._fits(cost, kept, now, capacity, limit, known, burst)):
             return self._admit(slots, cost, now, 0.0, kept, capacity, known)  # nobody waits anywhere: the common case
         self._seq += 1
         waiter = Waiter(slots, cost, now, self._seq, known, burst)
@@ -387,6 +399,7 @@ class Admission:
         if len(slots.waiters) > slots.max_queue or slots.max_wait_s <= 0.0:
             self.withdraw(waiter, now)
             slots.throttled += 1
+            slots.refused_at = now
             retry = max(slots.max_wait_s, 1.0)
             raise Throttled(
                 f"tenant '{tenant}' has {slots.inflight} requests in flight and {len(slots.waiters)} queued "
@@ -415,13 +428,14 @@ class Admission:
             return 0
         if until > slots.shed_until:
             slots.shed_until = until
-        if not slots.waiters or self._under_share(slots):
+        if not slots.waiters or self._under_share(slots, now):
             return 0
         refused = 0
         while slots.waiters:
             waiter = slots.waiters[-1]  # newest first: withdraw is cheapest from the end
             self.withdraw(waiter, now)
             slots.throttled += 1
+            slots.refused_at = now
             slots.shed += 1
             refused += 1
             if waiter.on_refuse is not None:
@@ -618,9 +632,9 @@ class Admission:
                 continue
             head = slots.waiters[0]
             key = (max(vtime, slots.finish), head.seq, slots)
-            if (head.known or probe) and self._under_share(slots):
+            if (head.known or probe) and self._under_share(slots, now):
                 under_waiting = True
-                if (under is None or key[:2] < under[:2]) and self._fits_reserve(head.cost):
+                if (under is None or key[:2] < under[:2]) and self._fits_reserve(head.cost, now):
                     under = key
                 continue
             if (over is None or key[:2] < over[:2]) and not gate.core_bound_holds(head.cost, head.known, head.burst):
@@ -665,13 +679,13 @@ class Admission:
         capacity = gate.capacity_cost  # and the whole burst fits in the kept room
         return capacity is None or slots.inflight_cost + slots.queued_cost <= (1.0 - gate.headroom) * capacity
 
-    def _fits(self, cost: float, kept: bool, capacity: float | None | object = UNKNOWN,
+    def _fits(self, cost: float, kept: bool, now: float, capacity: float | None | object = UNKNOWN,
               limit: float | object = UNKNOWN, known: bool = True, burst: bool = False) -> bool:
         if kept:
-            return self._fits_reserve(cost, capacity, limit)
+            return self._fits_reserve(cost, now, capacity, limit)
         return self.gate.fits(cost, False, capacity, limit, known, burst)
 
-    def _fits_reserve(self, cost: float, capacity: float | None | object = UNKNOWN,
+    def _fits_reserve(self, cost: float, now: float, capacity: float | None | object = UNKNOWN,
                       limit: float | object = UNKNOWN) -> bool:
         """Room for an under-share request; if the kept room looks full, first move out of it the requests
         of tenants that have since gone over their share (a tenant alone at first gets it all)."""
@@ -680,7 +694,7 @@ class Admission:
             return True
         reclaimed = False
         for slots in list(self._reserve_holders):
-            if not self._under_share(slots):
+            if not self._under_share(slots, now):
                 gate.leave_reserve(slots.reserve_inflight, slots.reserve_cost)
                 slots.reserve_inflight, slots.reserve_cost = 0, 0.0
                 slots.reserve_epoch += 1
@@ -688,12 +702,12 @@ class Admission:
                 reclaimed = True
         return reclaimed and gate.fits(cost, reserve=True)
 
-    def _under_share(self, slots: TenantSlots, extra: float | None = None, capacity: float | None | object = UNKNOWN,
+    def _under_share(self, slots: TenantSlots, now: float, extra: float | None = None, capacity: float | None | object = UNKNOWN,
                      limit: float | object = UNKNOWN) -> bool:
         """Is all the tenant asks for — in flight, queued, and a request of `extra` cost units — within its
-        weighted share of the gate (in cost), or within SHARE_FLOOR_REQUESTS average requests? A tenant with a
-        backlog beyond its share is over it for every request, its first included: the room kept back is for
-        tenants that ask for little."""
+        weighted share of the gate (in cost), or within SHARE_FLOOR_REQUESTS average requests (unless the gate
+        refused it within REFUSED_HOLD_S before `now`)? A tenant with a backlog beyond its share is over it for
+        every request, its first included: the room kept back is for tenants that ask for little."""
         gate = self.gate
         if not gate.enabled:
             return True
@@ -705,9 +719,12 @@ class Admission:
             asked_count = slots.inflight + len(slots.waiters) + (0 if extra is None else 1)
             return asked_count <= (gate.limit if limit is UNKNOWN else limit) * gate.headroom * fraction  # type: ignore[operator]
         asked = slots.inflight_cost + slots.queued_cost + (extra or 0.0)
+        share = capacity * gate.headroom * fraction  # type: ignore[operator]
+        if asked <= share:
+            return True
         # ... and never less than two average requests: on a small cluster shared by many tenants, a fair
-        # share can be less than one cheap search
-        return asked <= max(capacity * gate.headroom * fraction, SHARE_FLOOR_REQUESTS * gate.mean_cost)
+        # share can be less than one cheap search; but not for a tenant the gate turned away lately
+        return asked <= SHARE_FLOOR_REQUESTS * gate.mean_cost and now - slots.refused_at > REFUSED_HOLD_S
 
     def _admit(self, slots: TenantSlots, cost: float, now: float, waited: float, reserve: bool,
                capacity: float | None | object = UNKNOWN, known: bool = True) -> Ticket:

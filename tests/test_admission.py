@@ -1262,3 +1262,26 @@ def test_the_kept_room_holds_one_request_of_unknown_cost_at_a_time():
         adm.leave(ticket, now=2.0)
     assert adm._probes == 0
     assert_idle(adm)
+
+
+def test_a_tenant_the_gate_turned_away_lately_is_not_within_its_share_floor():
+    """OpenSearch, two instances: each storming tenant's retries after its queue_timeouts came one or two
+    per instance, learned at 60-120 units (what they cost alone), so within two average requests: ten
+    tenants' went into the kept room together and cost 650-800 each on the one core, while the quiet
+    tenants' searches waited up to 580 ms behind them. A tenant the gate refused (queue_timeout,
+    concurrency, shed) within REFUSED_HOLD_S is judged on its weighted share alone."""
+    adm = small_storming_cluster()  # a weighted share of ~250 units, the floor 640
+    storm = granted(adm, "storm0", 2000)  # the over-share room is taken
+    backlog = queued(adm, "storm1", 2000)
+    assert adm.hold_back("storm1", until=0.6, now=0.5) == 1 and backlog.ticket is None  # refused at 0.5
+    adm.release("storm1")
+    again = adm.request("storm1", 400, 0.5)  # retried at once: within two average requests (640), but refused
+    assert isinstance(again, Waiter)
+    later = adm.request("storm2", 400, 1.0)  # never refused: the kept room
+    assert isinstance(later, Ticket) and later.in_reserve
+    adm.withdraw(again, now=5.6)
+    after = adm.request("storm1", 400, 5.6)  # REFUSED_HOLD_S on: within its floor again
+    assert isinstance(after, Ticket) and after.in_reserve
+    for ticket in (storm, later, after):
+        adm.leave(ticket, now=6.0)
+    assert_idle(adm)
