@@ -615,10 +615,10 @@ class Admission:
 
         Over-share tenants go strictly by tag: if the smallest tag does not fit, none of them goes
         (a cheaper request must not starve an expensive one forever); a head the core-bound gate holds
-        back whatever the room (`Gate.core_bound_holds`) has no turn. A request of unknown cost goes into
-        the kept room only while no other one is there (KEPT_PROBES); until then it is an over-share one. Under-share tenants may use the
+        back whatever the room (`Gate.core_bound_holds`) has no turn. Under-share tenants may use the
         headroom and go whenever theirs fits. While no tenant under its share waits, a small over-share
-        ask (`_may_borrow`) may borrow the kept room, smallest tag first.
+        ask (`_may_borrow`) may borrow the kept room, smallest tag first. A request of unknown cost goes
+        into the kept room only while no other one is there (KEPT_PROBES); until then it is an over-share one.
         """
         gate = self.gate
         vtime = self.vtime
@@ -702,8 +702,8 @@ class Admission:
                 reclaimed = True
         return reclaimed and gate.fits(cost, reserve=True)
 
-    def _under_share(self, slots: TenantSlots, now: float, extra: float | None = None, capacity: float | None | object = UNKNOWN,
-                     limit: float | object = UNKNOWN) -> bool:
+    def _under_share(self, slots: TenantSlots, now: float, extra: float | None = None,
+                     capacity: float | None | object = UNKNOWN, limit: float | object = UNKNOWN) -> bool:
         """Is all the tenant asks for — in flight, queued, and a request of `extra` cost units — within its
         weighted share of the gate (in cost), or within SHARE_FLOOR_REQUESTS average requests (unless the gate
         refused it within REFUSED_HOLD_S before `now`)? A tenant with a backlog beyond its share is over it for
