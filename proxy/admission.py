@@ -50,7 +50,8 @@ units estimated, 1,000 spent). Within its share it would go into the kept room, 
 ten tenants' first searches did at once, on the threads the quiet tenants needed (two instances: a
 good search waited 360 ms, 22x its baseline p99). So the kept room holds at most one request whose cost
 is not *known* (`known`: learned from responses, or not a search) per process at a time, the probe
-that learns it; other unknown requests are judged as over-share ones until theirs is learned.
+that learns it; other unknown requests are judged as over-share ones until theirs is learned. A tenant
+alone (no other one active) is not held to it: there is nobody to keep the room for.
 
 **Overdue requests.** A request counts at the gate as its estimated (or learned) cost. One that stays
 in flight well past what that cost implies (elapsed × threads per request, over `OVERDUE_SLACK` × its
@@ -369,7 +370,8 @@ class Admission:
             if seen is not None:  # a tenant over its share while others ask for little: keep them their room now
                 gate.contend(seen + CONTENDED_HOLD_S)
         # the kept room: for a request under its share, unless its cost is unknown and a probe is out already
-        kept = under and (known or self._probes < KEPT_PROBES)
+        # (and others are about: a tenant alone keeps the room for nobody)
+        kept = under and (known or self._probes < KEPT_PROBES or self._active_count <= 1)
         burst = self._in_burst(slots, now)
         if shadow:
             would = (bool(slots.waiters) or slots.inflight >= slots.max_concurrent
@@ -626,7 +628,7 @@ class Admission:
         under: tuple[float, int, TenantSlots] | None = None
         borrow: tuple[float, int, TenantSlots] | None = None
         under_waiting = False
-        probe = self._probes < KEPT_PROBES
+        probe = self._probes < KEPT_PROBES or self._active_count <= 1
         for slots in self._backlog:
             if slots.inflight >= slots.max_concurrent:
                 continue

@@ -257,6 +257,10 @@ def make_config(nodes: list[str], tenants: dict | None = None, plans: dict | Non
     return config
 
 
+#: how long a proxy process may take to answer /health after it was started (seconds)
+PROCESS_START_S = 60.0
+
+
 class ProxyProcess:
     """`python -m proxy run --config FILE` as a subprocess, with its logs in files."""
 
@@ -277,13 +281,16 @@ class ProxyProcess:
             stdout=self._stdout, stderr=self._stderr, cwd=REPO, env={**os.environ, **(env or {})},
         )
         try:
+            # (generous: the real clusters' JVMs start in the background while the first tests run, and a
+            # Python process importing on two busy cores took over 15 s to answer)
             wait_until(lambda: self.proc.poll() is not None or http_get(self.admin + "/health")[0] == 200,
-                       what="proxy /health")
+                       PROCESS_START_S, what="proxy /health")
             if workers > 1:
-                wait_until(lambda: self.stderr().count("listening on") >= workers, what="all workers listening")
-        except TimeoutError:
+                wait_until(lambda: self.stderr().count("listening on") >= workers, PROCESS_START_S,
+                           what="all workers listening")
+        except TimeoutError as exc:
             self.stop()
-            raise
+            raise TimeoutError(f"{exc}; the proxy's stderr:\n{self.stderr()[-3000:]}") from None
         if self.proc.poll() is not None:
             raise RuntimeError(f"proxy exited with {self.proc.returncode}:\n{self.stderr()}")
 

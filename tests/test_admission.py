@@ -1262,6 +1262,13 @@ def test_the_kept_room_holds_one_request_of_unknown_cost_at_a_time():
         adm.leave(ticket, now=2.0)
     assert adm._probes == 0
     assert_idle(adm)
+    # a tenant alone keeps the room for nobody: its unknown requests all go in
+    alone = admission({"acme": {}}, threads=6)
+    tickets = [alone.request("acme", 100, 0.0, known=False) for _ in range(4)]
+    assert all(isinstance(ticket, Ticket) and ticket.in_reserve for ticket in tickets)
+    for ticket in tickets:
+        alone.leave(ticket, now=1.0)
+    assert_idle(alone)
 
 
 def test_a_tenant_the_gate_turned_away_lately_is_not_within_its_share_floor():
