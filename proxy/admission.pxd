@@ -86,6 +86,7 @@ cdef class Admission:
     cpdef pump(self, double now)
     cpdef bint _fits(self, double cost, bint kept, double now, capacity=*, limit=*, bint known=*, bint burst=*)
     cpdef bint _fits_reserve(self, double cost, double now, capacity=*, limit=*)
+    cpdef bint _probe_free(self)
     cpdef bint _in_burst(self, TenantSlots slots, double now)
     cpdef bint _may_borrow(self, TenantSlots slots, double now)
     cpdef bint _under_share(self, TenantSlots slots, double now, extra=*, capacity=*, limit=*)

@@ -371,7 +371,7 @@ class Admission:
                 gate.contend(seen + CONTENDED_HOLD_S)
         # the kept room: for a request under its share, unless its cost is unknown and a probe is out already
         # (and others are about: a tenant alone keeps the room for nobody)
-        kept = under and (known or self._probes < KEPT_PROBES or self._active_count <= 1)
+        kept = under and (known or self._probe_free())
         burst = self._in_burst(slots, now)
         if shadow:
             would = (bool(slots.waiters) or slots.inflight >= slots.max_concurrent
@@ -628,7 +628,7 @@ class Admission:
         under: tuple[float, int, TenantSlots] | None = None
         borrow: tuple[float, int, TenantSlots] | None = None
         under_waiting = False
-        probe = self._probes < KEPT_PROBES or self._active_count <= 1
+        probe = self._probe_free()
         for slots in self._backlog:
             if slots.inflight >= slots.max_concurrent:
                 continue
@@ -656,6 +656,10 @@ class Admission:
         if under is None or over[:2] < under[:2]:
             return over[2], False
         return under[2], True
+
+    def _probe_free(self) -> bool:
+        """May one more request of unknown cost go into the kept room (KEPT_PROBES; a tenant alone: always)?"""
+        return self._probes < KEPT_PROBES or self._active_count <= 1
 
     def _in_burst(self, slots: TenantSlots, now: float) -> bool:
         """Is the tenant in a burst: busy for at most BORROW_BURST_S, after a pause of at least BORROW_IDLE_S,

@@ -423,7 +423,7 @@ class Gate:
             over_limit = min(limit, threads * share / self.fan_out) if threads else limit
             room = math.floor(over_limit * headroom + 1e-9)
             if room < 1:
-                if threads == cores and self.core_bound_holds(cost, known, burst):
+                if self.core_bound_holds(cost, known, burst):
                     return False  # not one such request's worth of CPU to spare beside the quiet tenants
                 room = 1
             if inflight + 1 > room:
