@@ -25,10 +25,20 @@ REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 
+#: ports this test process has handed out: the kernel may give a just-closed ephemeral port again, and two
+#: calls for one config (listen and admin_listen) once returned the same port
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now and never returned before by this process."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def wait_until(predicate, timeout: float = 15.0, what: str = "condition", interval: float = 0.02):
