@@ -24,17 +24,24 @@ class Observed(float):
     __slots__ = ("took_ms", "shards", "queue_passes")
 
 
-def _search_cost(took: int, shards: int, head: bytes) -> Observed:
+def _search_cost(took: int, shards: int, no_hits: bool) -> Observed:
     ms = _took_ms(took)
     cost = Observed(ms * shards)
     cost.took_ms = ms
     cost.shards = shards
     # one shard answers query and fetch in one task; no hits (size 0, aggregations only) means no fetch phase
-    cost.queue_passes = 1 if shards == 1 or _NO_HITS in head else 2
+    cost.queue_passes = 1 if shards == 1 or no_hits else 2
     return cost
 
 
 _NO_HITS = b'"hits":[]'
+
+#: search response prefixes (up to the end of _shards, and whether hits came back) already read, and the
+#: cost each meant; forgotten all at once past SEEN_HEADS. An Observed is never changed once made.
+SEEN_HEADS = 4096
+#: how far into a response head its top-level _shards may begin to take the fast path (else: the full scan)
+SHARDS_WITHIN = 160
+_seen: dict[tuple[bytes, bool], Observed] = {}
 
 
 def observed_cost(head: bytes) -> float | None:
@@ -47,10 +54,25 @@ def observed_cost(head: bytes) -> float | None:
     None when the head has no complete top-level "took" (count, errors, truncated heads). A took of
     0 means under 1 ms: 0.5.
     """
-    fast = _SEARCH_HEAD.match(head)
-    if fast is not None:  # how Elasticsearch begins every search response: one match, no scan
-        took, total, skipped, failed = fast.groups()
-        return _search_cost(int(took), max(1, int(total) - int(skipped) - int(failed)), head)
+    shards_at = head.find(b'"_shards":{', 0, SHARDS_WITHIN)
+    if shards_at > 0:
+        end = head.find(b"}", shards_at) + 1
+        if end:
+            # Most searches answer with a took and shard counts seen before: the same prefix (up to the end of
+            # _shards), the same cost, without parsing it again.
+            key = (head[:end], head.find(_NO_HITS, end) >= 0)
+            cost = _seen.get(key)
+            if cost is not None:
+                return cost
+            fast = _SEARCH_HEAD.match(head)
+            if fast is not None:  # how Elasticsearch begins every search response: one match, no scan
+                took, total, skipped, failed = fast.groups()
+                cost = _search_cost(int(took), max(1, int(total) - int(skipped) - int(failed)), key[1])
+                if fast.end() == end:  # the match read the prefix and nothing else (no shard failures)
+                    if len(_seen) >= SEEN_HEADS:
+                        _seen.clear()
+                    _seen[key] = cost
+                return cost
     try:
         return _observed(head)
     except Exception:  # a cost reading must never break a response
@@ -87,7 +109,7 @@ def _observed(head: bytes) -> float | None:
             total = int(fields.get(b"total", b"1"))
             skipped = int(fields.get(b"skipped", b"0"))
             failed = int(fields.get(b"failed", b"0"))
-            return _search_cost(took, max(1, total - skipped - failed), head.replace(b" ", b""))
+            return _search_cost(took, max(1, total - skipped - failed), _NO_HITS in head.replace(b" ", b""))
     return None if took is None else _took_ms(took)
 
 

@@ -16,6 +16,9 @@ cdef class Snapshot:
     cdef public object granted_bodies
     cdef readonly object _estimates
     cdef object _sizes
+    cdef public object limits
+    cdef public Py_ssize_t max_body_bytes
+    cdef public bint learn
 
     cpdef granted_body(self, tuple sent)
     cpdef estimate(self, method, target, content_type, call, body, sizes)

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 import zlib
+from time import monotonic
 from collections import deque
 
 import cython
@@ -81,10 +82,15 @@ class Memo(dict):
 class Snapshot:
     """Everything derived from one config file, built once per load (memos aside, never mutated)."""
 
-    __slots__ = ("config", "generation", "digest", "directory", "cost_model", "ids", "granted_bodies", "_estimates", "_sizes")
+    __slots__ = ("config", "generation", "digest", "directory", "cost_model", "ids", "granted_bodies", "_estimates", "_sizes",
+                 "limits", "max_body_bytes", "learn")
 
     def __init__(self, config: Config, generation: int, digest: str):
         self.config = config
+        # what every request reads of the config, read once here (the config's models are slow to read)
+        self.limits = config.limits
+        self.max_body_bytes = config.limits.max_body_bytes
+        self.learn = config.cost.learn
         self.generation = generation
         self.digest = digest
         self.directory = Directory(config)
@@ -282,11 +288,12 @@ class Proxy:
     async def handle(self, request: Request) -> None:
         """Serve one request the listener parsed, and answer it through `request`."""
         snap = self.snapshot  # one config snapshot for the whole request
-        trace = Trace(time.monotonic())
+        trace = Trace(monotonic())
         self.inflight += 1
         held = 0  # bytes of this request's body counted in held_bodies
         try:
-            limits = snap.config.limits
+            limits = snap.limits
+            max_body = snap.max_body_bytes
 
             # 1. Who is asking, and what for?
             method, target = request.method, request.target
@@ -302,16 +309,16 @@ class Proxy:
             #    byte before under this config (a dashboard's refresh) passed both: it is not checked again.
             content_type, encoding = request.content_type, request.content_encoding
             body = None
-            if request.complete and not request.too_large and request.body_size <= limits.max_body_bytes:
+            if request.complete and not request.too_large and request.body_size <= max_body:
                 raw = request.body  # the usual case: it came with the head
                 sent = (name, method, target, content_type, encoding, raw)
                 body = snap.granted_body(sent)
             if body is None:
                 authorize(tenant, call, None)
-                if not request.complete or request.too_large or request.body_size > limits.max_body_bytes:
+                if not request.complete or request.too_large or request.body_size > max_body:
                     length = request.content_length
-                    if length is None or length <= limits.max_body_bytes:  # (over it: a 413 at once)
-                        size = limits.max_body_bytes if length is None else length
+                    if length is None or length <= max_body:  # (over it: a 413 at once)
+                        size = max_body if length is None else length
                         self.held_bodies.take(name, size, limits)  # before a byte more of it is read
                         held = size
                     raw = await read_body(request, limits)
@@ -342,7 +349,7 @@ class Proxy:
             estimate = snap.estimate(method, target, content_type, call, body, self.index_sizes)
             estimated = trace.estimated = estimate.cost
             fingerprint = trace.fingerprint = estimate.fingerprint
-            learn = snap.config.cost.learn
+            learn = snap.learn
             learned = self.learned.get(name, fingerprint) if learn else None
             cost = estimated if learned is None else learned
             if encoding is not None and body is not None and body.data is not raw:
@@ -397,7 +404,7 @@ class Proxy:
                     passed = passed_fields(request.headers, rebound.dropped_headers)
                 fields = self.upstream.forward_fields(passed, request.forwarded_for, request.client, request.scheme) \
                     + forwarded_field(name, trace.request_id)  # the tenant on the cluster's task
-                sent_at = time.monotonic()
+                sent_at = trace.sent_at
                 retryable = resource in _RETRYABLE
                 upstream = await self.upstream.send(
                     method, forward, fields, forwarded, retryable,
@@ -405,8 +412,7 @@ class Proxy:
                 )
                 try:
                     trace.node = upstream.node.url  # type: ignore[attr-defined]
-                    trace.upstream_s = time.monotonic() - sent_at
-                    self.metrics.observe_upstream(resource, trace.upstream_s)
+                    trace.upstream_s = monotonic() - sent_at
                     trace.status = upstream.status
                     fields = upstream.relayed + self._cost_field(estimated, charged) + echoed_field(opaque) + degraded
                     length = upstream.content_length
@@ -417,6 +423,7 @@ class Proxy:
                         await self._stream(request, upstream, fields, trace, rebound, ticket, limits)
                 finally:
                     upstream.release()
+                    self.metrics.observe_upstream(resource, trace.upstream_s)
             except BaseException as exc:
                 # An upstream failure's own status (502/503/504) tells the gate's adaptive limit what happened.
                 status = exc.status if isinstance(exc, UpstreamFailure) else trace.status
@@ -554,7 +561,7 @@ class Proxy:
             by_cost = factor * trace.charged / 1000.0  # cost units are thread-ms; one thread: the longest it may take
             if limit is None or by_cost < limit:
                 limit, why = by_cost, MAX_COST_FACTOR
-        now = trace.sent_at = time.monotonic()
+        now = trace.sent_at = monotonic()
         if limit is not None and tenant.enforce:  # a shadow tenant's requests run to the end
             trace.deadline, trace.limit_s, trace.limit_reason = now + limit, limit, why
         trace.task = task
@@ -571,11 +578,11 @@ class Proxy:
         spent = trace.observed
         if spent is None:
             # to 0.01 ms, as the access log books it: the bill and the log add up to the same
-            spent = trace.observed = round((time.monotonic() - trace.sent_at) * 1000.0, 2) if trace.sent_at else 0.0
+            spent = trace.observed = round((monotonic() - trace.sent_at) * 1000.0, 2) if trace.sent_at else 0.0
         if decision.charged:
             bill = spent if trace.killed != SHED or spent > decision.charged else decision.charged
             self.limiter.settle(tenant.name, call.resource, decision.charged, bill)
-        if trace.killed in (MAX_DURATION, MAX_COST_FACTOR) and self.snapshot.config.cost.learn:
+        if trace.killed in (MAX_DURATION, MAX_COST_FACTOR) and self.snapshot.learn:
             self.learned.observe(tenant.name, fingerprint, spent)
 
     def _cost_field(self, estimated: float, charged: float) -> bytes:
@@ -595,15 +602,17 @@ class Proxy:
 
         A response that carries a scroll, point-in-time or async-search id gets it wrapped for the tenant.
         """
-        encoding = upstream.content_encoding
-        trace.observed = _observe(data, encoding, upstream.status)
-        if request.method == "HEAD":  # the length a GET would get, as the node said
-            request.respond(upstream.status, fields, b"", upstream.content_length)
+        status = upstream.status
+        if request.method == "HEAD":  # the length a GET would get, as the node said (no body: no cost read)
+            request.respond(status, fields, b"", upstream.content_length)
             return
-        if rebound is not None and rebound.wraps(upstream.status, encoding):
-            data = rebound.wrap_response(data)
-        trace.bytes_out = len(data)
-        request.respond(upstream.status, fields, data)
+        encoding = upstream.content_encoding
+        sent = data
+        if rebound is not None and rebound.wraps(status, encoding):
+            sent = rebound.wrap_response(data)
+        trace.bytes_out = len(sent)
+        request.respond(status, fields, sent)
+        trace.observed = _observe(data, encoding, status)  # once answered: reading the cost is not on the client's clock
 
     async def _stream(
         self, request: Request, upstream: UpstreamResponse, fields: bytes, trace: Trace, rebound: Rebound | None,
@@ -658,7 +667,7 @@ class Proxy:
     def _settle(self, tenant: TenantView, call: esapi.EsCall, decision: Decision, fingerprint: int, trace: Trace) -> None:
         observed = trace.observed
         if observed is not None:
-            if self.snapshot.config.cost.learn:
+            if self.snapshot.learn:
                 self.learned.observe(tenant.name, fingerprint, observed)
             if decision.charged:
                 self.limiter.settle(tenant.name, call.resource, decision.charged, observed)
@@ -670,10 +679,8 @@ class Proxy:
         call = trace.call
         resource = call.resource if call is not None else "-"
         metrics = self.metrics
-        metrics.count_request(trace.tenant, resource, trace.decision, trace.reason)
-        metrics.count_response(trace.tenant, trace.status)
-        if trace.charged or trace.observed is not None:
-            metrics.count_cost(trace.tenant, resource, trace.estimated, trace.charged, trace.observed)
+        metrics.count(trace.tenant, resource, trace.decision, trace.reason, trace.status, trace.estimated, trace.charged,
+                      trace.observed)
         if trace.queued_s:
             metrics.observe_queue_wait(trace.tenant, trace.queued_s)
         if trace.fingerprint:  # it got as far as a cost estimate: count it under its query shape
@@ -700,7 +707,7 @@ class Proxy:
                 "node": trace.node or trace.sent_to or None,  # sent to, if it never answered
                 "queue_ms": round(trace.queued_s * 1000, 2),
                 "upstream_ms": round(trace.upstream_s * 1000, 2),
-                "duration_ms": round((time.monotonic() - trace.started) * 1000, 2),
+                "duration_ms": round((monotonic() - trace.started) * 1000, 2),
                 "bytes_in": trace.bytes_in,
                 "bytes_out": trace.bytes_out,
             })

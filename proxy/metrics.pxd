@@ -8,6 +8,15 @@ cdef class _Histogram:
     cpdef observe(self, double value)
 
 
+cdef class _Tally:
+    cdef public Py_ssize_t requests
+    cdef public Py_ssize_t costed
+    cdef public double estimated
+    cdef public double charged
+    cdef public Py_ssize_t answered
+    cdef public double observed
+
+
 cdef class Metrics:
     cdef public object registry
     cdef public object hot
@@ -18,6 +27,7 @@ cdef class Metrics:
     cdef dict _observed
     cdef dict _queue_wait
     cdef dict _upstream
+    cdef dict _tallies
     cdef public object upstream_errors
     cdef public object config_reloads
     cdef public object config_reload_failures
@@ -29,6 +39,8 @@ cdef class Metrics:
     cdef public object cancelled
     cdef public object degraded
 
+    cpdef count(self, tenant, resource, decision, reason, status, double estimated, double charged, observed)
+    cpdef fold(self)
     cpdef count_request(self, tenant, resource, decision, reason)
     cpdef count_response(self, tenant, status)
     cpdef count_cost(self, tenant, resource, double estimated, double charged, observed)

@@ -57,6 +57,21 @@ class _Histogram:
         self.count += 1
 
 
+class _Tally:
+    """What the requests of one (tenant, resource, decision, reason, status) added up to since the counters
+    were last folded: one dict lookup and a few additions per request, instead of one per counter."""
+
+    __slots__ = ("requests", "costed", "estimated", "charged", "answered", "observed")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.costed = 0  # requests that were charged or observed (the cost counters get their series)
+        self.estimated = 0.0
+        self.charged = 0.0
+        self.answered = 0  # requests with an observed cost
+        self.observed = 0.0
+
+
 class _HotCollector(Collector):
     """The per-request counters and histograms, stored as plain dicts keyed by label values."""
 
@@ -79,8 +94,10 @@ class _HotCollector(Collector):
     def __init__(self) -> None:
         self.counters: dict[str, dict[tuple, float]] = {key: {} for key in self.COUNTERS}
         self.histograms: dict[str, dict[tuple, _Histogram]] = {key: {} for key in self.HISTOGRAMS}
+        self.fold: Callable[[], None] = lambda: None  # brings the counters up to date (Metrics.fold)
 
     def collect(self) -> Iterable[Metric]:
+        self.fold()
         for key, (name, doc, labels) in self.COUNTERS.items():
             family = CounterMetricFamily(name, doc, labels=list(labels))
             for values, value in list(self.counters[key].items()):
@@ -111,6 +128,9 @@ class Metrics:
         self._observed = self.hot.counters["observed"]
         self._queue_wait = self.hot.histograms["queue_wait"]
         self._upstream = self.hot.histograms["upstream"]
+        #: (tenant, resource, decision, reason, status) → what its requests added since the last fold
+        self._tallies: dict[tuple, _Tally] = {}
+        self.hot.fold = self.fold
         self.upstream_errors = Counter(
             "sluicegate_upstream_errors", "Upstream failures by node and kind", ["node", "kind"], registry=r
         )
@@ -147,6 +167,43 @@ class Metrics:
         self.config_info.labels(digest).set(1)
 
     # ---- per request: plain dict updates ----
+    def count(self, tenant: str, resource: str, decision: str, reason: str, status: int, estimated: float,
+              charged: float, observed: float | None) -> None:
+        """One request done: count_request, count_response and (if it was charged or observed) count_cost
+        in one, as a tally folded into those counters when they are read."""
+        key = (tenant, resource, decision, reason, status)
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = _Tally()
+        tally.requests += 1
+        if charged or observed is not None:
+            tally.costed += 1
+            tally.estimated += estimated
+            tally.charged += charged
+            if observed is not None:
+                tally.answered += 1
+                tally.observed += observed
+
+    def fold(self) -> None:
+        """Add the tallies kept since the last fold to the counters (every reader of them calls this first)."""
+        tallies = self._tallies
+        if not tallies:
+            return
+        self._tallies = {}
+        requests, responses = self._requests, self._responses
+        estimated, charged, observed = self._estimated, self._charged, self._observed
+        for (tenant, resource, decision, reason, status), tally in tallies.items():
+            key = (tenant, resource, decision, reason)
+            requests[key] = requests.get(key, 0.0) + tally.requests
+            key = (tenant, status)
+            responses[key] = responses.get(key, 0.0) + tally.requests
+            if tally.costed:
+                key = (tenant, resource)
+                estimated[key] = estimated.get(key, 0.0) + tally.estimated
+                charged[key] = charged.get(key, 0.0) + tally.charged
+                if tally.answered:
+                    observed[key] = observed.get(key, 0.0) + tally.observed
+
     def count_request(self, tenant: str, resource: str, decision: str, reason: str) -> None:
         key = (tenant, resource, decision, reason)
         counts = self._requests
@@ -179,6 +236,7 @@ class Metrics:
     def tenant_totals(self) -> dict[str, dict]:
         """Per tenant since start (off the request path, for /tenants and the status page): cost units
         charged and observed, and requests by decision, each {reason: count} ("" when none)."""
+        self.fold()
         out: dict[str, dict] = {}
 
         def of(tenant: str) -> dict:
@@ -198,6 +256,7 @@ class Metrics:
 
     def forget_tenants(self, keep: set[str]) -> None:
         """Drop the series of tenants removed by a reload, so memory stays bounded."""
+        self.fold()
         for series in (*self.hot.counters.values(), self._queue_wait):
             for key in [k for k in series if k[0] not in keep and k[0] != "-"]:
                 del series[key]

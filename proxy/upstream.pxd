@@ -20,11 +20,13 @@ cdef class Upstream:
     cdef public bint _auth_refused
     cdef public bint _poll_forbidden
     cdef public bytes _auth_field
+    cdef dict _tails
     cdef public Py_ssize_t _next
     cdef public object _health_task
     cdef public object _hedge_task
     cdef public Py_ssize_t hedged
 
     cpdef bytes forward_fields(self, bytes passed, forwarded_for, client_ip, scheme)
+    cpdef bytes _tail(self, forwarded_for, client_ip, scheme)
     cpdef _pick(self)
     cpdef _mark_down(self, Node node, exc)

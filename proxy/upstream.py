@@ -23,6 +23,7 @@ import asyncio
 import logging
 import ssl
 import time
+from time import monotonic
 from urllib.parse import urlsplit
 
 import orjson
@@ -47,6 +48,8 @@ log = logging.getLogger("sluicegate.upstream")
 
 #: how often reads waiting for their response head are checked against their hedge time, seconds
 HEDGE_TICK_S = 0.25
+#: forward_fields' remembered header endings, forgotten all at once past this many (clients × their X-Forwarded-For)
+FORWARD_TAILS = 1024
 #: a read is re-sent to another node once it has waited HEDGE_MIN_S + HEDGE_FACTOR × its expected time
 HEDGE_MIN_S = 2.0
 HEDGE_FACTOR = 10.0
@@ -114,6 +117,8 @@ class Upstream:
         self._ssl: ssl.SSLContext | None = tls.upstream_context(config) if ssl_context is _FROM_CONFIG else ssl_context  # type: ignore[assignment]
         self._auth: str | None = credentials.authorization(config.auth) if authorization is _FROM_CONFIG else authorization  # type: ignore[assignment]
         self._auth_field = _auth_field(self._auth)
+        #: (client address, its X-Forwarded-For, scheme) → the header lines forward_fields adds after the client's
+        self._tails: dict[tuple, bytes] = {}
         #: the cluster answered 401 (or 403 to a poll) and nothing has succeeded since: logged once per streak
         self._auth_refused = False
         self._poll_forbidden = False
@@ -164,6 +169,7 @@ class Upstream:
             self._auth_refused = self._poll_forbidden = False  # new credentials: a refusal of them is news
         self._auth = auth  # type: ignore[assignment]
         self._auth_field = _auth_field(self._auth)
+        self._tails = {}
 
     @property
     def ready(self) -> bool:
@@ -180,14 +186,24 @@ class Upstream:
         """The request's header lines for the node: `passed`, the client's own lines to pass on (see
         `passed_fields`), then X-Forwarded-For (the client's `forwarded_for`, then its address),
         X-Forwarded-Proto and the proxy's own Authorization."""
+        key = (client_ip, forwarded_for, scheme)
+        tail = self._tails.get(key)  # a keep-alive client's requests all end the same
+        if tail is None:
+            tail = self._tail(forwarded_for, client_ip, scheme)
+            if len(self._tails) >= FORWARD_TAILS:
+                self._tails.clear()
+            self._tails[key] = tail
+        return passed + tail
+
+    def _tail(self, forwarded_for: bytes | None, client_ip: str | None, scheme: str) -> bytes:
         proto = b"https" if scheme == "https" else b"http"
         if not client_ip:
             forwarded = b"X-Forwarded-For: %s\r\n" % forwarded_for if forwarded_for else b""
-            return b"%s%sX-Forwarded-Proto: %s\r\n%s" % (passed, forwarded, proto, self._auth_field)
+            return b"%sX-Forwarded-Proto: %s\r\n%s" % (forwarded, proto, self._auth_field)
         ip = client_ip.encode("latin-1")
         if forwarded_for:
             ip = b"%s, %s" % (forwarded_for, ip)
-        return b"%sX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n%s" % (passed, ip, proto, self._auth_field)
+        return b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n%s" % (ip, proto, self._auth_field)
 
     async def send(
         self, method: str, target: str, fields: bytes, body: bytes | None, retry_after_send: bool,
@@ -297,7 +313,7 @@ class Upstream:
             return response
 
     def _pick(self) -> Node | None:
-        now = time.monotonic()
+        now = monotonic()
         nodes = self.nodes
         n = len(nodes)
         for i in range(n):

@@ -36,6 +36,23 @@ def test_counters_and_histograms_render_with_their_labels():
     assert abs(got[("sluicegate_upstream_latency_seconds_sum", (("resource", "search"),))] - 106.0065) < 1e-9
 
 
+def test_a_request_counted_in_one_call_adds_to_every_counter_it_would_have_touched_one_by_one():
+    one_by_one, at_once = Metrics(), Metrics()
+    requests = [("acme", "search", "admitted", "", 200, 2.0, 3.0, 10.0), ("acme", "search", "admitted", "", 200, 2.0, 3.0, None),
+                ("acme", "search", "throttled", "budget", 429, 2.0, 0.0, None), ("globex", "read", "admitted", "", 404, 1.0, 1.0, 0.5)]
+    for i, (tenant, resource, decision, reason, status, estimated, charged, observed) in enumerate(requests):
+        one_by_one.count_request(tenant, resource, decision, reason)
+        one_by_one.count_response(tenant, status)
+        if charged or observed is not None:
+            one_by_one.count_cost(tenant, resource, estimated, charged, observed)
+        at_once.count(tenant, resource, decision, reason, status, estimated, charged, observed)
+        if i == 1:  # a scrape between requests: what came before is folded, what comes after adds to it
+            assert samples(at_once) == samples(one_by_one)
+    assert samples(at_once) == samples(one_by_one)
+    assert at_once.tenant_totals() == one_by_one.tenant_totals()
+    assert at_once.tenant_totals()["acme"]["decisions"] == {"admitted": {"": 2}, "throttled": {"budget": 1}}
+
+
 def test_removed_tenants_are_forgotten_but_unauthenticated_series_stay():
     m = Metrics()
     for name in ("acme", "gone", "-"):
