@@ -1,8 +1,12 @@
 # C types for proxy/flow.py when it is compiled (setup.py); the .py stays the pure-Python twin.
 
 from proxy.admission cimport Admission, Ticket
+from proxy.esapi cimport parse_call
+from proxy.limiter cimport Decision
 from proxy.listener cimport Request
 from proxy.metrics cimport Metrics
+from proxy.opaque cimport echoed_field, forwarded_field, new_request_id
+from proxy.shapes cimport ShapeBook
 from proxy.upstream cimport Upstream
 from proxy.upstream_http cimport UpstreamResponse
 
@@ -64,7 +68,7 @@ cdef class Proxy:
     cdef public Upstream upstream
     cdef public Metrics metrics
     cdef public object access_log
-    cdef public object shapes
+    cdef public ShapeBook shapes
     cdef public object index_sizes
     cdef public object runaway
     cdef public Py_ssize_t inflight

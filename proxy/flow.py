@@ -29,6 +29,7 @@ from .admission import Admission, Ticket
 from .config import Config, HardLimits
 from .cost import CostModel, Estimate, IndexSizes, LearnedCosts, observed_cost
 from .errors import BodyTooLarge, Refusal, Throttled, UpstreamFailure
+from .esapi import parse_call
 from .guardrails import GUARDED, GuardrailRefused, guard
 from .idbinding import IdBinder, Rebound, binding_key
 from .limiter import Decision, Limiter
@@ -284,7 +285,7 @@ class Proxy:
                 self._idle = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._idle)
 
-    @cython.locals(request=Request, snap=Snapshot, trace=Trace, ticket=Ticket, upstream=UpstreamResponse)  # C types, compiled
+    @cython.locals(request=Request, snap=Snapshot, trace=Trace, ticket=Ticket, upstream=UpstreamResponse, decision=Decision)  # C types, compiled
     async def handle(self, request: Request) -> None:
         """Serve one request the listener parsed, and answer it through `request`."""
         snap = self.snapshot  # one config snapshot for the whole request
@@ -301,7 +302,7 @@ class Proxy:
             name = trace.tenant = tenant.name
             opaque = request.opaque_id
             trace.request_id = opaque if opaque is not None else new_request_id()
-            call = trace.call = esapi.parse_call(method, target)
+            call = trace.call = parse_call(method, target)
             resource = call.resource
 
             # 2. May they? The path is checked before the body is read; the body (bounded in bytes and
@@ -545,7 +546,7 @@ class Proxy:
             return None
         if outcome.target is not None:
             target = outcome.target
-            call = esapi.parse_call(call.method, target)
+            call = parse_call(call.method, target)
         if outcome.data is not None:
             raw = outcome.data
             body = esapi.Body(raw, raw, outcome.json, outcome.lines, body.ndjson_lines if body is not None else 0)

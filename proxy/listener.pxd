@@ -2,6 +2,7 @@
 # Attributes the request path and the tests read are public; the rest are C fields of the objects.
 
 cdef dict _NAMED
+cdef dict _NAMES_SEEN
 cdef long long _date_second
 cdef tuple _date_ends
 

@@ -58,6 +58,10 @@ _NAMED = {
     b"host": _HOST, b"content-length": _CONTENT_LENGTH, b"expect": _EXPECT, b"x-forwarded-for": _FORWARDED_FOR,
     b"x-opaque-id": _OPAQUE_ID,
 }
+#: header names as clients send them → (the name in lower case, its _NAMED value or None): the same few names
+#: come with every request; forgotten all at once past NAMES_SEEN
+_NAMES_SEEN: dict[bytes, tuple] = {}
+NAMES_SEEN = 512
 #: the end of a response head: whether the connection stays open, as HTTP/1.1 and HTTP/1.0 say it
 _KEEP_1_1, _KEEP_1_0, _CLOSE = b"\r\n", b"Connection: keep-alive\r\n\r\n", b"Connection: close\r\n\r\n"
 #: the second the Date line below is for, and that line before each of the three ends (rebuilt once a second):
@@ -523,10 +527,18 @@ class ClientConnection:
         size = 0
         has_host = False
         passed: list[bytes] = []
+        seen = _NAMES_SEEN
         for name, value in request.headers:
             size += len(name) + len(value) + 4  # "name: value\r\n"
-            lname = name.lower()
-            named = _NAMED.get(lname)
+            known = seen.get(name)
+            if known is None:
+                lname = name.lower()
+                known = (lname, _NAMED.get(lname))
+                if len(name) <= 64:
+                    if len(seen) >= NAMES_SEEN:
+                        seen.clear()
+                    seen[name] = known
+            lname, named = known
             if named is not None:
                 if named == _HOST:
                     has_host = True

@@ -2,6 +2,8 @@
 # Attributes other code reads are public; the rest are C fields of the objects.
 
 cdef frozenset _NOT_RELAYED
+cdef dict _HEADER_LINES
+cdef tuple _header_line(bytes line)
 
 cdef class ConnectionPool
 cdef class NodeConnection

@@ -32,6 +32,42 @@ NOT_RELAYED = HOP_BY_HOP | {b"content-length", b"date", b"server", b"x-opaque-id
 _NOT_RELAYED = NOT_RELAYED  # what _parse_head reads (a C-typed frozenset when compiled)
 
 
+# What a response header line means to _parse_head: relayed as it is (the content encoding noted), or read
+# for the framing (Content-Length, Transfer-Encoding, Connection) and not relayed.
+_RELAYED, _ENCODING, _LENGTH, _CHUNKED, _CONNECTION, _OTHER = range(6)
+#: header lines already read → ((name, value), kind, meaning); forgotten all at once past HEADER_LINES
+_HEADER_LINES: dict[bytes, tuple] = {}
+HEADER_LINES = 1024
+
+
+def _header_line(line: bytes) -> tuple:
+    """Read one response header line (raises ValueError for a Content-Length that is not a number), and
+    remember it if it is short."""
+    name, _, value = line.partition(b":")
+    value = value.strip()
+    lname = name.lower()
+    meaning = None
+    if lname not in _NOT_RELAYED:
+        kind = _RELAYED
+        if lname == b"content-encoding":
+            kind, meaning = _ENCODING, value.decode("latin-1")
+    elif lname == b"content-length":
+        kind, meaning = _LENGTH, int(value)
+    elif lname == b"transfer-encoding":
+        kind, meaning = _CHUNKED, b"chunked" in value.lower()
+    elif lname == b"connection":
+        token = value.lower()
+        kind, meaning = _CONNECTION, False if b"close" in token else True if b"keep-alive" in token else None
+    else:
+        kind = _OTHER
+    parsed = ((name, value), kind, meaning)
+    if len(line) <= 256:
+        if len(_HEADER_LINES) >= HEADER_LINES:
+            _HEADER_LINES.clear()
+        _HEADER_LINES[line] = parsed
+    return parsed
+
+
 class UpstreamProtocolError(Exception):
     """The node sent something that is not HTTP/1.1 or closed the connection mid-response."""
 
@@ -337,25 +373,27 @@ class NodeConnection:
         chunked = False
         encoding: str | None = None
         keep_alive = status_line[5:8] == b"1.1"
+        known = _HEADER_LINES
         for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            value = value.strip()
-            lname = name.lower()
-            if lname not in _NOT_RELAYED:
+            # A node sends the same header lines again and again: each is read once (_header_line).
+            parsed = known.get(line)
+            if parsed is None:
+                parsed = _header_line(line)
+            pair, kind, meaning = parsed
+            if kind == _RELAYED:
                 relayed.append(line)
-                if lname == b"content-encoding" and encoding is None:  # the first, as header() finds it
-                    encoding = value.decode("latin-1")
-            elif lname == b"content-length":
-                length = int(value)
-            elif lname == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif lname == b"connection":
-                token = value.lower()
-                if b"close" in token:
-                    keep_alive = False
-                elif b"keep-alive" in token:
-                    keep_alive = True
-            headers.append((name, value))
+            elif kind == _ENCODING:
+                relayed.append(line)
+                if encoding is None:  # the first, as header() finds it
+                    encoding = meaning
+            elif kind == _LENGTH:
+                length = meaning
+            elif kind == _CHUNKED:
+                chunked = meaning
+            elif kind == _CONNECTION:
+                if meaning is not None:
+                    keep_alive = meaning
+            headers.append(pair)
         relayed.append(b"")
         response = UpstreamResponse(self, status, headers, length, keep_alive, b"\r\n".join(relayed))
         response.content_encoding = encoding
