@@ -36,12 +36,13 @@ def _search_cost(took: int, shards: int, no_hits: bool) -> Observed:
 
 _NO_HITS = b'"hits":[]'
 
-#: search response prefixes (up to the end of _shards, and whether hits came back) already read, and the
-#: cost each meant; forgotten all at once past SEEN_HEADS. An Observed is never changed once made.
+#: search response prefixes (up to the end of _shards) already read → the cost each meant with hits and
+#: without (one object when the search ran on one shard); forgotten all at once past SEEN_HEADS. An Observed
+#: is never changed once made.
 SEEN_HEADS = 4096
 #: how far into a response head its top-level _shards may begin to take the fast path (else: the full scan)
 SHARDS_WITHIN = 160
-_seen: dict[tuple[bytes, bool], Observed] = {}
+_seen: dict[bytes, tuple[Observed, Observed]] = {}
 
 
 def observed_cost(head: bytes) -> float | None:
@@ -60,19 +61,24 @@ def observed_cost(head: bytes) -> float | None:
         if end:
             # Most searches answer with a took and shard counts seen before: the same prefix (up to the end of
             # _shards), the same cost, without parsing it again.
-            key = (head[:end], head.find(_NO_HITS, end) >= 0)
-            cost = _seen.get(key)
-            if cost is not None:
-                return cost
-            fast = _SEARCH_HEAD.match(head)
-            if fast is not None:  # how Elasticsearch begins every search response: one match, no scan
-                took, total, skipped, failed = fast.groups()
-                cost = _search_cost(int(took), max(1, int(total) - int(skipped) - int(failed)), key[1])
-                if fast.end() == end:  # the match read the prefix and nothing else (no shard failures)
-                    if len(_seen) >= SEEN_HEADS:
-                        _seen.clear()
-                    _seen[key] = cost
-                return cost
+            prefix = head[:end]
+            known = _seen.get(prefix)
+            if known is None:
+                fast = _SEARCH_HEAD.match(head)
+                if fast is not None:  # how Elasticsearch begins every search response: one match, no scan
+                    took, total, skipped, failed = fast.groups()
+                    shards = max(1, int(total) - int(skipped) - int(failed))
+                    with_hits = _search_cost(int(took), shards, False)
+                    known = (with_hits, with_hits if shards == 1 else _search_cost(int(took), shards, True))
+                    if fast.end() == end:  # the match read the prefix and nothing else (no shard failures)
+                        if len(_seen) >= SEEN_HEADS:
+                            _seen.clear()
+                        _seen[prefix] = known
+            if known is not None:
+                with_hits, without = known
+                if with_hits is without or head.find(_NO_HITS, end) < 0:  # (one shard: no fetch phase either way)
+                    return with_hits
+                return without
     try:
         return _observed(head)
     except Exception:  # a cost reading must never break a response

@@ -80,6 +80,8 @@ cdef class ClientConnection:
     cdef object _queue
     cdef Request _current
     cdef object _task
+    cdef object _parked
+    cdef Request _handoff
     cdef object _refusal
     cdef bint _closing
     cdef bint _stopped

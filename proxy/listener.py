@@ -357,7 +357,7 @@ class ClientConnection:
     __slots__ = (
         "listener", "loop", "transport", "parser", "client", "scheme", "limits", "writing_paused", "stream_source",
         "_parsing", "_in_head", "_url", "_headers", "_max_headers", "_trailers", "_head_bytes", "_queue", "_current",
-        "_task", "_refusal", "_closing", "_stopped", "_counted", "_reading_paused", "_idle", "_head_started",
+        "_task", "_parked", "_handoff", "_refusal", "_closing", "_stopped", "_counted", "_reading_paused", "_idle", "_head_started",
         "_drainer", "_timer", "_timer_at", "_deadline", "_timer_job", "_write_timer", "certificate",
     )
 
@@ -383,7 +383,10 @@ class ClientConnection:
         self._head_bytes = 0  # bytes received that certainly belong to the head being parsed
         self._queue: deque[Request] = deque()  # complete heads waiting behind the one being served
         self._current: Request | None = None
+        #: the task serving this connection's requests in turn, and while it waits for the next one, what it awaits
         self._task: asyncio.Task | None = None
+        self._parked: asyncio.Future[Request] | None = None
+        self._handoff: Request | None = None  # the next request, let in while the task finished the one before
         self._refusal: Refusal | None = None
         self._closing = False  # no request after those already in: close once they are answered
         self._stopped = False  # nothing more is parsed (a refusal, an upgrade)
@@ -445,6 +448,7 @@ class ClientConnection:
                 listener.per_client.pop(client, None)  # type: ignore[arg-type]
         self._closing = True
         self._queue.clear()
+        self._handoff = None
         task = self._task
         if task is not None and not task.done():
             task.cancel()  # the client went away: its request is abandoned (and the node's connection with it)
@@ -610,23 +614,45 @@ class ClientConnection:
         if request.refusal is not None:
             self._answer_refusal(request)
             return
-        self._task = self.loop.create_task(self._serve(request))
+        parked = self._parked
+        if parked is not None:  # the connection's task waits for its next request
+            self._parked = None
+            parked.set_result(request)
+        elif self._task is None:
+            self._task = self.loop.create_task(self._serve(request))
+        else:  # the task is finishing the request before (whose response let this one in): this one is next
+            self._handoff = request
 
     async def _serve(self, request: Request) -> None:
-        """Run the application for `request`. If it fails and leaves the request unanswered (a bug), the
-        client gets a 500, or the connection ends if a response had begun: never a hang."""
+        """Run the application for `request`, then for each request after it on this connection: one task per
+        connection, not per request (a keep-alive client's requests do not each pay for one). If the
+        application fails and leaves a request unanswered (a bug), the client gets a 500, or the connection
+        ends if a response had begun: never a hang. Ends when the connection does (its task is cancelled)."""
+        app = self.listener.app
         try:
-            await self.listener.app(request)
-        except asyncio.CancelledError:
-            raise
-        except BaseException:
-            log.exception("unexpected error serving %s %s", request.method, request.target[:200])
-        if not request.responded and not self.gone:
-            if request.started:
-                self.abort()  # a response had begun: it can be neither finished nor replaced
-            else:
-                refusal = Refusal.internal()
-                request.respond(refusal.status, refusal.fields(), refusal.body())
+            while True:
+                try:
+                    await app(request)
+                except asyncio.CancelledError:
+                    raise
+                except BaseException:
+                    log.exception("unexpected error serving %s %s", request.method, request.target[:200])
+                if not request.responded and not self.gone:
+                    if request.started:
+                        self.abort()  # a response had begun: it can be neither finished nor replaced
+                    else:
+                        refusal = Refusal.internal()
+                        request.respond(refusal.status, refusal.fields(), refusal.body())
+                request = self._handoff
+                if request is not None:
+                    self._handoff = None
+                else:
+                    parked = self._parked = self.loop.create_future()
+                    request = await parked
+        finally:
+            self._parked = self._handoff = None
+            if self._task is asyncio.current_task():
+                self._task = None
 
     def response_done(self, request: Request) -> None:
         """The response to `request` is written: close, or go on with the next request."""

@@ -1,5 +1,8 @@
 # C types for proxy/upstream.py when it is compiled (setup.py); the .py stays the pure-Python twin.
 
+from proxy.upstream_http cimport ConnectionPool, NodeConnection, UpstreamResponse
+
+
 cdef class Node:
     cdef public str url
     cdef public bytes host_header

@@ -26,6 +26,7 @@ import time
 from time import monotonic
 from urllib.parse import urlsplit
 
+import cython
 import orjson
 
 from . import credentials, tls
@@ -36,6 +37,7 @@ from .upstream_http import (
     ConnectionLostEarly,
     ConnectionPool,
     HeadTimeout,
+    NodeConnection,
     NodeStoppedAnswering,
     Overdue,
     RequestNotSent,
@@ -205,6 +207,7 @@ class Upstream:
             ip = b"%s, %s" % (forwarded_for, ip)
         return b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n%s" % (ip, proto, self._auth_field)
 
+    @cython.locals(node=Node, conn=NodeConnection, response=UpstreamResponse, pool=ConnectionPool)  # C types, compiled
     async def send(
         self, method: str, target: str, fields: bytes, body: bytes | None, retry_after_send: bool,
         hedge_after_s: float = 0.0, trace=None,
@@ -235,11 +238,12 @@ class Upstream:
             head = request_head(method, target, node.host_header, fields, body_length)
             if trace is not None:
                 trace.sent_to = node.url
-            conn = node.pool.take_idle()
+            pool = node.pool
+            conn = pool.take_idle()
             reused = conn is not None
             try:
                 if conn is None:
-                    conn = await node.pool.connect(self.config.connect_timeout_s)
+                    conn = await pool.connect(self.config.connect_timeout_s)
                 # a read found on a closed pooled connection goes again on a fresh one: no peek needed
                 response = await conn.send(head, body, is_head, timeout,  # type: ignore[union-attr]
                                            hedge_after_s if retry_after_send else 0.0, not stale_retry)

@@ -574,6 +574,38 @@ async def test_an_application_that_fails_gets_its_request_a_500_not_a_hang(serve
     assert status == 500 and es_error(body)[0] == "proxy_internal_exception"
 
 
+async def test_a_keep_alive_connection_is_served_by_one_task_that_ends_with_it(serve):
+    tasks: list[asyncio.Task] = []
+
+    async def app(request: Request) -> None:
+        tasks.append(asyncio.current_task())
+        if request.target == "/cancelled":  # as the proxy cancels a runaway request, and answers it itself
+            task = asyncio.current_task()
+            asyncio.get_running_loop().call_soon(task.cancel)
+            try:
+                await asyncio.sleep(GUARD_S)
+            except asyncio.CancelledError:
+                task.uncancel()
+                request.respond(504, b"", b"cancelled")
+                return
+        request.respond(200, b"", request.target.encode())
+
+    _, port = await serve(LIMITS, app)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    bodies = []
+    for target in ("/a", "/cancelled", "/b"):
+        writer.write(request(target))
+        bodies.append((await read_response(reader))[2])
+    writer.write(request("/c") + request("/d"))  # pipelined: the second is handed to the task the first ran in
+    bodies += [(await read_response(reader))[2] for _ in range(2)]
+    assert bodies == [b"/a", b"cancelled", b"/b", b"/c", b"/d"]
+    assert len(tasks) == 5 and all(task is tasks[0] for task in tasks)
+    assert not tasks[0].done()  # waiting for the next request
+    writer.close()
+    done, _ = await asyncio.wait(tasks[:1], timeout=GUARD_S)
+    assert done and tasks[0].cancelled()  # ended with the connection
+
+
 async def test_a_client_that_leaves_cancels_its_request(serve):
     started, cancelled = asyncio.Event(), asyncio.Event()
 
