@@ -1,6 +1,7 @@
 # C types for proxy/flow.py when it is compiled (setup.py); the .py stays the pure-Python twin.
 
 from proxy.admission cimport Admission, Ticket
+from proxy.cost_learned cimport LearnedCosts
 from proxy.esapi cimport parse_call
 from proxy.limiter cimport Decision
 from proxy.listener cimport Request
@@ -63,7 +64,7 @@ cdef class Trace:
 cdef class Proxy:
     cdef public Snapshot snapshot
     cdef public object limiter
-    cdef public object learned
+    cdef public LearnedCosts learned
     cdef public Admission admission
     cdef public Upstream upstream
     cdef public Metrics metrics

@@ -27,7 +27,8 @@ from . import esapi
 from .accesslog import AccessLog
 from .admission import Admission, Ticket
 from .config import Config, HardLimits
-from .cost import CostModel, Estimate, IndexSizes, LearnedCosts, observed_cost
+from .cost import CostModel, Estimate, IndexSizes, observed_cost
+from .cost_learned import LearnedCosts
 from .errors import BodyTooLarge, Refusal, Throttled, UpstreamFailure
 from .esapi import parse_call
 from .guardrails import GUARDED, GuardrailRefused, guard

@@ -49,6 +49,7 @@ import math
 from dataclasses import dataclass
 
 from .config import AdmissionConfig
+from .cost_observed import Observed
 
 #: labels of `sluicegate_gate_reason`: why the gate's limit is what it is
 REASONS = (
@@ -518,9 +519,8 @@ class Gate:
         if observed is not None and observed > 0:
             spent += observed
             lat_obs += latency_ms
-            shards = getattr(observed, "shards", 0)  # an Observed search cost knows its fan-out
-            if shards:
-                self._note_fan_out(shards, now)
+            if type(observed) is Observed:  # a search's observed cost knows its fan-out
+                self._note_fan_out(observed.shards, now)
         self._observed, self._lat_obs = spent, lat_obs
         if self._w_start is None:
             self._w_start = now

@@ -2,6 +2,7 @@
 # Attributes the request path and the tests read are public; the rest are C fields of the objects.
 
 cdef dict _NAMED
+cdef dict _METHODS
 cdef dict _NAMES_SEEN
 cdef long long _date_second
 cdef tuple _date_ends
@@ -95,6 +96,8 @@ cdef class ClientConnection:
     cdef object _deadline
     cdef int _timer_job
     cdef object _write_timer
+    cdef double _header_timeout
+    cdef double _keepalive_timeout
 
     cpdef _serve_next(self)
     cpdef response_done(self, Request request)

@@ -58,6 +58,8 @@ _NAMED = {
     b"host": _HOST, b"content-length": _CONTENT_LENGTH, b"expect": _EXPECT, b"x-forwarded-for": _FORWARDED_FOR,
     b"x-opaque-id": _OPAQUE_ID,
 }
+#: the methods' names as str, made once
+_METHODS = {m: m.decode() for m in (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"PATCH", b"OPTIONS")}
 #: header names as clients send them → (the name in lower case, its _NAMED value or None): the same few names
 #: come with every request; forgotten all at once past NAMES_SEEN
 _NAMES_SEEN: dict[bytes, tuple] = {}
@@ -359,6 +361,7 @@ class ClientConnection:
         "_parsing", "_in_head", "_url", "_headers", "_max_headers", "_trailers", "_head_bytes", "_queue", "_current",
         "_task", "_parked", "_handoff", "_refusal", "_closing", "_stopped", "_counted", "_reading_paused", "_idle", "_head_started",
         "_drainer", "_timer", "_timer_at", "_deadline", "_timer_job", "_write_timer", "certificate",
+        "_header_timeout", "_keepalive_timeout",
     )
 
     def __init__(self, listener: Listener):
@@ -371,6 +374,9 @@ class ClientConnection:
         #: the names the client's certificate answers to (mutual TLS), read once per connection; None: none shown
         self.certificate: tuple[str, ...] | None = None
         self.limits: HardLimits = listener.limits
+        #: what every request reads of the limits (the config's models are slow to read), with them
+        self._header_timeout = self.limits.header_timeout_s
+        self._keepalive_timeout = self.limits.keepalive_timeout_s
         self.writing_paused = False
         #: what the response being streamed reads from (paused while the client is slow)
         self.stream_source: Source | None = None
@@ -428,7 +434,7 @@ class ClientConnection:
         listener.connections.add(self)
         if listener.draining:
             self._closing = True
-        self._arm(_HEAD, self.limits.header_timeout_s)
+        self._arm(_HEAD, self._header_timeout)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
@@ -462,7 +468,7 @@ class ClientConnection:
             return
         if self._idle:
             self._idle = False  # the first byte of the next request on a kept-alive connection
-            self._arm(_HEAD, self.limits.header_timeout_s)
+            self._arm(_HEAD, self._header_timeout)
         in_head = self._parsing if self._in_head else None
         try:
             self.parser.feed_data(data)
@@ -495,7 +501,11 @@ class ClientConnection:
 
     # ---- parser callbacks (httptools) ----
     def on_message_begin(self) -> None:
-        limits = self.limits = self.listener.limits  # per request: a reload applies from the next request on
+        limits = self.listener.limits  # per request: a reload applies from the next request on
+        if limits is not self.limits:
+            self.limits = limits
+            self._header_timeout = limits.header_timeout_s
+            self._keepalive_timeout = limits.keepalive_timeout_s
         request = self._parsing = Request(self)
         self._headers = request.headers
         self._max_headers = limits.max_headers
@@ -577,7 +587,8 @@ class ClientConnection:
             raise _Refused
         request.passed_fields = b"".join(passed)
         request.version = version
-        request.method = parser.get_method().decode("ascii")
+        method = parser.get_method()
+        request.method = _METHODS.get(method) or method.decode("ascii")
         request.target = self._url.decode("utf-8", "surrogateescape")
         request.keep_alive = parser.should_keep_alive()
         trailers = self._headers = self._trailers
@@ -669,10 +680,10 @@ class ClientConnection:
                 self._reading_paused = False
                 self.transport.resume_reading()  # type: ignore[union-attr]
             if self._in_head:
-                self._arm(_HEAD, self.limits.header_timeout_s)  # a head that came in meanwhile: its clock starts now
+                self._arm(_HEAD, self._header_timeout)  # a head that came in meanwhile: its clock starts now
             else:
                 self._idle = True
-                self._arm(_IDLE, self.limits.keepalive_timeout_s)
+                self._arm(_IDLE, self._keepalive_timeout)
 
     def head_end(self, request: Request, close_delimited: bool) -> bytes:
         """The end of a response head: the Date, whether the connection stays open after it (decided here,
@@ -728,7 +739,7 @@ class ClientConnection:
     def _schedule(self, now: float, deadline: float) -> None:
         # Never later than a head deadline armed from now on, so that arming one (every request on a
         # kept-alive connection) only moves the deadline: the timer is scheduled anew at most once a tick.
-        tick = now + self.limits.header_timeout_s
+        tick = now + self._header_timeout
         at = self._timer_at = deadline if deadline < tick else tick
         self._timer = self.loop.call_at(at, self._on_timer)
 
