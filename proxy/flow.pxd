@@ -82,5 +82,6 @@ cdef class Proxy:
 
     cpdef _respond(self, Request request, UpstreamResponse upstream, data, bytes fields, Trace trace, rebound)
     cpdef _settle(self, tenant, call, decision, fingerprint, Trace trace)
+    cpdef _in_flight(self, tenant, call, Trace trace, task)
     cpdef _record(self, Request request, Trace trace)
     cpdef bytes _cost_field(self, double estimated, double charged)

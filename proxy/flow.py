@@ -336,9 +336,8 @@ class Proxy:
             # only counted. Everything after (the estimate, the fingerprint, the node) sees what is forwarded.
             degraded = b""
             recoded = False  # the body forwarded is the proxy's (uncompressed), not the client's bytes
-            rails = tenant.plan.guardrails
-            if rails.active and call.kind in GUARDED:
-                guarded = self._guard(tenant, rails, call, target, raw, body)
+            if tenant.guarded and call.kind in GUARDED:
+                guarded = self._guard(tenant, tenant.plan.guardrails, call, target, raw, body)
                 if guarded is not None:
                     recoded = guarded[2] is not raw
                     call, target, raw, body, degraded = guarded
@@ -556,10 +555,9 @@ class Proxy:
     def _in_flight(self, tenant: TenantView, call: esapi.EsCall, trace: Trace, task: asyncio.Task | None) -> None:
         """Register a request about to be sent with the runaway sweep, with its plan's deadline and the task
         that serves it (what the sweep cancels)."""
-        plan = tenant.plan
-        limit, why = getattr(plan, call.resource).max_duration_s, MAX_DURATION  # plan.bucket(resource), inlined
-        factor = plan.max_cost_factor
-        if factor is not None and trace.charged > 0.0:
+        limit, why = tenant.max_durations.get(call.resource), MAX_DURATION
+        factor = tenant.plan.max_cost_factor if trace.charged > 0.0 else None
+        if factor is not None:
             by_cost = factor * trace.charged / 1000.0  # cost units are thread-ms; one thread: the longest it may take
             if limit is None or by_cost < limit:
                 limit, why = by_cost, MAX_COST_FACTOR

@@ -17,7 +17,8 @@ import binascii
 import hashlib
 import hmac
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -40,6 +41,11 @@ class TenantView:
     index_grant: re.Pattern[str]
     #: matches the dotted API names of the cluster-level calls the plan grants (`plans.*.cluster_apis`)
     cluster_grant: re.Pattern[str]
+    # what every request of the tenant reads of its plan, read once (the config's models are slow to read):
+    #: whether any guardrail is set (`plan.guardrails.active`)
+    guarded: bool = False
+    #: resource class → its max_duration_s (`plan.<resource>.max_duration_s`)
+    max_durations: Mapping[str, float | None] = field(default_factory=dict)
 
 
 def _grant_regex(patterns: tuple[str, ...]) -> re.Pattern[str]:
@@ -89,6 +95,9 @@ class Directory:
                 indices=tuple(spec.indices),
                 index_grant=_grant_regex(tuple(spec.indices)),
                 cluster_grant=_api_regex(tuple(config.plans[spec.plan].cluster_apis)),
+                guarded=config.plans[spec.plan].guardrails.active,
+                max_durations={resource: config.plans[spec.plan].bucket(resource).max_duration_s
+                               for resource in ("search", "read", "write", "admin")},
             )
             self.tenants[name] = view
             for digest in spec.api_keys:
