@@ -48,6 +48,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cython
+
+if cython.compiled:  # the C library's, without a Python call (the request path calls these on every request)
+    from cython.cimports.libc.math import exp, floor
+else:
+    from math import exp, floor
+
 from .config import AdmissionConfig
 from .cost_observed import Observed
 
@@ -422,7 +429,7 @@ class Gate:
             if 0 < cores < threads:
                 threads = cores
             over_limit = min(limit, threads * share / self.fan_out) if threads else limit
-            room = math.floor(over_limit * headroom + 1e-9)
+            room = floor(over_limit * headroom + 1e-9)
             if room < 1:
                 if self.core_bound_holds(cost, known, burst):
                     return False  # not one such request's worth of CPU to spare beside the quiet tenants
@@ -439,8 +446,8 @@ class Gate:
         reserve_cost = self.reserve_cost + self.peer_reserve_cost
         pools = max(limit, self.live_ceiling * pool)
         kept = (1.0 - headroom) * pools
-        if inflight + 1 > max(1.0, math.floor(limit * headroom + kept + 1e-9)) and (
-                reserve_inflight + 1 > math.floor(kept + 1e-9) or inflight + 1 > math.floor(pools + 1e-9)):
+        if inflight + 1 > max(1.0, floor(limit * headroom + kept + 1e-9)) and (
+                reserve_inflight + 1 > floor(kept + 1e-9) or inflight + 1 > floor(pools + 1e-9)):
             return False
         if capacity is None or inflight_cost <= 0.0:
             return True
@@ -461,7 +468,7 @@ class Gate:
         if known and (burst or cost <= CORE_BOUND_CHEAP * self.mean_cost):
             return False
         over_limit = min(self.limit, cores * self.share / self.fan_out) * self.pool
-        return math.floor(over_limit * self.headroom + 1e-9) < 1
+        return floor(over_limit * self.headroom + 1e-9) < 1
 
     def set_peers(self, pool: float, inflight: int, cost: float, reserve_inflight: int, reserve_cost: float) -> None:
         """The other instances' holdings at the gate (requests and cost in flight, and of those in the kept
@@ -506,7 +513,7 @@ class Gate:
         cost = max(cost, 0.01)
         lat_cost, total, count, spent, lat_obs = self._lat_cost, self._cost, self._count, self._observed, self._lat_obs
         if now > self._faded_at:
-            fade = math.exp((self._faded_at - now) / MEMORY_S)
+            fade = exp((self._faded_at - now) / MEMORY_S)
             lat_cost *= fade
             total *= fade
             count *= fade
@@ -533,7 +540,7 @@ class Gate:
 
     def _note_fan_out(self, shards: int, now: float) -> None:
         """A search ran on `shards` shards: the widest fan-out jumps up to it, or fades toward it."""
-        fade = math.exp(min(0.0, self._fan_out_at - now) / FAN_OUT_MEMORY_S)
+        fade = exp(min(0.0, self._fan_out_at - now) / FAN_OUT_MEMORY_S)
         self.fan_out = max(float(shards), 1.0 + (self.fan_out - 1.0) * fade)
         self._fan_out_at = now
 
