@@ -89,6 +89,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
+import cython
+
 from .config import Config
 from .errors import Throttled
 from .gate import (  # noqa: F401  (re-exported: the gate's names were admission's before the split)
@@ -339,6 +341,7 @@ class Admission:
                 ) from None
             raise
 
+    @cython.locals(slots=TenantSlots)  # a C type, compiled
     def request(self, tenant: str, cost: float, now: float, shadow: bool = False, known: bool = True) -> Ticket | Waiter:
         """Admit now (a Ticket) or queue (a Waiter, whose `on_grant` fires on admission). Raises Throttled."""
         slots = self.tenants[tenant]

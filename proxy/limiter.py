@@ -12,6 +12,8 @@ import asyncio
 import time
 from typing import Callable, Protocol, runtime_checkable
 
+import cython
+
 from ._ratelimit import TokenBucketTable
 from .config import Config
 
@@ -143,6 +145,7 @@ class LocalLimiter:
             table.configure(budget.key, budget.rate, budget.burst, now, budget.max_debt)
         self._budgets = budgets
 
+    @cython.locals(budget=_Budget)  # a C type, compiled
     def try_acquire(self, tenant: str, resource: str, cost: float, shadow: bool = False) -> Decision | None:
         """`acquire`, when it decides without sleeping: admitted from the bucket now, refused (the wait
         would be longer than max_wait_ms), or a shadow request (never sleeps). None when an enforced
@@ -225,6 +228,7 @@ class LocalLimiter:
     async def close(self) -> None:
         """Nothing to release."""
 
+    @cython.locals(budget=_Budget)  # a C type, compiled
     def _apply(self, tenant: str, resource: str, amount: float, debit: bool) -> None:
         budget = self._budgets.get((tenant, resource))
         if budget is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
+import cython
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -167,6 +168,7 @@ class Metrics:
         self.config_info.labels(digest).set(1)
 
     # ---- per request: plain dict updates ----
+    @cython.locals(tally=_Tally)  # a C type, compiled
     def count(self, tenant: str, resource: str, decision: str, reason: str, status: int, estimated: float,
               charged: float, observed: float | None) -> None:
         """One request done: count_request, count_response and (if it was charged or observed) count_cost
