@@ -18,8 +18,8 @@ import asyncio
 import logging
 import time
 import zlib
-from time import monotonic
 from collections import deque
+from time import monotonic
 
 import cython
 

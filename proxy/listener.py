@@ -626,10 +626,10 @@ class ClientConnection:
             self._answer_refusal(request)
             return
         parked = self._parked
-        if parked is not None:  # the connection's task waits for its next request
-            self._parked = None
+        self._parked = None
+        if parked is not None and not parked.done():  # the connection's task waits for its next request
             parked.set_result(request)
-        elif self._task is None:
+        elif self._task is None or parked is not None:  # none yet (or the one waiting was cancelled: it is ending)
             self._task = self.loop.create_task(self._serve(request))
         else:  # the task is finishing the request before (whose response let this one in): this one is next
             self._handoff = request
@@ -661,9 +661,9 @@ class ClientConnection:
                     parked = self._parked = self.loop.create_future()
                     request = await parked
         finally:
-            self._parked = self._handoff = None
             if self._task is asyncio.current_task():
                 self._task = None
+                self._parked = self._handoff = None
 
     def response_done(self, request: Request) -> None:
         """The response to `request` is written: close, or go on with the next request."""
