@@ -335,7 +335,7 @@ class Admission:
                 raise Throttled(
                     f"tenant '{slots.name}' waited {slots.max_wait_s:.1f}s for a slot ({slots.inflight} of "
                     f"{slots.max_concurrent} in flight, {self.gate.inflight} requests at the gate, limit "
-                    f"{self.gate.limit:.0f}); retry after {retry:.1f}s",
+                    f"{self.gate._limit():.0f}); retry after {retry:.1f}s",
                     why="queue_timeout",
                     retry_after=retry,
                 ) from None
@@ -359,7 +359,7 @@ class Admission:
             self._presence.append((slots.present_until, slots))
             self._activate(slots)
         # The gate's derived limits, once for this request: nothing below changes them.
-        capacity, limit = gate.capacity_cost, gate.limit
+        capacity, limit = gate._capacity_cost(), gate._limit()
         under = self._under_share(slots, now, cost, capacity, limit)
         if not under and slots.shed_until > now and not shadow:
             slots.throttled += 1
@@ -417,7 +417,7 @@ class Admission:
             slots.throttled += 1
             raise Throttled(
                 f"the cluster is overloaded: {gate.queued} requests are queued at the gate (max {gate.max_queue}), "
-                f"{gate.inflight} in flight (limit {gate.limit:.0f}); retry after 1s",
+                f"{gate.inflight} in flight (limit {gate._limit():.0f}); retry after 1s",
                 why="overload",
                 retry_after=1.0,
             )
@@ -575,13 +575,13 @@ class Admission:
         """
         self._overdue_at = now
         gate = self.gate
-        capacity = gate.capacity_cost
+        capacity = gate._capacity_cost()
         if capacity is None or not self._held:
             for ticket in self._held:
                 ticket.overdue = 0.0
             self._overdue = gate.overdue_cost = 0.0
             return
-        rate = gate.threads_per_request * 1000.0
+        rate = gate._threads_per_request() * 1000.0
         total = 0.0
         for ticket in self._held:
             age = now - ticket.admitted_at
@@ -685,7 +685,7 @@ class Admission:
         if not (gate.enabled and slots.inflight == slots.reserve_inflight  # none over-share in flight
                 and self._in_burst(slots, now)):
             return False
-        capacity = gate.capacity_cost  # and the whole burst fits in the kept room
+        capacity = gate._capacity_cost()  # and the whole burst fits in the kept room
         return capacity is None or slots.inflight_cost + slots.queued_cost <= (1.0 - gate.headroom) * capacity
 
     def _fits(self, cost: float, kept: bool, now: float, capacity: float | None | object = UNKNOWN,
@@ -723,17 +723,17 @@ class Admission:
         weights = self._active_weight + (0.0 if slots.active else slots.weight)
         fraction = slots.weight / weights if weights > 0 else 1.0
         if capacity is UNKNOWN:
-            capacity = gate.capacity_cost
+            capacity = gate._capacity_cost()
         if capacity is None:
             asked_count = slots.inflight + len(slots.waiters) + (0 if extra is None else 1)
-            return asked_count <= (gate.limit if limit is UNKNOWN else limit) * gate.headroom * fraction  # type: ignore[operator]
+            return asked_count <= (gate._limit() if limit is UNKNOWN else limit) * gate.headroom * fraction  # type: ignore[operator]
         asked = slots.inflight_cost + slots.queued_cost + (extra or 0.0)
         share = capacity * gate.headroom * fraction  # type: ignore[operator]
         if asked <= share:
             return True
         # ... and never less than two average requests: on a small cluster shared by many tenants, a fair
         # share can be less than one cheap search; but not for a tenant the gate turned away lately
-        return asked <= SHARE_FLOOR_REQUESTS * gate.mean_cost and now - slots.refused_at > REFUSED_HOLD_S
+        return asked <= SHARE_FLOOR_REQUESTS * gate._mean_cost() and now - slots.refused_at > REFUSED_HOLD_S
 
     def _admit(self, slots: TenantSlots, cost: float, now: float, waited: float, reserve: bool,
                capacity: float | None | object = UNKNOWN, known: bool = True) -> Ticket:
@@ -775,11 +775,11 @@ class Admission:
         """The gate for /tenants: limit and its reason, capacity, what is in flight and queued."""
         now = self.clock() if now is None else now
         gate = self.gate
-        capacity = gate.capacity_cost
+        capacity = gate._capacity_cost()
         return {
             "enabled": gate.enabled,
             "algorithm": gate.algorithm.name,
-            "limit": round(gate.limit, 2),
+            "limit": round(gate._limit(), 2),
             "reason": gate.reason(now),
             "detail": gate.detail(now),
             "capacity": None if capacity is None else round(capacity, 1),
@@ -787,7 +787,7 @@ class Admission:
             "contended": gate.contended_until is not None,
             "capacity_per_s": gate.capacity_per_s,
             "horizon_ms": round(gate.horizon_ms, 2),
-            "threads_per_request": round(gate.threads_per_request, 3),
+            "threads_per_request": round(gate._threads_per_request(), 3),
             "fan_out": round(gate.fan_out, 2),
             "data_nodes": gate.data_nodes,
             "data_nodes_max": gate.data_nodes_max,

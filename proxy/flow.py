@@ -409,7 +409,7 @@ class Proxy:
                 retryable = resource in _RETRYABLE
                 upstream = await self.upstream.send(
                     method, forward, fields, forwarded, retryable,
-                    hedge_after(gate_cost, self.admission.gate.threads_per_request) if retryable else 0.0, trace,
+                    hedge_after(gate_cost, self.admission.gate._threads_per_request()) if retryable else 0.0, trace,
                 )
                 try:
                     trace.node = upstream.node.url  # type: ignore[attr-defined]

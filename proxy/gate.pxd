@@ -51,6 +51,14 @@ cdef class Gate:
     cdef public Py_ssize_t peer_reserve_inflight
     cdef public double peer_reserve_cost
 
+    cpdef double _horizon_ms(self)
+    cpdef double _mean_cost(self)
+    cpdef double _threads_per_request(self)
+    cpdef double _node_ratio(self)
+    cpdef double _ceiling(self)
+    cpdef double _live_ceiling(self)
+    cpdef double _limit(self)
+    cpdef object _capacity_cost(self)
     cpdef bint contend(self, double until)
     cpdef uncontend(self, double now)
     cpdef counted(self, double cost, capacity=*)

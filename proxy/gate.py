@@ -278,6 +278,9 @@ class Gate:
     @property
     def horizon_ms(self) -> float:
         """How long admitted cost stays in flight: upstream latency weighted by cost (ms)."""
+        return self._horizon_ms()
+
+    def _horizon_ms(self) -> float:
         if self._cost > 0:
             return max(HORIZON_FLOOR_MS, self._lat_cost / self._cost)
         return max(HORIZON_FLOOR_MS, self.target_ms or DEFAULT_HORIZON_MS)
@@ -285,11 +288,17 @@ class Gate:
     @property
     def mean_cost(self) -> float:
         """Cost units of an average request completed lately (0 before any)."""
+        return self._mean_cost()
+
+    def _mean_cost(self) -> float:
         return self._cost / self._count if self._count > 0 else 0.0
 
     @property
     def threads_per_request(self) -> float:
         """Search threads a request in flight holds on average: Σ observed cost / Σ latency (1 until measured)."""
+        return self._threads_per_request()
+
+    def _threads_per_request(self) -> float:
         if self._lat_obs > 0 and self._observed > 0:
             return min(64.0, max(0.05, self._observed / self._lat_obs))
         return 1.0
@@ -297,6 +306,9 @@ class Gate:
     @property
     def node_ratio(self) -> float:
         """Live capacity as a fraction of the most seen: search threads, or data nodes without thread stats."""
+        return self._node_ratio()
+
+    def _node_ratio(self) -> float:
         if self.threads_max:
             return self.threads / self.threads_max
         if self.data_nodes_max:
@@ -306,26 +318,35 @@ class Gate:
     @property
     def ceiling(self) -> float:
         """Requests the healthy cluster's search pools can run at once (this process's share)."""
+        return self._ceiling()
+
+    def _ceiling(self) -> float:
         if not self.threads_max:
             return self.max_limit
-        return self.threads_max * self.share / self.threads_per_request
+        return self.threads_max * self.share / self._threads_per_request()
 
     @property
     def live_ceiling(self) -> float:
         """Requests the live search pools can run at once (this process's share)."""
-        return self.ceiling * self.node_ratio if self.threads_max else self.limit
+        return self._live_ceiling()
+
+    def _live_ceiling(self) -> float:
+        return self._ceiling() * self._node_ratio() if self.threads_max else self._limit()
 
     @property
     def limit(self) -> float:
         """Requests in flight the gate allows now: the adaptive limit, × the live node ratio."""
-        return max(self.min_limit, self.adaptive * self.node_ratio)
+        return self._limit()
+
+    def _limit(self) -> float:
+        return max(self.min_limit, self.adaptive * self._node_ratio())
 
     @property
     def over_share_limit(self) -> float:
         """Requests in flight, over-share ones included, below which an over-share request may go: the
         limit, and no more than the live search threads hold requests of the widest fan-out seen lately
         (a search holds a thread per shard at once, however little its cost says it holds on average)."""
-        limit = self.limit
+        limit = self._limit()
         if self.threads:
             limit = min(limit, self.threads * self.share / self.fan_out)
         return limit * self.headroom
@@ -333,9 +354,12 @@ class Gate:
     @property
     def capacity_cost(self) -> float | None:
         """Cost units the live search threads hold in flight without queueing (None: threads unknown)."""
+        return self._capacity_cost()
+
+    def _capacity_cost(self) -> float | None:
         if not self.threads:
             return None
-        return self.threads * self.share * self.horizon_ms
+        return self.threads * self.share * self._horizon_ms()
 
     @property
     def capacity_per_s(self) -> float | None:
@@ -345,14 +369,14 @@ class Gate:
     def reason(self, now: float) -> str:
         if not self.enabled:
             return "disabled"
-        if self.node_ratio < 1.0:
+        if self._node_ratio() < 1.0:
             return "data_nodes"
         if self._pressure and now - self._pressure_at < REASON_HOLD_S:
             return self._pressure
         if not self.threads_max:
             return "no_cluster_stats"
-        if self.adaptive >= 0.95 * self.ceiling:
-            return "max_limit" if self.ceiling >= self.max_limit else "capacity"
+        if self.adaptive >= 0.95 * self._ceiling():
+            return "max_limit" if self._ceiling() >= self.max_limit else "capacity"
         if self.adaptive <= self.min_limit + 1e-9:
             return "min_limit"
         return "latency"
@@ -362,9 +386,9 @@ class Gate:
         why = self.reason(now)
         if why == "data_nodes":
             return (f"{self.data_nodes} of {self.data_nodes_max} data nodes, {self.threads} of {self.threads_max} "
-                    f"search threads: limit × {self.node_ratio:.2f}")
+                    f"search threads: limit × {self._node_ratio():.2f}")
         if why == "capacity":
-            return (f"{self.threads} search threads ÷ {self.threads_per_request:.2f} threads per request"
+            return (f"{self.threads} search threads ÷ {self._threads_per_request():.2f} threads per request"
                     + (f" × share {self.share:.2f}" if self.share != 1.0 else ""))
         return why.replace("_", " ")
 
@@ -389,7 +413,7 @@ class Gate:
         as that budget, so it is admitted alone among the over-share ones and never deadlocks.
         `capacity`: `capacity_cost` if the caller has it already."""
         if capacity is UNKNOWN:
-            capacity = self.capacity_cost
+            capacity = self._capacity_cost()
         if capacity is None:
             return cost
         return min(cost, capacity * self.pool * self.headroom)  # type: ignore[operator]
@@ -407,9 +431,9 @@ class Gate:
             return True
         headroom = self.headroom
         if limit is UNKNOWN:
-            limit = self.limit
+            limit = self._limit()
         if capacity is UNKNOWN:
-            capacity = self.capacity_cost
+            capacity = self._capacity_cost()
         counted = self.counted(cost, capacity)
         share = self.share
         inflight = self.inflight
@@ -444,7 +468,7 @@ class Gate:
         # pools can run, which nobody exceeds.
         reserve_inflight = self.reserve_inflight + self.peer_reserve_inflight
         reserve_cost = self.reserve_cost + self.peer_reserve_cost
-        pools = max(limit, self.live_ceiling * pool)
+        pools = max(limit, self._live_ceiling() * pool)
         kept = (1.0 - headroom) * pools
         if inflight + 1 > max(1.0, floor(limit * headroom + kept + 1e-9)) and (
                 reserve_inflight + 1 > floor(kept + 1e-9) or inflight + 1 > floor(pools + 1e-9)):
@@ -465,9 +489,9 @@ class Gate:
         cores = self.cores
         if not 0 < cores < self.threads:
             return False
-        if known and (burst or cost <= CORE_BOUND_CHEAP * self.mean_cost):
+        if known and (burst or cost <= CORE_BOUND_CHEAP * self._mean_cost()):
             return False
-        over_limit = min(self.limit, cores * self.share / self.fan_out) * self.pool
+        over_limit = min(self._limit(), cores * self.share / self.fan_out) * self.pool
         return floor(over_limit * self.headroom + 1e-9) < 1
 
     def set_peers(self, pool: float, inflight: int, cost: float, reserve_inflight: int, reserve_cost: float) -> None:
@@ -535,7 +559,7 @@ class Gate:
         self._w_lat += latency_ms
         self._w_cost += cost
         if (n >= max(WINDOW_MIN_SAMPLES, self._w_peak)
-                and now - self._w_start >= max(WINDOW_MIN_S, self.horizon_ms / 1000.0)):
+                and now - self._w_start >= max(WINDOW_MIN_S, self._horizon_ms() / 1000.0)):
             self._close_window(now)
 
     def _note_fan_out(self, shards: int, now: float) -> None:
@@ -550,7 +574,7 @@ class Gate:
         else:
             # ms per cost unit: a shift from cheap to expensive queries is not mistaken for congestion
             latency = self._w_lat / self._w_cost
-        app_limited = self._w_peak + 1 < self.limit * self.headroom  # the limit never bound: it says nothing
+        app_limited = self._w_peak + 1 < self._limit() * self.headroom  # the limit never bound: it says nothing
         if self.target_ms is None:
             # The baseline is the latency at low load. It falls at once; it rises only when latency went
             # up at no more concurrency than it was measured at (the cluster itself got slower), never
@@ -596,7 +620,7 @@ class Gate:
             self.threads = reading.search_threads
             self.threads_max = max(self.threads_max, reading.search_threads)
         if first and self.threads_max:
-            self.adaptive = self._clamp(self.ceiling)  # start at what the pools can run
+            self.adaptive = self._clamp(self._ceiling())  # start at what the pools can run
         pressure = False
         threads = self.threads
         if threads and reading.search_queue >= max(2, 0.1 * threads):
@@ -607,9 +631,9 @@ class Gate:
             self._backoff(reading.completed / done if done else MAX_BACKOFF, "search_rejections", now)
             pressure = True
         if not pressure and self.inflight == 0 and self.queued == 0 and self.threads_max:
-            self.adaptive = self._clamp(self.ceiling)  # idle and healthy: back to full capacity
+            self.adaptive = self._clamp(self._ceiling())  # idle and healthy: back to full capacity
         else:
             self.adaptive = self._clamp(self.adaptive)  # the ceiling may have moved
 
     def _clamp(self, limit: float) -> float:
-        return max(self.min_limit, min(limit, self.max_limit, max(self.min_limit, self.ceiling)))
+        return max(self.min_limit, min(limit, self.max_limit, max(self.min_limit, self._ceiling())))
