@@ -8,8 +8,11 @@ from proxy.listener cimport Request
 from proxy.metrics cimport Metrics
 from proxy.opaque cimport echoed_field, forwarded_field, new_request_id
 from proxy.shapes cimport ShapeBook
-from proxy.upstream cimport Upstream
+from proxy.upstream cimport Upstream, hedge_after
 from proxy.upstream_http cimport UpstreamResponse
+
+cpdef object _observe(head, encoding, int status)
+
 
 cdef class Snapshot:
     cdef public object config
@@ -72,6 +75,7 @@ cdef class Proxy:
     cdef public ShapeBook shapes
     cdef public object index_sizes
     cdef public object runaway
+    cdef dict _running
     cdef public Py_ssize_t inflight
     cdef public bint draining
     cdef object _idle

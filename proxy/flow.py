@@ -269,6 +269,7 @@ class Proxy:
         self.shapes = shapes if shapes is not None else ShapeBook()  # the costliest query shapes, for the cockpit
         self.index_sizes: IndexSizes | None = None  # documents per index, swapped in by the cluster poller
         self.runaway = runaway if runaway is not None else Runaway(metrics)  # the requests at the cluster
+        self._running = self.runaway.running  # (read on every request)
         self.inflight = 0
         self.draining = False  # set on SIGTERM (the listener closes each connection after its response)
         self._idle: asyncio.Future[None] | None = None  # what wait_idle awaits, while anyone does
@@ -492,7 +493,7 @@ class Proxy:
             if held:
                 self.held_bodies.give_back(name, held)
             if trace.sent_at:
-                self.runaway.running.pop(trace, None)
+                self._running.pop(trace, None)
             self.inflight -= 1
             if not self.inflight and self._idle is not None:
                 self._idle.set_result(None)
@@ -565,7 +566,7 @@ class Proxy:
         if limit is not None and tenant.enforce:  # a shadow tenant's requests run to the end
             trace.deadline, trace.limit_s, trace.limit_reason = now + limit, limit, why
         trace.task = task
-        self.runaway.running[trace] = None
+        self._running[trace] = None
 
     def _settle_abandoned(self, tenant: TenantView, call: esapi.EsCall, decision: Decision, fingerprint: int,
                           trace: Trace) -> None:

@@ -3,6 +3,9 @@
 from proxy.upstream_http cimport ConnectionPool, NodeConnection, UpstreamResponse
 
 
+cpdef double hedge_after(double cost, double threads_per_request)
+
+
 cdef class Node:
     cdef public str url
     cdef public bytes host_header
@@ -16,6 +19,7 @@ cdef class Node:
 
 cdef class Upstream:
     cdef public object config
+    cdef double _timeout
     cdef public object on_error
     cdef public list nodes
     cdef public object _ssl

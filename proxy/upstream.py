@@ -113,6 +113,7 @@ class Upstream:
 
     def __init__(self, config: UpstreamConfig, on_error=None, *, ssl_context=_FROM_CONFIG, authorization=_FROM_CONFIG):
         self.config = config
+        self._timeout = config.request_timeout_s  # read on every request (the config's models are slow to read)
         #: called as on_error(node_url, kind) for every failure: "unreachable", "timeout", "protocol"
         self.on_error = on_error or (lambda node, kind: None)
         self.nodes: list[Node] = []
@@ -167,6 +168,7 @@ class Upstream:
                     node.pool.close()
         self.nodes = [known.get(url) or self._node(url, config) for url in config.nodes]
         self.config = config
+        self._timeout = config.request_timeout_s
         if auth != self._auth:
             self._auth_refused = self._poll_forbidden = False  # new credentials: a refusal of them is news
         self._auth = auth  # type: ignore[assignment]
@@ -224,7 +226,7 @@ class Upstream:
         last_error, status = "no upstream node is available", 503
         body_length = len(body) if body else 0
         is_head = method == "HEAD"
-        timeout = self.config.request_timeout_s
+        timeout = self._timeout
         stale_retry = retry_after_send  # a read may go again over a fresh connection when a pooled one was stale
         attempts = max(1, len(self.nodes))
         avoid = None  # the node a read was overdue on

@@ -644,7 +644,12 @@ def request_head(method: str, target: str, host: str | bytes, fields: bytes | di
     if isinstance(host, str):
         host = host.encode("latin-1")
     # Text came off the wire as UTF-8 with surrogateescape: this gives back the same bytes.
-    line = f"{method} {target} HTTP/1.1\r\nHost: ".encode("utf-8", "surrogateescape")
+    verb = _METHOD_BYTES.get(method) or method.encode("utf-8", "surrogateescape")
+    path = target.encode("utf-8", "surrogateescape")
     if body_length or method in ("POST", "PUT", "PATCH"):
-        return b"%s%s\r\n%sContent-Length: %d\r\n\r\n" % (line, host, fields, body_length)
-    return b"%s%s\r\n%s\r\n" % (line, host, fields)
+        return b"%s %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %d\r\n\r\n" % (verb, path, host, fields, body_length)
+    return b"%s %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (verb, path, host, fields)
+
+
+#: the methods' names as bytes, made once
+_METHOD_BYTES = {m: m.encode() for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS")}
