@@ -557,7 +557,7 @@ class Proxy:
         """Register a request about to be sent with the runaway sweep, with its plan's deadline and the task
         that serves it (what the sweep cancels)."""
         limit, why = tenant.max_durations.get(call.resource), MAX_DURATION
-        factor = tenant.plan.max_cost_factor if trace.charged > 0.0 else None
+        factor = tenant.max_cost_factor if trace.charged > 0.0 else None
         if factor is not None:
             by_cost = factor * trace.charged / 1000.0  # cost units are thread-ms; one thread: the longest it may take
             if limit is None or by_cost < limit:

@@ -46,6 +46,8 @@ class TenantView:
     guarded: bool = False
     #: resource class → its max_duration_s (`plan.<resource>.max_duration_s`)
     max_durations: Mapping[str, float | None] = field(default_factory=dict)
+    #: `plan.max_cost_factor`
+    max_cost_factor: float | None = None
 
 
 def _grant_regex(patterns: tuple[str, ...]) -> re.Pattern[str]:
@@ -98,6 +100,7 @@ class Directory:
                 guarded=config.plans[spec.plan].guardrails.active,
                 max_durations={resource: config.plans[spec.plan].bucket(resource).max_duration_s
                                for resource in ("search", "read", "write", "admin")},
+                max_cost_factor=config.plans[spec.plan].max_cost_factor,
             )
             self.tenants[name] = view
             for digest in spec.api_keys:
